@@ -1,0 +1,3 @@
+from mlx_harmony_tui.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,130 @@
+"""The one typed event stream every face consumes (TUI, line chat, generate --json, server).
+
+Events are small frozen dataclasses so they can cross threads safely and be batched. ``call_id`` ties the
+tool-call events of one call together; ``attempt`` counts retries within a turn (0 = first try).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from mlx_harmony_tui.engine.metrics import Metrics
+
+__all__ = ["Metrics"]  # re-exported: faces import every event from here
+
+Channel = Literal["analysis", "commentary", "final"]
+FinishReason = Literal["stop", "length", "cancelled", "loop", "tool_rounds", "error"]
+
+
+@dataclass(frozen=True)
+class TurnStarted:
+    turn_id: str
+    attempt: int = 0
+
+
+@dataclass(frozen=True)
+class Delta:
+    """Streamed text of one message. ``recipient`` is set for commentary addressed to a tool."""
+
+    channel: Channel
+    text: str
+    recipient: str | None = None
+
+
+@dataclass(frozen=True)
+class MessageDone:
+    """A complete Harmony message from the model (what goes into the session record)."""
+
+    channel: Channel
+    text: str
+    recipient: str | None = None
+    content_type: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolCallStarted:
+    call_id: str
+    recipient: str  # e.g. "functions.get_weather", "python", "browser.search"
+    channel: Channel = "commentary"
+
+
+@dataclass(frozen=True)
+class ToolCallArgs:
+    call_id: str
+    delta: str
+
+
+@dataclass(frozen=True)
+class ToolCall:
+    call_id: str
+    recipient: str
+    arguments: str  # raw text the model wrote (JSON for functions, code for python)
+    channel: Channel = "commentary"
+    content_type: str | None = None
+
+
+@dataclass(frozen=True)
+class ToolResult:
+    call_id: str
+    recipient: str
+    output: str
+    error: str | None = None
+    duration_s: float = 0.0
+
+
+@dataclass(frozen=True)
+class Recovery:
+    """Malformed model output that the parser repaired; shown so nothing is silently changed."""
+
+    kind: str
+    detail: str = ""
+
+
+@dataclass(frozen=True)
+class ContextTrimmed:
+    dropped_messages: int
+    prompt_tokens: int
+
+
+@dataclass(frozen=True)
+class Retry:
+    attempt: int
+    reason: str  # "parse", "loop", "analysis_only", "length_no_final"
+    detail: str = ""
+    failed_text: str = ""  # what the failed attempt produced, kept for the session record
+
+
+@dataclass(frozen=True)
+class PrefillProgress:
+    done: int
+    total: int
+
+
+@dataclass(frozen=True)
+class TurnFinished:
+    reason: FinishReason
+    metrics: Metrics = field(default_factory=Metrics)
+
+
+@dataclass(frozen=True)
+class TurnFailed:
+    error: str
+
+
+Event = (
+    TurnStarted
+    | Delta
+    | MessageDone
+    | ToolCallStarted
+    | ToolCallArgs
+    | ToolCall
+    | ToolResult
+    | Recovery
+    | ContextTrimmed
+    | Retry
+    | PrefillProgress
+    | Metrics
+    | TurnFinished
+    | TurnFailed
+)

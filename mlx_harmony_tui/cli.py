@@ -1,0 +1,59 @@
+"""Command line entry point. Each face registers its own subcommand; with none, the TUI starts."""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+from collections.abc import Callable, Sequence
+
+from mlx_harmony_tui.errors import UserError
+
+# (module, function) pairs: the function takes the subparsers object and adds its command.
+# Imported lazily so `mlx-harmony-tui --help` does not import MLX or Textual.
+COMMANDS: list[str] = [
+    "mlx_harmony_tui.tui.command",
+    "mlx_harmony_tui.faces.chat_command",
+    "mlx_harmony_tui.faces.generate_command",
+    "mlx_harmony_tui.sessions.command",
+    "mlx_harmony_tui.engine.bench_command",
+    "mlx_harmony_tui.server.command",
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    from mlx_harmony_tui import __version__
+
+    parser = argparse.ArgumentParser(prog="mlx-harmony-tui", description="Chat with GPT-OSS models on MLX.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        try:
+            module = importlib.import_module(name)
+        except ModuleNotFoundError as e:
+            if e.name and name.startswith(e.name):
+                continue  # that face is not built yet
+            raise
+        register: Callable[[argparse._SubParsersAction], None] = module.register
+        register(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    known = set(parser._subparsers._group_actions[0].choices) if parser._subparsers else set()  # type: ignore[union-attr]
+    if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
+        if "tui" in known:
+            argv = ["tui", *argv]
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 0
+    try:
+        return int(args.func(args) or 0)
+    except UserError as e:
+        print(f"mlx-harmony-tui: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

@@ -1,0 +1,1 @@
+"""Non-TUI faces: line chat and one-shot generate."""

@@ -1,0 +1,42 @@
+"""Shared fixtures: isolated XDG dirs for every test, and the offline o200k vocabulary built once."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+_VOCAB_DIR = Path(__file__).parent / ".cache" / "vocab"
+
+
+def _build_vocab() -> Path:
+    from mlx_harmony_tui.harmony import vocab
+
+    target = _VOCAB_DIR / vocab.FILENAME
+    if not vocab._valid_file(target):
+        _VOCAB_DIR.mkdir(parents=True, exist_ok=True)
+        vocab._write_atomic(target, vocab.derive_from_quicktok())
+    return _VOCAB_DIR
+
+
+# Set before any test imports openai-harmony, so every test (and subprocess) sees a valid vocabulary.
+os.environ["TIKTOKEN_ENCODINGS_BASE"] = str(_build_vocab())
+
+
+@pytest.fixture(autouse=True)
+def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """Every test gets its own config/data/cache dirs, so nothing touches the user's real files."""
+    for var in ("XDG_CONFIG_HOME", "XDG_DATA_HOME", "XDG_CACHE_HOME", "XDG_STATE_HOME"):
+        d = tmp_path / "xdg" / var.lower()
+        d.mkdir(parents=True)
+        monkeypatch.setenv(var, str(d))
+    monkeypatch.setenv("TIKTOKEN_ENCODINGS_BASE", str(_VOCAB_DIR))
+    return tmp_path / "xdg"
+
+
+@pytest.fixture(scope="session")
+def encoding():
+    from mlx_harmony_tui.harmony.vocab import load_encoding
+
+    return load_encoding()
