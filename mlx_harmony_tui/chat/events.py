@@ -128,3 +128,15 @@ Event = (
     | TurnFinished
     | TurnFailed
 )
+
+
+@dataclass(frozen=True)
+class ToolConfirmation:
+    """The turn waits until the face calls ``TurnHandle.confirm(call_id, allowed)``."""
+
+    call_id: str
+    recipient: str
+    arguments: str
+
+
+Event = Event | ToolConfirmation  # type: ignore[misc]

@@ -1,0 +1,36 @@
+"""Everything that shapes one turn, resolved from CLI > session > profile > config file > model defaults."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from mlx_harmony_tui.engine.sampling import SamplingParams
+
+ReasoningEffort = Literal["low", "medium", "high"]
+
+
+@dataclass
+class FunctionTool:
+    """A function the model may call (``functions.NAME``); JSON-schema parameters."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
+
+
+@dataclass
+class ChatSettings:
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_tokens: int = 4096  # per generation
+    reasoning_effort: ReasoningEffort = "medium"
+    instructions: str = ""  # developer message
+    system_prompt: str = ""  # extra system text (model identity override)
+    knowledge_cutoff: str = "2024-06"
+    conversation_date: str | None = None  # fixed per session so the cached prefix stays valid
+    builtin_tools: list[str] = field(default_factory=list)  # "python", "browser"
+    function_tools: list[FunctionTool] = field(default_factory=list)
+    context_limit: int | None = None  # tokens; None = the model's
+    seed: int | None = None
+    max_tool_rounds: int = 8
+    max_retries: int = 2
