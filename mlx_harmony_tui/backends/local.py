@@ -1,0 +1,148 @@
+"""The in-process backend: the MLX model and engine, with each turn run on a worker thread.
+
+Faces never call the model directly; they start a turn and read its events from the handle, so the UI
+never waits for the model and the model never waits for the UI.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any
+
+from mlx_harmony_tui import paths
+from mlx_harmony_tui.backends.base import ProgressCallback, TurnHandle, TurnRequest
+from mlx_harmony_tui.chat.events import ToolConfirmation, TurnFailed
+from mlx_harmony_tui.chat.turn import TurnContext, run_turn
+from mlx_harmony_tui.errors import UserError
+
+BUILTIN_NAMES = ("demo", "tiny")
+
+
+def resolve_model_path(model: str | Path | None) -> Path:
+    """``demo`` -> the model shipped in the package (or, before it exists, a tiny generated one);
+    ``tiny`` -> a tiny random model generated once into the cache; anything else is a folder."""
+    name = str(model) if model else "demo"
+    if name == "demo":
+        try:
+            from mlx_harmony_tui.demo import demo_model_path
+
+            path = demo_model_path()
+            if (path / "config.json").is_file():
+                return path
+        except ImportError:
+            pass
+        name = "tiny"
+    if name == "tiny":
+        from mlx_harmony_tui.model.tiny import write_tiny_checkpoint
+
+        target = paths.cache_dir() / "models" / "tiny"
+        if not (target / "config.json").is_file():
+            tmp = target.with_name(f"tiny.tmp{os.getpid()}-{threading.get_ident()}")
+            write_tiny_checkpoint(tmp, layout="float", seed=0)
+            try:
+                tmp.rename(target)  # atomic; loses harmlessly to a concurrent writer
+            except OSError:
+                shutil.rmtree(tmp, ignore_errors=True)
+        return target
+    path = Path(name).expanduser()
+    if not path.exists():
+        raise UserError(f"model not found: {path} (give a model folder, or 'demo')")
+    return path
+
+
+class LocalBackend:
+    """Owns one loaded model. Turns are serialized by the engine's lock."""
+
+    def __init__(self, model: Any, config: Any, path: Path, name: str, tools: Any | None = None) -> None:
+        from mlx_harmony_tui.engine.generator import Engine
+        from mlx_harmony_tui.harmony.vocab import load_encoding
+
+        self.path = path
+        self._name = name
+        self.config = config
+        self.engine = Engine(model, config, model_id=str(path))
+        self.encoding = load_encoding(str(path))
+        self.tools = tools
+        self._threads: list[threading.Thread] = []
+
+    @classmethod
+    def load(
+        cls, model: str | Path | None = "demo", progress: ProgressCallback | None = None, tools: Any | None = None
+    ) -> LocalBackend:
+        from mlx_harmony_tui.harmony.vocab import ensure_vocabulary
+        from mlx_harmony_tui.model import load_model
+
+        path = resolve_model_path(model)
+        if progress:
+            progress(0.0, f"loading {path}")
+        ensure_vocabulary(path)
+        loaded, config = load_model(path, progress=progress)
+        name = str(model) if str(model) in BUILTIN_NAMES else path.name
+        if progress:
+            progress(1.0, "ready")
+        return cls(loaded, config, path, name, tools=tools)
+
+    @property
+    def model_name(self) -> str:
+        return self._name
+
+    @property
+    def context_limit(self) -> int:
+        return int(getattr(self.config, "max_position_embeddings", 0) or 131072)
+
+    def start_turn(self, request: TurnRequest, *, run_tools: bool = True) -> TurnHandle:
+        """Start a turn on a worker thread. With run_tools=False (the server), a tool call ends the turn."""
+        handle = TurnHandle()
+
+        def confirm(req: ToolConfirmation) -> bool:
+            return handle.wait_confirmation(req.call_id)
+
+        ctx = TurnContext(
+            engine=self.engine,
+            encoding=self.encoding,
+            context_limit=self.context_limit,
+            tools=self._tools_for(request) if run_tools else None,
+            confirm=confirm,
+            cancel=handle.cancel_event,
+        )
+
+        def work() -> None:
+            try:
+                for event in run_turn(ctx, request.messages, request.settings):
+                    handle.put(event)
+            except Exception as e:  # noqa: BLE001 - a worker must always close its handle
+                handle.put(TurnFailed(f"{type(e).__name__}: {e}"))
+            finally:
+                handle.close()
+
+        thread = threading.Thread(target=work, name="turn", daemon=True)
+        thread.start()
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        return handle
+
+    def _tools_for(self, request: TurnRequest) -> Any | None:
+        if self.tools is not None:
+            return self.tools
+        try:
+            from mlx_harmony_tui.tools import ToolRegistry
+        except ImportError:
+            return None
+        return ToolRegistry.from_settings(request.settings, None)
+
+    def count_tokens(self, request: TurnRequest) -> int | None:
+        from mlx_harmony_tui.harmony.render import render_options_from_settings, render_prompt
+
+        return len(render_prompt(request.messages, render_options_from_settings(request.settings), self.encoding))
+
+    def save_cache(self, path: str | Path) -> None:
+        self.engine.save_cache(path)
+
+    def load_cache(self, path: str | Path) -> bool:
+        return bool(self.engine.load_cache(path))
+
+    def close(self) -> None:
+        for t in self._threads:
+            t.join(timeout=5)

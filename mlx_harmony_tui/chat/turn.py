@@ -1,0 +1,189 @@
+"""The one turn pipeline every face uses: prompt -> generate -> parse -> tools -> generate again -> final.
+
+It is a plain generator of events (chat/events.py), so the local backend can run it on a worker thread and
+the tests can drive it directly. Retries (at most ``settings.max_retries``) happen when the model's output
+cannot be used: an unrecoverable parse, a loop, analysis with no answer, or a length cut with no final.
+The failed attempt's text travels in the ``Retry`` event so the session record keeps it.
+"""
+
+from __future__ import annotations
+
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+from mlx_harmony_tui.chat.context import fit_messages
+from mlx_harmony_tui.chat.events import (
+    ContextTrimmed,
+    Event,
+    Metrics,
+    PrefillProgress,
+    Retry,
+    ToolCall,
+    ToolConfirmation,
+    ToolResult,
+    TurnFailed,
+    TurnFinished,
+    TurnStarted,
+)
+from mlx_harmony_tui.chat.settings import ChatSettings
+from mlx_harmony_tui.engine.generator import Engine, GenerationOptions
+from mlx_harmony_tui.harmony.messages import HMessage
+from mlx_harmony_tui.harmony.render import render_options_from_settings, render_prompt
+from mlx_harmony_tui.harmony.stream import HarmonyStream
+
+ConfirmFn = Callable[[ToolConfirmation], bool]
+
+
+@dataclass
+class TurnContext:
+    """What a turn needs besides the conversation. ``tools`` is a tools.ToolRegistry (or None: no tools run,
+    a tool call ends the turn, as the server wants for client-side functions)."""
+
+    engine: Engine
+    encoding: Any
+    context_limit: int
+    tools: Any | None = None
+    confirm: ConfirmFn | None = None
+    cancel: threading.Event = field(default_factory=threading.Event)
+
+
+def _attempt_text(stream: HarmonyStream) -> str:
+    return "\n".join(f"[{m.channel or '?'}] {m.text}" for m in stream.messages if m.text)
+
+
+def _failure_reason(stream: HarmonyStream, finish: str) -> tuple[str, str] | None:
+    """Why this attempt is unusable, or None if it is fine (has a final, or ended in a tool call)."""
+    if finish == "cancelled":
+        return None
+    if stream.tool_call is not None:
+        return None
+    has_final = any(m.channel == "final" and m.text.strip() for m in stream.messages)
+    if has_final:
+        return None
+    if stream.errors:
+        return "parse", "; ".join(stream.errors)
+    if finish == "loop":
+        return "loop", "the model repeated itself"
+    if finish == "length":
+        return "length_no_final", "the token limit was reached before a final answer"
+    return "analysis_only", "the model stopped without a final answer"
+
+
+def run_turn(ctx: TurnContext, messages: list[HMessage], settings: ChatSettings) -> Iterator[Event]:
+    """Run one user turn. ``messages`` ends with the new user message; the events say everything that
+    happens, including the messages to append to the conversation (``MessageDone``) and tool results."""
+    turn_id = uuid.uuid4().hex[:12]
+    yield TurnStarted(turn_id)
+    options = render_options_from_settings(settings)
+    if ctx.tools is not None:
+        options = replace(
+            options,
+            builtin_tools=sorted(set(options.builtin_tools) | set(ctx.tools.builtin_names())),
+            function_tools=[*options.function_tools, *ctx.tools.function_tools()],
+        )
+    limit = min(x for x in (settings.context_limit, ctx.context_limit) if x) if (settings.context_limit or ctx.context_limit) else 131072
+    reserve = min(settings.max_tokens, limit // 2)
+    history = list(messages)
+    new_messages: list[HMessage] = []  # this turn's assistant/tool messages so far
+    attempt = 0
+    rounds = 0
+    last_metrics = Metrics(final=True)
+
+    def count(msgs: list[HMessage]) -> int:
+        return len(render_prompt(msgs, options, ctx.encoding))
+
+    while True:
+        convo = history + new_messages
+        kept, dropped, n_tokens = fit_messages(convo, count, limit - reserve)
+        if dropped:
+            history = history[dropped:]
+            yield ContextTrimmed(dropped_messages=dropped, prompt_tokens=n_tokens)
+        if n_tokens > limit - 1:
+            yield TurnFailed(f"the prompt ({n_tokens} tokens) does not fit the context limit ({limit})")
+            return
+        prompt = render_prompt(kept, options, ctx.encoding)
+        seed = None if settings.seed is None else settings.seed + attempt
+        gen_opts = GenerationOptions(
+            sampling=settings.sampling,
+            max_tokens=max(1, min(settings.max_tokens, limit - len(prompt))),
+            seed=seed,
+        )
+        stream = HarmonyStream(ctx.encoding)
+        pending: list[Event] = []
+        call_event: ToolCall | None = None
+
+        def on_progress(item: object) -> None:
+            if isinstance(item, Metrics):
+                pending.append(item)
+            elif hasattr(item, "done") and hasattr(item, "total"):
+                pending.append(PrefillProgress(item.done, item.total))  # type: ignore[attr-defined]
+
+        try:
+            for token in ctx.engine.generate(prompt, gen_opts, cancel=ctx.cancel, on_progress=on_progress):
+                if pending:
+                    yield from pending
+                    pending.clear()
+                for event in stream.feed(token):
+                    if isinstance(event, ToolCall):
+                        call_event = event
+                    yield event
+        except Exception as e:  # noqa: BLE001 - the model failing must end the turn, not the app
+            yield TurnFailed(f"generation failed: {type(e).__name__}: {e}")
+            return
+        yield from pending
+        result = ctx.engine.last_result
+        finish = result.finish_reason if result else "stop"
+        if result is not None:
+            last_metrics = result.metrics
+            yield result.metrics
+        for event in stream.finish(finish):
+            if isinstance(event, ToolCall):
+                call_event = event
+            yield event
+
+        problem = _failure_reason(stream, finish)
+        if problem is not None and attempt < settings.max_retries and not ctx.cancel.is_set():
+            attempt += 1
+            yield Retry(attempt=attempt, reason=problem[0], detail=problem[1], failed_text=_attempt_text(stream))
+            continue
+        if problem is not None:
+            yield TurnFailed(f"no usable answer after {attempt} retries: {problem[1]}")
+            return
+
+        produced = [m for m in stream.messages]
+        call = stream.tool_call
+        if finish == "cancelled" or call is None:
+            yield TurnFinished(reason="cancelled" if finish == "cancelled" else finish, metrics=last_metrics)
+            return
+        new_messages.extend(produced)
+        recipient = call.recipient or ""
+        if ctx.tools is None:
+            # A client-side function (server): the caller runs it and sends the result back.
+            yield TurnFinished(reason="stop", metrics=last_metrics)
+            return
+        rounds += 1
+        call_id = call_event.call_id if call_event else f"call_{uuid.uuid4().hex[:8]}"
+        if rounds > settings.max_tool_rounds:
+            yield TurnFinished(reason="tool_rounds", metrics=last_metrics)
+            return
+        allowed = True
+        if ctx.tools.needs_confirmation(recipient):
+            request = ToolConfirmation(call_id=call_id, recipient=recipient, arguments=call.text)
+            yield request
+            allowed = bool(ctx.confirm(request)) if ctx.confirm else False
+        if ctx.cancel.is_set():
+            yield TurnFinished(reason="cancelled", metrics=last_metrics)
+            return
+        if allowed:
+            outcome = ctx.tools.run(recipient, call.text, cancel=ctx.cancel)
+            output, error, duration = outcome.output, outcome.error, outcome.duration_s
+        else:
+            output, error, duration = "", "the user declined this tool call", 0.0
+        yield ToolResult(call_id=call_id, recipient=recipient, output=output, error=error, duration_s=duration)
+        text = output if not error else (f"Error: {error}\n{output}" if output else f"Error: {error}")
+        new_messages.append(
+            HMessage(role="tool", text=text, author=recipient, channel=call.channel or "commentary", recipient="assistant")
+        )
