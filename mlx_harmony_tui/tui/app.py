@@ -1,0 +1,486 @@
+"""The Textual app: owns the backend, the conversation and the running turn, and feeds events to widgets.
+
+The model runs on a worker thread (the backend's); a 25 Hz timer drains the turn's queue and applies the
+events in one batch, so the UI never waits for the model and the model never waits for the UI.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+from typing import Any
+
+from textual import work
+from textual.app import App, SystemCommand
+from textual.containers import VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Collapsible, ProgressBar, Static
+
+from mlx_harmony_tui import paths
+from mlx_harmony_tui.backends.base import Backend, TurnHandle, TurnRequest
+from mlx_harmony_tui.chat import events as ev
+from mlx_harmony_tui.chat.settings import ChatSettings
+from mlx_harmony_tui.errors import UserError
+from mlx_harmony_tui.harmony.messages import HMessage
+from mlx_harmony_tui.tui.keymap import CHAT_BINDINGS, normalize
+from mlx_harmony_tui.tui.screens.chat import ChatScreen
+from mlx_harmony_tui.tui.screens.dialogs import ConfirmScreen
+from mlx_harmony_tui.tui.screens.help import HelpScreen
+from mlx_harmony_tui.tui.screens.models import ModelPickerScreen
+from mlx_harmony_tui.tui.screens.params import ParamsScreen
+from mlx_harmony_tui.tui.themes import load_themes
+from mlx_harmony_tui.tui.widgets.chat_input import ChatInput
+from mlx_harmony_tui.tui.widgets.messages import AssistantMessage, UserMessage
+from mlx_harmony_tui.tui.widgets.metrics_bar import MetricsBar
+from mlx_harmony_tui.tui.widgets.tool_log import ToolLog
+
+PUMP_HZ = 25
+BackendLoader = Callable[[str, Callable[[float, str], None]], Backend]
+
+
+def default_loader(model: str, progress: Callable[[float, str], None]) -> Backend:
+    from mlx_harmony_tui.backends.local import LocalBackend
+
+    return LocalBackend.load(model, progress=progress)
+
+
+def welcome_text(model: str) -> str:
+    return (
+        f"Model: {model}\n"
+        f"Sessions: {paths.sessions_dir()}\n"
+        f"Config:   {paths.config_file()}\n"
+        "To chat with gpt-oss-20b: start with --model PATH (a folder with config.json and *.safetensors),\n"
+        "or set  model = \"PATH\"  in the config file, or pick one with ctrl+o.\n"
+        "Enter sends, shift+enter / ctrl+j adds a line, esc stops, F1 lists every key."
+    )
+
+
+class HarmonyApp(App[None]):
+    TITLE = "mlx-harmony-tui"
+
+    def __init__(
+        self,
+        *,
+        model: str = "demo",
+        backend: Backend | None = None,
+        loader: BackendLoader | None = None,
+        settings: ChatSettings | None = None,
+        session_id: str | None = None,
+        keymap: dict[str, Any] | None = None,
+        theme: str | None = None,
+        models_dirs: Iterable[str | Path] = (),
+        show_welcome: bool = True,
+        on_theme_change: Callable[[str], None] | None = None,
+    ) -> None:
+        super().__init__()
+        self.model_ref = model
+        self.backend: Backend | None = backend
+        self.loader = loader or default_loader
+        self.settings = settings or ChatSettings()
+        self.history: list[HMessage] = []
+        self.handle: TurnHandle | None = None
+        self.current: AssistantMessage | None = None
+        self.loading = False
+        self.models_dirs = list(models_dirs)
+        self.session_id = session_id
+        self._keymap = normalize(keymap)
+        self._theme_name = theme
+        self._show_welcome = show_welcome
+        self._on_theme_change = on_theme_change
+        self._turn_started_at = 0.0
+        self._settings_dirty = False
+        self.pump_count = 0  # batches applied (measured by scripts/ui_latency.py)
+        self.theme_problems: list[str] = []
+
+    # ---- start-up -------------------------------------------------------------------------------------
+    def get_default_screen(self) -> Screen[Any]:
+        return ChatScreen(welcome_text(self.model_ref) if self._show_welcome else "")
+
+    def on_mount(self) -> None:
+        themes, self.theme_problems = load_themes()
+        for t in themes:
+            self.register_theme(t)
+        if self._theme_name:
+            if self._theme_name in self.available_themes:
+                self.theme = self._theme_name
+            else:
+                self.notify(f"Unknown theme {self._theme_name!r}; using {self.theme}", severity="warning")
+        for p in self.theme_problems:
+            self.notify(p, severity="warning")
+        if self._keymap:
+            self.set_keymap(self._keymap)
+        self.theme_changed_signal.subscribe(self, self._theme_changed)
+
+    def on_ready(self) -> None:
+        """The chat screen exists now: start the pump and the model."""
+        self.set_interval(1 / PUMP_HZ, self.pump)
+        if self.backend is None:
+            self.load_model(self.model_ref)
+        else:
+            self._backend_ready()
+
+    def _theme_changed(self, theme: Any) -> None:
+        if self._on_theme_change is not None:
+            self._on_theme_change(theme.name)
+
+    def _backend_ready(self) -> None:
+        assert self.backend is not None
+        self.model_ref = self.backend.model_name
+        self.screen_chat.query_one(MetricsBar).context_limit = self.backend.context_limit
+        self._update_header()
+
+    def _update_header(self) -> None:
+        s = self.settings
+        sp = s.sampling
+        name = self.backend.model_name if self.backend else "no model"
+        bits = [name, f"T={sp.temperature:g}", f"top_p={sp.top_p:g}"]
+        if sp.top_k:
+            bits.append(f"top_k={sp.top_k}")
+        if sp.min_p:
+            bits.append(f"min_p={sp.min_p:g}")
+        if sp.repetition_penalty != 1.0:
+            bits.append(f"rep={sp.repetition_penalty:g}")
+        bits.append(f"effort={s.reasoning_effort}")
+        bits.append(f"max={s.max_tokens}")
+        self.sub_title = " · ".join(bits)
+
+    # ---- model loading --------------------------------------------------------------------------------
+    @work(thread=True, exclusive=True, group="load")
+    def load_model(self, model: str) -> None:
+        """Slow (reads GBs): runs on a thread; a failure keeps the previous model."""
+        self.loading = True
+        self.call_from_thread(self._show_progress, 0.0, f"loading {model}")
+
+        def progress(frac: float, msg: str) -> None:
+            self.call_from_thread(self._show_progress, frac, msg)
+
+        try:
+            backend = self.loader(model, progress)
+        except UserError as e:
+            self.call_from_thread(self._load_failed, str(e))
+            return
+        except Exception as e:  # noqa: BLE001 - show it, keep the previous model
+            self.call_from_thread(self._load_failed, f"{type(e).__name__}: {e}")
+            return
+        self.call_from_thread(self._load_done, backend)
+
+    def _show_progress(self, frac: float, msg: str) -> None:
+        bar = self.screen_chat.query_one("#load-bar")
+        bar.remove_class("hidden")
+        self.screen_chat.query_one("#load-text", Static).update(f"{msg} ")
+        self.screen_chat.query_one("#load-progress", ProgressBar).update(progress=max(0.0, min(1.0, frac)))
+        self.screen_chat.query_one(MetricsBar).set_status("loading")
+
+    def _load_failed(self, message: str) -> None:
+        self.loading = False
+        self.screen_chat.query_one("#load-bar").add_class("hidden")
+        self.notify(message, title="Model not loaded", severity="error", timeout=10)
+        self.screen_chat.query_one(MetricsBar).set_status("ready" if self.backend else "no model")
+
+    def _load_done(self, backend: Backend) -> None:
+        self.loading = False
+        old, self.backend = self.backend, backend
+        if old is not None and old is not backend:
+            old.close()
+        self.screen_chat.query_one("#load-bar").add_class("hidden")
+        self.screen_chat.query_one(MetricsBar).set_status("ready")
+        self._backend_ready()
+        self.notify(f"Model ready: {backend.model_name}")
+
+    @property
+    def screen_chat(self) -> ChatScreen:
+        for s in self.screen_stack:
+            if isinstance(s, ChatScreen):
+                return s
+        raise RuntimeError("no chat screen")
+
+    # ---- sending --------------------------------------------------------------------------------------
+    @property
+    def conversation(self) -> VerticalScroll:
+        return self.screen_chat.query_one("#conversation", VerticalScroll)
+
+    @property
+    def generating(self) -> bool:
+        return self.handle is not None
+
+    async def on_chat_input_submitted(self, message: ChatInput.Submitted) -> None:
+        await self.send(message.text)
+        self.screen_chat.query_one(ChatInput).clear()
+
+    async def send(self, text: str) -> None:
+        if self.generating:
+            self.notify("Still generating: esc stops it first", severity="warning")
+            return
+        if self.backend is None:
+            self.notify("No model loaded yet", severity="warning")
+            return
+        for w in self.conversation.query("#welcome"):
+            await w.remove()
+        self.history.append(HMessage(role="user", text=text))
+        await self.conversation.mount(UserMessage(text))
+        await self._start_turn()
+
+    async def _start_turn(self) -> None:
+        assert self.backend is not None
+        self.current = AssistantMessage()
+        await self.conversation.mount(self.current)
+        self.conversation.scroll_end(animate=False)
+        self.screen_chat.query_one(MetricsBar).reset_spark()
+        self.screen_chat.query_one(MetricsBar).set_status("generating")
+        request = TurnRequest(messages=list(self.history), settings=copy.deepcopy(self.settings))
+        self._turn_started_at = time.perf_counter()
+        try:
+            self.handle = self.backend.start_turn(request)
+        except UserError as e:
+            await self.current.notice(str(e), error=True)
+            self.current = None
+            self.screen_chat.query_one(MetricsBar).set_status("ready")
+
+    # ---- applying events ------------------------------------------------------------------------------
+    async def pump(self) -> None:
+        """One batch: everything queued since the last tick; consecutive deltas become one write."""
+        handle = self.handle
+        if handle is None:
+            return
+        events, done = handle.drain()
+        if events:
+            self.pump_count += 1
+            await self.apply(events)
+        if done and self.handle is handle:
+            await self._turn_ended()
+
+    async def apply(self, events: list[Any]) -> None:
+        msg = self.current
+        pending_channel: str | None = None
+        pending: list[str] = []
+
+        async def flush() -> None:
+            nonlocal pending_channel, pending
+            if msg is not None and pending_channel and pending:
+                await msg.write(pending_channel, "".join(pending))
+            pending_channel, pending = None, []
+
+        at_bottom = self.conversation.scroll_offset.y >= self.conversation.max_scroll_y - 2
+        for e in events:
+            if isinstance(e, ev.Delta):
+                if e.recipient:  # tool-call arguments: shown in the tool pane via ToolCallArgs
+                    continue
+                if e.channel != pending_channel:
+                    await flush()
+                    pending_channel = e.channel
+                pending.append(e.text)
+                continue
+            await flush()
+            await self.apply_one(e)
+        await flush()
+        if at_bottom:
+            self.conversation.scroll_end(animate=False)
+
+    async def apply_one(self, e: Any) -> None:
+        msg = self.current
+        bar = self.screen_chat.query_one(MetricsBar)
+        tools = self.screen_chat.query_one(ToolLog)
+        if isinstance(e, ev.MessageDone):
+            self.history.append(
+                HMessage(role="assistant", text=e.text, channel=e.channel, recipient=e.recipient,
+                         content_type=e.content_type)
+            )
+        elif isinstance(e, ev.TurnStarted):
+            if e.attempt and msg is not None:
+                await msg.notice(f"↻ attempt {e.attempt + 1}")
+        elif isinstance(e, ev.Metrics):
+            bar.show(e)
+        elif isinstance(e, ev.PrefillProgress):
+            bar.set_status(f"prefill {e.done}/{e.total}")
+        elif isinstance(e, ev.ToolCallStarted):
+            tools.remove_class("hidden")
+            await tools.entry(e.call_id, e.recipient)
+            if msg is not None:
+                await msg.notice(f"⚙ calling {e.recipient}")
+        elif isinstance(e, ev.ToolCallArgs):
+            (await tools.entry(e.call_id, "?")).add_args(e.delta)
+        elif isinstance(e, ev.ToolCall):
+            (await tools.entry(e.call_id, e.recipient)).set_args(e.arguments)
+        elif isinstance(e, ev.ToolResult):
+            (await tools.entry(e.call_id, e.recipient)).set_result(e.output, e.error, e.duration_s)
+            self.history.append(
+                HMessage(role="tool", text=e.error or e.output, author=e.recipient, channel="commentary",
+                         recipient="assistant")
+            )
+        elif isinstance(e, ev.ToolConfirmation):
+            self.confirm_tool(e)
+        elif isinstance(e, ev.Recovery):
+            if msg is not None:
+                await msg.notice(f"repaired model output: {e.kind} {e.detail}".strip())
+        elif isinstance(e, ev.Retry):
+            if msg is not None:
+                await msg.notice(f"↻ retrying ({e.reason}{': ' + e.detail if e.detail else ''})")
+        elif isinstance(e, ev.ContextTrimmed):
+            if msg is not None:
+                await msg.notice(f"context full: dropped {e.dropped_messages} old message(s)")
+        elif isinstance(e, ev.TurnFinished):
+            bar.show(e.metrics)
+            if msg is not None and e.reason not in ("stop",):
+                await msg.notice({"cancelled": "⏹ stopped (partial reply kept)",
+                                  "length": "max tokens reached"}.get(e.reason, f"finished: {e.reason}"))
+        elif isinstance(e, ev.TurnFailed):
+            if msg is not None:
+                await msg.notice(f"error: {e.error}", error=True)
+
+    def confirm_tool(self, e: ev.ToolConfirmation) -> None:
+        handle = self.handle
+
+        def answer(allowed: bool | None) -> None:
+            if handle is not None:
+                handle.confirm(e.call_id, bool(allowed))
+
+        self.push_screen(ConfirmScreen(f"Run tool {e.recipient}?", e.arguments), answer)
+
+    async def _turn_ended(self) -> None:
+        msg, self.current, self.handle = self.current, None, None
+        if msg is not None:
+            await msg.finish()
+        self.screen_chat.query_one(MetricsBar).set_status("ready")
+
+    async def wait_idle(self, timeout: float = 60.0) -> None:
+        """For tests and scripts: until the running turn has been fully applied."""
+        import asyncio
+
+        deadline = time.monotonic() + timeout
+        while self.generating and time.monotonic() < deadline:
+            await asyncio.sleep(0.02)
+
+    # ---- actions ----------------------------------------------------------------------------------------
+    def action_stop(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            self.screen_chat.query_one(MetricsBar).set_status("stopping")
+
+    def _last_user_index(self) -> int | None:
+        for i in range(len(self.history) - 1, -1, -1):
+            if self.history[i].role == "user":
+                return i
+        return None
+
+    async def _drop_last_exchange(self, keep_user: bool) -> str | None:
+        """Forget the last reply (and the user message unless keep_user) in history and on screen."""
+        i = self._last_user_index()
+        if i is None:
+            return None
+        text = self.history[i].text
+        del self.history[i + (1 if keep_user else 0):]
+        widgets = list(self.conversation.children)
+        last_user = max((k for k, w in enumerate(widgets) if isinstance(w, UserMessage)), default=None)
+        if last_user is not None:
+            for w in widgets[last_user + (1 if keep_user else 0):]:
+                await w.remove()
+        return text
+
+    async def action_regenerate(self) -> None:
+        if self.generating or self.backend is None:
+            return
+        if await self._drop_last_exchange(keep_user=True) is None:
+            self.notify("Nothing to regenerate")
+            return
+        await self._start_turn()
+
+    async def action_edit_last(self) -> None:
+        if self.generating:
+            return
+        text = await self._drop_last_exchange(keep_user=False)
+        if text is None:
+            self.notify("No message to edit")
+            return
+        box = self.screen_chat.query_one(ChatInput)
+        box.text = text
+        box.focus()
+
+    def action_toggle_analysis(self) -> None:
+        boxes = [b for b in self.conversation.query(Collapsible) if b.has_class("analysis")]
+        if not boxes:
+            return
+        collapse = not all(b.collapsed for b in boxes)
+        for b in boxes:
+            b.collapsed = collapse
+        for m in self.conversation.query(AssistantMessage):
+            m.user_toggled = True
+
+    def _last_assistant(self) -> AssistantMessage | None:
+        msgs = [m for m in self.conversation.query(AssistantMessage) if m.final_text]
+        return msgs[-1] if msgs else None
+
+    def action_copy_reply(self) -> None:
+        m = self._last_assistant()
+        if m is None:
+            self.notify("No reply to copy")
+            return
+        self.copy_to_clipboard(m.final_text)
+        self.notify("Reply copied to the clipboard")
+
+    def action_copy_code(self) -> None:
+        for m in reversed(list(self.conversation.query(AssistantMessage))):
+            blocks = m.code_blocks()
+            if blocks:
+                self.copy_to_clipboard(blocks[-1])
+                self.notify("Code block copied to the clipboard")
+                return
+        self.notify("No code block to copy")
+
+    def action_help(self) -> None:
+        rows = []
+        for b in CHAT_BINDINGS:
+            keys = self._keymap.get(b.id or "", b.key)
+            rows.append((keys, b.description, b.id or ""))
+        self.push_screen(HelpScreen(rows))
+
+    def action_params(self) -> None:
+        def done(new: ChatSettings | None) -> None:
+            if new is not None:
+                self.settings = new
+                self._settings_dirty = True
+                self._update_header()
+                self.notify("Parameters apply from the next turn")
+
+        self.push_screen(ParamsScreen(self.settings), done)
+
+    def action_models(self) -> None:
+        from mlx_harmony_tui.backends.discovery import find_models
+
+        if self.loading:
+            self.notify("A model is already loading")
+            return
+
+        def done(choice: str | None) -> None:
+            if choice:
+                self.load_model(choice)
+
+        self.push_screen(ModelPickerScreen(find_models(self.models_dirs), self.model_ref), done)
+
+    def action_sessions(self) -> None:
+        self.notify("Sessions are not available yet", severity="warning")
+
+    async def action_new_session(self) -> None:
+        if self.generating:
+            self.action_stop()
+            await self.wait_idle(5)
+        self.history = []
+        await self.conversation.remove_children()
+        for e in list(self.screen_chat.query_one(ToolLog).entries.values()):
+            await e.remove()
+        self.screen_chat.query_one(ToolLog).entries.clear()
+        self.session_id = None
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        """Every bound action is also in the command palette (ctrl+p)."""
+        yield from super().get_system_commands(screen)
+        for b in CHAT_BINDINGS:
+            name = b.action.removeprefix("app.")
+            if name in ("quit", "command_palette"):
+                continue
+            if name == "toggle_tools":
+                yield SystemCommand(b.description, f"toggle the tool-call pane ({b.key})",
+                                    self.screen_chat.action_toggle_tools)
+                continue
+            yield SystemCommand(b.description, f"{b.id} ({b.key})", getattr(self, f"action_{name}"))

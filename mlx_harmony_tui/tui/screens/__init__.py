@@ -1,0 +1,1 @@
+"""Screens of the app: chat, session browser, model picker, parameters, help, confirmations."""

@@ -1,0 +1,42 @@
+"""The chat screen: conversation, tool-call pane, metrics bar and the message box."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import Screen
+from textual.widgets import Footer, Header, ProgressBar, Static
+
+from mlx_harmony_tui.tui.keymap import CHAT_BINDINGS
+from mlx_harmony_tui.tui.widgets.chat_input import ChatInput
+from mlx_harmony_tui.tui.widgets.metrics_bar import MetricsBar
+from mlx_harmony_tui.tui.widgets.tool_log import ToolLog
+
+
+class ChatScreen(Screen[None]):
+    """Layout only; the app drives it (turns, events), so every screen and the palette share one logic."""
+
+    CSS_PATH = "chat.tcss"
+    BINDINGS = CHAT_BINDINGS
+    AUTO_FOCUS = "ChatInput"
+
+    def __init__(self, welcome: str = "") -> None:
+        super().__init__()
+        self.welcome = welcome
+
+    def compose(self) -> ComposeResult:
+        yield Header()
+        with Horizontal(id="body"):
+            with VerticalScroll(id="conversation"):
+                if self.welcome:
+                    yield Static(self.welcome, id="welcome", markup=False)
+            yield ToolLog(id="tool-log", classes="hidden")
+        with Horizontal(id="load-bar", classes="hidden"):
+            yield Static("", id="load-text")
+            yield ProgressBar(total=1.0, show_eta=False, id="load-progress")
+        yield MetricsBar(id="metrics-bar")
+        yield ChatInput(id="input")
+        yield Footer()
+
+    def action_toggle_tools(self) -> None:
+        self.query_one(ToolLog).toggle_class("hidden")

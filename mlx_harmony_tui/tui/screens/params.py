@@ -1,0 +1,111 @@
+"""The parameters panel: sampling, limits, reasoning effort and prompts, applied to the next turn."""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import replace
+
+from textual.app import ComposeResult
+from textual.binding import Binding
+from textual.containers import Horizontal, VerticalScroll
+from textual.screen import ModalScreen
+from textual.widgets import Button, Input, Label, Select, Static, TextArea
+
+from mlx_harmony_tui.chat.settings import ChatSettings
+
+# (field id, label, type, where: "sampling" or "settings")
+NUMERIC = [
+    ("temperature", "Temperature", float, "sampling"),
+    ("top_p", "Top p", float, "sampling"),
+    ("top_k", "Top k (0 = off)", int, "sampling"),
+    ("min_p", "Min p (0 = off)", float, "sampling"),
+    ("repetition_penalty", "Repetition penalty (1 = off)", float, "sampling"),
+    ("max_tokens", "Max tokens", int, "settings"),
+    ("context_limit", "Context limit (empty = model's)", int, "settings"),
+]
+
+
+class ParamsScreen(ModalScreen[ChatSettings | None]):
+    """Dismisses with new settings (ctrl+s / Apply) or None (Esc); invalid numbers keep the panel open."""
+
+    DEFAULT_CSS = """
+    ParamsScreen { align: center middle; }
+    ParamsScreen > VerticalScroll { width: 80; height: 90%; border: thick $primary; background: $surface; padding: 0 2; }
+    ParamsScreen Horizontal.row { height: 3; }
+    ParamsScreen Horizontal.row > Label { width: 32; padding-top: 1; }
+    ParamsScreen Horizontal.row > Input, ParamsScreen Horizontal.row > Select { width: 1fr; }
+    ParamsScreen TextArea { height: 5; }
+    ParamsScreen Static#params-error { color: $error; }
+    """
+    BINDINGS = [
+        Binding("ctrl+s", "apply", "Apply", id="params.apply", priority=True),
+        Binding("escape", "cancel", "Cancel", id="params.cancel"),
+    ]
+
+    def __init__(self, settings: ChatSettings) -> None:
+        super().__init__()
+        self.settings = settings
+
+    def compose(self) -> ComposeResult:
+        s = self.settings
+        with VerticalScroll():
+            yield Static("[b]Parameters[/b] (apply to the next turn; ctrl+s applies, esc cancels)")
+            for name, label, _typ, where in NUMERIC:
+                value = getattr(s.sampling if where == "sampling" else s, name)
+                with Horizontal(classes="row"):
+                    yield Label(label)
+                    yield Input("" if value is None else str(value), id=f"p-{name}")
+            with Horizontal(classes="row"):
+                yield Label("Reasoning effort")
+                yield Select(
+                    [(x, x) for x in ("low", "medium", "high")],
+                    value=s.reasoning_effort,
+                    allow_blank=False,
+                    id="p-reasoning_effort",
+                )
+            yield Label("Developer instructions")
+            yield TextArea(s.instructions, id="p-instructions")
+            yield Label("System prompt (extra system text)")
+            yield TextArea(s.system_prompt, id="p-system_prompt")
+            yield Static("", id="params-error")
+            yield Button("Apply (ctrl+s)", variant="primary", id="apply")
+
+    def on_button_pressed(self, event: Button.Pressed) -> None:
+        if event.button.id == "apply":
+            self.action_apply()
+
+    def read(self) -> ChatSettings:
+        """The panel's values as new settings; ValueError names the bad field."""
+        s = copy.deepcopy(self.settings)
+        sampling_changes: dict[str, object] = {}
+        for name, label, typ, where in NUMERIC:
+            raw = self.query_one(f"#p-{name}", Input).value.strip()
+            if raw == "" and name == "context_limit":
+                value: object = None
+            else:
+                try:
+                    value = typ(raw)
+                except ValueError:
+                    raise ValueError(f"{label}: {raw!r} is not a valid {typ.__name__}") from None
+                if isinstance(value, int | float) and value < 0:
+                    raise ValueError(f"{label}: must not be negative")
+            if where == "sampling":
+                sampling_changes[name] = value
+            else:
+                setattr(s, name, value)
+        s.sampling = replace(s.sampling, **sampling_changes)  # type: ignore[arg-type]
+        s.reasoning_effort = self.query_one("#p-reasoning_effort", Select).value  # type: ignore[assignment]
+        s.instructions = self.query_one("#p-instructions", TextArea).text
+        s.system_prompt = self.query_one("#p-system_prompt", TextArea).text
+        return s
+
+    def action_apply(self) -> None:
+        try:
+            new = self.read()
+        except ValueError as e:
+            self.query_one("#params-error", Static).update(str(e))
+            return
+        self.dismiss(new)
+
+    def action_cancel(self) -> None:
+        self.dismiss(None)

@@ -1,0 +1,62 @@
+"""Live generation figures: tok/s (with a sparkline), TTFT, context used, MLX memory, wired memory (macOS)."""
+
+from __future__ import annotations
+
+from textual.app import ComposeResult
+from textual.containers import Horizontal
+from textual.widgets import Sparkline, Static
+
+from mlx_harmony_tui.chat.events import Metrics
+
+
+def _gib(n: int) -> str:
+    return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
+
+
+def format_metrics(m: Metrics, context_limit: int = 0) -> str:
+    parts = []
+    parts.append(f"{m.decode_tps:.1f} tok/s" if m.decode_tps else "-- tok/s")
+    parts.append(f"TTFT {m.ttft_s:.2f}s" if m.ttft_s is not None else "TTFT --")
+    limit = m.context_limit or context_limit
+    parts.append(f"ctx {m.context_tokens}/{limit}" if limit else f"ctx {m.context_tokens}")
+    if m.reused_tokens:
+        parts.append(f"reused {m.reused_tokens}")
+    if m.mlx_active_bytes or m.mlx_peak_bytes:
+        parts.append(f"MLX {_gib(m.mlx_active_bytes)} (peak {_gib(m.mlx_peak_bytes)})")
+    if m.wired_bytes is not None:
+        parts.append(f"wired {_gib(m.wired_bytes)}")
+    return "  │  ".join(parts)
+
+
+class MetricsBar(Horizontal):
+    DEFAULT_CSS = """
+    MetricsBar { height: 1; background: $panel; padding: 0 1; }
+    MetricsBar > Static#metrics-text { width: 1fr; }
+    MetricsBar > Static#status { width: auto; color: $accent; padding-right: 1; }
+    MetricsBar > Sparkline { width: 24; }
+    """
+
+    def __init__(self, **kwargs: object) -> None:
+        super().__init__(**kwargs)  # type: ignore[arg-type]
+        self.history: list[float] = []
+        self.last: Metrics | None = None
+        self.context_limit = 0
+
+    def compose(self) -> ComposeResult:
+        yield Static("idle", id="status")
+        yield Static(format_metrics(Metrics()), id="metrics-text")
+        yield Sparkline([], id="tps-spark")
+
+    def set_status(self, text: str) -> None:
+        self.query_one("#status", Static).update(text)
+
+    def show(self, m: Metrics) -> None:
+        self.last = m
+        if m.decode_tps and not m.final:
+            self.history = [*self.history[-59:], float(m.decode_tps)]
+            self.query_one(Sparkline).data = list(self.history)
+        self.query_one("#metrics-text", Static).update(format_metrics(m, self.context_limit))
+
+    def reset_spark(self) -> None:
+        self.history = []
+        self.query_one(Sparkline).data = []
