@@ -1,0 +1,84 @@
+"""Memory controls: refuse models that cannot fit, cap MLX's buffer cache, wire the weights on macOS."""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+import mlx.core as mx
+
+from mlx_harmony_tui.errors import UserError
+
+
+class ModelTooLargeError(UserError):
+    """The model's weights do not fit in the memory this machine can give them."""
+
+
+def weights_nbytes(model: Any) -> int:
+    """Total bytes of the model's parameters (quantized arrays count at their packed size)."""
+    from mlx.utils import tree_flatten
+
+    return sum(int(a.nbytes) for _, a in tree_flatten(model.parameters()))
+
+
+def available_memory() -> int | None:
+    """Memory the model may use: Metal's recommended working set on Apple GPUs, else physical RAM."""
+    try:
+        if mx.metal.is_available():
+            info = mx.metal.device_info()
+            return int(info["max_recommended_working_set_size"])
+    except (AttributeError, KeyError, RuntimeError):
+        pass
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def check_fits(nbytes: int, what: str = "the model", headroom: float = 0.9, available: int | None = None) -> None:
+    """Raise ``ModelTooLargeError`` if ``nbytes`` of weights exceed ``headroom`` x the available memory.
+
+    Called before loading (from the safetensors sizes) so the user gets a sentence, not a crash or a swap storm.
+    """
+    avail = available_memory() if available is None else available
+    if avail is None or avail <= 0:
+        return
+    if nbytes > headroom * avail:
+        gib = 1 << 30
+        raise ModelTooLargeError(
+            f"{what} needs {nbytes / gib:.1f} GiB for its weights, but only {avail / gib:.1f} GiB "
+            f"is available ({headroom:.0%} usable); use a smaller or more quantized model"
+        )
+
+
+def files_nbytes(paths: Iterable[str | os.PathLike[str]]) -> int:
+    """Sum of file sizes (safetensors weights are stored raw, so this estimates their memory)."""
+    return sum(os.path.getsize(p) for p in paths)
+
+
+def set_cache_limit(nbytes: int | None) -> int | None:
+    """Cap MLX's free-buffer cache (None = leave as is); returns the previous limit."""
+    if nbytes is None:
+        return None
+    return int(mx.set_cache_limit(int(nbytes)))
+
+
+def set_wired_limit_for(model_nbytes: int, enable: bool = True) -> int | None:
+    """On macOS, wire enough memory for the weights (+10%), bounded by Metal's recommended working set.
+
+    Wired memory is not paged out, which keeps decode speed steady for large models; elsewhere a no-op.
+    Returns the limit set, or None when nothing was done.
+    """
+    if not enable or sys.platform != "darwin":
+        return None
+    try:
+        if not mx.metal.is_available():
+            return None
+        max_ws = int(mx.metal.device_info()["max_recommended_working_set_size"])
+    except (AttributeError, KeyError, RuntimeError):
+        return None
+    limit = min(int(model_nbytes * 1.1), max_ws)
+    mx.set_wired_limit(limit)
+    return limit
