@@ -1,0 +1,325 @@
+"""A Backend over any OpenAI-compatible endpoint (our server, Ollama, LM Studio, vLLM), streaming SSE with httpx.
+
+The conversation is sent as chat-completions messages; the reply's reasoning (``reasoning_content`` or
+``reasoning``), text and tool calls come back as the same events the local backend produces, so faces do not
+know the difference. Tools are not run here: a tool call ends the turn (the face decides what to do).
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+import uuid
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from mlx_harmony_tui.backends.base import TurnHandle, TurnRequest
+from mlx_harmony_tui.chat.events import (
+    Delta,
+    MessageDone,
+    Metrics,
+    ToolCall,
+    ToolCallArgs,
+    ToolCallStarted,
+    TurnFailed,
+    TurnFinished,
+    TurnStarted,
+)
+from mlx_harmony_tui.chat.settings import ChatSettings
+from mlx_harmony_tui.errors import UserError
+from mlx_harmony_tui.harmony.messages import HMessage
+
+DEFAULT_CONTEXT = 131072
+_FINISH = {"stop": "stop", "length": "length", "tool_calls": "stop", "function_call": "stop", "content_filter": "stop"}
+
+
+class RemoteError(UserError):
+    """The remote server could not be reached or refused the request."""
+
+
+def _httpx() -> Any:
+    try:
+        import httpx
+    except ImportError:
+        raise UserError("--remote needs httpx: pip install 'mlx-harmony-tui[remote]'") from None
+    return httpx
+
+
+def normalize_url(url: str) -> str:
+    """``http://host:port`` -> ``http://host:port/v1``; a URL with a path is kept as given (minus a trailing /)."""
+    parts = urlsplit(url.strip())
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise UserError(f"remote URL must look like http://host:port/v1, not {url!r}")
+    path = parts.path.rstrip("/") or "/v1"
+    return urlunsplit((parts.scheme, parts.netloc, path, "", ""))
+
+
+def _error_message(response: Any) -> str:
+    try:
+        body = json.loads(response.read())
+    except (ValueError, TypeError):
+        return f"HTTP {response.status_code}"
+    err = body.get("error") if isinstance(body, dict) else None
+    if isinstance(err, dict) and err.get("message"):
+        return f"HTTP {response.status_code}: {err['message']}"
+    if isinstance(err, str):
+        return f"HTTP {response.status_code}: {err}"
+    if isinstance(body, dict) and isinstance(body.get("detail"), str):
+        return f"HTTP {response.status_code}: {body['detail']}"
+    return f"HTTP {response.status_code}"
+
+
+def to_openai_messages(messages: list[HMessage], settings: ChatSettings) -> list[dict[str, Any]]:
+    """HMessages -> chat-completions messages (the inverse of the server's mapping)."""
+    out: list[dict[str, Any]] = []
+    system = "\n\n".join(t for t in (settings.system_prompt, settings.instructions) if t)
+    if system:
+        out.append({"role": "system", "content": system})
+    pending_calls: dict[str, list[str]] = {}  # function name -> unanswered call ids
+    current: dict[str, Any] | None = None  # the assistant message being assembled
+    counter = 0
+
+    def assistant() -> dict[str, Any]:
+        nonlocal current
+        if current is None:
+            current = {"role": "assistant", "content": None}
+            out.append(current)
+        return current
+
+    for m in messages:
+        if m.role == "assistant":
+            a = assistant()
+            if m.channel == "analysis":
+                a["reasoning_content"] = (a.get("reasoning_content") or "") + m.text
+            elif m.recipient and m.recipient != "assistant":
+                counter += 1
+                call_id = f"call_{counter}"
+                name = m.recipient.removeprefix("functions.")
+                pending_calls.setdefault(name, []).append(call_id)
+                a.setdefault("tool_calls", []).append(
+                    {"id": call_id, "type": "function", "function": {"name": name, "arguments": m.text}}
+                )
+            else:
+                a["content"] = (a.get("content") or "") + m.text
+                if m.channel in (None, "final"):
+                    current = None
+            continue
+        current = None
+        if m.role == "tool":
+            name = (m.author or "").removeprefix("functions.")
+            ids = pending_calls.get(name) or []
+            call_id = ids.pop(0) if ids else f"call_{name}"
+            out.append({"role": "tool", "tool_call_id": call_id, "content": m.text})
+        elif m.role in ("system", "developer"):
+            out.append({"role": "system", "content": m.text})
+        else:
+            out.append({"role": "user", "content": m.text})
+    return out
+
+
+def request_body(request: TurnRequest, model: str) -> dict[str, Any]:
+    s = request.settings
+    sp = s.sampling
+    body: dict[str, Any] = {
+        "model": model,
+        "messages": to_openai_messages(request.messages, s),
+        "stream": True,
+        "stream_options": {"include_usage": True},
+        "temperature": sp.temperature,
+        "top_p": sp.top_p,
+        "max_tokens": s.max_tokens,
+        "reasoning_effort": s.reasoning_effort,
+    }
+    # Extensions many local servers accept; sent only when switched on so strict servers are not bothered.
+    if sp.top_k:
+        body["top_k"] = sp.top_k
+    if sp.min_p:
+        body["min_p"] = sp.min_p
+    if sp.repetition_penalty != 1.0:
+        body["repetition_penalty"] = sp.repetition_penalty
+    if s.seed is not None:
+        body["seed"] = s.seed
+    if s.function_tools:
+        body["tools"] = [
+            {"type": "function",
+             "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+            for t in s.function_tools
+        ]
+    return body
+
+
+class RemoteBackend:
+    """Implements the Backend protocol over HTTP. ``model`` None = the first model the server lists."""
+
+    def __init__(self, url: str, api_key: str | None = None, model: str | None = None, timeout: float = 600.0) -> None:
+        self.url = normalize_url(url)
+        self.api_key = api_key
+        self.timeout = timeout
+        self._model = model
+        self._threads: list[threading.Thread] = []
+
+    def _headers(self) -> dict[str, str]:
+        h = {"Accept": "text/event-stream"}
+        if self.api_key:
+            h["Authorization"] = f"Bearer {self.api_key}"
+        return h
+
+    def list_models(self) -> list[str]:
+        """The model ids the server offers (UserError when it cannot be reached or refuses)."""
+        httpx = _httpx()
+        try:
+            r = httpx.get(f"{self.url}/models", headers=self._headers(), timeout=30.0)
+        except httpx.HTTPError as e:
+            raise RemoteError(f"cannot reach {self.url}: {e}") from None
+        if r.status_code != 200:
+            raise RemoteError(f"{self.url}/models: {_error_message(r)}")
+        try:
+            return [str(m["id"]) for m in r.json().get("data", [])]
+        except (ValueError, KeyError, TypeError, AttributeError):
+            raise RemoteError(f"{self.url}/models did not answer like an OpenAI-compatible server") from None
+
+    @property
+    def model_name(self) -> str:
+        if self._model is None:
+            models = self.list_models()
+            if not models:
+                raise RemoteError(f"{self.url} offers no models")
+            self._model = models[0]
+        return self._model
+
+    @property
+    def context_limit(self) -> int:
+        return DEFAULT_CONTEXT
+
+    def count_tokens(self, request: TurnRequest) -> int | None:
+        return None  # the remote tokenizer is unknown
+
+    def start_turn(self, request: TurnRequest) -> TurnHandle:
+        handle = TurnHandle()
+        body = request_body(request, self.model_name)
+        thread = threading.Thread(target=self._run, args=(handle, body), name="remote-turn", daemon=True)
+        thread.start()
+        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        return handle
+
+    def close(self) -> None:
+        for t in self._threads:
+            t.join(timeout=5)
+
+    def _run(self, handle: TurnHandle, body: dict[str, Any]) -> None:
+        httpx = _httpx()
+        handle.put(TurnStarted(uuid.uuid4().hex[:12]))
+        state = _StreamState(handle)
+        t0 = time.perf_counter()
+        try:
+            with httpx.Client(timeout=httpx.Timeout(self.timeout, connect=30.0)) as client:
+                with client.stream("POST", f"{self.url}/chat/completions", json=body,
+                                   headers=self._headers()) as response:
+                    if response.status_code != 200:
+                        handle.put(TurnFailed(_error_message(response)))
+                        return
+                    for line in response.iter_lines():
+                        if handle.cancel_event.is_set():
+                            state.finish("cancelled", t0)
+                            return
+                        if not line.startswith("data:"):
+                            continue
+                        data = line[5:].strip()
+                        if data == "[DONE]":
+                            break
+                        try:
+                            doc = json.loads(data)
+                        except ValueError:
+                            continue
+                        if state.feed(doc, t0):
+                            return
+            state.finish(None, t0)
+        except httpx.HTTPError as e:
+            handle.put(TurnFailed(f"cannot reach {self.url}: {type(e).__name__}: {e}"))
+        except Exception as e:  # noqa: BLE001 - a worker must always close its handle
+            handle.put(TurnFailed(f"{type(e).__name__}: {e}"))
+        finally:
+            handle.close()
+
+
+class _StreamState:
+    """Chunks -> events for one streamed reply."""
+
+    def __init__(self, handle: TurnHandle) -> None:
+        self.handle = handle
+        self.reasoning = ""
+        self.content = ""
+        self.calls: dict[int, dict[str, str]] = {}
+        self.finish_reason: str | None = None
+        self.usage: dict[str, Any] | None = None
+        self.first_token: float | None = None
+        self.reasoning_key: str | None = None  # servers may send both keys with the same text: use one
+
+    def feed(self, doc: dict[str, Any], t0: float) -> bool:
+        """Handle one chunk; True when the turn ended in an error."""
+        if isinstance(doc.get("error"), dict | str):
+            err = doc["error"]
+            self.handle.put(TurnFailed(err.get("message", str(err)) if isinstance(err, dict) else err))
+            return True
+        if isinstance(doc.get("usage"), dict):
+            self.usage = doc["usage"]
+        for choice in doc.get("choices") or []:
+            delta = choice.get("delta") or {}
+            if self.reasoning_key is None:
+                self.reasoning_key = next((k for k in ("reasoning_content", "reasoning") if delta.get(k)), None)
+            text = delta.get(self.reasoning_key) if self.reasoning_key else None
+            if text:
+                self._mark(t0)
+                self.reasoning += text
+                self.handle.put(Delta("analysis", text))
+            if delta.get("content"):
+                self._mark(t0)
+                self.content += delta["content"]
+                self.handle.put(Delta("final", delta["content"]))
+            for tc in delta.get("tool_calls") or []:
+                self._mark(t0)
+                idx = int(tc.get("index", len(self.calls)))
+                fn = tc.get("function") or {}
+                call = self.calls.get(idx)
+                if call is None:
+                    call = {"id": tc.get("id") or f"call_{idx}", "name": fn.get("name") or "", "args": ""}
+                    self.calls[idx] = call
+                    self.handle.put(ToolCallStarted(call["id"], f"functions.{call['name']}"))
+                if fn.get("arguments"):
+                    call["args"] += fn["arguments"]
+                    self.handle.put(ToolCallArgs(call["id"], fn["arguments"]))
+            if choice.get("finish_reason"):
+                self.finish_reason = choice["finish_reason"]
+        return False
+
+    def _mark(self, t0: float) -> None:
+        if self.first_token is None:
+            self.first_token = time.perf_counter() - t0
+
+    def finish(self, reason: str | None, t0: float) -> None:
+        if self.reasoning:
+            self.handle.put(MessageDone("analysis", self.reasoning))
+        if self.content:
+            self.handle.put(MessageDone("final", self.content))
+        for call in self.calls.values():
+            recipient = f"functions.{call['name']}"
+            self.handle.put(MessageDone("commentary", call["args"], recipient, "<|constrain|>json"))
+            self.handle.put(ToolCall(call["id"], recipient, call["args"], content_type="<|constrain|>json"))
+        u = self.usage or {}
+        details = u.get("prompt_tokens_details") or {}
+        elapsed = time.perf_counter() - t0
+        generated = int(u.get("completion_tokens") or 0)
+        decode_time = elapsed - (self.first_token or 0.0)
+        metrics = Metrics(
+            prompt_tokens=int(u.get("prompt_tokens") or 0),
+            reused_tokens=int(details.get("cached_tokens") or 0),
+            prefilled_tokens=int(u.get("prompt_tokens") or 0) - int(details.get("cached_tokens") or 0),
+            generated_tokens=generated,
+            ttft_s=self.first_token,
+            decode_tps=(generated - 1) / decode_time if generated > 1 and decode_time > 0 else None,
+            final=True,
+        )
+        self.handle.put(metrics)
+        finish = reason or _FINISH.get(self.finish_reason or "stop", "stop")
+        self.handle.put(TurnFinished(finish, metrics))  # type: ignore[arg-type]

@@ -1,0 +1,167 @@
+"""Flags shared by `chat`, `generate` and `serve`, and their resolution into settings and a backend.
+
+Precedence is command line > profile > config file > model defaults (config.py does the layering; the flags
+given here are applied last). Bad values are UserErrors with the flag's name, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any
+
+from mlx_harmony_tui.chat.settings import ChatSettings
+from mlx_harmony_tui.errors import UserError
+
+SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+EFFORTS = ("low", "medium", "high")
+
+
+def add_model_flags(p: argparse.ArgumentParser, remote: bool = True) -> None:
+    p.add_argument("--model", "-m", default=None, help="model folder, or 'demo' (the default)")
+    if remote:
+        p.add_argument("--remote", default=None, metavar="URL",
+                       help="use an OpenAI-compatible server instead of a local model (e.g. http://127.0.0.1:8000/v1)")
+        p.add_argument("--api-key", default=None,
+                       help="bearer token for --remote (default: config, then $OPENAI_API_KEY)")
+    p.add_argument("--profile", default=None, help="settings profile from the config file")
+    p.add_argument("--config", default=None, metavar="PATH", help="config file (default: the user's config.toml)")
+
+
+def add_settings_flags(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("generation")
+    g.add_argument("--temperature", type=float, default=None)
+    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--top-k", type=int, default=None)
+    g.add_argument("--min-p", type=float, default=None)
+    g.add_argument("--repetition-penalty", type=float, default=None)
+    g.add_argument("--max-tokens", type=int, default=None, help="most tokens per generation")
+    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--reasoning-effort", choices=EFFORTS, default=None)
+    g.add_argument("--system", default=None, help="system prompt text (model identity)")
+    g.add_argument("--instructions", default=None, help="developer instructions")
+
+
+def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    """The settings given on the command line, by ChatSettings key (sampling keys flat)."""
+    out: dict[str, Any] = {}
+    for key in (*SAMPLING_KEYS, "max_tokens", "seed", "reasoning_effort"):
+        value = getattr(args, key, None)
+        if value is not None:
+            out[key] = value
+    if getattr(args, "system", None) is not None:
+        out["system_prompt"] = args.system
+    if getattr(args, "instructions", None) is not None:
+        out["instructions"] = args.instructions
+    return out
+
+
+def parse_value(key: str, text: str) -> Any:
+    """Text of `/set key=value` -> a checked value of the right type."""
+    key = key.strip().replace("-", "_")
+    text = text.strip()
+    try:
+        if key in ("temperature", "top_p", "min_p", "repetition_penalty"):
+            value: Any = float(text)
+        elif key in ("top_k", "max_tokens", "repetition_context"):
+            value = int(text)
+        elif key == "seed":
+            value = None if text.lower() in ("", "none", "off") else int(text)
+        elif key in ("reasoning_effort", "instructions", "system_prompt", "system"):
+            value = text
+        else:
+            known = ", ".join((*SAMPLING_KEYS, "max_tokens", "seed", "reasoning_effort", "instructions", "system"))
+            raise UserError(f"unknown setting {key!r}; known: {known}")
+    except ValueError:
+        raise UserError(f"{key}: {text!r} is not a valid number") from None
+    return value
+
+
+def apply_overrides(settings: ChatSettings, overrides: dict[str, Any]) -> ChatSettings:
+    """Apply flat overrides in place after checking their ranges (UserError naming the bad one)."""
+    for key, value in overrides.items():
+        key = "system_prompt" if key == "system" else key
+        check(key, value)
+        if key in SAMPLING_KEYS or key == "repetition_context":
+            setattr(settings.sampling, key, value)
+        else:
+            setattr(settings, key, value)
+    return settings
+
+
+def check(key: str, value: Any) -> None:
+    flag = "--" + key.replace("_", "-")
+    bad = {
+        "temperature": lambda v: not 0 <= v <= 10,
+        "top_p": lambda v: not 0 < v <= 1,
+        "top_k": lambda v: v < 0,
+        "min_p": lambda v: not 0 <= v <= 1,
+        "repetition_penalty": lambda v: v <= 0,
+        "repetition_context": lambda v: v < 0,
+        "max_tokens": lambda v: v < 1,
+        "reasoning_effort": lambda v: v not in EFFORTS,
+    }.get(key)
+    if bad is not None and bad(value):
+        hint = {"reasoning_effort": " (low, medium or high)", "top_p": " (0 < top_p <= 1)",
+                "min_p": " (0..1)", "temperature": " (0..10)", "max_tokens": " (at least 1)"}.get(key, "")
+        raise UserError(f"{flag}: invalid value {value!r}{hint}")
+
+
+def load_base_settings(args: argparse.Namespace) -> tuple[ChatSettings, Any]:
+    """Settings from config file and profile (no CLI flags yet), and the AppConfig (or None)."""
+    try:
+        from mlx_harmony_tui import config as config_mod
+    except ImportError:  # config layer not installed in this build: model defaults only
+        return ChatSettings(), None
+    cfg, problems = config_mod.load_config(getattr(args, "config", None), getattr(args, "profile", None))
+    for problem in problems or []:
+        print(f"mlx-harmony-tui: config: {problem}", file=_stderr())
+    settings = config_mod.resolve_settings(cli=None, session=None, profile=getattr(args, "profile", None),
+                                           config=cfg, model_defaults=None)
+    return settings, cfg
+
+
+def _stderr() -> Any:
+    import sys
+
+    return sys.stderr
+
+
+def resolve_settings_from_args(args: argparse.Namespace) -> tuple[ChatSettings, str]:
+    """(settings with the CLI flags applied, model name or path)."""
+    settings, cfg = load_base_settings(args)
+    apply_overrides(settings, cli_overrides(args))
+    model = getattr(args, "model", None) or _config_get(cfg, "model") or "demo"
+    return settings, str(model)
+
+
+def _config_get(cfg: Any, name: str) -> Any:
+    if cfg is None:
+        return None
+    if isinstance(cfg, dict):
+        return cfg.get(name)
+    return getattr(cfg, name, None)
+
+
+def make_backend(args: argparse.Namespace, progress: Any = None) -> tuple[Any, ChatSettings]:
+    """The backend the flags ask for (local model, or --remote URL) and the resolved settings."""
+    settings, model = resolve_settings_from_args(args)
+    url = getattr(args, "remote", None)
+    if url:
+        from mlx_harmony_tui.backends.remote import RemoteBackend
+
+        key = getattr(args, "api_key", None) or _config_get(_load_cfg_quiet(args), "api_key") \
+            or os.environ.get("OPENAI_API_KEY")
+        return RemoteBackend(url, api_key=key, model=getattr(args, "model", None)), settings
+    from mlx_harmony_tui.backends.local import LocalBackend
+
+    return LocalBackend.load(model, progress=progress), settings
+
+
+def _load_cfg_quiet(args: argparse.Namespace) -> Any:
+    try:
+        from mlx_harmony_tui import config as config_mod
+    except ImportError:
+        return None
+    cfg, _ = config_mod.load_config(getattr(args, "config", None), getattr(args, "profile", None))
+    return cfg

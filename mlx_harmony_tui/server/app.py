@@ -1,0 +1,492 @@
+"""OpenAI-compatible HTTP server over any Backend (FastAPI).
+
+Each request's turn runs on the backend's worker; a pump thread moves its events into the event loop as they
+come, and they are turned into SSE chunks one by one (real token streaming). The generation queue keeps one
+generation on the model at a time in arrival order; a disconnecting client cancels its turn.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+import json
+import secrets
+import threading
+import time
+import uuid
+from collections.abc import AsyncIterator, Mapping
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse, StreamingResponse
+from pydantic import ValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+
+from mlx_harmony_tui.backends.base import Backend, TurnRequest
+from mlx_harmony_tui.chat.events import (
+    Delta,
+    Event,
+    Metrics,
+    Retry,
+    ToolCall,
+    ToolCallArgs,
+    ToolCallStarted,
+    ToolConfirmation,
+    TurnFailed,
+    TurnFinished,
+)
+from mlx_harmony_tui.chat.settings import ChatSettings
+from mlx_harmony_tui.server.queue import GenerationQueue, QueueFull
+from mlx_harmony_tui.server.schemas import (
+    APIError,
+    ChatCompletionRequest,
+    error_body,
+    to_hmessages,
+    to_settings,
+)
+
+DEFAULT_MAX_BODY = 4 * 1024 * 1024
+_END = object()
+
+
+class ReplyBuilder:
+    """Turns the event stream of one turn into OpenAI deltas, and accumulates the whole reply.
+
+    Stop strings apply to the visible text: text that could be the start of a stop string is held back until
+    it is clear, so a stop string never reaches the client.
+    """
+
+    def __init__(self, stops: list[str] | None = None) -> None:
+        self.stops = stops or []
+        self._hold = max((len(s) for s in self.stops), default=1) - 1
+        self._pending = ""
+        self.content = ""
+        self.reasoning = ""
+        self.tool_calls: list[dict[str, Any]] = []
+        self._tool_index: dict[str, int] = {}
+        self._args_streamed: set[str] = set()
+        self.stopped = False  # a stop string was hit: the caller cancels the turn
+        self.finish_reason: str | None = None
+        self.error: str | None = None
+        self.metrics: Metrics | None = None
+
+    def feed(self, ev: Event) -> list[dict[str, Any]]:
+        """Deltas (``choices[0].delta`` objects) for one event; an empty list for events clients don't see."""
+        if isinstance(ev, Delta):
+            if ev.channel == "analysis":
+                if self.stopped:
+                    return []
+                self.reasoning += ev.text
+                return [{"reasoning_content": ev.text, "reasoning": ev.text}]
+            if ev.recipient is None:  # final answer, or a preamble before tool calls
+                return self._content(ev.text)
+            return []  # tool-call arguments: sent as tool_calls below
+        if isinstance(ev, ToolCallStarted):
+            if self.stopped:
+                return []
+            idx = len(self.tool_calls)
+            self._tool_index[ev.call_id] = idx
+            call = {"id": _call_id(ev.call_id), "type": "function",
+                    "function": {"name": _function_name(ev.recipient), "arguments": ""}}
+            self.tool_calls.append(call)
+            return [{"tool_calls": [{"index": idx, "id": call["id"], "type": "function",
+                                     "function": {"name": call["function"]["name"], "arguments": ""}}]}]
+        if isinstance(ev, ToolCallArgs):
+            idx = self._tool_index.get(ev.call_id)
+            if idx is None or self.stopped:
+                return []
+            self._args_streamed.add(ev.call_id)
+            self.tool_calls[idx]["function"]["arguments"] += ev.delta
+            return [{"tool_calls": [{"index": idx, "function": {"arguments": ev.delta}}]}]
+        if isinstance(ev, ToolCall):
+            if self.stopped:
+                return []
+            idx = self._tool_index.get(ev.call_id)
+            out: list[dict[str, Any]] = []
+            if idx is None:  # a call without a started event: announce it whole
+                out = self.feed(ToolCallStarted(ev.call_id, ev.recipient, ev.channel))
+                idx = self._tool_index[ev.call_id]
+            call = self.tool_calls[idx]
+            if call["function"]["arguments"] != ev.arguments:
+                rest = ev.arguments[len(call["function"]["arguments"]):] if ev.arguments.startswith(
+                    call["function"]["arguments"]) else None
+                if rest is not None and rest:
+                    out.append({"tool_calls": [{"index": idx, "function": {"arguments": rest}}]})
+                call["function"]["arguments"] = ev.arguments
+            return out
+        if isinstance(ev, Retry):
+            # The failed attempt's text is superseded; the complete reply holds only the last attempt.
+            self.content = ""
+            self.reasoning = ""
+            self._pending = ""
+            self.tool_calls.clear()
+            self._tool_index.clear()
+            return []
+        if isinstance(ev, Metrics):
+            if ev.final:
+                self.metrics = ev
+            return []
+        if isinstance(ev, TurnFinished):
+            out = self._flush()
+            m = ev.metrics
+            if m.prompt_tokens or m.generated_tokens or self.metrics is None:
+                self.metrics = m
+            if ev.reason == "error":
+                self.error = self.error or "generation failed"
+            if self.stopped:
+                self.finish_reason = "stop"
+            elif self.tool_calls:
+                self.finish_reason = "tool_calls"
+            elif ev.reason == "length":
+                self.finish_reason = "length"
+            else:
+                self.finish_reason = "stop"
+            return out
+        if isinstance(ev, TurnFailed):
+            self.error = ev.error
+            return []
+        return []
+
+    def _content(self, text: str) -> list[dict[str, Any]]:
+        if self.stopped or not text:
+            return []
+        if not self.stops:
+            self.content += text
+            return [{"content": text}]
+        buf = self._pending + text
+        hits = [i for i in (buf.find(s) for s in self.stops) if i >= 0]
+        if hits:
+            emit, self._pending, self.stopped = buf[: min(hits)], "", True
+        else:
+            cut = max(0, len(buf) - self._hold)
+            emit, self._pending = buf[:cut], buf[cut:]
+        self.content += emit
+        return [{"content": emit}] if emit else []
+
+    def _flush(self) -> list[dict[str, Any]]:
+        emit, self._pending = self._pending, ""
+        if emit and not self.stopped:
+            self.content += emit
+            return [{"content": emit}]
+        return []
+
+    def usage(self) -> dict[str, Any]:
+        m = self.metrics or Metrics()
+        return {
+            "prompt_tokens": m.prompt_tokens,
+            "completion_tokens": m.generated_tokens,
+            "total_tokens": m.prompt_tokens + m.generated_tokens,
+            "prompt_tokens_details": {"cached_tokens": m.reused_tokens},
+        }
+
+    def message(self) -> dict[str, Any]:
+        msg: dict[str, Any] = {"role": "assistant", "content": self.content or (None if self.tool_calls else "")}
+        if self.reasoning:
+            msg["reasoning_content"] = self.reasoning
+            msg["reasoning"] = self.reasoning
+        if self.tool_calls:
+            msg["tool_calls"] = self.tool_calls
+        return msg
+
+
+def _call_id(call_id: str) -> str:
+    return call_id if call_id.startswith("call_") else f"call_{call_id}"
+
+
+def _function_name(recipient: str) -> str:
+    return recipient.removeprefix("functions.")
+
+
+def _start_without_tools(backend: Backend, request: TurnRequest) -> Any:
+    """Start a turn that ends at a tool call instead of running it (the client runs its own functions)."""
+    try:
+        accepts = "run_tools" in inspect.signature(backend.start_turn).parameters
+    except (TypeError, ValueError):
+        accepts = False
+    if accepts:
+        return backend.start_turn(request, run_tools=False)  # type: ignore[call-arg]
+    return backend.start_turn(request)
+
+
+class _Turn:
+    """Runs one turn on a pump thread and feeds its events into an asyncio queue as they come."""
+
+    def __init__(self, backend: Backend, request: TurnRequest, gen_queue: GenerationQueue) -> None:
+        self.loop = asyncio.get_running_loop()
+        self.events: asyncio.Queue[object] = asyncio.Queue()
+        self._backend = backend
+        self._request = request
+        self._gen_queue = gen_queue
+        self._cancelled = threading.Event()
+        self._handle: Any = None
+        self.done = asyncio.Event()
+
+    def start(self) -> None:
+        threading.Thread(target=self._run, name="mhtui-server-turn", daemon=True).start()
+
+    def cancel(self) -> None:
+        self._cancelled.set()
+        if self._handle is not None:
+            self._handle.cancel()
+
+    def _post(self, item: object) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, item)
+        except RuntimeError:  # loop closed (server shutting down)
+            self._cancelled.set()
+            if self._handle is not None:
+                self._handle.cancel()
+
+    def _run(self) -> None:
+        try:
+            handle = _start_without_tools(self._backend, self._request)
+            self._handle = handle
+            if self._cancelled.is_set():
+                handle.cancel()
+            for ev in handle.events():
+                if isinstance(ev, ToolConfirmation):  # a client's functions never run here; refuse anything else
+                    handle.confirm(ev.call_id, False)
+                    continue
+                self._post(ev)
+        except Exception as e:  # the backend failed: the client gets the message, the server keeps going
+            self._post(TurnFailed(f"{type(e).__name__}: {e}"))
+        finally:
+            try:
+                self.loop.call_soon_threadsafe(self._finish)
+            except RuntimeError:
+                pass
+
+    def _finish(self) -> None:
+        self.events.put_nowait(_END)
+        self.done.set()
+        self._gen_queue.release()
+
+    async def __aiter__(self) -> AsyncIterator[Event]:
+        while True:
+            item = await self.events.get()
+            if item is _END:
+                return
+            yield item  # type: ignore[misc]
+
+
+def create_app(
+    models: Mapping[str, Backend] | Backend,
+    settings: ChatSettings | None = None,
+    api_key: str | None = None,
+    max_body_bytes: int = DEFAULT_MAX_BODY,
+    max_waiting: int = 256,
+) -> FastAPI:
+    """The app. ``models`` maps the names clients may ask for to loaded backends; nothing else is ever loaded."""
+    backends: dict[str, Backend] = dict(models) if isinstance(models, Mapping) else {models.model_name: models}
+    if not backends:
+        raise ValueError("the server needs at least one model")
+    base = settings or ChatSettings()
+    gen_queue = GenerationQueue(max_waiting)
+    created = int(time.time())
+    app = FastAPI(title="mlx-harmony-tui", docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.queue = gen_queue
+    app.state.backends = backends
+
+    def envelope(err: APIError) -> JSONResponse:
+        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
+        return JSONResponse(err.body(), status_code=err.status, headers=headers)
+
+    @app.exception_handler(APIError)
+    async def _api_error(_: Request, exc: APIError) -> JSONResponse:
+        return envelope(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
+        return envelope(APIError(exc.status_code, str(exc.detail), code=code))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return envelope(APIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error"))
+
+    @app.middleware("http")
+    async def _auth(request: Request, call_next: Any) -> Any:
+        if api_key and request.url.path.startswith("/v1"):
+            given = request.headers.get("authorization", "")
+            scheme, _, token = given.partition(" ")
+            if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
+                return envelope(APIError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')",
+                                         code="invalid_api_key"))
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health() -> dict[str, Any]:
+        return {"status": "ok", "models": list(backends), "busy": gen_queue.busy, "waiting": gen_queue.waiting}
+
+    def model_card(name: str) -> dict[str, Any]:
+        return {"id": name, "object": "model", "created": created, "owned_by": "mlx-harmony-tui"}
+
+    @app.get("/v1/models")
+    async def list_models() -> dict[str, Any]:
+        return {"object": "list", "data": [model_card(n) for n in backends]}
+
+    @app.get("/v1/models/{name:path}")
+    async def get_model(name: str) -> dict[str, Any]:
+        if name not in backends:
+            raise APIError(404, f"model {name!r} does not exist", param="model", code="model_not_found")
+        return model_card(name)
+
+    async def read_json(request: Request) -> Any:
+        length = request.headers.get("content-length")
+        if length is not None and (not length.isdigit() or int(length) > max_body_bytes):
+            raise APIError(413, f"request body is larger than {max_body_bytes} bytes", code="request_too_large")
+        body = bytearray()
+        async for part in request.stream():
+            body += part
+            if len(body) > max_body_bytes:
+                raise APIError(413, f"request body is larger than {max_body_bytes} bytes", code="request_too_large")
+        try:
+            return json.loads(body)
+        except (UnicodeDecodeError, json.JSONDecodeError) as e:
+            raise APIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+
+    @app.post("/v1/chat/completions")
+    async def chat_completions(request: Request) -> Any:
+        data = await read_json(request)
+        if not isinstance(data, dict):
+            raise APIError(400, "request body must be a JSON object")
+        try:
+            req = ChatCompletionRequest.model_validate(data)
+        except ValidationError as e:
+            first = e.errors()[0]
+            loc = ".".join(str(p) for p in first["loc"])
+            raise APIError(400, f"{loc}: {first['msg']}" if loc else first["msg"], param=loc or None,
+                           code="invalid_value") from None
+        name = req.model or next(iter(backends))
+        backend = backends.get(name)
+        if backend is None:
+            raise APIError(404, f"model {name!r} does not exist; this server serves: {', '.join(backends)}",
+                           param="model", code="model_not_found")
+        turn_request = TurnRequest(messages=to_hmessages(req), settings=to_settings(req, base))
+        stops = req.stop_strings()
+        cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
+        now = int(time.time())
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return _SSEResponse(
+                _stream(backend, turn_request, gen_queue, stops, cid, now, name, include_usage),
+                media_type="text/event-stream",
+                headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+            )
+        return await _complete(request, backend, turn_request, gen_queue, stops, cid, now, name)
+
+    return app
+
+
+class _SSEResponse(StreamingResponse):
+    """Always watch for the client's disconnect while streaming (also while waiting in the queue)."""
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        scope = dict(scope)
+        scope["asgi"] = {**scope.get("asgi", {}), "spec_version": "2.0"}
+        await super().__call__(scope, receive, send)
+
+
+async def _acquire(gen_queue: GenerationQueue) -> None:
+    try:
+        await gen_queue.acquire()
+    except QueueFull as e:
+        raise APIError(429, f"server busy: {e}", "rate_limit_error", code="queue_full") from None
+
+
+async def _complete(
+    request: Request,
+    backend: Backend,
+    turn_request: TurnRequest,
+    gen_queue: GenerationQueue,
+    stops: list[str],
+    cid: str,
+    now: int,
+    name: str,
+) -> JSONResponse:
+    waiter = asyncio.ensure_future(_acquire(gen_queue))
+    while not waiter.done():  # leave the line if the client hangs up while waiting
+        await asyncio.wait({waiter}, timeout=0.25)
+        if not waiter.done() and await request.is_disconnected():
+            waiter.cancel()
+            return JSONResponse(error_body("client disconnected", "invalid_request_error"), status_code=499)
+    waiter.result()
+    turn = _Turn(backend, turn_request, gen_queue)
+    turn.start()
+    builder = ReplyBuilder(stops)
+    it = turn.__aiter__()
+    try:
+        while True:
+            nxt = asyncio.ensure_future(it.__anext__())
+            while not nxt.done():
+                await asyncio.wait({nxt}, timeout=0.25)
+                if not nxt.done() and await request.is_disconnected():
+                    turn.cancel()
+            try:
+                ev = nxt.result()
+            except StopAsyncIteration:
+                break
+            builder.feed(ev)
+            if builder.stopped:
+                turn.cancel()
+    except BaseException:
+        turn.cancel()
+        raise
+    if builder.error and builder.finish_reason is None:
+        raise APIError(500, f"generation failed: {builder.error}", "server_error")
+    return JSONResponse({
+        "id": cid,
+        "object": "chat.completion",
+        "created": now,
+        "model": name,
+        "system_fingerprint": None,
+        "choices": [{"index": 0, "message": builder.message(), "logprobs": None,
+                     "finish_reason": builder.finish_reason or "stop"}],
+        "usage": builder.usage(),
+    })
+
+
+async def _stream(
+    backend: Backend,
+    turn_request: TurnRequest,
+    gen_queue: GenerationQueue,
+    stops: list[str],
+    cid: str,
+    now: int,
+    name: str,
+    include_usage: bool,
+) -> AsyncIterator[str]:
+    def chunk(delta: dict[str, Any] | None, finish: str | None = None, usage: dict[str, Any] | None = None) -> str:
+        doc: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": now, "model": name,
+                               "system_fingerprint": None,
+                               "choices": [] if delta is None else
+                               [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+        if usage is not None:
+            doc["usage"] = usage
+        return f"data: {json.dumps(doc, ensure_ascii=False)}\n\n"
+
+    try:
+        await _acquire(gen_queue)
+    except APIError as e:
+        yield f"data: {json.dumps(e.body())}\n\n"
+        yield "data: [DONE]\n\n"
+        return
+    turn = _Turn(backend, turn_request, gen_queue)
+    turn.start()
+    builder = ReplyBuilder(stops)
+    try:
+        yield chunk({"role": "assistant", "content": ""})
+        async for ev in turn:
+            for delta in builder.feed(ev):
+                yield chunk(delta)
+            if builder.stopped:
+                turn.cancel()
+        if builder.error and builder.finish_reason is None:
+            yield f"data: {json.dumps(error_body(f'generation failed: {builder.error}', 'server_error'))}\n\n"
+        else:
+            yield chunk({}, builder.finish_reason or "stop")
+            if include_usage:
+                yield chunk(None, usage=builder.usage())
+        yield "data: [DONE]\n\n"
+    finally:
+        turn.cancel()  # no-op when the turn ended; stops the model when the client went away

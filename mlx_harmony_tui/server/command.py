@@ -1,0 +1,105 @@
+"""``mlx-harmony-tui serve``: the OpenAI-compatible server on loopback by default."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import socket
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from mlx_harmony_tui.errors import UserError
+
+API_KEY_ENV = "MLX_HARMONY_TUI_API_KEY"
+
+
+def _require_server_extra() -> None:
+    try:
+        import fastapi  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError:
+        raise UserError("the server needs FastAPI and uvicorn: pip install 'mlx-harmony-tui[server]'") from None
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    from mlx_harmony_tui.faces.common import add_model_flags, add_settings_flags
+
+    p = subparsers.add_parser("serve", help="serve an OpenAI-compatible API (POST /v1/chat/completions)")
+    add_model_flags(p, remote=False)
+    add_settings_flags(p)
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--api-key", default=None, help=f"require this bearer token (or set {API_KEY_ENV})")
+    p.add_argument("--name", action="append", default=[], metavar="NAME",
+                   help="extra name clients may use for the model (repeatable)")
+    p.add_argument("--max-body-mb", type=float, default=4.0, help="largest request body (default 4 MB)")
+    p.add_argument("--max-queue", type=int, default=256, help="most requests waiting for the model")
+    p.set_defaults(func=run)
+
+
+def build_app(args: argparse.Namespace) -> Any:
+    """Load the configured model and build the app (separate from run() so tests can use it)."""
+    _require_server_extra()
+    from mlx_harmony_tui.backends.local import LocalBackend
+    from mlx_harmony_tui.faces.common import resolve_settings_from_args
+    from mlx_harmony_tui.server.app import create_app
+
+    settings, model = resolve_settings_from_args(args)
+    backend = LocalBackend.load(model, progress=lambda f, msg: print(f"[{f:4.0%}] {msg}", file=sys.stderr))
+    names = [backend.model_name, *args.name]
+    api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
+    if args.max_body_mb <= 0 or args.max_queue < 1:
+        raise UserError("--max-body-mb and --max-queue must be positive")
+    return create_app({n: backend for n in names}, settings, api_key=api_key,
+                      max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_waiting=args.max_queue)
+
+
+def run(args: argparse.Namespace) -> int:
+    _require_server_extra()
+    import uvicorn
+
+    if not 0 < args.port < 65536:
+        raise UserError(f"--port must be 1..65535, not {args.port}")
+    app = build_app(args)
+    if args.host not in ("127.0.0.1", "localhost", "::1") and not (args.api_key or os.environ.get(API_KEY_ENV)):
+        print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use the model",
+              file=sys.stderr)
+    print(f"serving {', '.join(app.state.backends)} on http://{args.host}:{args.port}/v1", file=sys.stderr)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    except OSError as e:
+        raise UserError(f"cannot listen on {args.host}:{args.port}: {e}") from None
+    return 0
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@contextmanager
+def serve_in_thread(app: Any, port: int | None = None) -> Iterator[str]:
+    """Run the app with uvicorn on a loopback port in a background thread; yields the base URL (``.../v1``)."""
+    import uvicorn
+
+    port = port or free_port()
+    config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
+                            timeout_graceful_shutdown=2)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 20
+    while not server.started:
+        if not thread.is_alive() or time.monotonic() > deadline:
+            raise RuntimeError("the server did not start")
+        time.sleep(0.02)
+    try:
+        yield f"http://127.0.0.1:{port}/v1"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)

@@ -1,0 +1,243 @@
+"""Request models of the OpenAI chat-completions API and their mapping to HMessages and ChatSettings.
+
+Unknown fields are accepted and ignored (clients send many vendor extensions), but a known field with the wrong
+type is a 400: pydantic validates, the app turns its errors into OpenAI's error envelope.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from mlx_harmony_tui.chat.settings import ChatSettings, FunctionTool
+from mlx_harmony_tui.harmony.messages import HMessage
+
+MAX_STOP_STRINGS = 4
+
+
+class APIError(Exception):
+    """An error returned to the client in OpenAI's envelope (never a traceback)."""
+
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type_: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.message = message
+        self.type = type_
+        self.param = param
+        self.code = code
+
+    def body(self) -> dict[str, Any]:
+        return error_body(self.message, self.type, self.param, self.code)
+
+
+def error_body(message: str, type_: str, param: str | None = None, code: str | None = None) -> dict[str, Any]:
+    return {"error": {"message": message, "type": type_, "param": param, "code": code}}
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+
+class ContentPart(_Model):
+    type: str
+    text: str | None = None
+
+
+class FunctionCall(_Model):
+    name: str
+    arguments: str = ""
+
+    @field_validator("arguments", mode="before")
+    @classmethod
+    def _args_as_text(cls, v: Any) -> Any:
+        # Some clients send the arguments as an object instead of a JSON string.
+        return json.dumps(v) if isinstance(v, dict) else v
+
+
+class ToolCallIn(_Model):
+    id: str
+    type: Literal["function"] = "function"
+    function: FunctionCall
+
+
+class ChatMessage(_Model):
+    role: Literal["system", "developer", "user", "assistant", "tool"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+    tool_calls: list[ToolCallIn] | None = None
+    tool_call_id: str | None = None
+    reasoning_content: str | None = None
+    reasoning: str | None = None
+
+    def text(self) -> str:
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        parts = []
+        for p in self.content:
+            if p.type not in ("text", "input_text", "output_text"):
+                raise APIError(400, f"content part type {p.type!r} is not supported (text only)", param="messages")
+            parts.append(p.text or "")
+        return "".join(parts)
+
+
+class FunctionDef(_Model):
+    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    description: str = ""
+    parameters: dict[str, Any] | None = None
+
+
+class ToolDef(_Model):
+    type: Literal["function"]
+    function: FunctionDef
+
+
+class NamedFunction(_Model):
+    name: str
+
+
+class NamedToolChoice(_Model):
+    type: Literal["function"]
+    function: NamedFunction
+
+
+class StreamOptions(_Model):
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(_Model):
+    model: str = ""
+    messages: list[ChatMessage] = Field(min_length=1)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    temperature: float | None = Field(default=None, ge=0.0, le=2.0)
+    top_p: float | None = Field(default=None, gt=0.0, le=1.0)
+    top_k: int | None = Field(default=None, ge=0)
+    min_p: float | None = Field(default=None, ge=0.0, le=1.0)
+    repetition_penalty: float | None = Field(default=None, gt=0.0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    tools: list[ToolDef] | None = None
+    tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
+    n: int | None = Field(default=None, ge=1, le=1)
+
+    def stop_strings(self) -> list[str]:
+        stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+        stops = [s for s in stops if s]
+        if len(stops) > MAX_STOP_STRINGS:
+            raise APIError(400, f"at most {MAX_STOP_STRINGS} stop strings are allowed", param="stop")
+        return stops
+
+
+def to_settings(req: ChatCompletionRequest, base: ChatSettings) -> ChatSettings:
+    """The server's configured settings with this request's overrides applied (the base is never mutated)."""
+    s = copy.deepcopy(base)
+    sp = s.sampling
+    if req.temperature is not None:
+        sp.temperature = req.temperature
+    if req.top_p is not None:
+        sp.top_p = req.top_p
+    if req.top_k is not None:
+        sp.top_k = req.top_k
+    if req.min_p is not None:
+        sp.min_p = req.min_p
+    if req.repetition_penalty is not None:
+        sp.repetition_penalty = req.repetition_penalty
+    limit = req.max_completion_tokens or req.max_tokens
+    if limit is not None:
+        s.max_tokens = limit
+    if req.seed is not None:
+        s.seed = req.seed
+    if req.reasoning_effort is not None:
+        s.reasoning_effort = req.reasoning_effort
+    instructions = [m.text() for m in req.messages if m.role in ("system", "developer")]
+    if instructions:
+        s.instructions = "\n\n".join(t for t in [s.instructions, *instructions] if t)
+    s.builtin_tools = []  # a client never gets the server's python/browser tools
+    s.function_tools = []
+    choice = req.tool_choice
+    if req.tools and choice != "none":
+        tools = [
+            FunctionTool(
+                name=t.function.name,
+                description=t.function.description,
+                parameters=t.function.parameters or {"type": "object", "properties": {}},
+            )
+            for t in req.tools
+        ]
+        if isinstance(choice, NamedToolChoice):
+            tools = [t for t in tools if t.name == choice.function.name]
+            if not tools:
+                raise APIError(400, f"tool_choice names unknown function {choice.function.name!r}", param="tool_choice")
+        s.function_tools = tools
+    return s
+
+
+def to_hmessages(req: ChatCompletionRequest) -> list[HMessage]:
+    """OpenAI messages -> Harmony messages. System/developer text goes to settings.instructions instead.
+
+    Assistant messages carry their analysis (reasoning_content/reasoning), an optional preamble and their
+    tool calls; tool results find their function name through tool_call_id.
+    """
+    out: list[HMessage] = []
+    call_names: dict[str, str] = {}
+    for i, m in enumerate(req.messages):
+        if m.role in ("system", "developer"):
+            continue
+        if m.role == "user":
+            out.append(HMessage(role="user", text=m.text()))
+        elif m.role == "assistant":
+            reasoning = m.reasoning_content or m.reasoning
+            if reasoning:
+                out.append(HMessage(role="assistant", text=reasoning, channel="analysis"))
+            text = m.text()
+            if m.tool_calls:
+                if text:
+                    out.append(HMessage(role="assistant", text=text, channel="commentary"))
+                for tc in m.tool_calls:
+                    call_names[tc.id] = tc.function.name
+                    out.append(
+                        HMessage(
+                            role="assistant",
+                            text=tc.function.arguments,
+                            channel="commentary",
+                            recipient=f"functions.{tc.function.name}",
+                            content_type="<|constrain|>json",
+                        )
+                    )
+            elif text or not reasoning:
+                out.append(HMessage(role="assistant", text=text, channel="final"))
+        else:  # tool
+            name = call_names.get(m.tool_call_id or "") or m.name
+            if not name:
+                raise APIError(
+                    400,
+                    f"messages[{i}]: tool message with tool_call_id {m.tool_call_id!r} answers no earlier tool call",
+                    param=f"messages[{i}].tool_call_id",
+                )
+            out.append(
+                HMessage(
+                    role="tool",
+                    text=m.text(),
+                    channel="commentary",
+                    recipient="assistant",
+                    author=f"functions.{name}",
+                )
+            )
+    if not out:
+        raise APIError(400, "messages must contain at least one user message", param="messages")
+    return out
