@@ -1,0 +1,297 @@
+"""One JSON file per session, written atomically; unreadable files are moved aside, never overwritten.
+
+Layout of the sessions folder (``paths.sessions_dir()`` by default):
+``<id>.json`` the session (current schema), ``<id>.v<N>.bak`` the original of a migrated file (written once),
+``<id>.json.corrupt-<time>`` a quarantined file, ``<id>.lock`` the lock of the process that has it open,
+``.index.json`` the listing cache, ``.<name>.<pid>.<rand>.tmp`` a write in progress.
+"""
+
+from __future__ import annotations
+
+import builtins
+import contextlib
+import json
+import os
+import secrets
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from mlx_harmony_tui import paths
+from mlx_harmony_tui.sessions.index import SessionSummary, scan
+from mlx_harmony_tui.sessions.lock import SessionLock, SessionLockedError, lock_owner
+from mlx_harmony_tui.sessions.migrations import SessionVersionError, migrate
+from mlx_harmony_tui.sessions.schema import (
+    SCHEMA_VERSION,
+    SchemaError,
+    Session,
+    SessionError,
+    new_id,
+    now_iso,
+    session_from_dict,
+    session_to_dict,
+    valid_id,
+)
+
+__all__ = ["SessionStore", "SessionNotFoundError", "CorruptSessionError", "SessionLockedError",
+           "SessionVersionError", "atomic_write"]
+
+
+class SessionNotFoundError(SessionError):
+    """No session with that id (or prefix)."""
+
+
+class CorruptSessionError(SessionError):
+    """The file could not be parsed or failed validation; it has been moved aside."""
+
+
+def _fsync_dir(folder: Path) -> None:
+    fd = os.open(folder, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def atomic_write(path: Path, data: bytes) -> None:
+    """Temp file in the same folder, fsync, rename over the target, fsync the folder: the file is always
+    either the old or the new complete version, even after a crash or power loss."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    try:
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(fd, view):]
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink()
+        raise
+    _fsync_dir(path.parent)
+
+
+def encode_session(session: Session) -> bytes:
+    return json.dumps(session_to_dict(session), ensure_ascii=False, indent=1).encode("utf-8")
+
+
+def decode_document(data: bytes) -> dict[str, Any]:
+    """Bytes -> current-version document (migrated in memory). Raises SchemaError / SessionVersionError."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+    except (UnicodeDecodeError, ValueError) as e:
+        raise SchemaError(f"not valid JSON ({e})") from None
+    except RecursionError:
+        raise SchemaError("not valid JSON (nested too deeply)") from None
+    current, _ = migrate(doc)
+    return current
+
+
+class SessionStore:
+    """The sessions folder. ``problems`` collects what was quarantined or skipped, for the faces to show."""
+
+    def __init__(self, root: Path | None = None) -> None:
+        self.root = Path(root) if root is not None else paths.sessions_dir()
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.problems: list[str] = []
+        self._locks: dict[str, SessionLock] = {}
+        self._checked: set[str] = set()  # ids whose file on disk we know is ours at the current version
+        self._source_version: dict[str, int] = {}
+
+    # paths -------------------------------------------------------------------------------------------
+    def path(self, session_id: str) -> Path:
+        if not valid_id(session_id):
+            raise SessionNotFoundError(f"not a valid session id: {session_id!r}")
+        return self.root / f"{session_id}.json"
+
+    def _lock_path(self, session_id: str) -> Path:
+        return self.root / f"{session_id}.lock"
+
+    # quarantine --------------------------------------------------------------------------------------
+    def quarantine(self, path: Path, reason: str) -> Path:
+        """Move a bad file aside (never delete or overwrite it) and record the problem."""
+        stamp = datetime.now(UTC).strftime("%Y%m%dT%H%M%S")
+        target = path.with_name(f"{path.name}.corrupt-{stamp}")
+        n = 1
+        while target.exists():
+            n += 1
+            target = path.with_name(f"{path.name}.corrupt-{stamp}-{n}")
+        os.replace(path, target)
+        _fsync_dir(self.root)
+        self.problems.append(f"{path.name}: {reason}; moved aside to {target.name}")
+        return target
+
+    # reading -----------------------------------------------------------------------------------------
+    def _read(self, path: Path) -> Session:
+        """Parse, migrate and validate one file; bad files are quarantined (CorruptSessionError)."""
+        try:
+            data = path.read_bytes()
+        except FileNotFoundError:
+            raise SessionNotFoundError(f"no session file {path}") from None
+        except OSError as e:
+            raise SessionError(f"cannot read {path}: {e.strerror}") from None
+        try:
+            doc = json.loads(data.decode("utf-8"))
+            current, original = migrate(doc)
+            session = session_from_dict(current)
+            if path.name != f"{session.id}.json":
+                raise SchemaError(f"id {session.id!r} does not match the file name")
+        except SessionVersionError as e:
+            self.problems.append(f"{path.name}: {e}")
+            raise SessionVersionError(f"{path}: {e}") from None
+        except (SchemaError, UnicodeDecodeError, ValueError, RecursionError) as e:
+            reason = str(e) if isinstance(e, SchemaError) else f"not valid JSON ({type(e).__name__}: {e})"
+            target = self.quarantine(path, reason)
+            raise CorruptSessionError(f"{path.name} is damaged ({reason}); moved aside to {target}") from None
+        self._source_version[session.id] = original
+        if original == SCHEMA_VERSION:
+            self._checked.add(session.id)
+        return session
+
+    def load(self, session_id: str) -> Session:
+        return self._read(self.path(session_id))
+
+    def resolve(self, id_or_prefix: str) -> str:
+        """A full id from a unique prefix (the CLI accepts short ids)."""
+        if valid_id(id_or_prefix) and self.path(id_or_prefix).exists():
+            return id_or_prefix
+        hits = [p.name[:-5] for p in self.root.glob("*.json") if p.name.startswith(id_or_prefix)
+                and not p.name.startswith(".")] if id_or_prefix else []
+        if len(hits) == 1:
+            return hits[0]
+        if not hits:
+            raise SessionNotFoundError(f"no session {id_or_prefix!r} in {self.root}")
+        raise SessionNotFoundError(f"{id_or_prefix!r} matches {len(hits)} sessions: {', '.join(sorted(hits)[:5])}")
+
+    def list(self, query: str | None = None) -> builtins.list[SessionSummary]:
+        """All sessions (newest first) via the index; ``query`` keeps those containing every word."""
+
+        def load(path: Path) -> Session | None:
+            try:
+                return self._read(path)
+            except SessionError:
+                return None  # reported in self.problems
+
+        summaries = scan(self.root, load, atomic_write)
+        terms = query.lower().split() if query else []
+        return [s for s in summaries if s.matches(terms)] if terms else summaries
+
+    # writing -----------------------------------------------------------------------------------------
+    def _check_not_locked_elsewhere(self, session_id: str) -> None:
+        if session_id in self._locks:
+            return
+        pid = lock_owner(self._lock_path(session_id))
+        if pid is not None:
+            raise SessionLockedError(f"session {session_id} is open in process {pid}; not saving over it")
+
+    def _prepare_overwrite(self, session_id: str, path: Path) -> None:
+        """Before the first save over an existing file: back up an old version once, move a bad file aside."""
+        if session_id in self._checked or not path.exists():
+            self._checked.add(session_id)
+            return
+        try:
+            original = path.read_bytes()
+        except FileNotFoundError:
+            return
+        try:
+            _, version = migrate(json.loads(original.decode("utf-8")))
+        except SessionVersionError:
+            raise
+        except (SchemaError, UnicodeDecodeError, ValueError, RecursionError) as e:
+            self.quarantine(path, f"unreadable before save ({e})")
+            version = SCHEMA_VERSION
+        if version < SCHEMA_VERSION:
+            backup = self.root / f"{session_id}.v{version}.bak"
+            if not backup.exists():
+                atomic_write(backup, original)
+        self._checked.add(session_id)
+
+    def save(self, session: Session, *, touch: bool = True) -> None:
+        """Write the session atomically (current schema); ``touch`` sets ``updated_at`` to now."""
+        path = self.path(session.id)
+        self._check_not_locked_elsewhere(session.id)
+        self._prepare_overwrite(session.id, path)
+        if touch:
+            session.updated_at = now_iso()
+        atomic_write(path, encode_session(session))
+
+    def create(self, title: str = "", model: str = "", params: dict | None = None,
+               settings: dict | None = None) -> Session:
+        session = Session(id=new_id(), title=title, model=model, params=dict(params or {}),
+                          settings=dict(settings or {}))
+        self.save(session)
+        return session
+
+    def delete(self, session_id: str) -> None:
+        path = self.path(session_id)
+        self._check_not_locked_elsewhere(session_id)
+        if not path.exists():
+            raise SessionNotFoundError(f"no session {session_id!r} in {self.root}")
+        path.unlink()
+        _fsync_dir(self.root)
+        self._checked.discard(session_id)
+
+    def rename(self, session_id: str, title: str) -> Session:
+        session = self.load(session_id)
+        session.title = title
+        self.save(session)
+        return session
+
+    def migrate_all(self, dry_run: bool = False) -> builtins.list[str]:
+        """Rewrite every older-version file in the current schema (with its one-time backup)."""
+        report: builtins.list[str] = []
+        for path in sorted(self.root.glob("*.json")):
+            if path.name.startswith("."):
+                continue
+            try:
+                _, version = migrate(json.loads(path.read_bytes().decode("utf-8")))
+            except SessionVersionError as e:
+                report.append(f"{path.name}: skipped: {e}")
+                continue
+            except (SchemaError, UnicodeDecodeError, ValueError, RecursionError, OSError):
+                version = -1
+            if version == SCHEMA_VERSION:
+                continue
+            if dry_run:
+                what = "damaged, would be moved aside" if version < 0 else f"v{version} -> v{SCHEMA_VERSION}"
+                report.append(f"{path.name}: {what}")
+                continue
+            try:
+                session = self._read(path)
+            except SessionError as e:
+                report.append(f"{path.name}: {e}")
+                continue
+            self.save(session, touch=False)
+            report.append(f"{path.name}: migrated v{version} -> v{SCHEMA_VERSION} (backup {session.id}.v{version}.bak)")
+        return report
+
+    # locking -----------------------------------------------------------------------------------------
+    def lock(self, session_id: str) -> SessionLock:
+        """Take the session's lock for this store (SessionLockedError if another live process has it)."""
+        self.path(session_id)  # validates the id
+        held = self._locks.get(session_id)
+        if held is not None and held.held:
+            return held
+        lock = SessionLock(self._lock_path(session_id), session_id)
+        self._locks[session_id] = lock
+        return lock
+
+    def unlock(self, session_id: str) -> None:
+        lock = self._locks.pop(session_id, None)
+        if lock is not None:
+            lock.release()
+
+    @contextlib.contextmanager
+    def open_locked(self, session_id: str) -> Iterator[Session]:
+        """Lock, load, yield the session; saves made meanwhile are ours; unlock on exit."""
+        already = session_id in self._locks
+        self.lock(session_id)
+        try:
+            yield self.load(session_id)
+        finally:
+            if not already:
+                self.unlock(session_id)
