@@ -1,0 +1,120 @@
+"""RemoteBackend against our own server (real HTTP, real SSE): events, tool calls, usage, errors, cancel."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from mlx_harmony_tui.backends.base import TurnRequest
+from mlx_harmony_tui.backends.remote import RemoteBackend, normalize_url, to_openai_messages
+from mlx_harmony_tui.chat.events import (
+    Delta,
+    MessageDone,
+    Metrics,
+    ToolCall,
+    ToolCallArgs,
+    ToolCallStarted,
+    TurnFailed,
+    TurnFinished,
+)
+from mlx_harmony_tui.chat.settings import ChatSettings, FunctionTool
+from mlx_harmony_tui.errors import UserError
+from mlx_harmony_tui.harmony.messages import HMessage
+from mlx_harmony_tui.server.app import create_app
+from mlx_harmony_tui.server.command import serve_in_thread
+from tests.test_server_protocol import ScriptedBackend
+
+
+def _events(backend: RemoteBackend, request: TurnRequest) -> list:
+    return list(backend.start_turn(request).events(timeout=20))
+
+
+def test_reasoning_content_tools_and_usage_become_events() -> None:
+    scripted = ScriptedBackend()
+    scripted.scripts.append([
+        Delta("analysis", "plan"), Delta("final", "Hi"), Delta("final", " there"),
+        ToolCallStarted("k", "functions.lookup"), ToolCallArgs("k", '{"q":'), ToolCallArgs("k", '"x"}'),
+        ToolCall("k", "functions.lookup", '{"q":"x"}'),
+        TurnFinished("stop", Metrics(prompt_tokens=12, reused_tokens=5, generated_tokens=4, final=True)),
+    ])
+    with serve_in_thread(create_app(scripted, api_key="k1")) as url:
+        remote = RemoteBackend(url, api_key="k1")
+        assert remote.model_name == "scripted"
+        settings = ChatSettings(function_tools=[FunctionTool("lookup", "find")], seed=3, instructions="Be kind")
+        settings.sampling.top_k = 5
+        events = _events(remote, TurnRequest([HMessage("user", "hello")], settings))
+    deltas = [(e.channel, e.text) for e in events if isinstance(e, Delta)]
+    assert deltas == [("analysis", "plan"), ("final", "Hi"), ("final", " there")]
+    assert [e.recipient for e in events if isinstance(e, ToolCallStarted)] == ["functions.lookup"]
+    assert "".join(e.delta for e in events if isinstance(e, ToolCallArgs)) == '{"q":"x"}'
+    calls = [e for e in events if isinstance(e, ToolCall)]
+    assert [(c.recipient, c.arguments) for c in calls] == [("functions.lookup", '{"q":"x"}')]
+    done = {(m.channel, m.text) for m in events if isinstance(m, MessageDone)}
+    assert {("analysis", "plan"), ("final", "Hi there")} <= done
+    fin = events[-1]
+    assert isinstance(fin, TurnFinished) and fin.reason == "stop"
+    assert (fin.metrics.prompt_tokens, fin.metrics.reused_tokens, fin.metrics.generated_tokens) == (12, 5, 4)
+    sent = scripted.requests[0].settings
+    assert (sent.seed, sent.sampling.top_k, sent.instructions) == (3, 5, "Be kind")
+    assert [t.name for t in sent.function_tools] == ["lookup"]
+
+
+def test_server_errors_become_turn_failed() -> None:
+    scripted = ScriptedBackend()
+    with serve_in_thread(create_app(scripted, api_key="right")) as url:
+        events = _events(RemoteBackend(url, api_key="wrong", model="scripted"), TurnRequest([HMessage("user", "x")]))
+        assert isinstance(events[-1], TurnFailed) and "API key" in events[-1].error
+        events = _events(RemoteBackend(url, api_key="right", model="nope"), TurnRequest([HMessage("user", "x")]))
+        assert isinstance(events[-1], TurnFailed) and "does not exist" in events[-1].error
+        scripted.scripts.append([Delta("final", "a"), TurnFailed("boom")])
+        events = _events(RemoteBackend(url, api_key="right"), TurnRequest([HMessage("user", "x")]))
+        assert isinstance(events[-1], TurnFailed) and "boom" in events[-1].error
+        with pytest.raises(UserError, match="API key"):
+            RemoteBackend(url, api_key="wrong").list_models()
+    events = _events(RemoteBackend(url, model="m"), TurnRequest([HMessage("user", "x")]))  # server gone
+    assert isinstance(events[-1], TurnFailed) and "cannot reach" in events[-1].error
+
+
+def test_cancel_stops_the_remote_turn() -> None:
+    scripted = ScriptedBackend()
+    scripted.scripts.append([("slow", "t")])
+    with serve_in_thread(create_app(scripted)) as url:
+        handle = RemoteBackend(url).start_turn(TurnRequest([HMessage("user", "x")]))
+        got = []
+        for ev in handle.events(timeout=20):
+            got.append(ev)
+            if sum(isinstance(e, Delta) for e in got) == 3:
+                handle.cancel()
+        assert isinstance(got[-1], TurnFinished) and got[-1].reason == "cancelled"
+        deadline = time.monotonic() + 5
+        while not scripted.cancelled and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert scripted.cancelled  # the server noticed the closed connection and stopped the model
+
+
+def test_conversation_with_tool_results_round_trips_through_the_server() -> None:
+    """HMessages -> OpenAI messages (remote) -> HMessages (server) gives back the same conversation."""
+    convo = [
+        HMessage("user", "weather?"),
+        HMessage("assistant", "need it", channel="analysis"),
+        HMessage("assistant", '{"city":"Oslo"}', channel="commentary", recipient="functions.weather",
+                 content_type="<|constrain|>json"),
+        HMessage("tool", '{"t": 3}', channel="commentary", recipient="assistant", author="functions.weather"),
+        HMessage("assistant", "3 degrees", channel="final"),
+        HMessage("user", "thanks"),
+    ]
+    scripted = ScriptedBackend()
+    with serve_in_thread(create_app(scripted)) as url:
+        _events(RemoteBackend(url), TurnRequest(convo))
+    assert scripted.requests[0].messages == convo
+    msgs = to_openai_messages(convo, ChatSettings(instructions="dev"))
+    assert msgs[0] == {"role": "system", "content": "dev"}
+    assert msgs[2]["tool_calls"][0]["id"] == msgs[3]["tool_call_id"]
+
+
+def test_bad_url_is_a_user_error() -> None:
+    with pytest.raises(UserError, match="http://host:port"):
+        RemoteBackend("localhost:8000")
+    assert normalize_url("http://127.0.0.1:11434") == "http://127.0.0.1:11434/v1"
+    assert normalize_url("http://h:1/api/v1/") == "http://h:1/api/v1"
