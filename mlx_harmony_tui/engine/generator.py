@@ -1,0 +1,223 @@
+"""Streaming generation: prefix reuse, chunked prefill, pipelined decode, stop/cancel/loop handling.
+
+Decode is pipelined with ``mx.async_eval``: the graph for token n+1 is built and queued before the host
+reads token n, so the device never idles waiting for Python and the host only syncs on the token id.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import mlx.core as mx
+
+from mlx_harmony_tui.engine.cache import PromptCache, model_fingerprint
+from mlx_harmony_tui.engine.metrics import Metrics, MetricsTracker, PrefillProgress
+from mlx_harmony_tui.engine.repetition import LoopConfig, LoopDetector
+from mlx_harmony_tui.engine.sampling import Sampler, SamplingParams
+from mlx_harmony_tui.errors import UserError
+
+HARMONY_STOP_IDS = frozenset({200002, 200012})  # <|return|>, <|call|>
+
+FinishReason = Literal["stop", "length", "cancelled", "loop"]
+ProgressCallback = Callable[[Metrics | PrefillProgress], None]
+
+
+class ContextTooLongError(UserError):
+    """The prompt does not fit the model's context window."""
+
+
+@dataclass
+class GenerationOptions:
+    sampling: SamplingParams = field(default_factory=SamplingParams)
+    max_tokens: int = 4096
+    stop_ids: frozenset[int] = HARMONY_STOP_IDS
+    seed: int | None = None
+    prefill_step: int = 512
+    loop: LoopConfig | None = field(default_factory=LoopConfig)
+
+
+@dataclass
+class GenerationResult:
+    finish_reason: FinishReason
+    metrics: Metrics
+    tokens: list[int]
+    detail: str = ""
+
+
+class Engine:
+    """Runs one model; one generation at a time (a lock), callable from any thread."""
+
+    def __init__(self, model: Any, config: Any, *, model_id: str = "") -> None:
+        self.model = model
+        self.config = config
+        self.model_id = model_id
+        self.vocab_size = int(getattr(config, "vocab_size", 0))
+        self.context_limit = int(getattr(config, "max_position_embeddings", 0) or 0)
+        self.prompt_cache = PromptCache(model.make_cache, model_fingerprint(model, config, model_id))
+        self.last_result: GenerationResult | None = None
+        self._lock = threading.Lock()
+        try:
+            self._last_only = "last_only" in inspect.signature(model.__call__).parameters
+        except (TypeError, ValueError):
+            self._last_only = False
+        # A dedicated stream keeps generation work apart from other device work; MLX streams belong to a
+        # thread, so use a thread-local one (generate may run on any thread).
+        new_tls = getattr(mx, "new_thread_local_stream", None)
+        self._stream = new_tls(mx.default_device()) if new_tls else None
+
+    # --- public helpers ---------------------------------------------------------------------------------
+
+    def count_cached(self, prompt_ids: list[int]) -> int:
+        """How many tokens of ``prompt_ids`` the next generation would reuse from the cache."""
+        return self.prompt_cache.reusable(prompt_ids)
+
+    def save_cache(self, path: str) -> None:
+        with self._lock:
+            self.prompt_cache.save(path)
+
+    def load_cache(self, path: str) -> bool:
+        with self._lock:
+            return self.prompt_cache.load(path)
+
+    # --- generation -------------------------------------------------------------------------------------
+
+    def _logits(self, ids: list[int]) -> mx.array:
+        """Forward ``ids`` through the cached model; logits of the last position, shape (1, vocab)."""
+        inputs = mx.array([ids], dtype=mx.int32)
+        if self._last_only:
+            out = self.model(inputs, cache=self.prompt_cache.caches, last_only=True)
+        else:
+            out = self.model(inputs, cache=self.prompt_cache.caches)
+        return out[:, -1, :]
+
+    def generate(
+        self,
+        prompt_ids: list[int],
+        options: GenerationOptions | None = None,
+        cancel: threading.Event | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Iterator[int]:
+        """Yields generated token ids; a stop token is yielded last (so the Harmony parser sees it).
+
+        Afterwards ``self.last_result`` is set. Holds a lock: one generation at a time.
+        """
+        options = options or GenerationOptions()
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise ValueError("generate() needs at least one prompt token")
+        if self.context_limit and len(prompt) >= self.context_limit:
+            raise ContextTooLongError(
+                f"the prompt has {len(prompt)} tokens; the model's context holds {self.context_limit}"
+            )
+        with self._lock, (mx.stream(self._stream) if self._stream is not None else contextlib.nullcontext()):
+            yield from self._generate(prompt, options, cancel or threading.Event(), on_progress)
+
+    def _generate(
+        self, prompt: list[int], opt: GenerationOptions, cancel: threading.Event, on_progress: ProgressCallback | None
+    ) -> Iterator[int]:
+        pc = self.prompt_cache
+        reused = pc.prepare(prompt)
+        tracker = MetricsTracker(len(prompt), reused, self.context_limit)
+        generated: list[int] = []
+        reason: FinishReason = "length"
+        detail = ""
+        max_tokens = opt.max_tokens
+        if self.context_limit:
+            max_tokens = min(max_tokens, self.context_limit - len(prompt))
+        try:
+            rest = prompt[reused:]
+            total = len(rest)
+            step = max(1, int(opt.prefill_step))
+            # Prefill all but the last token in chunks; eval each chunk's keys/values and drop the rest of
+            # its graph (the logits are never computed), so peak memory is bounded by one chunk.
+            done = 0
+            while total - done > 1:
+                if cancel.is_set():
+                    reason = "cancelled"
+                    return
+                chunk = rest[done : min(done + step, total - 1)]
+                self._logits(chunk)  # builds the graph; only the caches are evaluated below
+                mx.eval([c.state for c in pc.caches])
+                pc.extend(chunk)
+                done += len(chunk)
+                mx.clear_cache()
+                if on_progress is not None and total > step:
+                    on_progress(PrefillProgress(done, total))
+            if max_tokens <= 0:
+                return
+            sampler = Sampler(opt.sampling, self.vocab_size or 1 << 30, opt.seed, history=prompt)
+            detector = LoopDetector(opt.loop) if opt.loop is not None else None
+            stop_ids = opt.stop_ids
+
+            # The last prompt token gives the first logits.
+            y = sampler(self._logits(rest[-1:]))
+            pc.extend(rest[-1:])
+            mx.async_eval(y)
+            while True:
+                n = len(generated)
+                feed_next = n + 1 < max_tokens
+                if feed_next:
+                    # Queue token n+1 before reading token n: the host never waits on the device in between.
+                    next_y = sampler(self._logits_from(y))
+                    mx.async_eval(next_y)
+                tok = int(y.item())
+                if n == 0:
+                    tracker.prefill_done()
+                    if on_progress is not None and total > step:
+                        on_progress(PrefillProgress(total, total))
+                if feed_next:
+                    pc.extend((tok,))
+                tracker.token()
+                generated.append(tok)
+                yield tok
+                if tok in stop_ids:
+                    reason = "stop"
+                    return
+                if detector is not None:
+                    found = detector.feed(tok)
+                    if found:
+                        reason, detail = "loop", found
+                        return
+                if not feed_next:
+                    reason = "length"
+                    return
+                if cancel.is_set():
+                    reason = "cancelled"
+                    return
+                if on_progress is not None and tracker.due():
+                    on_progress(tracker.snapshot())
+                y = next_y
+        except GeneratorExit:
+            reason = "cancelled"
+            raise
+        except BaseException:
+            pc.reset()  # a failure mid-forward leaves the caches in an unknown state
+            reason, detail = "cancelled", "error"
+            raise
+        finally:
+            if pc.caches and pc.caches[0].offset != len(pc.tokens):
+                pc.reset()
+            else:
+                # Materialise the in-flight step (at most one token) so the cache is complete before
+                # another thread, stream or a save touches it.
+                with contextlib.suppress(Exception):
+                    mx.eval([c.state for c in pc.caches if c.offset])
+            final = tracker.snapshot(final=True)
+            self.last_result = GenerationResult(reason, final, generated, detail)
+            if on_progress is not None:
+                try:
+                    on_progress(final)
+                except Exception:  # noqa: BLE001 - a failing callback must not mask the generation's outcome
+                    pass
+
+    def _logits_from(self, y: mx.array) -> mx.array:
+        """Like ``_logits`` for a token still on the device (no host sync to read it first)."""
+        inputs = y.reshape(1, 1)
+        if self._last_only:
+            return self.model(inputs, cache=self.prompt_cache.caches, last_only=True)[:, -1, :]
+        return self.model(inputs, cache=self.prompt_cache.caches)[:, -1, :]
