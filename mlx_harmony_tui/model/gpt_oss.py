@@ -1,0 +1,299 @@
+"""GPT-OSS in plain MLX: sink attention (sliding + full), YaRN RoPE, top-k MoE with clamped SwiGLU.
+
+Written for decode speed: gate and up are one fused matrix per expert (one gather_(q)mm gives [gate | up]),
+masks are built once per forward, the YaRN attention factor is folded into the softmax scale, and nothing in
+the forward pass syncs with the host.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+
+from mlx_harmony_tui.model.cache import KVCache
+from mlx_harmony_tui.model.config import FULL, SLIDING, ModelConfig, QuantSpec
+
+Mask = mx.array | str | None
+
+
+def rope_frequencies(config: ModelConfig) -> mx.array:
+    """Per-pair wavelengths for mx.fast.rope (1 / inv_freq), YaRN-blended as in HF gpt-oss."""
+    dim = config.head_dim
+    base = config.rope_theta
+    pos_freqs = base ** (np.arange(0, dim, 2, dtype=np.float64) / dim)
+    inv_freq = 1.0 / pos_freqs
+    rs = config.rope_scaling or {}
+    if rs.get("rope_type", rs.get("type")) == "yarn" and float(rs.get("factor", 1.0)) != 1.0:
+        factor = float(rs["factor"])
+        beta_fast = float(rs.get("beta_fast") or 32.0)
+        beta_slow = float(rs.get("beta_slow") or 1.0)
+        orig = float(rs.get("original_max_position_embeddings", 4096))
+
+        def correction_dim(rotations: float) -> float:
+            return dim * math.log(orig / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+        low, high = correction_dim(beta_fast), correction_dim(beta_slow)
+        if rs.get("truncate", True):
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = np.clip((np.arange(dim // 2, dtype=np.float64) - low) / (high - low), 0.0, 1.0)
+        extrapolation = 1.0 - ramp
+        inv_freq = (inv_freq / factor) * (1.0 - extrapolation) + inv_freq * extrapolation
+    return mx.array((1.0 / inv_freq).astype(np.float32))
+
+
+class Attention(nn.Module):
+    """Grouped-query attention with biases and one learned sink logit per head."""
+
+    def __init__(self, config: ModelConfig, sliding: bool, freqs: mx.array) -> None:
+        super().__init__()
+        self.n_heads = config.num_attention_heads
+        self.n_kv = config.num_key_value_heads
+        self.head_dim = config.head_dim
+        self.window = config.sliding_window if sliding else None
+        h, d = config.hidden_size, config.head_dim
+        self.q_proj = nn.Linear(h, self.n_heads * d, bias=True)
+        self.k_proj = nn.Linear(h, self.n_kv * d, bias=True)
+        self.v_proj = nn.Linear(h, self.n_kv * d, bias=True)
+        self.o_proj = nn.Linear(self.n_heads * d, h, bias=True)
+        self.sinks = mx.zeros((self.n_heads,))
+        # HF multiplies cos/sin by the YaRN factor, i.e. both q and k: fold factor^2 into the softmax scale.
+        self.scale = d**-0.5 * config.attention_scale_factor**2
+        self._freqs = freqs  # underscore: not a parameter
+
+    def __call__(self, x: mx.array, mask: Mask, cache: KVCache | None, offset: int) -> mx.array:
+        B, L, _ = x.shape
+        q = self.q_proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
+        k = self.k_proj(x).reshape(B, L, self.n_kv, -1).transpose(0, 2, 1, 3)
+        v = self.v_proj(x).reshape(B, L, self.n_kv, -1).transpose(0, 2, 1, 3)
+        rope = partial(
+            mx.fast.rope, dims=self.head_dim, traditional=False, base=None, scale=1.0, offset=offset, freqs=self._freqs
+        )
+        q, k = rope(q), rope(k)
+        if cache is not None:
+            k, v = cache.update_and_fetch(k, v)
+        if self.window is not None:
+            keep = self.window - 1 + L
+            if k.shape[2] > keep:
+                k, v = k[..., -keep:, :], v[..., -keep:, :]
+        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask, sinks=self.sinks)
+        return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+
+class ExpertLinear(nn.Module):
+    """Per-expert linear layers with bias, applied to gathered rows by expert index.
+
+    Float: `weight` is (E, in, out) so gather_mm needs no transpose. Quantized: `weight` is packed
+    (E, out, in * bits / 32) with `scales` (and `biases` for affine), as mx.quantize lays it out.
+    """
+
+    def __init__(self, num_experts: int, in_dims: int, out_dims: int, quant: QuantSpec | None = None) -> None:
+        super().__init__()
+        self.quant = quant
+        if quant is None:
+            self.weight = mx.zeros((num_experts, in_dims, out_dims))
+        else:
+            g, b = quant.group_size, quant.bits
+            self.weight = mx.zeros((num_experts, out_dims, in_dims * b // 32), dtype=mx.uint32)
+            scale_dtype = mx.float32 if quant.mode == "affine" else mx.uint8
+            self.scales = mx.zeros((num_experts, out_dims, in_dims // g), dtype=scale_dtype)
+            if quant.mode == "affine":
+                self.biases = mx.zeros((num_experts, out_dims, in_dims // g))
+        self.bias = mx.zeros((num_experts, out_dims))
+
+    def __call__(self, x: mx.array, indices: mx.array, sorted_indices: bool) -> mx.array:
+        q = self.quant
+        if q is None:
+            # The CPU backend's gather_mm is float32-only, so float experts may be kept in float32.
+            w = self.weight
+            y = mx.gather_mm(x.astype(w.dtype), w, rhs_indices=indices, sorted_indices=sorted_indices)
+            y = y.astype(x.dtype)
+        else:
+            y = mx.gather_qmm(
+                x,
+                self.weight,
+                self.scales,
+                self.get("biases"),
+                rhs_indices=indices,
+                transpose=True,
+                group_size=q.group_size,
+                bits=q.bits,
+                mode=q.mode,
+                sorted_indices=sorted_indices,
+            )
+        return y + mx.expand_dims(self.bias[indices], -2)
+
+
+@partial(mx.compile, shapeless=True)
+def _swiglu_halves(gate: mx.array, up: mx.array, alpha: mx.array, limit: mx.array) -> mx.array:
+    """GPT-OSS SwiGLU: gate clamped above, up clamped both sides, +1 on up."""
+    gate = mx.minimum(gate, limit)
+    up = mx.clip(up, -limit, limit)
+    return (up + 1) * (gate * mx.sigmoid(alpha * gate))
+
+
+def _swiglu(h: mx.array, alpha: mx.array, limit: mx.array) -> mx.array:
+    """SwiGLU on the fused [gate | up] output of one gather_(q)mm."""
+    half = h.shape[-1] // 2
+    return _swiglu_halves(h[..., :half], h[..., half:], alpha.astype(h.dtype), limit.astype(h.dtype))
+
+
+class Experts(nn.Module):
+    def __init__(self, config: ModelConfig, gate_up_quant: QuantSpec | None, down_quant: QuantSpec | None) -> None:
+        super().__init__()
+        e, h, i = config.num_local_experts, config.hidden_size, config.intermediate_size
+        self.gate_up = ExpertLinear(e, h, 2 * i, gate_up_quant)
+        self.down = ExpertLinear(e, i, h, down_quant)
+        self._alpha = mx.array(config.swiglu_alpha)
+        self._limit = mx.array(config.swiglu_limit)
+
+    def __call__(self, x: mx.array, indices: mx.array) -> mx.array:
+        """x (N, H), indices (N, k) -> (N, k, H) expert outputs."""
+        N, H = x.shape
+        k = indices.shape[-1]
+        if indices.size >= 64:
+            # Many tokens (prefill): sort rows by expert so each expert's weights are read once.
+            flat = indices.flatten()
+            order = mx.argsort(flat)
+            inverse = mx.argsort(order)
+            xs = x[order // k][:, None, :]  # (N*k, 1, H)
+            ids = flat[order]
+            h = self.gate_up(xs, ids, True)
+            y = self.down(_swiglu(h, self._alpha, self._limit), ids, True)
+            return y[inverse].reshape(N, k, H)
+        xs = x[:, None, None, :]  # (N, 1, 1, H) broadcast against (N, k)
+        h = self.gate_up(xs, indices, False)
+        y = self.down(_swiglu(h, self._alpha, self._limit), indices, False)
+        return y.squeeze(-2)
+
+
+class MoE(nn.Module):
+    def __init__(self, config: ModelConfig, gate_up_quant: QuantSpec | None, down_quant: QuantSpec | None) -> None:
+        super().__init__()
+        self.top_k = config.num_experts_per_tok
+        self.router = nn.Linear(config.hidden_size, config.num_local_experts, bias=True)
+        self.experts = Experts(config, gate_up_quant, down_quant)
+
+    def __call__(self, x: mx.array) -> mx.array:
+        B, L, H = x.shape
+        x = x.reshape(B * L, H)
+        logits = self.router(x)
+        k = self.top_k
+        indices = mx.stop_gradient(mx.argpartition(logits, kth=-k, axis=-1)[..., -k:])
+        weights = mx.softmax(mx.take_along_axis(logits, indices, axis=-1), axis=-1, precise=True)
+        y = self.experts(x, indices)
+        return (y * weights[..., None].astype(y.dtype)).sum(axis=-2).reshape(B, L, H)
+
+
+class DecoderLayer(nn.Module):
+    def __init__(
+        self,
+        config: ModelConfig,
+        layer_type: str,
+        freqs: mx.array,
+        gate_up_quant: QuantSpec | None,
+        down_quant: QuantSpec | None,
+    ) -> None:
+        super().__init__()
+        self.layer_type = layer_type
+        self.self_attn = Attention(config, layer_type == SLIDING, freqs)
+        self.mlp = MoE(config, gate_up_quant, down_quant)
+        self.input_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+        self.post_attention_layernorm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+    def __call__(self, x: mx.array, mask: Mask, cache: KVCache | None, offset: int) -> mx.array:
+        x = x + self.self_attn(self.input_layernorm(x), mask, cache, offset)
+        return x + self.mlp(self.post_attention_layernorm(x))
+
+
+class GptOssModel(nn.Module):
+    def __init__(self, config: ModelConfig, quant: Mapping[str, QuantSpec]) -> None:
+        super().__init__()
+        self.embed_tokens = nn.Embedding(config.vocab_size, config.hidden_size)
+        freqs = rope_frequencies(config)
+        self.layers = [
+            DecoderLayer(
+                config,
+                t,
+                freqs,
+                quant.get(f"model.layers.{i}.mlp.experts.gate_up"),
+                quant.get(f"model.layers.{i}.mlp.experts.down"),
+            )
+            for i, t in enumerate(config.layer_types)
+        ]
+        self.norm = nn.RMSNorm(config.hidden_size, eps=config.rms_norm_eps)
+
+
+class GptOss(nn.Module):
+    """The causal LM: `model(inputs (B, L) int32, cache=None) -> logits (B, L, vocab)`.
+
+    `quant` maps module paths (e.g. "lm_head", "model.layers.0.self_attn.q_proj",
+    "model.layers.0.mlp.experts.gate_up") to their quantization; the loader fills it from the checkpoint.
+    """
+
+    def __init__(self, config: ModelConfig, quant: Mapping[str, QuantSpec] | None = None) -> None:
+        super().__init__()
+        quant = dict(quant or {})
+        self.config = config
+        self.window = config.sliding_window
+        self.model = GptOssModel(config, quant)
+        if not config.tie_word_embeddings:
+            self.lm_head = nn.Linear(config.hidden_size, config.vocab_size, bias=False)
+        dense = {p: q for p, q in quant.items() if ".mlp.experts." not in p}
+        if dense:
+
+            def predicate(path: str, module: nn.Module) -> bool | dict[str, Any]:
+                spec = dense.get(path)
+                if spec is None:
+                    return False
+                return {"group_size": spec.group_size, "bits": spec.bits, "mode": spec.mode}
+
+            nn.quantize(self, class_predicate=predicate)
+
+    @property
+    def layers(self) -> list[DecoderLayer]:
+        return self.model.layers
+
+    def make_cache(self) -> list[KVCache]:
+        """One trimmable cache per layer (sliding layers too: see model/cache.py)."""
+        return [KVCache() for _ in self.model.layers]
+
+    def _masks(self, L: int, offset: int) -> tuple[Mask, Mask]:
+        """(full, sliding) masks for L queries after `offset` cached positions, built once per forward."""
+        if L == 1:
+            return None, None  # one query sees all (sliced) keys
+        full: Mask = "causal"
+        if offset + L <= self.window:
+            return full, "causal"
+        T = min(offset + L, self.window - 1 + L)  # keys the sliding layers keep after slicing
+        q_pos = mx.arange(offset, offset + L)[:, None]
+        k_pos = mx.arange(offset + L - T, offset + L)[None, :]
+        sliding = (k_pos <= q_pos) & (q_pos - k_pos < self.window)
+        return full, sliding
+
+    def __call__(self, inputs: mx.array, cache: list[KVCache] | None = None, last_only: bool = False) -> mx.array:
+        """Logits for every position, or only the last one when `last_only` (saves the vocab matmul in prefill)."""
+        x = self.model.embed_tokens(inputs)
+        L = x.shape[1]
+        offset = cache[0].offset if cache else 0
+        full_mask, sliding_mask = self._masks(L, offset)
+        caches: list[KVCache | None] = list(cache) if cache else [None] * len(self.model.layers)
+        for layer, c in zip(self.model.layers, caches, strict=True):
+            x = layer(x, sliding_mask if layer.layer_type == SLIDING else full_mask, c, offset)
+        if last_only:
+            x = x[:, -1:, :]
+        x = self.model.norm(x)
+        if self.config.tie_word_embeddings:
+            return self.model.embed_tokens.as_linear(x)
+        return self.lm_head(x)
+
+
+__all__ = ["FULL", "SLIDING", "GptOss", "rope_frequencies"]
