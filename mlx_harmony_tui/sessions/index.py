@@ -1,7 +1,8 @@
 """A cache of session summaries so listing and searching thousands of sessions does not parse them all.
 
-``.index.json`` in the sessions folder maps each file name to (mtime_ns, size) and the summary. Listing
-scans the folder (one stat per file) and re-reads only files whose mtime or size changed; entries of removed
+``.index.json`` in the sessions folder maps each file name to (mtime_ns, size, inode) and the summary.
+Listing scans the folder (one stat per file) and re-reads only files whose mtime, size or inode changed
+(every atomic save is a new inode, which catches rewrites within one coarse mtime tick); entries of removed
 files disappear. The index is only a cache: a missing, unreadable or foreign index is rebuilt, and two
 processes writing it at once merely redo some work (the write is atomic).
 """
@@ -17,7 +18,7 @@ from pathlib import Path
 from mlx_harmony_tui.sessions.schema import Session, session_text
 
 INDEX_NAME = ".index.json"
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 SNIPPET_CHARS = 240  # searchable start of the conversation kept per session
 
 
@@ -58,7 +59,7 @@ def _read_index(path: Path) -> dict[str, list]:
 
 
 def _valid_row(row: object) -> bool:
-    return isinstance(row, list) and len(row) == 9
+    return isinstance(row, list) and len(row) == 10
 
 
 def scan(
@@ -85,10 +86,10 @@ def scan(
             changed = True
             continue
         row = old.get(entry.name)
-        if _valid_row(row) and row[0] == st.st_mtime_ns and row[1] == st.st_size:
+        if _valid_row(row) and row[0] == st.st_mtime_ns and row[1] == st.st_size and row[2] == st.st_ino:
             new[entry.name] = row
             summaries.append(
-                SessionSummary(row[2], row[3], row[4], row[5], row[6], row[7], root / entry.name, row[8])
+                SessionSummary(row[3], row[4], row[5], row[6], row[7], row[8], root / entry.name, row[9])
             )
             continue
         changed = True
@@ -96,7 +97,7 @@ def scan(
         if session is None:
             continue
         s = summarize(session, root / entry.name)
-        new[entry.name] = [st.st_mtime_ns, st.st_size, s.id, s.title, s.created_at, s.updated_at, s.model,
+        new[entry.name] = [st.st_mtime_ns, st.st_size, st.st_ino, s.id, s.title, s.created_at, s.updated_at, s.model,
                            s.message_count, s.snippet]
         summaries.append(s)
     if changed or len(new) != len(old):

@@ -1,0 +1,270 @@
+"""Store: round trips, atomic saves, backups of migrated files, quarantine, index, fuzzing, two-process locks."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from mlx_harmony_tui import paths
+from mlx_harmony_tui.errors import UserError
+from mlx_harmony_tui.sessions import (
+    SCHEMA_VERSION,
+    CorruptSessionError,
+    Message,
+    SessionLockedError,
+    SessionNotFoundError,
+    SessionStore,
+)
+from mlx_harmony_tui.sessions.migrations import SessionVersionError
+
+FIXTURES = Path(__file__).resolve().parents[1] / "sessions"
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def _sample(store: SessionStore):
+    s = store.create(title="Trip", model="gpt-oss-20b", params={"temperature": 0.7},
+                     settings={"system_prompt": "be brief", "reasoning_effort": "low"})
+    s.messages += [
+        Message(id="u", role="user", content="Plan a day in Rome ✈"),
+        Message(id="a", role="assistant", channel="analysis", content="think"),
+        Message(id="c", role="assistant", channel="commentary", recipient="functions.f", call_id="k",
+                content='{"x": 1}', content_type="<|constrain|>json"),
+        Message(id="t", role="tool", author="functions.f", channel="commentary", recipient="assistant",
+                call_id="k", content="ok"),
+        Message(id="f", role="assistant", channel="final", content="Colosseum", params={"temperature": 0.2},
+                metrics={"decode_tps": 12.5}, incomplete=True,
+                retries=[{"attempt": 1, "reason": "parse"}], extra={"x": [1, 2]}),
+    ]
+    store.save(s)
+    return s
+
+
+def test_default_root_follows_xdg_and_round_trip_is_exact() -> None:
+    store = SessionStore()
+    assert store.root == paths.sessions_dir() and str(store.root).startswith(os.environ["XDG_DATA_HOME"])
+    s = _sample(store)
+    loaded = SessionStore().load(s.id)
+    assert loaded == s
+    store.save(loaded, touch=False)
+    assert SessionStore().load(s.id) == loaded
+    raw = json.loads(store.path(s.id).read_text(encoding="utf-8"))
+    assert raw["schema_version"] == SCHEMA_VERSION
+    assert not [p for p in store.root.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_rename_delete_and_not_found(tmp_path: Path) -> None:
+    store = SessionStore(tmp_path)
+    s = _sample(store)
+    store.rename(s.id, "Rome")
+    assert store.load(s.id).title == "Rome"
+    assert store.resolve(s.id[:10]) == s.id
+    store.delete(s.id)
+    with pytest.raises(SessionNotFoundError):
+        store.load(s.id)
+    with pytest.raises(SessionNotFoundError):
+        store.load("../etc/passwd")
+    assert issubclass(SessionNotFoundError, UserError)
+
+
+@pytest.mark.parametrize("version", [1, 2])
+def test_old_file_migrates_in_memory_and_save_keeps_one_backup(tmp_path: Path, version: int) -> None:
+    src = FIXTURES / f"v{version}-example.json"
+    sid = json.loads(src.read_text())["id"]
+    shutil.copy(src, tmp_path / f"{sid}.json")
+    store = SessionStore(tmp_path)
+    s = store.load(sid)
+    assert json.loads((tmp_path / f"{sid}.json").read_text())["schema_version"] == version  # not written yet
+    s.title = "changed"
+    store.save(s)
+    backup = tmp_path / f"{sid}.v{version}.bak"
+    assert backup.read_bytes() == src.read_bytes()
+    assert json.loads((tmp_path / f"{sid}.json").read_text())["schema_version"] == SCHEMA_VERSION
+    s.title = "again"
+    SessionStore(tmp_path).save(s)  # a later save (other store) never replaces the backup
+    assert backup.read_bytes() == src.read_bytes()
+    assert SessionStore(tmp_path).load(sid) == s
+
+
+def test_migrate_all_dry_run_then_real(tmp_path: Path) -> None:
+    for v in (1, 2, 3):
+        shutil.copy(FIXTURES / f"v{v}-example.json", tmp_path / f"example-v{v}.json")
+    store = SessionStore(tmp_path)
+    dry = store.migrate_all(dry_run=True)
+    assert len(dry) == 2 and not list(tmp_path.glob("*.bak"))
+    done = store.migrate_all()
+    assert len(done) == 2 and sorted(p.name for p in tmp_path.glob("*.bak")) == [
+        "example-v1.v1.bak", "example-v2.v2.bak"]
+    assert store.migrate_all() == []
+
+
+def test_corrupt_files_are_quarantined_and_the_rest_still_load(tmp_path: Path) -> None:
+    store = SessionStore(tmp_path)
+    good = _sample(store)
+    (tmp_path / "bad-json.json").write_text('{"schema_version": 3, "id": "bad-j')
+    bad = json.loads(store.path(good.id).read_text())
+    bad.update(id="bad-schema", messages=5)
+    (tmp_path / "bad-schema.json").write_text(json.dumps(bad))
+    newer = {"schema_version": SCHEMA_VERSION + 1, "id": "newer"}
+    (tmp_path / "newer.json").write_text(json.dumps(newer))
+    fresh = SessionStore(tmp_path)
+    listed = fresh.list()
+    assert [s.id for s in listed] == [good.id]
+    assert len(fresh.problems) == 3
+    assert any("bad-json.json" in p and "moved aside" in p for p in fresh.problems)
+    assert any("bad-schema.json" in p and "messages" in p for p in fresh.problems)
+    assert not (tmp_path / "bad-json.json").exists()
+    assert len(list(tmp_path.glob("bad-json.json.corrupt-*"))) == 1
+    assert json.loads((tmp_path / "newer.json").read_text()) == newer  # a newer app's file is left alone
+    with pytest.raises(SessionVersionError, match="newer"):
+        fresh.load("newer")
+    # saving a new session under a damaged file's id moves the damaged file aside, never overwrites it
+    (tmp_path / "x1.json").write_text("garbage")
+    s = fresh.load(good.id)
+    s.id = "x1"
+    fresh.save(s)
+    assert [p.read_text() for p in tmp_path.glob("x1.json.corrupt-*")] == ["garbage"]
+
+
+def test_index_is_rebuilt_when_stale_or_missing(tmp_path: Path) -> None:
+    store = SessionStore(tmp_path)
+    a = _sample(store)
+    b = store.create(title="second")
+    assert {s.id for s in store.list()} == {b.id, a.id}
+    index = tmp_path / ".index.json"
+    assert index.exists()
+    a.title = "Roma antica"
+    store.save(a)  # changes mtime/size: the next list re-reads only this file
+    listed = store.list()
+    assert listed[0].id == a.id and listed[0].title == "Roma antica" and listed[0].message_count == 5
+    assert [s.id for s in store.list("roma")] == [a.id]
+    assert [s.id for s in store.list("colosseum")] == [a.id]  # searches the conversation's start
+    assert store.list("nothing-like-this") == []
+    index.write_text("{not json")
+    assert {s.id for s in store.list()} == {a.id, b.id}
+    store.delete(b.id)
+    assert [s.id for s in store.list()] == [a.id]
+    assert json.loads(index.read_text())["entries"].keys() == {f"{a.id}.json"}
+
+
+_VALID = (FIXTURES / "v3-example.json").read_bytes()
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8),
+    lambda c: st.lists(c, max_size=4) | st.dictionaries(st.text(max_size=6), c, max_size=4),
+    max_leaves=12,
+)
+
+
+def _check_bytes(data: bytes) -> None:
+    with tempfile.TemporaryDirectory() as d:
+        root = Path(d)
+        (root / "example-v3.json").write_bytes(data)
+        store = SessionStore(root)
+        try:
+            session = store.load("example-v3")
+        except CorruptSessionError:
+            moved = list(root.glob("example-v3.json.corrupt-*"))
+            assert len(moved) == 1 and moved[0].read_bytes() == data
+            assert store.problems
+        except SessionVersionError:
+            assert (root / "example-v3.json").read_bytes() == data
+        else:
+            store.save(session)
+            assert SessionStore(root).load("example-v3") == session
+        SessionStore(root).list()
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(cut=st.integers(0, len(_VALID)), flips=st.lists(st.tuples(st.integers(0, len(_VALID) - 1),
+                                                                   st.integers(0, 255)), max_size=3))
+def test_fuzzed_and_truncated_files_never_crash(cut: int, flips: list[tuple[int, int]]) -> None:
+    data = bytearray(_VALID)
+    for pos, byte in flips:
+        data[pos] = byte
+    _check_bytes(bytes(data[:cut]) if not flips else bytes(data))
+
+
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(path=st.lists(st.sampled_from(["messages", 0, 1, 4, "id", "role", "channel", "metrics", "params",
+                                      "settings", "retries", "extra", "content", "schema_version", "title"]),
+                     min_size=1, max_size=3), value=_json)
+def test_documents_with_a_field_replaced_never_crash(path: list, value: object) -> None:
+    doc = json.loads(_VALID)
+    node = doc
+    for key in path[:-1]:
+        try:
+            node = node[key]
+        except (KeyError, IndexError, TypeError):
+            break
+    try:
+        node[path[-1]] = value
+    except (IndexError, TypeError):
+        pass
+    _check_bytes(json.dumps(doc).encode())
+
+
+_CHILD = textwrap.dedent("""
+    import sys, time
+    from pathlib import Path
+    from mlx_harmony_tui.sessions import SessionStore, SessionLockedError
+    store = SessionStore(Path(sys.argv[1]))
+    try:
+        store.lock(sys.argv[2])
+    except SessionLockedError as e:
+        print("LOCKED", e, flush=True)
+        s = store.load(sys.argv[2])
+        try:
+            store.save(s)
+        except SessionLockedError as e:
+            print("SAVE-REFUSED", e, flush=True)
+        sys.exit(3)
+    print("ACQUIRED", flush=True)
+    if len(sys.argv) > 3:
+        time.sleep(60)
+""")
+
+
+def _child(root: Path, sid: str, *extra: str) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-c", _CHILD, str(root), sid, *extra], cwd=ROOT,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_two_processes_cannot_open_the_same_session(tmp_path: Path) -> None:
+    store = SessionStore(tmp_path)
+    s = _sample(store)
+    with store.open_locked(s.id) as session:
+        assert session == s
+        out, err = _child(tmp_path, s.id).communicate(timeout=30)
+        assert f"LOCKED session {s.id} is open in process {os.getpid()}" in out, err
+        assert "SAVE-REFUSED" in out and str(os.getpid()) in out
+        store.save(session)  # we hold it: our saves go through
+    out, _ = _child(tmp_path, s.id).communicate(timeout=30)
+    assert out.strip() == "ACQUIRED"
+    assert not (tmp_path / f"{s.id}.lock").exists()
+
+
+def test_lock_of_a_killed_process_is_stale_not_blocking(tmp_path: Path) -> None:
+    store = SessionStore(tmp_path)
+    s = _sample(store)
+    child = _child(tmp_path, s.id, "hold")
+    assert child.stdout is not None and child.stdout.readline().strip() == "ACQUIRED"
+    with pytest.raises(SessionLockedError, match=str(child.pid)):
+        store.lock(s.id)
+    with pytest.raises(SessionLockedError, match=str(child.pid)):
+        store.save(s)
+    child.kill()
+    child.wait(timeout=30)
+    assert (tmp_path / f"{s.id}.lock").exists()  # left behind by the killed process ...
+    lock = store.lock(s.id)  # ... and not mistaken for a live one
+    assert lock.held
+    store.save(s)
+    store.unlock(s.id)
