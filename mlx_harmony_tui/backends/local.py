@@ -53,6 +53,16 @@ def resolve_model_path(model: str | Path | None) -> Path:
     return path
 
 
+def _release_thread_streams() -> None:
+    """Free this thread's MLX streams; without it the process may abort at exit (ml-explore/mlx#3126)."""
+    try:
+        import mlx.core as mx
+
+        mx.clear_streams()
+    except Exception:  # noqa: BLE001 - cleanup must never fail a turn
+        pass
+
+
 class LocalBackend:
     """Owns one loaded model. Turns are serialized by the engine's lock."""
 
@@ -116,6 +126,7 @@ class LocalBackend:
             except Exception as e:  # noqa: BLE001 - a worker must always close its handle
                 handle.put(TurnFailed(f"{type(e).__name__}: {e}"))
             finally:
+                _release_thread_streams()  # MLX needs this at the end of every thread that used it
                 handle.close()
 
         thread = threading.Thread(target=work, name="turn", daemon=True)
