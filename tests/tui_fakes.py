@@ -20,6 +20,8 @@ def simple_reply(analysis: str, final: str, delay: float = 0.0, chunk: int = 3) 
     def run(request: TurnRequest, handle: TurnHandle) -> None:
         handle.put(ev.TurnStarted("t1"))
         for channel, text in (("analysis", analysis), ("final", final)):
+            if not text:
+                continue
             for i in range(0, len(text), chunk):
                 if handle.cancel_event.is_set():
                     handle.put(ev.TurnFinished("cancelled", ev.Metrics(generated_tokens=i, final=True)))

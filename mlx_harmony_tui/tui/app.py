@@ -30,6 +30,7 @@ from mlx_harmony_tui.tui.screens.dialogs import ConfirmScreen
 from mlx_harmony_tui.tui.screens.help import HelpScreen
 from mlx_harmony_tui.tui.screens.models import ModelPickerScreen
 from mlx_harmony_tui.tui.screens.params import ParamsScreen
+from mlx_harmony_tui.tui.screens.sessions import SessionBrowserScreen
 from mlx_harmony_tui.tui.themes import load_themes
 from mlx_harmony_tui.tui.widgets.chat_input import ChatInput
 from mlx_harmony_tui.tui.widgets.messages import AssistantMessage, UserMessage
@@ -84,7 +85,8 @@ class HarmonyApp(App[None]):
         self.current: AssistantMessage | None = None
         self.loading = False
         self.models_dirs = list(models_dirs)
-        self.session_id = session_id
+        self.session_id: str | None = None  # set once the session is open (the argument may be a prefix)
+        self._resume_id = session_id
         self._keymap = normalize(keymap)
         self._theme_name = theme
         self._show_welcome = show_welcome
@@ -93,6 +95,9 @@ class HarmonyApp(App[None]):
         self._settings_dirty = False
         self.pump_count = 0  # batches applied (measured by scripts/ui_latency.py)
         self.theme_problems: list[str] = []
+        self.store: Any = None  # sessions.store.SessionStore
+        self.recorder: Any = None  # sessions.recorder.SessionRecorder of the open session
+        self._cache_loaded_for: str | None = None
 
     # ---- start-up -------------------------------------------------------------------------------------
     def get_default_screen(self) -> Screen[Any]:
@@ -116,6 +121,13 @@ class HarmonyApp(App[None]):
     def on_ready(self) -> None:
         """The chat screen exists now: start the pump and the model."""
         self.set_interval(1 / PUMP_HZ, self.pump)
+        from mlx_harmony_tui.sessions.store import SessionStore
+
+        self.store = SessionStore()
+        for p in self.store.problems:
+            self.notify(p, severity="warning")
+        if self._resume_id:
+            self.call_later(self.open_session, self._resume_id)
         if self.backend is None:
             self.load_model(self.model_ref)
         else:
@@ -130,6 +142,7 @@ class HarmonyApp(App[None]):
         self.model_ref = self.backend.model_name
         self.screen_chat.query_one(MetricsBar).context_limit = self.backend.context_limit
         self._update_header()
+        self._restore_cache()
 
     def _update_header(self) -> None:
         s = self.settings
@@ -219,6 +232,11 @@ class HarmonyApp(App[None]):
         for w in self.conversation.query("#welcome"):
             await w.remove()
         self.history.append(HMessage(role="user", text=text))
+        if self._ensure_session():
+            self.recorder.set_params(settings_params(self.settings))
+            self.recorder.add_user(text)
+            self._save_settings_to_session()
+            self.history = self._session_history()
         await self.conversation.mount(UserMessage(text))
         await self._start_turn()
 
@@ -247,6 +265,7 @@ class HarmonyApp(App[None]):
         events, done = handle.drain()
         if events:
             self.pump_count += 1
+            self._record(events)
             await self.apply(events)
         if done and self.handle is handle:
             await self._turn_ended()
@@ -342,6 +361,9 @@ class HarmonyApp(App[None]):
         msg, self.current, self.handle = self.current, None, None
         if msg is not None:
             await msg.finish()
+        if self.recorder is not None:
+            self._guard(self.recorder.finish)
+            self.history = self._session_history()
         self.screen_chat.query_one(MetricsBar).set_status("ready")
 
     async def wait_idle(self, timeout: float = 60.0) -> None:
@@ -371,6 +393,13 @@ class HarmonyApp(App[None]):
             return None
         text = self.history[i].text
         del self.history[i + (1 if keep_user else 0):]
+        if self.recorder is not None:
+            msgs = self.recorder.session.messages
+            users = [k for k, m in enumerate(msgs) if m.role == "user"]
+            if users:
+                del msgs[users[-1] + (1 if keep_user else 0):]
+                self._guard(self.recorder.save)
+                self.recorder = self._new_recorder(self.recorder.session)
         widgets = list(self.conversation.children)
         last_user = max((k for k, w in enumerate(widgets) if isinstance(w, UserMessage)), default=None)
         if last_user is not None:
@@ -459,7 +488,16 @@ class HarmonyApp(App[None]):
         self.push_screen(ModelPickerScreen(find_models(self.models_dirs), self.model_ref), done)
 
     def action_sessions(self) -> None:
-        self.notify("Sessions are not available yet", severity="warning")
+        async def done(result: tuple[str, str] | None) -> None:
+            if result is None:
+                return
+            what, sid = result
+            if what == "new":
+                await self.action_new_session()
+            elif sid != self.session_id:
+                await self.open_session(sid)
+
+        self.push_screen(SessionBrowserScreen(self.store, self.session_id), done)
 
     async def action_new_session(self) -> None:
         if self.generating:
@@ -470,7 +508,7 @@ class HarmonyApp(App[None]):
         for e in list(self.screen_chat.query_one(ToolLog).entries.values()):
             await e.remove()
         self.screen_chat.query_one(ToolLog).entries.clear()
-        self.session_id = None
+        self._close_session()
 
     def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
         """Every bound action is also in the command palette (ctrl+p)."""
@@ -484,3 +522,201 @@ class HarmonyApp(App[None]):
                                     self.screen_chat.action_toggle_tools)
                 continue
             yield SystemCommand(b.description, f"{b.id} ({b.key})", getattr(self, f"action_{name}"))
+
+    # ---- sessions ---------------------------------------------------------------------------------------
+    def _guard(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """Session writes must never kill the chat: show the problem and carry on."""
+        try:
+            return fn(*args)
+        except UserError as e:
+            self.notify(str(e), title="Session", severity="error", timeout=8)
+        except OSError as e:
+            self.notify(f"could not save the session: {e}", title="Session", severity="error", timeout=8)
+        return None
+
+    def _new_recorder(self, session: Any) -> Any:
+        from mlx_harmony_tui.sessions.recorder import SessionRecorder
+
+        return SessionRecorder(self.store, session, params=settings_params(self.settings))
+
+    def _session_history(self) -> list[HMessage]:
+        from mlx_harmony_tui.sessions.recorder import to_hmessages
+
+        return to_hmessages(self.recorder.session) if self.recorder is not None else list(self.history)
+
+    def _ensure_session(self) -> bool:
+        """Sessions are created on the first message, so opening the app leaves no empty files."""
+        if self.recorder is not None:
+            return True
+        if self.store is None:
+            return False
+        if not self.settings.conversation_date:
+            self.settings.conversation_date = time.strftime("%Y-%m-%d")
+        model = self.backend.model_name if self.backend else self.model_ref
+        session = self._guard(self.store.create, "", model, settings_params(self.settings),
+                              session_settings(self.settings))
+        if session is None:
+            return False
+        self._guard(self.store.lock, session.id)
+        self.session_id = session.id
+        self.recorder = self._new_recorder(session)
+        return True
+
+    def _save_settings_to_session(self) -> None:
+        if self.recorder is not None and self._settings_dirty:
+            self.recorder.session.settings.update(session_settings(self.settings))
+            self._settings_dirty = False
+            self._guard(self.recorder.save)
+
+    def _record(self, events: list[Any]) -> None:
+        if self.recorder is None:
+            return
+        for e in events:
+            self._guard(self.recorder.on_event, e)
+
+    def cache_path(self, session_id: str) -> Path:
+        return paths.cache_dir() / "prompt-cache" / f"{session_id}.safetensors"
+
+    def _restore_cache(self) -> None:
+        sid = self.session_id
+        if not sid or self.backend is None or self._cache_loaded_for == sid:
+            return
+        load = getattr(self.backend, "load_cache", None)
+        path = self.cache_path(sid)
+        if load is None or not path.exists():
+            return
+        self._cache_loaded_for = sid
+        try:
+            if load(path):
+                self.notify("Prompt cache restored")
+        except (UserError, OSError, ValueError) as e:
+            self.notify(f"prompt cache not restored: {e}", severity="warning")
+
+    def save_cache(self) -> None:
+        """Save the prompt cache of the open session so resuming it skips the prefill."""
+        save = getattr(self.backend, "save_cache", None)
+        if not self.session_id or save is None or self.generating:
+            return
+        path = self.cache_path(self.session_id)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save(path)
+        except (UserError, OSError, ValueError) as e:
+            self.notify(f"prompt cache not saved: {e}", severity="warning")
+
+    def _close_session(self) -> None:
+        if self.session_id:
+            self.save_cache()
+            if self.store is not None:
+                self.store.unlock(self.session_id)
+        self.recorder = None
+        self.session_id = None
+        self._cache_loaded_for = None
+
+    async def open_session(self, id_or_prefix: str) -> bool:
+        """Show a saved session and continue it; False (with the reason shown) when it cannot be opened."""
+        from mlx_harmony_tui.sessions.recorder import to_hmessages
+
+        if self.generating:
+            self.action_stop()
+            await self.wait_idle(5)
+        try:
+            sid = self.store.resolve(id_or_prefix)
+            if sid != self.session_id:
+                self.store.lock(sid)
+            session = self.store.load(sid)
+        except UserError as e:
+            self.notify(str(e), title="Session", severity="error", timeout=10)
+            return False
+        if sid != self.session_id:
+            self._close_session()
+        self.session_id = sid
+        self.settings = settings_from_session(self.settings, session)
+        self.recorder = self._new_recorder(session)
+        self.history = to_hmessages(session)
+        await self._show_session(session)
+        self._update_header()
+        self._restore_cache()
+        return True
+
+    async def _show_session(self, session: Any) -> None:
+        conv = self.conversation
+        await conv.remove_children()
+        tools = self.screen_chat.query_one(ToolLog)
+        for entry in list(tools.entries.values()):
+            await entry.remove()
+        tools.entries.clear()
+        current: AssistantMessage | None = None
+        for m in session.messages:
+            if m.role == "user":
+                if current is not None:
+                    await current.finish()
+                current = None
+                await conv.mount(UserMessage(m.content))
+            elif m.role == "assistant" and m.recipient:
+                entry = await tools.entry(m.call_id or m.id, m.recipient)
+                entry.set_args(m.content)
+            elif m.role == "tool":
+                entry = await tools.entry(m.call_id or m.id, m.author or "tool")
+                entry.set_result(m.content, None, 0.0)
+            elif m.role == "assistant":
+                if current is None:
+                    current = AssistantMessage()
+                    await conv.mount(current)
+                await current.write(m.channel or "final", m.content)
+                if m.incomplete:
+                    await current.notice("(partial reply)")
+        if current is not None:
+            await current.finish()
+        conv.scroll_end(animate=False)
+
+    def on_unmount(self) -> None:
+        """However the app ends, the session's lock is released and its prompt cache saved."""
+        if self.handle is not None:
+            self.handle.cancel()
+        self._close_session()
+
+    async def action_quit(self) -> None:
+        if self.handle is not None:
+            self.handle.cancel()
+            await self.wait_idle(5)
+        self._close_session()
+        self.exit()
+
+
+def settings_params(s: ChatSettings) -> dict[str, Any]:
+    """What the session records as the generation parameters of a reply."""
+    sp = s.sampling
+    return {
+        "temperature": sp.temperature, "top_p": sp.top_p, "top_k": sp.top_k, "min_p": sp.min_p,
+        "repetition_penalty": sp.repetition_penalty, "max_tokens": s.max_tokens,
+        "context_limit": s.context_limit, "reasoning_effort": s.reasoning_effort,
+    }
+
+
+def session_settings(s: ChatSettings) -> dict[str, Any]:
+    return {
+        "system_prompt": s.system_prompt, "instructions": s.instructions,
+        "reasoning_effort": s.reasoning_effort, "conversation_date": s.conversation_date,
+    }
+
+
+def settings_from_session(base: ChatSettings, session: Any) -> ChatSettings:
+    """Resume with the session's prompts and its last recorded parameters."""
+    from dataclasses import replace
+
+    s = copy.deepcopy(base)
+    params = dict(session.params or {})
+    for m in session.messages:
+        if m.params:
+            params = dict(m.params)
+    sampling = {k: params[k] for k in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+                if k in params}
+    s.sampling = replace(s.sampling, **sampling)
+    for k in ("max_tokens", "context_limit", "reasoning_effort"):
+        if k in params:
+            setattr(s, k, params[k])
+    for k in ("system_prompt", "instructions", "reasoning_effort", "conversation_date"):
+        if session.settings.get(k) is not None:
+            setattr(s, k, session.settings[k])
+    return s
