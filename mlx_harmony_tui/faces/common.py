@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import argparse
 import os
+import sys
+from pathlib import Path
 from typing import Any
 
 from mlx_harmony_tui.chat.settings import ChatSettings
@@ -107,61 +109,60 @@ def check(key: str, value: Any) -> None:
         raise UserError(f"{flag}: invalid value {value!r}{hint}")
 
 
-def load_base_settings(args: argparse.Namespace) -> tuple[ChatSettings, Any]:
-    """Settings from config file and profile (no CLI flags yet), and the AppConfig (or None)."""
-    try:
-        from mlx_harmony_tui import config as config_mod
-    except ImportError:  # config layer not installed in this build: model defaults only
-        return ChatSettings(), None
-    cfg, problems = config_mod.load_config(getattr(args, "config", None), getattr(args, "profile", None))
+def load_app_config(args: argparse.Namespace) -> Any:
+    """The config file (and profile) the flags name; problems are printed as warnings, not fatal."""
+    from mlx_harmony_tui import config as config_mod
+
+    path = getattr(args, "config", None)
+    cfg, problems = config_mod.load_config(Path(path) if path else None, getattr(args, "profile", None))
     for problem in problems or []:
-        print(f"mlx-harmony-tui: config: {problem}", file=_stderr())
-    settings = config_mod.resolve_settings(cli=None, session=None, profile=getattr(args, "profile", None),
-                                           config=cfg, model_defaults=None)
-    return settings, cfg
+        print(f"mlx-harmony-tui: config: {problem}", file=sys.stderr)
+    return cfg
 
 
-def _stderr() -> Any:
-    import sys
+def resolve_settings_from_args(args: argparse.Namespace, cfg: Any = None) -> tuple[ChatSettings, str]:
+    """(settings: CLI > profile > config file > model defaults, model name or path)."""
+    from mlx_harmony_tui import config as config_mod
 
-    return sys.stderr
+    cfg = cfg if cfg is not None else load_app_config(args)
+    model = getattr(args, "model", None) or cfg.model or "demo"
+    model_dir: Path | None = None
+    if not getattr(args, "remote", None):
+        from mlx_harmony_tui.backends.local import resolve_model_path
 
-
-def resolve_settings_from_args(args: argparse.Namespace) -> tuple[ChatSettings, str]:
-    """(settings with the CLI flags applied, model name or path)."""
-    settings, cfg = load_base_settings(args)
-    apply_overrides(settings, cli_overrides(args))
-    model = getattr(args, "model", None) or _config_get(cfg, "model") or "demo"
+        model_dir = resolve_model_path(model)
+    cli = cli_overrides(args)
+    for key, value in cli.items():
+        check(key, value)
+    settings = config_mod.settings_from_config(cfg, cli=cli, model_dir=model_dir)
     return settings, str(model)
 
 
-def _config_get(cfg: Any, name: str) -> Any:
-    if cfg is None:
-        return None
-    if isinstance(cfg, dict):
-        return cfg.get(name)
-    return getattr(cfg, name, None)
-
-
 def make_backend(args: argparse.Namespace, progress: Any = None) -> tuple[Any, ChatSettings]:
-    """The backend the flags ask for (local model, or --remote URL) and the resolved settings."""
-    settings, model = resolve_settings_from_args(args)
+    """The backend the flags ask for (local model, or --remote URL / the config's remote) and the settings."""
+    cfg = load_app_config(args)
+    settings, model = resolve_settings_from_args(args, cfg)
     url = getattr(args, "remote", None)
     if url:
         from mlx_harmony_tui.backends.remote import RemoteBackend
 
-        key = getattr(args, "api_key", None) or _config_get(_load_cfg_quiet(args), "api_key") \
+        key = (
+            getattr(args, "api_key", None)
+            or (os.environ.get(cfg.remote.api_key_env) if cfg.remote.api_key_env else None)
             or os.environ.get("OPENAI_API_KEY")
-        return RemoteBackend(url, api_key=key, model=getattr(args, "model", None)), settings
+        )
+        remote_model = getattr(args, "model", None) or cfg.remote.model or None
+        return RemoteBackend(url, api_key=key, model=remote_model), settings
     from mlx_harmony_tui.backends.local import LocalBackend
 
     return LocalBackend.load(model, progress=progress), settings
 
 
-def _load_cfg_quiet(args: argparse.Namespace) -> Any:
+def release_mlx_streams() -> None:
+    """Free the main thread's MLX streams before the interpreter exits (else MLX may abort the process)."""
+    if "mlx.core" not in sys.modules:
+        return
     try:
-        from mlx_harmony_tui import config as config_mod
-    except ImportError:
-        return None
-    cfg, _ = config_mod.load_config(getattr(args, "config", None), getattr(args, "profile", None))
-    return cfg
+        sys.modules["mlx.core"].clear_streams()
+    except Exception:  # noqa: BLE001 - cleanup only
+        pass

@@ -1,0 +1,121 @@
+"""``mlx-harmony-tui generate``: one turn from --prompt (or stdin); plain text, or one JSON document."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+from typing import Any
+
+from mlx_harmony_tui.backends.base import TurnRequest
+from mlx_harmony_tui.chat.events import (
+    Delta,
+    Metrics,
+    Retry,
+    ToolCall,
+    ToolConfirmation,
+    ToolResult,
+    TurnFailed,
+    TurnFinished,
+)
+from mlx_harmony_tui.errors import UserError
+from mlx_harmony_tui.faces.common import (
+    add_model_flags,
+    add_settings_flags,
+    make_backend,
+    release_mlx_streams,
+)
+from mlx_harmony_tui.harmony.messages import HMessage
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("generate", help="answer one prompt (--prompt or stdin) and exit")
+    add_model_flags(p)
+    add_settings_flags(p)
+    p.add_argument("--prompt", "-p", default=None, help="the user message (default: read stdin)")
+    p.add_argument("--json", action="store_true",
+                   help="print one JSON document: analysis, final, tool calls, finish reason, metrics")
+    p.add_argument("--show-analysis", action="store_true", help="also print the reasoning (text mode)")
+    p.add_argument("--yes", action="store_true", help="run tool calls without asking")
+    p.set_defaults(func=run)
+
+
+def read_prompt(args: argparse.Namespace) -> str:
+    if args.prompt is not None:
+        prompt = args.prompt
+    elif sys.stdin.isatty():
+        raise UserError("give --prompt TEXT, or pipe the prompt on stdin")
+    else:
+        prompt = sys.stdin.read()
+    if not prompt.strip():
+        raise UserError("the prompt is empty")
+    return prompt
+
+
+def run(args: argparse.Namespace) -> int:
+    prompt = read_prompt(args)
+    backend, settings = make_backend(args)
+    try:
+        handle = backend.start_turn(TurnRequest([HMessage("user", prompt)], settings))
+        doc: dict[str, Any] = {"model": backend.model_name, "analysis": "", "final": "", "tool_calls": [],
+                               "tool_results": [], "retries": [], "finish_reason": None, "error": None,
+                               "metrics": None}
+        last_metrics: Metrics | None = None
+        stream_text = not args.json
+        in_analysis = False
+        try:
+            for ev in handle.events():
+                if isinstance(ev, Delta) and ev.recipient is None:
+                    if ev.channel == "analysis":
+                        doc["analysis"] += ev.text
+                        if stream_text and args.show_analysis:
+                            if not in_analysis:
+                                sys.stdout.write("[analysis] ")
+                                in_analysis = True
+                            sys.stdout.write(ev.text)
+                            sys.stdout.flush()
+                    else:
+                        doc["final"] += ev.text
+                        if stream_text:
+                            if in_analysis:
+                                sys.stdout.write("\n")
+                                in_analysis = False
+                            sys.stdout.write(ev.text)
+                            sys.stdout.flush()
+                elif isinstance(ev, ToolCall):
+                    doc["tool_calls"].append({"id": ev.call_id, "recipient": ev.recipient, "arguments": ev.arguments})
+                elif isinstance(ev, ToolResult):
+                    doc["tool_results"].append({"id": ev.call_id, "recipient": ev.recipient, "output": ev.output,
+                                                "error": ev.error})
+                elif isinstance(ev, ToolConfirmation):
+                    handle.confirm(ev.call_id, bool(args.yes))
+                elif isinstance(ev, Retry):
+                    doc["retries"].append({"reason": ev.reason, "detail": ev.detail})
+                    doc["analysis"], doc["final"] = "", ""  # the document holds the attempt that counts
+                elif isinstance(ev, Metrics) and ev.final:
+                    last_metrics = ev
+                elif isinstance(ev, TurnFinished):
+                    doc["finish_reason"] = ev.reason
+                    m = ev.metrics if (ev.metrics.prompt_tokens or ev.metrics.generated_tokens) else last_metrics
+                    doc["metrics"] = dataclasses.asdict(m) if m else None
+                elif isinstance(ev, TurnFailed):
+                    doc["error"] = ev.error
+                    doc["finish_reason"] = doc["finish_reason"] or "error"
+        except KeyboardInterrupt:
+            handle.cancel()
+            for _ in handle.events():
+                pass
+            raise
+    finally:
+        backend.close()
+        release_mlx_streams()
+    if args.json:
+        json.dump(doc, sys.stdout, ensure_ascii=False, indent=2)
+        sys.stdout.write("\n")
+    else:
+        sys.stdout.write("\n")
+        if doc["error"]:
+            print(f"mlx-harmony-tui: {doc['error']}", file=sys.stderr)
+    sys.stdout.flush()
+    return 1 if doc["error"] else 0
