@@ -249,8 +249,10 @@ def test_unterminated_message_at_stop_is_kept_complete(encoding):
 
 
 def test_nothing_produced_is_an_error(encoding):
-    stream, _ = run(encoding, "<|channel|>analysis", reason="length")
+    stream, _ = run(encoding, "<|return|>", reason="stop")
     assert stream.messages == [] and stream.errors == ["the model produced no message"]
+    cut, _ = run(encoding, "<|channel|>analysis", reason="length")  # the turn layer reports length itself
+    assert cut.messages == [] and cut.errors == []
 
 
 def test_multibyte_text_split_across_tokens(encoding):

@@ -239,7 +239,7 @@ class HarmonyStream:
                 if not partial:
                     self._recover(out, "unterminated", "the output ended inside a message")
                 self._close(None, out, partial=partial, reason=reason)
-            if not self.messages and reason in ("stop", "length", "loop"):
+            if not self.messages and reason == "stop":
                 self.errors.append("the model produced no message")
         except Exception as e:  # noqa: BLE001
             self.errors.append(f"internal parser error at finish: {e!r}")
