@@ -1,0 +1,115 @@
+"""The python tool's sandbox: timeout kill, memory limit, writes outside cwd, truncation, scrubbed env."""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from mlx_harmony_tui.tools.python import PythonTool, PythonToolConfig, python_description
+
+
+@pytest.fixture
+def tool() -> PythonTool:
+    return PythonTool(PythonToolConfig(enabled=True, timeout_s=1.5, memory_mb=512, max_output_chars=2000))
+
+
+def test_prints_and_shows_last_expression(tool: PythonTool) -> None:
+    res = tool.run("import math\nprint('hello')\nmath.factorial(5)")
+    assert res.error is None and res.output == "hello\n120\n"
+
+
+def test_exceptions_come_back_as_traceback_text(tool: PythonTool) -> None:
+    res = tool.run("x = 1\n1 / 0")
+    assert res.error is None  # a failing cell is a normal result for the model
+    assert "ZeroDivisionError" in res.output and 'File "<cell>", line 2' in res.output
+
+
+def test_infinite_loop_is_killed_at_the_timeout(tool: PythonTool) -> None:
+    start = time.monotonic()
+    res = tool.run("print('started', flush=True)\nwhile True:\n    pass")
+    elapsed = time.monotonic() - start
+    assert res.error == "timeout" and "timed out after 1.5 seconds" in res.output and "started" in res.output
+    assert 1.4 < elapsed < 4.0
+
+
+def test_cancel_stops_a_running_cell(tool: PythonTool) -> None:
+    cancel = threading.Event()
+    threading.Timer(0.3, cancel.set).start()
+    start = time.monotonic()
+    res = tool.run("import time\ntime.sleep(30)", cancel)
+    assert res.error == "cancelled" and time.monotonic() - start < 1.4
+
+
+def test_memory_bomb_fails_cleanly(tool: PythonTool) -> None:
+    res = tool.run("blocks = []\nwhile True:\n    blocks.append(bytearray(64 << 20))")
+    assert res.error is None and "MemoryError" in res.output
+    assert tool.run("1 + 1").output == "2\n"  # the next call is unaffected
+
+
+def test_write_outside_working_directory_is_refused(tool: PythonTool, tmp_path: Path) -> None:
+    target = tmp_path / "outside.txt"
+    res = tool.run(f"open({str(target)!r}, 'w').write('x')")
+    assert "PermissionError" in res.output and "outside the working directory" in res.output
+    assert not target.exists()
+    res = tool.run(f"import os\nos.remove({str(Path(__file__))!r})")
+    assert "PermissionError" in res.output and Path(__file__).exists()
+
+
+def test_writes_inside_the_fresh_working_directory_work_and_vanish(tool: PythonTool) -> None:
+    res = tool.run(
+        "import os\nopen('a.txt', 'w').write('hi')\nprint(os.listdir('.'), open('a.txt').read())\nos.getcwd()"
+    )
+    lines = res.output.splitlines()
+    assert lines[0] == "['a.txt'] hi"
+    cwd = lines[1].strip("'")
+    assert not os.path.exists(cwd)  # removed after the call
+    assert tool.run("import os\nos.listdir('.')").output == "[]\n"  # stateless: a fresh directory each time
+
+
+def test_environment_is_scrubbed(tool: PythonTool, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECRET_TOKEN", "hunter2")
+    res = tool.run("import os\nprint(sorted(os.environ))\nprint(os.environ['HOME'] == os.getcwd())")
+    assert "SECRET_TOKEN" not in res.output and "hunter2" not in res.output
+    assert res.output.splitlines()[1] == "True"
+
+
+def test_network_and_subprocesses_refused(tool: PythonTool) -> None:
+    res = tool.run("import socket\nsocket.create_connection(('127.0.0.1', 9))")
+    assert "network access is disabled" in res.output
+    res = tool.run("import subprocess\nsubprocess.run(['true'])")
+    assert "starting programs is disabled" in res.output
+
+
+def test_stdin_is_closed(tool: PythonTool) -> None:
+    assert tool.run("import sys\nsys.stdin.read()").output == "''\n"
+
+
+def test_output_is_truncated_with_marker(tool: PythonTool) -> None:
+    res = tool.run("print('x' * 100000)\nprint('THE END')")
+    assert len(res.output) < 2200
+    assert "[... truncated" in res.output and res.output.rstrip().endswith("THE END")
+    cut = int(res.output.split("[... truncated ")[1].split(" ")[0])
+    assert cut + len(res.output) >= 100000
+
+
+def test_persistent_kernel_keeps_globals_until_timeout() -> None:
+    tool = PythonTool(PythonToolConfig(enabled=True, timeout_s=1.0, persistent=True))
+    try:
+        assert tool.run("x = 41").output == ""
+        assert tool.run("x + 1").output == "42\n"
+        res = tool.run("while True: pass")
+        assert res.error == "timeout" and "restarted" in res.output
+        assert "NameError" in tool.run("x").output
+    finally:
+        tool.close()
+
+
+def test_description_tells_the_model_how_it_behaves() -> None:
+    text = python_description(PythonToolConfig(timeout_s=7, memory_mb=256))
+    assert "nothing is kept between calls" in text and "7 seconds" in text and "no internet" in text
+    assert "256 MB" in text and "Jupyter" not in text
+    assert "persistent" in python_description(PythonToolConfig(persistent=True))
