@@ -74,6 +74,7 @@ class HarmonyApp(App[None]):
         models_dirs: Iterable[str | Path] = (),
         show_welcome: bool = True,
         on_theme_change: Callable[[str], None] | None = None,
+        startup_notes: Iterable[str] = (),
     ) -> None:
         super().__init__()
         self.model_ref = model
@@ -95,6 +96,7 @@ class HarmonyApp(App[None]):
         self._settings_dirty = False
         self.pump_count = 0  # batches applied (measured by scripts/ui_latency.py)
         self.theme_problems: list[str] = []
+        self.startup_notes = list(startup_notes)  # config problems, shown once the screen is up
         self.store: Any = None  # sessions.store.SessionStore
         self.recorder: Any = None  # sessions.recorder.SessionRecorder of the open session
         self._cache_loaded_for: str | None = None
@@ -112,8 +114,8 @@ class HarmonyApp(App[None]):
                 self.theme = self._theme_name
             else:
                 self.notify(f"Unknown theme {self._theme_name!r}; using {self.theme}", severity="warning")
-        for p in self.theme_problems:
-            self.notify(p, severity="warning")
+        for p in [*self.startup_notes, *self.theme_problems]:
+            self.notify(p, severity="warning", timeout=10)
         if self._keymap:
             self.set_keymap(self._keymap)
         self.theme_changed_signal.subscribe(self, self._theme_changed)

@@ -1,0 +1,73 @@
+"""The ``tui`` subcommand (the default when no command is given): resolve config, backend and settings, run."""
+
+from __future__ import annotations
+
+import argparse
+import os
+from pathlib import Path
+from typing import Any
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("tui", help="full-screen chat (the default)", description="Full-screen chat.")
+    p.add_argument("--model", help="model folder, or 'demo' (default: config 'model', else demo)")
+    p.add_argument("--remote", metavar="URL", help="use an OpenAI-compatible server instead of a local model")
+    p.add_argument("--api-key", help="API key for --remote (default: the env var named in config remote)")
+    p.add_argument("--session", metavar="ID", help="resume a session (id or unique prefix)")
+    p.add_argument("--profile", help="config profile to use")
+    p.add_argument("--config", metavar="PATH", help="config file (default: the user config file)")
+    p.add_argument("--theme", help="theme name (built-in or from a themes folder)")
+    p.set_defaults(func=run)
+
+
+def build_app(args: argparse.Namespace) -> Any:
+    """The configured app, not yet running (tests and scripts/ui_latency.py use this)."""
+    from mlx_harmony_tui import config as cfg
+    from mlx_harmony_tui.tui.app import HarmonyApp
+
+    config_path = Path(args.config).expanduser() if getattr(args, "config", None) else None
+    config, problems = cfg.load_config(config_path, getattr(args, "profile", None))
+    model = getattr(args, "model", None) or config.model or "demo"
+    model_dir = Path(model).expanduser() if model not in ("demo", "tiny") else None
+    settings = cfg.settings_from_config(
+        config, model_dir=model_dir if model_dir is not None and model_dir.is_dir() else None
+    )
+    remote = getattr(args, "remote", None) or (config.remote.endpoint or None)
+    loader = None
+    if remote:
+        api_key = getattr(args, "api_key", None) or os.environ.get(config.remote.api_key_env or "")
+        remote_model = getattr(args, "model", None) or config.remote.model or None
+
+        def loader(_model: str, progress: Any) -> Any:
+            from mlx_harmony_tui.backends.remote import RemoteBackend
+
+            progress(0.2, f"connecting to {remote}")
+            backend = RemoteBackend(remote, api_key=api_key, model=remote_model)
+            _ = backend.model_name  # fails here, clearly, if the server cannot be reached
+            return backend
+
+        model = remote
+
+    def save_theme(name: str) -> None:
+        try:
+            cfg.set_value(config_path, "theme", name)
+        except (OSError, cfg.ConfigError):
+            pass  # the theme still applies for this run
+
+    return HarmonyApp(
+        model=model,
+        loader=loader,
+        settings=settings,
+        session_id=getattr(args, "session", None),
+        keymap=config.keymap,
+        theme=getattr(args, "theme", None) or config.theme,
+        models_dirs=config.models_dirs,
+        on_theme_change=save_theme,
+        startup_notes=[str(p) for p in problems],
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    app = build_app(args)
+    app.run()
+    return 0
