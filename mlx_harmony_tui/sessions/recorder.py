@@ -191,6 +191,7 @@ class SessionRecorder:
         elif isinstance(event, Retry):
             # the failed attempt's messages are not part of the conversation; keep its text in the record
             del self.session.messages[self._attempt_start:]
+            self._last_params = self._effective_params()  # the deleted messages may have carried params
             self._streaming = None
             self._pending_retries.append({"attempt": event.attempt, "reason": event.reason,
                                           "detail": event.detail, "failed_text": event.failed_text,
