@@ -7,6 +7,7 @@ given here are applied last). Bad values are UserErrors with the flag's name, ne
 from __future__ import annotations
 
 import argparse
+import atexit
 import os
 import sys
 from pathlib import Path
@@ -159,10 +160,23 @@ def make_backend(args: argparse.Namespace, progress: Any = None) -> tuple[Any, C
 
 
 def release_mlx_streams() -> None:
-    """Free the main thread's MLX streams before the interpreter exits (else MLX may abort the process)."""
-    if "mlx.core" not in sys.modules:
+    """Free the main thread's MLX streams when the interpreter exits (else MLX may abort the process).
+
+    Registered with atexit rather than called at once: freeing them now would break later MLX use in this
+    process (tests call several commands in one interpreter).
+    """
+    global _EXIT_HOOK
+    if _EXIT_HOOK or "mlx.core" not in sys.modules:
         return
-    try:
-        sys.modules["mlx.core"].clear_streams()
-    except Exception:  # noqa: BLE001 - cleanup only
-        pass
+    _EXIT_HOOK = True
+
+    def clear() -> None:
+        try:
+            sys.modules["mlx.core"].clear_streams()
+        except Exception:  # noqa: BLE001 - cleanup only
+            pass
+
+    atexit.register(clear)
+
+
+_EXIT_HOOK = False

@@ -1,0 +1,102 @@
+"""`chat` and `generate` through cli.main with real stdin text and the tiny model (and one real subprocess)."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from mlx_harmony_tui import cli
+from mlx_harmony_tui.server.app import create_app
+from mlx_harmony_tui.server.command import serve_in_thread
+from mlx_harmony_tui.sessions.store import SessionStore
+
+
+class _Stdin(io.StringIO):
+    def isatty(self) -> bool:
+        return False
+
+
+def _run(argv: list[str], stdin: str, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> tuple[int, str, str]:
+    monkeypatch.setattr(sys, "stdin", _Stdin(stdin))
+    rc = cli.main(argv)
+    out, err = capsys.readouterr()
+    return rc, out, err
+
+
+def test_generate_json_document(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = _run(["generate", "--json", "--max-tokens", "6", "--seed", "4", "--reasoning-effort", "low"],
+                        "Hello from stdin", monkeypatch, capsys)
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert set(doc) >= {"analysis", "final", "tool_calls", "finish_reason", "metrics"}
+    assert doc["finish_reason"] in ("stop", "length")
+    assert doc["metrics"]["prompt_tokens"] > 0 and 0 < doc["metrics"]["generated_tokens"] <= 6 * 3
+    rc2, out2, err2 = _run(["generate", "--json", "--max-tokens", "6", "--seed", "4", "--reasoning-effort", "low",
+                         "--prompt", "Hello from stdin"], "", monkeypatch, capsys)
+    assert rc2 == 0, err2
+    assert json.loads(out2)["final"] == doc["final"] and json.loads(out2)["analysis"] == doc["analysis"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["generate", "--prompt", "x", "--top-p", "3"], "--top-p"),
+    (["generate", "--prompt", "x", "--max-tokens", "0"], "--max-tokens"),
+    (["generate", "--prompt", "x", "--model", "/no/such/model"], "model not found"),
+    (["generate", "--prompt", "   "], "empty"),
+    (["generate", "--prompt", "x", "--remote", "not-a-url"], "http://host:port"),
+    (["generate", "--prompt", "x", "--config", "/no/such.toml"], "does not exist"),
+])
+def test_bad_input_exits_with_a_clear_message(argv: list[str], message: str, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    rc, _, err = _run(argv, "", monkeypatch, capsys)
+    assert rc != 0 and message in err and "Traceback" not in err
+
+
+def test_line_chat_commands_stream_and_record(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    script = "\n".join(["hello", "/set temperature=0.5", "/set top_p=9", "/set", "/help", "/bogus",
+                        "//slash first", "/save Named chat", "/quit", "never sent"]) + "\n"
+    rc, out, err = _run(["chat", "--max-tokens", "5", "--seed", "1"], script, monkeypatch, capsys)
+    assert rc == 0, err
+    assert "temperature=0.5" in out and "/models" in out
+    assert "--top-p" in err and "unknown command /bogus" in err
+    sessions = SessionStore().list()
+    assert len(sessions) == 1
+    session = SessionStore().load(sessions[0].id)
+    assert session.title == "Named chat"
+    users = [m.content for m in session.messages if m.role == "user"]
+    assert users == ["hello", "/slash first"]
+    replies = [m for m in session.messages if m.role == "assistant"]
+    assert replies and all(not m.incomplete for m in replies)
+    finals = [m.content for m in replies if m.channel == "final" and m.content]
+    assert finals and all(text in out for text in finals)  # what was recorded is what was printed
+
+
+def test_line_chat_over_remote(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    from mlx_harmony_tui.chat.events import Delta, ToolCall, TurnFinished
+    from tests.test_server_protocol import ScriptedBackend
+
+    scripted = ScriptedBackend()
+    scripted.scripts.append([Delta("analysis", "pondering"), Delta("final", "Remote hi"), TurnFinished("stop")])
+    scripted.scripts.append([ToolCall("c", "functions.f", '{"a": 1}'), TurnFinished("stop")])
+    monkeypatch.setenv("OPENAI_API_KEY", "envkey")
+    with serve_in_thread(create_app(scripted, api_key="envkey")) as url:
+        rc, out, err = _run(["chat", "--remote", url, "--show-analysis", "--show-tools"], "one\ntwo\n",
+                            monkeypatch, capsys)
+    assert rc == 0, err
+    assert "[analysis] pondering" in out and "Remote hi" in out
+    assert '[tool call] functions.f({"a": 1})' in out
+    assert [m.text for m in scripted.requests[1].messages if m.role == "user"] == ["one", "two"]
+
+
+def test_generate_subprocess_exit_code_and_stdin(tmp_path: Path) -> None:
+    env = dict(os.environ)
+    proc = subprocess.run([sys.executable, "-m", "mlx_harmony_tui", "generate", "--max-tokens", "4"],
+                          input="Hi there", capture_output=True, text=True, timeout=120, env=env,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip()
