@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import mlx.core as mx
@@ -67,6 +68,9 @@ def _apply_min_p(logprobs: mx.array, min_p: float) -> mx.array:
     return mx.where(logprobs >= top + math.log(min_p), logprobs, -mx.inf)
 
 
+_COMPILED: dict[tuple[object, ...], Callable[..., mx.array]] = {}
+
+
 class Sampler:
     """Turns the last position's logits into the next token, entirely on device.
 
@@ -95,9 +99,14 @@ class Sampler:
         self._bias_idx = mx.array(list(bias), dtype=mx.int32) if bias else None
         self._bias_val = mx.array(list(bias.values()), dtype=mx.float32) if bias else None
         self._greedy = params.temperature == 0
-        self._fn = self._build()
+        sig = (params.temperature, params.top_k, params.top_p, params.min_p, params.repetition_penalty,
+               self._penalty, self._bias_idx is not None, vocab_size)
+        fn = _COMPILED.get(sig)
+        if fn is None:  # compiled once per distinct setting, not per generation (tracing costs TTFT)
+            fn = _COMPILED[sig] = self._build()
+        self._fn = fn
 
-    def _build(self):  # noqa: ANN202 - returns a compiled MLX function
+    def _build(self) -> Callable[..., mx.array]:
         p = self.params
         penalty = float(p.repetition_penalty)
         greedy = self._greedy

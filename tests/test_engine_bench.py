@@ -1,0 +1,43 @@
+"""The bench: mlx-lm sees the same weights, and the command produces a coherent document."""
+
+from __future__ import annotations
+
+import json
+
+import mlx.core as mx
+import pytest
+
+from mlx_harmony_tui.cli import main
+from mlx_harmony_tui.engine.bench import build_random, to_mlx_lm
+
+
+def test_mlx_lm_gets_the_same_weights() -> None:
+    pytest.importorskip("mlx_lm")
+    model, config = build_random("tiny", seed=3)
+    lm = to_mlx_lm(model, config)
+    x = mx.array([[11, 2222, 33333]])
+    ours, theirs = model(x), lm(x)
+    # Position 0 has no rotary effect: identical weights must give (numerically) identical logits.
+    assert mx.allclose(ours[:, 0], theirs[:, 0], atol=1e-4).item()
+    assert (mx.argmax(ours, -1) == mx.argmax(theirs, -1)).all().item()
+
+
+def test_bench_command_document(capsys: pytest.CaptureFixture[str]) -> None:
+    rc = main(["bench", "--random", "tiny", "--prompt-lengths", "16,48", "--gen-tokens", "6", "--repeats", "1",
+               "--turns", "4", "--prefill-step", "16"])
+    assert rc == 0
+    out = capsys.readouterr().out
+    doc = json.loads(out[: out.index("\nmodel:")])
+    assert [r["prompt_tokens"] for r in doc["prompt_lengths"]] == [16, 48]
+    for r in doc["prompt_lengths"]:
+        assert r["ours"]["generated"] == 6 and r["ours"]["decode_tps"] > 0 and r["ours"]["peak_bytes"] > 0
+    turns = doc["multi_turn"]
+    assert len(turns) == 4 and turns[0]["reused_tokens"] == 0
+    for t in turns[1:]:  # every later turn prefills exactly its new tokens
+        assert t["prefilled_tokens"] == t["new_tokens"]
+    assert "prefill t/s" in out
+
+
+def test_bench_needs_a_model(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["bench"]) == 2
+    assert "model folder or --random" in capsys.readouterr().err
