@@ -40,3 +40,20 @@ def encoding():
     from mlx_harmony_tui.harmony.vocab import load_encoding
 
     return load_encoding()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One tiny random GPT-OSS checkpoint (float32, real vocabulary size) shared by the whole run."""
+    from mlx_harmony_tui.model import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "model", layout="float", seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_engine(tiny_model_dir: Path):
+    from mlx_harmony_tui.engine.generator import Engine
+    from mlx_harmony_tui.model import load_model
+
+    model, config = load_model(tiny_model_dir)
+    return Engine(model, config, model_id="tiny")

@@ -9,9 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from mlx_harmony_tui.engine.metrics import Metrics
+from mlx_harmony_tui.engine.metrics import Metrics, PrefillProgress
 
-__all__ = ["Metrics"]  # re-exported: faces import every event from here
+__all__ = ["Metrics", "PrefillProgress"]  # re-exported: faces import every event from here
 
 Channel = Literal["analysis", "commentary", "final"]
 FinishReason = Literal["stop", "length", "cancelled", "loop", "tool_rounds", "error"]
@@ -93,12 +93,6 @@ class Retry:
     reason: str  # "parse", "loop", "analysis_only", "length_no_final"
     detail: str = ""
     failed_text: str = ""  # what the failed attempt produced, kept for the session record
-
-
-@dataclass(frozen=True)
-class PrefillProgress:
-    done: int
-    total: int
 
 
 @dataclass(frozen=True)

@@ -58,6 +58,8 @@ def _failure_reason(stream: HarmonyStream, finish: str) -> tuple[str, str] | Non
     """Why this attempt is unusable, or None if it is fine (has a final, or ended in a tool call)."""
     if finish == "cancelled":
         return None
+    if finish == "loop":  # a looping answer is garbage even if it reached the final channel
+        return "loop", "the model repeated itself"
     if stream.tool_call is not None:
         return None
     has_final = any(m.channel == "final" and m.text.strip() for m in stream.messages)
@@ -65,11 +67,17 @@ def _failure_reason(stream: HarmonyStream, finish: str) -> tuple[str, str] | Non
         return None
     if stream.errors:
         return "parse", "; ".join(stream.errors)
-    if finish == "loop":
-        return "loop", "the model repeated itself"
     if finish == "length":
         return "length_no_final", "the token limit was reached before a final answer"
     return "analysis_only", "the model stopped without a final answer"
+
+
+def _merge_functions(a: list, b: list) -> list:
+    """Declared functions by name, first wins (the registry repeats the settings' client functions)."""
+    seen: dict[str, Any] = {}
+    for f in [*a, *b]:
+        seen.setdefault(f.name, f)
+    return list(seen.values())
 
 
 def run_turn(ctx: TurnContext, messages: list[HMessage], settings: ChatSettings) -> Iterator[Event]:
@@ -82,7 +90,8 @@ def run_turn(ctx: TurnContext, messages: list[HMessage], settings: ChatSettings)
         options = replace(
             options,
             builtin_tools=sorted(set(options.builtin_tools) | set(ctx.tools.builtin_names())),
-            function_tools=[*options.function_tools, *ctx.tools.function_tools()],
+            function_tools=_merge_functions(options.function_tools, ctx.tools.function_tools()),
+            tool_namespaces={ns.name: ns for ns in ctx.tools.builtin_namespaces()},
         )
     limit = min(x for x in (settings.context_limit, ctx.context_limit) if x) if (settings.context_limit or ctx.context_limit) else 131072
     reserve = min(settings.max_tokens, limit // 2)
@@ -94,6 +103,11 @@ def run_turn(ctx: TurnContext, messages: list[HMessage], settings: ChatSettings)
 
     def count(msgs: list[HMessage]) -> int:
         return len(render_prompt(msgs, options, ctx.encoding))
+
+    pending: list[Event] = []  # live metrics/progress from the engine, yielded between tokens
+
+    def on_progress(item: Metrics | PrefillProgress) -> None:
+        pending.append(item)
 
     while True:
         convo = history + new_messages
@@ -112,14 +126,8 @@ def run_turn(ctx: TurnContext, messages: list[HMessage], settings: ChatSettings)
             seed=seed,
         )
         stream = HarmonyStream(ctx.encoding)
-        pending: list[Event] = []
+        pending.clear()
         call_event: ToolCall | None = None
-
-        def on_progress(item: object) -> None:
-            if isinstance(item, Metrics):
-                pending.append(item)
-            elif hasattr(item, "done") and hasattr(item, "total"):
-                pending.append(PrefillProgress(item.done, item.total))  # type: ignore[attr-defined]
 
         try:
             for token in ctx.engine.generate(prompt, gen_opts, cancel=ctx.cancel, on_progress=on_progress):
@@ -160,7 +168,8 @@ def run_turn(ctx: TurnContext, messages: list[HMessage], settings: ChatSettings)
             return
         new_messages.extend(produced)
         recipient = call.recipient or ""
-        if ctx.tools is None:
+        client_side = {f"functions.{f.name}" for f in settings.function_tools}
+        if ctx.tools is None or (recipient in client_side and not ctx.tools.can_run(recipient)):
             # A client-side function (server): the caller runs it and sends the result back.
             yield TurnFinished(reason="stop", metrics=last_metrics)
             return

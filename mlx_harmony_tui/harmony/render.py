@@ -55,6 +55,9 @@ class RenderOptions:
     system_prompt: str = ""  # extra system text, after the model identity
     placeholders: dict[str, str] = field(default_factory=dict)  # user-defined {name} values
     now: datetime | None = None  # for {date}/{time} placeholders; None = the current time
+    # Per builtin tool, an openai_harmony.ToolNamespaceConfig replacing the stock description (the tools
+    # layer describes its own python sandbox, which is not the Jupyter kernel of the stock text).
+    tool_namespaces: dict[str, Any] = field(default_factory=dict)
 
 
 def render_options_from_settings(settings: ChatSettings) -> RenderOptions:
@@ -96,7 +99,9 @@ def _system_message(options: RenderOptions, extra_system: list[str]) -> oh.Messa
         .with_conversation_start_date(options.conversation_date)
     )
     for tool in options.builtin_tools:
-        if tool == "python":
+        if tool in options.tool_namespaces:
+            content = content.with_tools(options.tool_namespaces[tool])
+        elif tool == "python":
             content = content.with_tools(oh.ToolNamespaceConfig.python())
         elif tool == "browser":
             content = content.with_tools(oh.ToolNamespaceConfig.browser())
