@@ -27,7 +27,7 @@ class KVCache:
         if self.keys is None or prev + n > self.keys.shape[2]:
             B, H, _, Dk = keys.shape
             Dv = values.shape[3]
-            grow = ((n + self.step - 1) // self.step) * self.step
+            grow = ((prev + n + self.step - 1) // self.step) * self.step - prev  # capacity: a multiple of step
             new_k = mx.zeros((B, H, grow, Dk), keys.dtype)
             new_v = mx.zeros((B, H, grow, Dv), values.dtype)
             if self.keys is not None and self.values is not None:
