@@ -13,13 +13,14 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 
 from mlx_harmony_tui.sessions.schema import Session, session_text
 
 INDEX_NAME = ".index.json"
 INDEX_VERSION = 2
-SNIPPET_CHARS = 240  # searchable start of the conversation kept per session
+SNIPPET_CHARS = 160  # searchable start of the conversation kept per session
 
 
 @dataclass(frozen=True)
@@ -30,8 +31,12 @@ class SessionSummary:
     updated_at: str
     model: str
     message_count: int
-    path: Path
+    file: str  # the session file's path as text (a Path per row costs too much with 10,000 rows)
     snippet: str = ""  # the start of the visible conversation
+
+    @property
+    def path(self) -> Path:
+        return Path(self.file)
 
     def matches(self, terms: list[str]) -> bool:
         """Every term (lower-case) appears in the title, model, id or snippet."""
@@ -42,7 +47,7 @@ class SessionSummary:
 def summarize(session: Session, path: Path) -> SessionSummary:
     return SessionSummary(
         id=session.id, title=session.title, created_at=session.created_at, updated_at=session.updated_at,
-        model=session.model, message_count=len(session.messages), path=path,
+        model=session.model, message_count=len(session.messages), file=str(path),
         snippet=session_text(session)[:SNIPPET_CHARS],
     )
 
@@ -89,7 +94,7 @@ def scan(
         if _valid_row(row) and row[0] == st.st_mtime_ns and row[1] == st.st_size and row[2] == st.st_ino:
             new[entry.name] = row
             summaries.append(
-                SessionSummary(row[3], row[4], row[5], row[6], row[7], row[8], root / entry.name, row[9])
+                SessionSummary(row[3], row[4], row[5], row[6], row[7], row[8], entry.path, row[9])
             )
             continue
         changed = True
@@ -106,5 +111,6 @@ def scan(
             write(index_path, json.dumps(payload, ensure_ascii=False, separators=(",", ":")).encode())
         except OSError:
             pass  # a read-only folder still lists, just without the cache
-    summaries.sort(key=lambda s: (s.updated_at, s.id), reverse=True)
+    summaries.sort(key=attrgetter("id"), reverse=True)  # two stable sorts beat one tuple key
+    summaries.sort(key=attrgetter("updated_at"), reverse=True)
     return summaries
