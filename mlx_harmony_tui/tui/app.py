@@ -60,6 +60,7 @@ def welcome_text(model: str) -> str:
 
 class HarmonyApp(App[None]):
     TITLE = "mlx-harmony-tui"
+    CSS_PATH = ["screens/chat.tcss"]  # app-level: a default screen's own CSS_PATH is not loaded in time
 
     def __init__(
         self,
@@ -118,6 +119,7 @@ class HarmonyApp(App[None]):
             self.notify(p, severity="warning", timeout=10)
         if self._keymap:
             self.set_keymap(self._keymap)
+        self._saved_theme = self.theme
         self.theme_changed_signal.subscribe(self, self._theme_changed)
 
     def on_ready(self) -> None:
@@ -136,7 +138,9 @@ class HarmonyApp(App[None]):
             self._backend_ready()
 
     def _theme_changed(self, theme: Any) -> None:
-        if self._on_theme_change is not None:
+        """Persist only real changes (the start-up theme arrives here too)."""
+        if self._on_theme_change is not None and theme.name != self._saved_theme:
+            self._saved_theme = theme.name
             self._on_theme_change(theme.name)
 
     def _backend_ready(self) -> None:

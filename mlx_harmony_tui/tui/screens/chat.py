@@ -16,7 +16,6 @@ from mlx_harmony_tui.tui.widgets.tool_log import ToolLog
 class ChatScreen(Screen[None]):
     """Layout only; the app drives it (turns, events), so every screen and the palette share one logic."""
 
-    CSS_PATH = "chat.tcss"
     BINDINGS = CHAT_BINDINGS
     AUTO_FOCUS = "ChatInput"
 

@@ -1,0 +1,60 @@
+"""Snapshots of the main screens at 120x40. Deterministic: scripted replies with fixed metrics, fixed
+session dates, no welcome text (it shows per-test temporary paths)."""
+
+from __future__ import annotations
+
+from tui_fakes import ScriptedBackend, simple_reply
+
+from mlx_harmony_tui.sessions.schema import Session
+from mlx_harmony_tui.sessions.store import SessionStore
+from mlx_harmony_tui.tui.app import HarmonyApp
+from mlx_harmony_tui.tui.widgets.chat_input import ChatInput
+
+SIZE = (120, 40)
+REPLY = "Here is a function:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\nIt **adds** two numbers."
+
+
+def make_app() -> HarmonyApp:
+    return HarmonyApp(backend=ScriptedBackend(simple_reply("The user wants code. Keep it short.", REPLY),
+                                              name="gpt-oss-test"), show_welcome=False)
+
+
+async def no_blink(pilot) -> None:
+    """A blinking cursor would make the snapshot depend on timing."""
+    box = pilot.app.screen.query_one(ChatInput)
+    box.cursor_blink = False
+    await pilot.pause()
+
+
+async def send(pilot, text: str = "write add") -> None:
+    await no_blink(pilot)
+    pilot.app.screen.query_one(ChatInput).focus()
+    await pilot.press(*text, "enter")
+    await pilot.app.wait_idle(10)
+    await pilot.pause(0.2)
+
+
+def test_snapshot_chat_after_reply(snap_compare) -> None:
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=send)
+
+
+def test_snapshot_chat_analysis_open(snap_compare) -> None:
+    async def run(pilot) -> None:
+        await send(pilot)
+        await pilot.press("ctrl+t")
+        await pilot.pause(0.2)
+
+    assert snap_compare(make_app(), terminal_size=SIZE, run_before=run)
+
+
+def test_snapshot_params(snap_compare) -> None:
+    assert snap_compare(make_app(), terminal_size=SIZE, press=["ctrl+g"], run_before=no_blink)
+
+
+def test_snapshot_session_browser(snap_compare) -> None:
+    store = SessionStore()
+    for i, title in enumerate(["Weather in Paris", "Sorting algorithms", "Trip planning"]):
+        when = f"2025-0{i + 1}-1{i}T09:30:00.000Z"
+        store.save(Session(id=f"2025010{i}-093000-abcde{i}", title=title, model="gpt-oss-20b",
+                           created_at=when, updated_at=when), touch=False)
+    assert snap_compare(make_app(), terminal_size=SIZE, press=["ctrl+s"], run_before=no_blink)
