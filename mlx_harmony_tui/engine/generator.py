@@ -52,7 +52,9 @@ class GenerationResult:
 class Engine:
     """Runs one model; one generation at a time (a lock), callable from any thread."""
 
-    def __init__(self, model: Any, config: Any, *, model_id: str = "") -> None:
+    def __init__(self, model: Any, config: Any, *, model_id: str = "", optimize: bool = True) -> None:
+        if optimize and getattr(model, "decoder", False) is None and hasattr(model, "optimize"):
+            model.optimize()  # fused QKV + compiled one-token step (model/fast.py)
         self.model = model
         self.config = config
         self.model_id = model_id

@@ -71,9 +71,15 @@ class Attention(nn.Module):
 
     def __call__(self, x: mx.array, mask: Mask, cache: KVCache | None, offset: int) -> mx.array:
         B, L, _ = x.shape
-        q = self.q_proj(x).reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
-        k = self.k_proj(x).reshape(B, L, self.n_kv, -1).transpose(0, 2, 1, 3)
-        v = self.v_proj(x).reshape(B, L, self.n_kv, -1).transpose(0, 2, 1, 3)
+        if "qkv_proj" in self:  # fused by model/fast.py
+            y = self.qkv_proj(x)
+            a, b = self._qkv_split
+            q, k, v = y[..., :a], y[..., a:b], y[..., b:]
+        else:
+            q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)
+        q = q.reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
+        k = k.reshape(B, L, self.n_kv, -1).transpose(0, 2, 1, 3)
+        v = v.reshape(B, L, self.n_kv, -1).transpose(0, 2, 1, 3)
         rope = partial(
             mx.fast.rope, dims=self.head_dim, traditional=False, base=None, scale=1.0, offset=offset, freqs=self._freqs
         )
@@ -258,6 +264,18 @@ class GptOss(nn.Module):
 
             nn.quantize(self, class_predicate=predicate)
 
+    decoder: Any = None  # a model/fast.py CompiledDecoder once optimize() ran
+
+    def optimize(self, compiled_decode: bool = True) -> GptOss:
+        """Fuse QKV and compile the one-token step (model/fast.py); returns self."""
+        from mlx_harmony_tui.model.fast import CompiledDecoder, fuse_qkv
+
+        fuse_qkv(self)
+        self.decoder = CompiledDecoder(self) if compiled_decode else None
+        if self.decoder is not None:
+            self.decoder.warm_up()
+        return self
+
     @property
     def layers(self) -> list[DecoderLayer]:
         return self.model.layers
@@ -281,6 +299,8 @@ class GptOss(nn.Module):
 
     def __call__(self, inputs: mx.array, cache: list[KVCache] | None = None, last_only: bool = False) -> mx.array:
         """Logits for every position, or only the last one when `last_only` (saves the vocab matmul in prefill)."""
+        if self.decoder is not None and cache and inputs.shape[1] == 1:
+            return self.decoder(inputs, cache)
         x = self.model.embed_tokens(inputs)
         L = x.shape[1]
         offset = cache[0].offset if cache else 0

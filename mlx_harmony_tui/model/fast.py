@@ -1,0 +1,137 @@
+"""Decode-speed transforms of a loaded GptOss: fused QKV projection and a compiled one-token step.
+
+Eager MLX pays a fixed host cost per operation (~16 us on an H100, see docs/benchmarks.md), and a decoded
+token of gpt-oss-20b is ~1,300 small operations, so mlx-lm's decode is bound by that overhead, not by memory
+bandwidth. Here a token costs one compiled graph per layer boundary (o_proj, residuals, norms, router, top-k,
+the two expert matmuls, SwiGLU and the next layer's QKV + RoPE, fused by ``mx.compile``) plus a few eager
+ops per layer for the KV-cache write and the attention itself, whose key length changes every token.
+Nothing here is backend-specific: Metal, CUDA and CPU get the same path.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from mlx_harmony_tui.model.cache import KVCache
+
+
+def _fuse_linears(mods: list[Any]) -> nn.Module:
+    """One Linear/QuantizedLinear whose output is the concatenation of ``mods``' outputs."""
+    first = mods[0]
+    cat = lambda name: mx.concatenate([getattr(m, name) for m in mods], axis=0)  # noqa: E731
+    has_bias = "bias" in first
+    if isinstance(first, nn.QuantizedLinear):
+        fused = nn.QuantizedLinear.__new__(nn.QuantizedLinear)
+        nn.Module.__init__(fused)
+        fused.group_size, fused.bits = first.group_size, first.bits
+        fused.mode = getattr(first, "mode", "affine")
+        fused.weight, fused.scales = cat("weight"), cat("scales")
+        if first.get("biases") is not None:
+            fused.biases = cat("biases")
+        if has_bias:
+            fused.bias = cat("bias")
+        fused.freeze()
+        return fused
+    out_dims = sum(m.weight.shape[0] for m in mods)
+    fused = nn.Linear(first.weight.shape[1], out_dims, bias=has_bias)
+    fused.weight = cat("weight")
+    if has_bias:
+        fused.bias = cat("bias")
+    return fused
+
+
+def fuse_qkv(model: Any) -> None:
+    """Replace q/k/v projections by one matmul per layer (3 kernels -> 1), freeing the separate copies."""
+    for layer in model.layers:
+        attn = layer.self_attn
+        if "qkv_proj" in attn:
+            continue
+        attn.qkv_proj = _fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj])
+        attn._qkv_split = (attn.n_heads * attn.head_dim, (attn.n_heads + attn.n_kv) * attn.head_dim)
+        del attn.q_proj, attn.k_proj, attn.v_proj
+    mx.eval(model.parameters())
+
+
+class CompiledDecoder:
+    """The one-token forward of ``model`` as per-layer-boundary compiled graphs. Same math as the eager
+    path (the tests compare greedy outputs token for token)."""
+
+    def __init__(self, model: Any) -> None:
+        self.model = model
+        layers = model.layers
+        self.n = len(layers)
+        self._segments = [mx.compile(self._make_segment(i)) for i in range(self.n + 1)]
+
+    def warm_up(self) -> None:
+        """Trace the compiled graphs now (on a scratch cache), not during the user's first token."""
+        cache = self.model.make_cache()
+        mx.eval(self(mx.zeros((1, 1), dtype=mx.int32), cache))
+
+    def _qkv_rope(self, i: int, x: mx.array, offset: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        layer = self.model.layers[i]
+        attn = layer.self_attn
+        h = layer.input_layernorm(x)
+        B = x.shape[0]
+        if "qkv_proj" in attn:
+            y = attn.qkv_proj(h)
+            a, b = attn._qkv_split
+            q, k, v = y[..., :a], y[..., a:b], y[..., b:]
+        else:
+            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+        q = q.reshape(B, 1, attn.n_heads, -1).transpose(0, 2, 1, 3)
+        k = k.reshape(B, 1, attn.n_kv, -1).transpose(0, 2, 1, 3)
+        v = v.reshape(B, 1, attn.n_kv, -1).transpose(0, 2, 1, 3)
+        rope = dict(dims=attn.head_dim, traditional=False, base=None, scale=1.0, offset=offset, freqs=attn._freqs)
+        return mx.fast.rope(q, **rope), mx.fast.rope(k, **rope), v
+
+    def _finish_layer(self, i: int, x: mx.array, attn_out: mx.array) -> mx.array:
+        layer = self.model.layers[i]
+        B = x.shape[0]
+        x = x + layer.self_attn.o_proj(attn_out.transpose(0, 2, 1, 3).reshape(B, 1, -1))
+        return x + layer.mlp(layer.post_attention_layernorm(x))
+
+    def _make_segment(self, i: int):
+        """Segment i: finish layer i-1 (if any), then layer i's norm + QKV + RoPE (or the LM head at the end)."""
+        model = self.model
+
+        if i == 0:
+
+            def first(tokens: mx.array, offset: mx.array):
+                x = model.model.embed_tokens(tokens)
+                return (x, *self._qkv_rope(0, x, offset))
+
+            return first
+        if i == self.n:
+
+            def last(x: mx.array, attn_out: mx.array):
+                x = model.model.norm(self._finish_layer(i - 1, x, attn_out))
+                if model.config.tie_word_embeddings:
+                    return model.model.embed_tokens.as_linear(x)
+                return model.lm_head(x)
+
+            return last
+
+        def middle(x: mx.array, attn_out: mx.array, offset: mx.array):
+            x = self._finish_layer(i - 1, x, attn_out)
+            return (x, *self._qkv_rope(i, x, offset))
+
+        return middle
+
+    def __call__(self, tokens: mx.array, cache: list[KVCache]) -> mx.array:
+        """tokens (B, 1) -> logits (B, 1, vocab); appends this position to every cache."""
+        offset = mx.array(cache[0].offset, dtype=mx.int32)
+        x, q, k, v = self._segments[0](tokens, offset)
+        for i, (layer, c) in enumerate(zip(self.model.layers, cache, strict=True)):
+            attn = layer.self_attn
+            keys, values = c.update_and_fetch(k, v)
+            if attn.window is not None and keys.shape[2] > attn.window:
+                keys, values = keys[..., -attn.window :, :], values[..., -attn.window :, :]
+            out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=attn.scale, sinks=attn.sinks)
+            if i + 1 < self.n:
+                x, q, k, v = self._segments[i + 1](x, out, offset)
+            else:
+                return self._segments[self.n](x, out)
+        raise AssertionError("unreachable")
