@@ -30,14 +30,14 @@ def _run(argv: list[str], stdin: str, monkeypatch: pytest.MonkeyPatch, capsys: p
 
 
 def test_generate_json_document(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
-    rc, out, err = _run(["generate", "--json", "--max-tokens", "6", "--seed", "4", "--reasoning-effort", "low"],
+    rc, out, err = _run(["generate", "--model", "tiny", "--json", "--max-tokens", "6", "--seed", "4", "--reasoning-effort", "low"],
                         "Hello from stdin", monkeypatch, capsys)
     assert rc == 0, err
     doc = json.loads(out)
     assert set(doc) >= {"analysis", "final", "tool_calls", "finish_reason", "metrics"}
     assert doc["finish_reason"] in ("stop", "length")
     assert doc["metrics"]["prompt_tokens"] > 0 and 0 < doc["metrics"]["generated_tokens"] <= 6 * 3
-    rc2, out2, err2 = _run(["generate", "--json", "--max-tokens", "6", "--seed", "4", "--reasoning-effort", "low",
+    rc2, out2, err2 = _run(["generate", "--model", "tiny", "--json", "--max-tokens", "6", "--seed", "4", "--reasoning-effort", "low",
                          "--prompt", "Hello from stdin"], "", monkeypatch, capsys)
     assert rc2 == 0, err2
     assert json.loads(out2)["final"] == doc["final"] and json.loads(out2)["analysis"] == doc["analysis"]
@@ -60,7 +60,7 @@ def test_bad_input_exits_with_a_clear_message(argv: list[str], message: str, mon
 def test_line_chat_commands_stream_and_record(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
     script = "\n".join(["hello", "/set temperature=0.5", "/set top_p=9", "/set", "/help", "/bogus",
                         "//slash first", "/save Named chat", "/quit", "never sent"]) + "\n"
-    rc, out, err = _run(["chat", "--max-tokens", "5", "--seed", "1"], script, monkeypatch, capsys)
+    rc, out, err = _run(["chat", "--model", "tiny", "--max-tokens", "5", "--seed", "1"], script, monkeypatch, capsys)
     assert rc == 0, err
     assert "temperature=0.5" in out and "/models" in out
     assert "--top-p" in err and "unknown command /bogus" in err
@@ -95,8 +95,19 @@ def test_line_chat_over_remote(monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
 
 def test_generate_subprocess_exit_code_and_stdin(tmp_path: Path) -> None:
     env = dict(os.environ)
-    proc = subprocess.run([sys.executable, "-m", "mlx_harmony_tui", "generate", "--max-tokens", "4"],
+    proc = subprocess.run([sys.executable, "-m", "mlx_harmony_tui", "generate", "--model", "tiny", "--max-tokens", "4"],
                           input="Hi there", capture_output=True, text=True, timeout=120, env=env,
                           cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip()
+
+
+def test_generate_json_separates_analysis_and_final_with_the_demo_model(
+        monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = _run(["generate", "--json", "--model", "demo", "--max-tokens", "200", "--seed", "1",
+                         "--prompt", "Hello"], "", monkeypatch, capsys)
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert doc["analysis"].strip() and doc["final"].strip() and doc["analysis"] != doc["final"]
+    assert "<|" not in doc["final"] and doc["finish_reason"] == "stop"
+    assert doc["metrics"]["generated_tokens"] > len(doc["final"].split()) // 2
