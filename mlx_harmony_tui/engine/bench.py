@@ -221,6 +221,7 @@ class BenchConfig:
     prefill_step: int = 512
     vs_mlx_lm: bool = False
     seed: int = 0
+    optimize: bool = True  # False: our eager path (no fused QKV, no compiled decode), for comparison
 
 
 def _best(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -237,8 +238,9 @@ def run_bench(model: Any, config: Any, bc: BenchConfig, label: str = "",
               log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Everything the ``bench`` command prints, as one JSON-able document."""
     rng = random.Random(bc.seed)
-    engine = Engine(model, config, model_id=label)
+    # mlx-lm first: it shares our arrays, and Engine's optimize() then fuses QKV into new ones.
     lm = to_mlx_lm(model, config) if bc.vs_mlx_lm else None
+    engine = Engine(model, config, model_id=label, optimize=bc.optimize)
     # Warm up both (compilation, allocator) so the first measured run is not penalised.
     warm = [rng.randrange(1000, 100_000) for _ in range(64)]
     run_ours(engine, warm, 8, bc.prefill_step)
