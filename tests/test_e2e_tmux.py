@@ -1,0 +1,102 @@
+"""End to end in a real terminal: start the app in tmux, chat, toggle the analysis, open the session
+browser, quit, restart and find the session again."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.skipif(shutil.which("tmux") is None, reason="tmux is not installed")
+ROOT = Path(__file__).resolve().parents[1]
+
+
+class Tmux:
+    def __init__(self, socket: str, env: dict[str, str]) -> None:
+        self.socket, self.env, self.name = socket, env, "app"
+
+    def tmux(self, *args: str) -> str:
+        return subprocess.run(["tmux", "-L", self.socket, *args], capture_output=True, text=True,
+                              env=self.env, timeout=20).stdout
+
+    def start(self, *app_args: str) -> None:
+        cmd = " ".join([sys.executable, "-m", "mlx_harmony_tui", *app_args])
+        self.tmux("new-session", "-d", "-s", self.name, "-x", "120", "-y", "40", "-c", str(ROOT), cmd)
+
+    def screen(self) -> str:
+        return self.tmux("capture-pane", "-p", "-t", self.name)
+
+    def keys(self, *keys: str) -> None:
+        self.tmux("send-keys", "-t", self.name, *keys)
+
+    def wait_for(self, text: str, timeout: float = 60.0) -> str:
+        deadline = time.monotonic() + timeout
+        screen = ""
+        while time.monotonic() < deadline:
+            screen = self.screen()
+            if text in screen:
+                return screen
+            time.sleep(0.2)
+        raise AssertionError(f"{text!r} not on screen after {timeout}s:\n{screen}")
+
+    def alive(self) -> bool:
+        return subprocess.run(["tmux", "-L", self.socket, "has-session", "-t", self.name],
+                              capture_output=True, env=self.env).returncode == 0
+
+    def kill(self) -> None:
+        self.tmux("kill-server")
+
+
+def test_chat_in_tmux_and_find_session_after_restart(isolated_dirs: Path, tmp_path: Path) -> None:
+    env = dict(os.environ)
+    env.update(TERM="xterm-256color", PYTHONPATH=str(ROOT), TMUX_TMPDIR=str(tmp_path))
+    env.pop("TMUX", None)
+    t = Tmux(f"mht-{os.getpid()}", env)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("[sampling]\nmax_tokens = 40\nseed = 1\n")
+    args = ("--model", "tiny", "--config", str(cfg))
+    try:
+        t.start(*args)
+        t.wait_for("Model ready", 120)
+        t.keys("-l", "hello from tmux")
+        t.keys("Enter")
+        t.wait_for("You", 30)
+        screen = t.wait_for("Assistant", 30)
+        deadline = time.monotonic() + 60
+        while (" ready " not in screen or "-- tok/s" in screen) and time.monotonic() < deadline:
+            time.sleep(0.3)
+            screen = t.screen()
+        assert "hello from tmux" in screen and "Assistant" in screen
+        if "▶ Thinking" in screen or "▼ Thinking" in screen:  # the random model may not write analysis
+            before = "▼ Thinking" in screen
+            t.keys("C-t")
+            time.sleep(1)
+            assert ("▼ Thinking" in t.screen()) != before
+        t.keys("C-s")
+        screen = t.wait_for("enter open", 10)  # the browser's hint line
+        assert "hello from tmux" in screen.split("search titles")[1]
+        t.keys("Escape")
+        time.sleep(0.5)
+        t.keys("C-q")
+        deadline = time.monotonic() + 20
+        while t.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not t.alive()
+
+        t.start(*args)
+        t.wait_for("Model ready", 120)
+        t.keys("C-s")
+        screen = t.wait_for("enter open", 10)
+        screen = t.screen()
+        assert "hello from tmux" in screen and "tiny" in screen
+        t.keys("Enter")  # the search box is focused: Enter opens the first (only) session
+        t.wait_for("█ You", 10)
+        assert "hello from tmux" in t.screen()
+        t.keys("C-q")
+    finally:
+        t.kill()
