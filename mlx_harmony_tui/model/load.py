@@ -210,6 +210,13 @@ def _build(folder: Path, dtype: str | mx.Dtype | None, progress: Progress | None
 
     report(0.0, "reading safetensors headers")
     w = _Weights(_weight_files(folder), progress)
+    if "vocab_ids" in w.arrays:  # compact checkpoint (the built-in demo): expand to full vocabulary rows
+        from mlx_harmony_tui.demo import expand_compact
+
+        try:
+            w.arrays = expand_compact(w.arrays, config.vocab_size)
+        except ValueError as e:
+            raise ModelLoadError(f"{w.where('vocab_ids')}: {e}") from e
 
     quant: dict[str, QuantSpec] = {}
     converted: dict[str, mx.array] = {}

@@ -100,20 +100,45 @@ def tiny_float_weights(cfg: dict[str, Any], seed: int = 0) -> dict[str, np.ndarr
     return w
 
 
+_FP4_MAGNITUDES = np.array([0.0, 0.5, 1.0, 1.5, 2.0, 3.0, 4.0, 6.0])
+
+
+def mxfp4_quantize(w: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """OCP MXFP4 in numpy: (..., n) floats -> packed uint8 (..., n/2) (low nibble first), e8m0 scales (..., n/32).
+
+    Our own encoder (not mx.quantize, which is slow and memory hungry on the CPU backend), so the loader
+    is tested against bytes it did not produce.
+    """
+    groups = w.astype(np.float64).reshape(*w.shape[:-1], -1, 32)
+    amax = np.abs(groups).max(axis=-1, keepdims=True)
+    # Smallest power of two that brings the group's max within e2m1's largest value (6): no clipping.
+    exponent = np.where(amax > 0, np.ceil(np.log2(np.maximum(amax, 1e-300) / 6.0)), -127)
+    exponent = np.clip(exponent, -127, 127)
+    scaled = np.abs(groups) / np.exp2(exponent)
+    code = np.searchsorted((_FP4_MAGNITUDES[1:] + _FP4_MAGNITUDES[:-1]) / 2, scaled).astype(np.uint8)
+    code |= (groups < 0).astype(np.uint8) << 3
+    code = code.reshape(w.shape)
+    packed = code[..., 0::2] | (code[..., 1::2] << 4)
+    return np.ascontiguousarray(packed), (exponent[..., 0] + 127).astype(np.uint8)
+
+
 def _to_hf_mxfp4(w: dict[str, np.ndarray]) -> dict[str, mx.array]:
     """Experts as HF MXFP4: `*_blocks` uint8 (E, out, in/32, 16) and `*_scales` uint8 (E, out, in/32)."""
     out: dict[str, mx.array] = {}
     for k, v in w.items():
         if k.endswith(("experts.gate_up_proj", "experts.down_proj")):
-            rows = mx.array(np.ascontiguousarray(np.swapaxes(v, -1, -2)))  # (E, out, in)
-            packed, scales = mx.quantize(rows, group_size=32, bits=4, mode="mxfp4")
-            E, n_out, n_in = rows.shape
-            blocks = packed.view(mx.uint8).reshape(E, n_out, n_in // 32, 16)
-            out[k + "_blocks"] = blocks
-            out[k + "_scales"] = scales
+            packed, scales = mxfp4_quantize(np.swapaxes(v, -1, -2))  # rows are (E, out, in)
+            out[k + "_blocks"] = mx.array(packed.reshape(*packed.shape[:-1], -1, 16))
+            out[k + "_scales"] = mx.array(scales)
         else:
             out[k] = mx.array(v)
     return out
+
+
+def _mlx_mxfp4(rows: np.ndarray) -> tuple[mx.array, mx.array]:
+    """MLX's mxfp4 layout: the same nibbles packed eight to a uint32 (little endian), e8m0 scales."""
+    packed, scales = mxfp4_quantize(rows)
+    return mx.array(packed.view(np.uint32)), mx.array(scales)
 
 
 def _to_mlx(w: dict[str, np.ndarray], cfg: dict[str, Any]) -> tuple[dict[str, mx.array], dict[str, Any]]:
@@ -135,8 +160,7 @@ def _to_mlx(w: dict[str, np.ndarray], cfg: dict[str, Any]) -> tuple[dict[str, mx
             base = k[: -len("gate_up_proj")]
             rows = np.swapaxes(v, -1, -2)  # (E, 2I, H), rows interleaved gate/up
             for name, part in (("gate_proj", rows[:, ::2]), ("up_proj", rows[:, 1::2])):
-                q, s = mx.quantize(mx.array(np.ascontiguousarray(part)), group_size=32, bits=4, mode="mxfp4")
-                out[base + name + ".weight"], out[base + name + ".scales"] = q, s
+                out[base + name + ".weight"], out[base + name + ".scales"] = _mlx_mxfp4(part)
                 quant[base.rstrip(".") + "." + name] = mxfp4
         elif k.endswith("experts.gate_up_proj_bias"):
             base = k[: -len("gate_up_proj_bias")]
@@ -144,8 +168,7 @@ def _to_mlx(w: dict[str, np.ndarray], cfg: dict[str, Any]) -> tuple[dict[str, mx
             out[base + "up_proj.bias"] = mx.array(np.ascontiguousarray(v[:, 1::2]))
         elif k.endswith("experts.down_proj"):
             base = k[: -len("down_proj")]
-            q, s = mx.quantize(mx.array(np.ascontiguousarray(np.swapaxes(v, -1, -2))), group_size=32, bits=4, mode="mxfp4")
-            out[base + "down_proj.weight"], out[base + "down_proj.scales"] = q, s
+            out[base + "down_proj.weight"], out[base + "down_proj.scales"] = _mlx_mxfp4(np.swapaxes(v, -1, -2))
             quant[base + "down_proj"] = mxfp4
         elif k.endswith("experts.down_proj_bias"):
             out[k.replace("down_proj_bias", "down_proj.bias")] = mx.array(v)
