@@ -153,3 +153,62 @@ def test_loading_reports_progress(tmp_path: Path) -> None:
     fractions = [f for f, _ in calls]
     assert fractions == sorted(fractions) and fractions[-1] == 1.0 and len(calls) >= 4
     assert all(isinstance(m, str) and m for _, m in calls)
+
+
+GPT_OSS_20B_CONFIG = {
+    "architectures": ["GptOssForCausalLM"], "attention_bias": True, "attention_dropout": 0.0, "eos_token_id": 200002,
+    "experts_per_token": 4, "head_dim": 64, "hidden_act": "silu", "hidden_size": 2880, "initial_context_length": 4096,
+    "initializer_range": 0.02, "intermediate_size": 2880,
+    "layer_types": ["sliding_attention", "full_attention"] * 12, "max_position_embeddings": 131072,
+    "model_type": "gpt_oss", "num_attention_heads": 64, "num_experts_per_tok": 4, "num_hidden_layers": 24,
+    "num_key_value_heads": 8, "num_local_experts": 32, "output_router_logits": False, "pad_token_id": 199999,
+    "quantization_config": {
+        "modules_to_not_convert": ["model.layers.*.self_attn", "model.layers.*.mlp.router", "model.embed_tokens", "lm_head"],
+        "quant_method": "mxfp4",
+    },
+    "rms_norm_eps": 1e-05,
+    "rope_scaling": {"beta_fast": 32.0, "beta_slow": 1.0, "factor": 32.0, "original_max_position_embeddings": 4096,
+                     "rope_type": "yarn", "truncate": False},
+    "rope_theta": 150000, "router_aux_loss_coef": 0.9, "sliding_window": 128, "swiglu_limit": 7.0,
+    "tie_word_embeddings": False, "use_cache": True, "vocab_size": 201088,
+}
+
+
+def test_real_20b_config_and_parameter_layout() -> None:
+    """The published gpt-oss-20b config parses, and our expert tensors have the shapes its MXFP4 blocks map to."""
+    from mlx.utils import tree_flatten
+
+    from mlx_harmony_tui.model.config import QuantSpec
+
+    config = ModelConfig.from_dict(GPT_OSS_20B_CONFIG)
+    assert config.quant_method == "mxfp4" and config.quantization is None
+    assert config.sliding_window == 128 and config.layer_types[:2] == ["sliding_attention", "full_attention"]
+    assert config.attention_scale_factor == pytest.approx(0.1 * np.log(32.0) + 1.0)
+    mxfp4 = QuantSpec("mxfp4", 32, 4)
+    quant = {f"model.layers.{i}.mlp.experts.{n}": mxfp4 for i in range(24) for n in ("gate_up", "down")}
+    shapes = {k: tuple(v.shape) for k, v in tree_flatten(GptOss(config, quant).parameters())}  # lazy: nothing allocated
+    # HF: gate_up_proj_blocks (32, 5760, 90, 16) uint8 -> (32, 5760, 360) uint32; scales (32, 5760, 90).
+    assert shapes["model.layers.0.mlp.experts.gate_up.weight"] == (32, 5760, 360)
+    assert shapes["model.layers.0.mlp.experts.gate_up.scales"] == (32, 5760, 90)
+    assert shapes["model.layers.0.mlp.experts.down.weight"] == (32, 2880, 360)
+    assert shapes["model.layers.0.self_attn.sinks"] == (64,)
+    assert shapes["model.layers.23.self_attn.k_proj.weight"] == (512, 2880)
+    assert shapes["lm_head.weight"] == (201088, 2880)
+
+
+def test_yarn_frequencies_match_transformers() -> None:
+    """The real gpt-oss RoPE (head_dim 64, YaRN factor 32, truncate false) against HF's own yarn init."""
+    transformers = pytest.importorskip("transformers")
+    pytest.importorskip("torch")
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    from mlx_harmony_tui.model.gpt_oss import rope_frequencies
+
+    cfg = dict(GPT_OSS_20B_CONFIG)
+    hf_cfg = transformers.GptOssConfig(**{k: v for k, v in cfg.items() if k != "quantization_config"})
+    inv_freq, attention_factor = ROPE_INIT_FUNCTIONS["yarn"](hf_cfg, "cpu")
+    ours = ModelConfig.from_dict(cfg)
+    np.testing.assert_allclose(1.0 / np.array(rope_frequencies(ours)), inv_freq.numpy(), rtol=1e-5)
+    assert ours.attention_scale_factor == pytest.approx(attention_factor)
+    truncated = ModelConfig.from_dict({**cfg, "rope_scaling": {**cfg["rope_scaling"], "truncate": True}})
+    assert not np.allclose(np.array(rope_frequencies(truncated)), np.array(rope_frequencies(ours)))

@@ -127,3 +127,4 @@ def test_all_sliding_layers_match_transformers(tmp_path: Path) -> None:
     model, _ = load_model(folder)
     frac, median = _close_fraction(np.array(model(mx.array([ids])))[0], _hf_logits(folder, "float", ids))
     assert frac >= 0.95, f"median rel err {median:.2e}"
+

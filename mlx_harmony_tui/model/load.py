@@ -108,7 +108,7 @@ def _deinterleave(a: mx.array, axis: int) -> mx.array:
 class _Weights:
     """Lazily loaded checkpoint tensors with the file each came from (for error messages)."""
 
-    def __init__(self, files: list[Path], progress: Progress | None) -> None:
+    def __init__(self, files: list[Path]) -> None:
         self.arrays: dict[str, mx.array] = {}
         self.source: dict[str, Path] = {}
         for file in files:
@@ -209,7 +209,7 @@ def _build(folder: Path, dtype: str | mx.Dtype | None, progress: Progress | None
     config = ModelConfig.from_dict(raw, source=str(cfg_path))
 
     report(0.0, "reading safetensors headers")
-    w = _Weights(_weight_files(folder), progress)
+    w = _Weights(_weight_files(folder))
     if "vocab_ids" in w.arrays:  # compact checkpoint (the built-in demo): expand to full vocabulary rows
         from mlx_harmony_tui.demo import expand_compact
 
