@@ -7,6 +7,7 @@ events in one batch, so the UI never waits for the model and the model never wai
 from __future__ import annotations
 
 import copy
+import os
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -37,7 +38,8 @@ from mlx_harmony_tui.tui.widgets.messages import AssistantMessage, UserMessage
 from mlx_harmony_tui.tui.widgets.metrics_bar import MetricsBar
 from mlx_harmony_tui.tui.widgets.tool_log import ToolLog
 
-PUMP_HZ = 25
+PUMP_HZ = 25  # how often the UI drains the turn's queue
+TEXT_FLUSH_S = float(os.environ.get("MHT_TEXT_FLUSH_S", "0.1"))  # streamed text is written at most this often
 BackendLoader = Callable[[str, Callable[[float, str], None]], Backend]
 
 
@@ -94,6 +96,8 @@ class HarmonyApp(App[None]):
         self._show_welcome = show_welcome
         self._on_theme_change = on_theme_change
         self._turn_started_at = 0.0
+        self._text_buf: list[tuple[str, list[str]]] = []
+        self._last_text_flush = 0.0
         self._settings_dirty = False
         self.pump_count = 0  # batches applied (measured by scripts/ui_latency.py)
         self.theme_problems: list[str] = []
@@ -272,34 +276,37 @@ class HarmonyApp(App[None]):
         if events:
             self.pump_count += 1
             self._record(events)
-            await self.apply(events)
+        if events or done or self._text_buf:
+            await self.apply(events, final=done)
         if done and self.handle is handle:
             await self._turn_ended()
 
-    async def apply(self, events: list[Any]) -> None:
-        msg = self.current
-        pending_channel: str | None = None
-        pending: list[str] = []
-
-        async def flush() -> None:
-            nonlocal pending_channel, pending
-            if msg is not None and pending_channel and pending:
-                await msg.write(pending_channel, "".join(pending))
-            pending_channel, pending = None, []
-
-        at_bottom = self.conversation.scroll_offset.y >= self.conversation.max_scroll_y - 2
+    async def apply(self, events: list[Any], final: bool = False) -> None:
+        """Other events apply at once; streamed text is buffered and written at most every TEXT_FLUSH_S,
+        because each write re-lays out the screen, and that work competes with the model for the CPU."""
         for e in events:
             if isinstance(e, ev.Delta):
                 if e.recipient:  # tool-call arguments: shown in the tool pane via ToolCallArgs
                     continue
-                if e.channel != pending_channel:
-                    await flush()
-                    pending_channel = e.channel
-                pending.append(e.text)
+                if self._text_buf and self._text_buf[-1][0] == e.channel:
+                    self._text_buf[-1][1].append(e.text)
+                else:
+                    self._text_buf.append((e.channel, [e.text]))
                 continue
-            await flush()
+            await self._flush_text()
             await self.apply_one(e)
-        await flush()
+        if final or time.perf_counter() - self._last_text_flush >= TEXT_FLUSH_S:
+            await self._flush_text()
+
+    async def _flush_text(self) -> None:
+        buf, self._text_buf = self._text_buf, []
+        msg = self.current
+        if not buf or msg is None:
+            return
+        self._last_text_flush = time.perf_counter()
+        at_bottom = self.conversation.scroll_offset.y >= self.conversation.max_scroll_y - 2
+        for channel, parts in buf:
+            await msg.write(channel, "".join(parts))
         if at_bottom:
             self.conversation.scroll_end(animate=False)
 
