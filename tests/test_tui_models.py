@@ -1,0 +1,67 @@
+"""Model picker, first-run welcome and remote mode, through the real app."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+from tui_fakes import ScriptedBackend, simple_reply
+
+from mlx_harmony_tui import paths
+from mlx_harmony_tui.tui.app import HarmonyApp
+from mlx_harmony_tui.tui.command import build_app, register
+
+SIZE = (120, 40)
+
+
+async def test_model_picker_lists_found_models_and_loads_choice(tmp_path: Path) -> None:
+    models = tmp_path / "models"
+    (models / "gpt-oss-20b").mkdir(parents=True)
+    (models / "gpt-oss-20b" / "config.json").write_text(json.dumps({"model_type": "gpt_oss"}))
+    loaded: list[str] = []
+
+    def loader(model: str, progress) -> ScriptedBackend:
+        progress(0.5, "half")
+        loaded.append(model)
+        return ScriptedBackend(simple_reply("", "ok"), name=Path(model).name)
+
+    app = HarmonyApp(model="demo", loader=loader, models_dirs=[models])
+    async with app.run_test(size=SIZE) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        await pilot.press("ctrl+o")
+        picker = app.screen
+        assert picker.__class__.__name__ == "ModelPickerScreen"
+        labels = [str(picker.query_one("OptionList").get_option_at_index(i).prompt)
+                  for i in range(picker.query_one("OptionList").option_count)]
+        assert labels[0].startswith("demo") and "gpt-oss-20b" in labels[1]
+        picker.query_one("OptionList").focus()
+        await pilot.press("down", "enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert loaded == ["demo", str(models / "gpt-oss-20b")]
+        assert app.backend.model_name == "gpt-oss-20b" and "gpt-oss-20b" in app.sub_title
+        assert app.screen.query_one("#load-bar").has_class("hidden")
+
+
+async def test_first_run_shows_paths_and_how_to_use_a_real_model() -> None:
+    app = HarmonyApp(backend=ScriptedBackend(simple_reply("", "ok"), name="demo"))
+    async with app.run_test(size=SIZE):
+        text = str(app.screen.query_one("#welcome").render())
+        assert str(paths.sessions_dir()) in text and str(paths.config_file()) in text
+        assert "--model PATH" in text and "model = " in text
+
+
+async def test_remote_mode_unreachable_server_is_a_clear_error() -> None:
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    args = parser.parse_args(["tui", "--remote", "http://127.0.0.1:9/v1", "--api-key", "k"])
+    app = build_app(args)
+    assert app.model_ref == "http://127.0.0.1:9/v1"
+    async with app.run_test(size=SIZE) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert app.backend is None
+        errors = [n.message for n in app._notifications if n.severity == "error"]
+        assert errors and "127.0.0.1:9" in errors[0]
