@@ -147,6 +147,7 @@ async def test_params_panel_applies_to_next_turn() -> None:
         screen.query_one("#p-max_tokens").value = "256"
         screen.query_one("#p-reasoning_effort").value = "high"
         screen.query_one("#p-instructions").text = "Answer briefly."
+        screen.query_one("#p-tool-python").value = True
         await pilot.press("ctrl+s")
         assert app.settings.sampling.temperature == 0.3 and app.settings.sampling.top_k == 40
         assert "T=0.3" in app.sub_title and "effort=high" in app.sub_title
@@ -154,6 +155,21 @@ async def test_params_panel_applies_to_next_turn() -> None:
         await app.wait_idle(10)
         s = backend.requests[0].settings
         assert (s.max_tokens, s.reasoning_effort, s.instructions) == (256, "high", "Answer briefly.")
+        assert s.builtin_tools == ["python"] and "tools=python" in app.sub_title
+        await pilot.press("ctrl+g")
+        app.screen.query_one("#p-temperature").value = "0.7"
+        await pilot.press("ctrl+s")
+        await type_and_send(pilot, "again")
+        await app.wait_idle(10)
+        assert backend.requests[1].settings.sampling.temperature == 0.7
+        sid = app.session_id
+    from mlx_harmony_tui.sessions.store import SessionStore
+
+    recorded = SessionStore().load(sid)
+    assert recorded.settings["instructions"] == "Answer briefly."
+    assert recorded.settings["builtin_tools"] == ["python"]
+    assert recorded.params["temperature"] == 0.3  # the session started with these parameters
+    assert recorded.messages[-1].params["temperature"] == 0.7  # the change is recorded on its reply
 
 
 async def test_params_panel_rejects_bad_number() -> None:

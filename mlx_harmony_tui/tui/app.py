@@ -167,6 +167,8 @@ class HarmonyApp(App[None]):
             bits.append(f"rep={sp.repetition_penalty:g}")
         bits.append(f"effort={s.reasoning_effort}")
         bits.append(f"max={s.max_tokens}")
+        if s.builtin_tools:
+            bits.append("tools=" + ",".join(s.builtin_tools))
         self.sub_title = " · ".join(bits)
 
     # ---- model loading --------------------------------------------------------------------------------
@@ -711,6 +713,7 @@ def session_settings(s: ChatSettings) -> dict[str, Any]:
     return {
         "system_prompt": s.system_prompt, "instructions": s.instructions,
         "reasoning_effort": s.reasoning_effort, "conversation_date": s.conversation_date,
+        "builtin_tools": list(s.builtin_tools),
     }
 
 
@@ -729,7 +732,7 @@ def settings_from_session(base: ChatSettings, session: Any) -> ChatSettings:
     for k in ("max_tokens", "context_limit", "reasoning_effort"):
         if k in params:
             setattr(s, k, params[k])
-    for k in ("system_prompt", "instructions", "reasoning_effort", "conversation_date"):
+    for k in ("system_prompt", "instructions", "reasoning_effort", "conversation_date", "builtin_tools"):
         if session.settings.get(k) is not None:
             setattr(s, k, session.settings[k])
     return s

@@ -26,7 +26,7 @@ class HelpScreen(ModalScreen[None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Static("[b]Keys[/b]  (remap in config.toml: [keymap] ID = \"key\")")
+            yield Static("[b]Keys[/b]  (remap in config.toml: \\[keymap] ID = \"key\")")
             table: DataTable[str] = DataTable(cursor_type="row", zebra_stripes=True)
             table.add_columns("Key", "Action", "Id")
             table.add_row("enter", "Send message", "-")

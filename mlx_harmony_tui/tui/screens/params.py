@@ -9,7 +9,7 @@ from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import ModalScreen
-from textual.widgets import Button, Input, Label, Select, Static, TextArea
+from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TextArea
 
 from mlx_harmony_tui.chat.settings import ChatSettings
 
@@ -63,6 +63,10 @@ class ParamsScreen(ModalScreen[ChatSettings | None]):
                     allow_blank=False,
                     id="p-reasoning_effort",
                 )
+            with Horizontal(classes="row"):
+                yield Label("Built-in tools")
+                yield Checkbox("python", "python" in s.builtin_tools, id="p-tool-python")
+                yield Checkbox("browser", "browser" in s.builtin_tools, id="p-tool-browser")
             yield Label("Developer instructions")
             yield TextArea(s.instructions, id="p-instructions")
             yield Label("System prompt (extra system text)")
@@ -95,6 +99,7 @@ class ParamsScreen(ModalScreen[ChatSettings | None]):
                 setattr(s, name, value)
         s.sampling = replace(s.sampling, **sampling_changes)  # type: ignore[arg-type]
         s.reasoning_effort = self.query_one("#p-reasoning_effort", Select).value  # type: ignore[assignment]
+        s.builtin_tools = [t for t in ("python", "browser") if self.query_one(f"#p-tool-{t}", Checkbox).value]
         s.instructions = self.query_one("#p-instructions", TextArea).text
         s.system_prompt = self.query_one("#p-system_prompt", TextArea).text
         return s
