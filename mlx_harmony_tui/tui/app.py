@@ -16,6 +16,7 @@ from typing import Any
 from textual import work
 from textual.app import App, SystemCommand
 from textual.containers import VerticalScroll
+from textual.css.query import NoMatches
 from textual.screen import Screen
 from textual.widgets import Collapsible, ProgressBar, Static
 
@@ -271,6 +272,12 @@ class HarmonyApp(App[None]):
     # ---- applying events ------------------------------------------------------------------------------
     async def pump(self) -> None:
         """One batch: everything queued since the last tick; consecutive deltas become one write."""
+        try:
+            await self._pump()
+        except NoMatches:
+            pass  # the chat screen's widgets are gone: the app is shutting down
+
+    async def _pump(self) -> None:
         handle = self.handle
         if handle is None:
             return
@@ -655,19 +662,29 @@ class HarmonyApp(App[None]):
         return True
 
     async def _show_session(self, session: Any) -> None:
+        """Rebuild the conversation from the record: widgets are built first and mounted in one go."""
         conv = self.conversation
         await conv.remove_children()
         tools = self.screen_chat.query_one(ToolLog)
         for entry in list(tools.entries.values()):
             await entry.remove()
         tools.entries.clear()
-        current: AssistantMessage | None = None
+        widgets: list[Any] = []
+        reply: list[tuple[str, str]] = []
+        partial = False
+
+        def close_reply() -> None:
+            nonlocal reply, partial
+            if reply:
+                widgets.append(AssistantMessage(done=reply))
+                if partial:
+                    widgets.append(Static("(partial reply)", classes="partial-note"))
+            reply, partial = [], False
+
         for m in session.messages:
             if m.role == "user":
-                if current is not None:
-                    await current.finish()
-                current = None
-                await conv.mount(UserMessage(m.content))
+                close_reply()
+                widgets.append(UserMessage(m.content))
             elif m.role == "assistant" and m.recipient:
                 entry = await tools.entry(m.call_id or m.id, m.recipient)
                 entry.set_args(m.content)
@@ -675,14 +692,11 @@ class HarmonyApp(App[None]):
                 entry = await tools.entry(m.call_id or m.id, m.author or "tool")
                 entry.set_result(m.content, None, 0.0)
             elif m.role == "assistant":
-                if current is None:
-                    current = AssistantMessage()
-                    await conv.mount(current)
-                await current.write(m.channel or "final", m.content)
-                if m.incomplete:
-                    await current.notice("(partial reply)")
-        if current is not None:
-            await current.finish()
+                reply.append((m.channel or "final", m.content))
+                partial = partial or m.incomplete
+        close_reply()
+        if widgets:
+            await conv.mount_all(widgets)
         conv.scroll_end(animate=False)
 
     def on_unmount(self) -> None:
