@@ -124,12 +124,10 @@ def evaluate(model_path: Path, seed: int, n: int, n_arith: int) -> dict[str, Any
     extra = [d for d in make_dialogues(seed + 1000, 20 * n_arith) if d.kind.endswith("arith") and d.python_tool]
     arith_only = extra[:n_arith]
     outcomes = [run_one(engine, encoding, d) for d in held]
-    arith_outcomes = [o for o in outcomes if o.arith_ok is not None] + [
-        run_one(engine, encoding, d) for d in arith_only
-    ]
+    extra_outcomes = [run_one(engine, encoding, d) for d in arith_only]
+    arith_outcomes = [o for o in outcomes if o.arith_ok is not None] + extra_outcomes
     tps = [t for o in outcomes for t in o.decode_tps]
-    problems = Counter(p.split(":")[0] + ":" + p.split(":")[1][:25] if ":" in p else p
-                       for o in outcomes for p in o.problems)
+    problems = Counter(p.split(":")[0] for o in outcomes + extra_outcomes for p in o.problems)
     return {
         "model": str(model_path),
         "load_s": load_s,
@@ -142,7 +140,7 @@ def evaluate(model_path: Path, seed: int, n: int, n_arith: int) -> dict[str, Any
         "decode_tps_median": statistics.median(tps) if tps else 0.0,
         "decode_tps_min": min(tps) if tps else 0.0,
         "problems": problems.most_common(8),
-        "failures": [o.problems for o in outcomes + arith_outcomes if o.problems][:6],
+        "failures": [o.problems for o in outcomes + extra_outcomes if o.problems][:6],
         "machine": f"{platform.machine()}, {__import__('os').cpu_count()} cores, MLX CPU",
     }
 
@@ -166,7 +164,9 @@ def render_report(r: dict[str, Any], command: str) -> str:
         "",
         "Valid by kind: " + ", ".join(f"{k} {r['valid_by_kind'][k]}/{v}" for k, v in sorted(r["by_kind"].items())),
         "",
-        "Most common problems: " + (", ".join(f"{p} x{c}" for p, c in r["problems"]) or "none"),
+        "Problems (all prompts): " + (", ".join(f"{p} x{c}" for p, c in r["problems"]) or "none"),
+        "",
+        *(f"- {'; '.join(f)}" for f in r["failures"]),
         "",
     ]
     return "\n".join(lines)
@@ -187,8 +187,6 @@ def main(argv: list[str] | None = None) -> None:
     r = evaluate(a.model, a.seed, a.n, a.arith)
     text = render_report(r, "python -m training.evaluate " + " ".join(sys.argv[1:] if argv is None else argv))
     print(text)
-    for f in r["failures"]:
-        print("  failure:", f)
     if a.report:
         old = a.report.read_text() if a.report.exists() else ""
         head = old.split("## Measured")[0].rstrip() + "\n\n" if old else ""
