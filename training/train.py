@@ -5,7 +5,7 @@ constant logit log(n_unused)]. At load the compact rows are scattered into 20108
 elsewhere; a zero ``lm_head`` row gives logit 0, and n_unused of them carry exactly the mass of that constant
 logit, so the full-vocabulary distribution equals the one trained here.
 
-Run: ``python -m training.train --data demo_train.npz --out mlx_harmony_tui/demo/model --minutes 4``
+Run: ``python -m training.train --data demo_train.npz --out mlx_harmony_tui/demo --minutes 4``
 (the learning-rate schedule follows elapsed time, so a time budget gives a finished cosine decay).
 """
 

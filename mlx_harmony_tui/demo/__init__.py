@@ -21,8 +21,9 @@ COMPACT_KEYS = ("model.embed_tokens.weight", "lm_head.weight")
 
 
 def demo_model_path() -> Path:
-    """The folder of the shipped demo model (config.json + model.safetensors), inside the package."""
-    return Path(__file__).parent / "model"
+    """The folder of the shipped demo model: this package itself holds config.json + model.safetensors
+    (package data, so ``pip install`` brings them)."""
+    return Path(__file__).parent
 
 
 def is_compact(weights: dict[str, mx.array]) -> bool:
