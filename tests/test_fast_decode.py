@@ -38,3 +38,18 @@ def test_decode_logits_within_tolerance(tiny_model_dir):
     steps = [model(tokens[:, i : i + 1], cache=cache) for i in range(20, 30)]
     got = mx.concatenate(steps, axis=1)
     np.testing.assert_allclose(np.array(got), np.array(reference[:, 20:30]), rtol=1e-4, atol=1e-4)
+
+
+def test_per_expert_prefill_matches_gather(tiny_model_dir, tmp_path, monkeypatch):
+    """The CUDA prefill MoE path (one matmul per expert) gives the gather path's logits, float and MXFP4."""
+    from mlx_harmony_tui.model import write_tiny_checkpoint
+    from mlx_harmony_tui.model.gpt_oss import Experts
+
+    for path in (tiny_model_dir, write_tiny_checkpoint(tmp_path / "q", layout="mlx", seed=3)):
+        model, _ = load_model(path)
+        tokens = mx.array([list(range(1000, 1200))], dtype=mx.int32)  # 200 tokens x top-2 >= 256 rows
+        monkeypatch.setattr(Experts, "per_expert_prefill", False)
+        gathered = model(tokens)
+        monkeypatch.setattr(Experts, "per_expert_prefill", True)
+        per_expert = model(tokens)
+        np.testing.assert_allclose(np.array(per_expert), np.array(gathered), rtol=1e-4, atol=1e-4)

@@ -82,9 +82,9 @@ def build_random(kind: str, seed: int = 0) -> tuple[Any, Any]:
         elif a.dtype == mx.uint8:  # mxfp4 scales: exponents around 2^-6
             r = mx.random.randint(118, 124, a.shape, key=sub).astype(mx.uint8)
         elif name.endswith("norm.weight"):
-            r = mx.ones(a.shape, a.dtype)
-        else:
-            r = (mx.random.normal(a.shape, key=sub) * 0.02).astype(a.dtype)
+            r = mx.ones(a.shape, mx.bfloat16)
+        else:  # real checkpoints keep scales, biases, norms and sinks in bfloat16
+            r = (mx.random.normal(a.shape, key=sub) * 0.02).astype(mx.bfloat16)
         mx.eval(r)  # one array at a time: peak memory stays at the final size
         params.append((name, r))
     model.update(tree_unflatten(params))

@@ -129,7 +129,7 @@ class CompiledDecoder:
             keys, values = c.update_and_fetch(k, v)
             if attn.window is not None and keys.shape[2] > attn.window:
                 keys, values = keys[..., -attn.window :, :], values[..., -attn.window :, :]
-            out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=attn.scale, sinks=attn.sinks)
+            out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=attn.scale, sinks=attn.sinks.astype(q.dtype))
             if i + 1 < self.n:
                 x, q, k, v = self._segments[i + 1](x, out, offset)
             else:
