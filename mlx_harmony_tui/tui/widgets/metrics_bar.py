@@ -31,8 +31,8 @@ def format_metrics(m: Metrics, context_limit: int = 0) -> str:
 class MetricsBar(Horizontal):
     DEFAULT_CSS = """
     MetricsBar { height: 1; background: $panel; padding: 0 1; }
-    MetricsBar > Static#metrics-text { width: 1fr; }
-    MetricsBar > Static#status { width: auto; color: $accent; padding-right: 1; }
+    MetricsBar > Static#metrics-text { width: 1fr; height: 1; }
+    MetricsBar > Static#status { width: 20; height: 1; color: $accent; padding-right: 1; }
     MetricsBar > Sparkline { width: 24; }
     """
 
@@ -48,14 +48,15 @@ class MetricsBar(Horizontal):
         yield Sparkline([], id="tps-spark")
 
     def set_status(self, text: str) -> None:
-        self.query_one("#status", Static).update(text)
+        # fixed-size cells: repaint only, no screen layout (these change several times a second)
+        self.query_one("#status", Static).update(text, layout=False)
 
     def show(self, m: Metrics) -> None:
         self.last = m
         if m.decode_tps and not m.final:
             self.history = [*self.history[-59:], float(m.decode_tps)]
             self.query_one(Sparkline).data = list(self.history)
-        self.query_one("#metrics-text", Static).update(format_metrics(m, self.context_limit))
+        self.query_one("#metrics-text", Static).update(format_metrics(m, self.context_limit), layout=False)
 
     def reset_spark(self) -> None:
         self.history = []
