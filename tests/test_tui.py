@@ -257,3 +257,16 @@ async def test_metrics_bar_format() -> None:
         assert bar.history == [30.0]
 
 
+
+
+async def test_command_palette_runs_an_action() -> None:
+    app = HarmonyApp(backend=ScriptedBackend(simple_reply("", "ok")))
+    async with app.run_test(size=SIZE) as pilot:
+        await pilot.press("ctrl+p")
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "CommandPalette"
+        await pilot.press(*"Params")
+        await pilot.pause(0.5)
+        await pilot.press("enter")
+        await pilot.pause(0.2)
+        assert app.screen.__class__.__name__ == "ParamsScreen"
