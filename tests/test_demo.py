@@ -107,3 +107,10 @@ def test_loader_reports_broken_compact_index(tmp_path: Path) -> None:
     mx.save_safetensors(str(tmp_path / "model.safetensors"), w)
     with pytest.raises(ModelLoadError, match="vocab_ids|compact"):
         load_model(tmp_path)
+
+
+def test_demo_default_temperature_is_its_own() -> None:
+    """At temperature 1 the tiny model miscopies numbers (60% arithmetic); it ships 0.5 as its model default."""
+    from mlx_harmony_tui.config import read_model_defaults
+
+    assert read_model_defaults(demo_model_path())["temperature"] == 0.5

@@ -1,7 +1,7 @@
 """Evaluate the demo model through the app's real pipeline (chat.turn.run_turn: render -> engine -> Harmony
 stream parser -> real python tool -> generate again), on held-out dialogues made with another seed.
 
-Measures: share of replies that are valid Harmony (an analysis and a final message, no retry, no parser
+Measures (greedy unless ``--temperature``): share of replies that are valid Harmony (an analysis and a final message, no retry, no parser
 recovery, no failure); share of arithmetic requests answered through a python call whose real result ends up
 in the final answer; decode tok/s; load time. Greedy decoding, no retries (``max_retries=0``).
 
@@ -50,9 +50,10 @@ def request_of(d: Dialogue) -> list[HMessage]:
     return d.messages[: last_user + 1]
 
 
-def settings_of(d: Dialogue, max_tokens: int) -> ChatSettings:
+def settings_of(d: Dialogue, max_tokens: int, temperature: float = 0.0, seed: int = 0) -> ChatSettings:
     return ChatSettings(
-        sampling=SamplingParams(temperature=0.0),
+        sampling=SamplingParams(temperature=temperature),
+        seed=seed if temperature > 0 else None,
         max_tokens=max_tokens,
         reasoning_effort=d.effort,  # type: ignore[arg-type]
         conversation_date=d.date,
@@ -61,11 +62,11 @@ def settings_of(d: Dialogue, max_tokens: int) -> ChatSettings:
     )
 
 
-def run_one(engine: Any, encoding: Any, d: Dialogue, max_tokens: int = 256) -> Outcome:
+def run_one(engine: Any, encoding: Any, d: Dialogue, max_tokens: int = 256, temperature: float = 0.0) -> Outcome:
     from mlx_harmony_tui.chat.turn import TurnContext, run_turn
     from mlx_harmony_tui.tools.registry import ToolRegistry
 
-    settings = settings_of(d, max_tokens)
+    settings = settings_of(d, max_tokens, temperature)
     tools = ToolRegistry.from_settings(settings)
     ctx = TurnContext(engine=engine, encoding=encoding, context_limit=4096, tools=tools, confirm=lambda _r: True)
     out = Outcome(kind=d.kind, valid=False, arith_ok=None)
@@ -106,7 +107,7 @@ def run_one(engine: Any, encoding: Any, d: Dialogue, max_tokens: int = 256) -> O
     return out
 
 
-def evaluate(model_path: Path, seed: int, n: int, n_arith: int) -> dict[str, Any]:
+def evaluate(model_path: Path, seed: int, n: int, n_arith: int, temperature: float = 0.0) -> dict[str, Any]:
     import mlx.core as mx
 
     from mlx_harmony_tui.engine.generator import Engine
@@ -123,8 +124,8 @@ def evaluate(model_path: Path, seed: int, n: int, n_arith: int) -> dict[str, Any
     held = make_dialogues(seed, n)
     extra = [d for d in make_dialogues(seed + 1000, 20 * n_arith) if d.kind.endswith("arith") and d.python_tool]
     arith_only = extra[:n_arith]
-    outcomes = [run_one(engine, encoding, d) for d in held]
-    extra_outcomes = [run_one(engine, encoding, d) for d in arith_only]
+    outcomes = [run_one(engine, encoding, d, temperature=temperature) for d in held]
+    extra_outcomes = [run_one(engine, encoding, d, temperature=temperature) for d in arith_only]
     arith_outcomes = [o for o in outcomes if o.arith_ok is not None] + extra_outcomes
     tps = [t for o in outcomes for t in o.decode_tps]
     problems = Counter(p.split(":")[0] for o in outcomes + extra_outcomes for p in o.problems)
@@ -182,9 +183,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=1)
     p.add_argument("--n", type=int, default=200)
     p.add_argument("--arith", type=int, default=50, help="extra arithmetic-only held-out requests")
+    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (the targets); 1 = app default")
     p.add_argument("--report", type=Path, help="markdown file whose '## Measured' section is replaced")
     a = p.parse_args(argv)
-    r = evaluate(a.model, a.seed, a.n, a.arith)
+    r = evaluate(a.model, a.seed, a.n, a.arith, a.temperature)
     text = render_report(r, "python -m training.evaluate " + " ".join(sys.argv[1:] if argv is None else argv))
     print(text)
     if a.report:
