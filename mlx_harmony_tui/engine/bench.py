@@ -42,7 +42,7 @@ def real_config(kind: str) -> dict[str, Any]:
     )
 
 
-def build_random(kind: str, seed: int = 0) -> tuple[Any, Any]:
+def build_random(kind: str, seed: int = 0, dtype: str = "float32") -> tuple[Any, Any]:
     """A model with random weights: "tiny" (float32, via the tiny checkpoint) or "20b"/"120b" with the real
     shapes and formats (experts MXFP4, everything else 8-bit affine, group 64)."""
     from mlx_harmony_tui.model import load_model, write_tiny_checkpoint
@@ -73,6 +73,7 @@ def build_random(kind: str, seed: int = 0) -> tuple[Any, Any]:
         for proj in ("q_proj", "k_proj", "v_proj", "o_proj"):
             quant[f"{p}self_attn.{proj}"] = affine
     model = GptOss(config, quant)
+    fdt = getattr(mx, dtype)
     key = mx.random.key(seed)
     params = []
     for name, a in tree_flatten(model.parameters()):
@@ -82,9 +83,9 @@ def build_random(kind: str, seed: int = 0) -> tuple[Any, Any]:
         elif a.dtype == mx.uint8:  # mxfp4 scales: exponents around 2^-6
             r = mx.random.randint(118, 124, a.shape, key=sub).astype(mx.uint8)
         elif name.endswith("norm.weight"):
-            r = mx.ones(a.shape, mx.bfloat16)
-        else:  # real checkpoints keep scales, biases, norms and sinks in bfloat16
-            r = (mx.random.normal(a.shape, key=sub) * 0.02).astype(mx.bfloat16)
+            r = mx.ones(a.shape, fdt)
+        else:  # scales, biases, norms, sinks: --dtype (real checkpoints: bfloat16)
+            r = (mx.random.normal(a.shape, key=sub) * 0.02).astype(fdt)
         mx.eval(r)  # one array at a time: peak memory stays at the final size
         params.append((name, r))
     model.update(tree_unflatten(params))

@@ -33,6 +33,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--vs-mlx-lm", action="store_true", help="also run mlx-lm's generate_step, in alternation")
     p.add_argument("--json-out", type=Path, help="also write the JSON document to this file")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
+                   help="float parts (scales, norms, biases) of --random 20b/120b weights")
     p.add_argument("--eager", action="store_true",
                    help="run our unoptimized path (no fused QKV, no compiled decode) for comparison")
     p.set_defaults(func=run)
@@ -51,7 +53,7 @@ def run(args: argparse.Namespace) -> int:
         model, config = load_model(args.model)
         label = str(args.model)
     else:
-        model, config = build_random(args.random, seed=args.seed)
+        model, config = build_random(args.random, seed=args.seed, dtype=args.dtype)
         label = f"random {args.random}"
     bc = BenchConfig(prompt_lengths=args.prompt_lengths, gen_tokens=args.gen_tokens, repeats=max(1, args.repeats),
                      turns=max(0, args.turns), prefill_step=max(1, args.prefill_step), vs_mlx_lm=args.vs_mlx_lm,
