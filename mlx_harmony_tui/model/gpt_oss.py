@@ -166,8 +166,10 @@ def _swiglu(h: mx.array, alpha: mx.array, limit: mx.array) -> mx.array:
 
 
 def _row_bucket(n: int) -> int:
-    """Rows padded to a power of two up to 256, then to a multiple of 256."""
-    return 1 << (n - 1).bit_length() if n <= 256 else -(-n // 256) * 256
+    """Rows padded to a power of two from 64 up to 256, then to a multiple of 256. On CUDA each new
+    quantized-matmul kernel variant costs a ~28 s JIT compile the first time (measured on an H100,
+    scripts/probe_shapes.py); at least 64 rows keeps every call on the large-M variant."""
+    return max(64, 1 << (n - 1).bit_length()) if n <= 256 else -(-n // 256) * 256
 
 
 class Experts(nn.Module):
@@ -189,7 +191,7 @@ class Experts(nn.Module):
         """x (N, H), indices (N, k) -> (N, k, H) expert outputs."""
         N, H = x.shape
         k = indices.shape[-1]
-        if indices.size >= 256 and self.per_expert_prefill:
+        if self.per_expert_prefill and indices.size >= 64 * self.gate_up.bias.shape[0]:
             return self._per_expert(x, indices)
         if indices.size >= 64:
             # Many tokens (prefill): sort rows by expert so each expert's weights are read once.
