@@ -58,7 +58,7 @@ def test_chat_in_tmux_and_find_session_after_restart(isolated_dirs: Path, tmp_pa
     env.pop("TMUX", None)
     t = Tmux(f"mht-{os.getpid()}", env)
     cfg = tmp_path / "config.toml"
-    cfg.write_text("[sampling]\nmax_tokens = 40\nseed = 1\n")
+    cfg.write_text("[sampling]\nmax_tokens = 120\nseed = 1\n")
     args = ("--config", str(cfg))  # no --model: the first-run default, the built-in demo model
     try:
         t.start(*args)

@@ -28,7 +28,8 @@ class ChatSettings:
     system_prompt: str = ""  # extra system text (model identity override)
     knowledge_cutoff: str = "2024-06"
     conversation_date: str | None = None  # fixed per session so the cached prefix stays valid
-    builtin_tools: list[str] = field(default_factory=list)  # "python", "browser"
+    # "python", "browser". The sandboxed python tool is on by default: GPT-OSS does arithmetic through it.
+    builtin_tools: list[str] = field(default_factory=lambda: ["python"])
     function_tools: list[FunctionTool] = field(default_factory=list)
     context_limit: int | None = None  # tokens; None = the model's
     seed: int | None = None

@@ -43,6 +43,8 @@ def add_settings_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reasoning-effort", choices=EFFORTS, default=None)
     g.add_argument("--system", default=None, help="system prompt text (model identity)")
     g.add_argument("--instructions", default=None, help="developer instructions")
+    g.add_argument("--tools", default=None, metavar="LIST",
+                   help="built-in tools to offer the model: comma list of python,browser, or 'none' (default: python)")
 
 
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -56,6 +58,13 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["system_prompt"] = args.system
     if getattr(args, "instructions", None) is not None:
         out["instructions"] = args.instructions
+    tools = getattr(args, "tools", None)
+    if tools is not None:
+        names = [] if tools.strip().lower() in ("", "none") else [t.strip() for t in tools.split(",") if t.strip()]
+        unknown = sorted(set(names) - {"python", "browser"})
+        if unknown:
+            raise UserError(f"--tools: unknown tool {', '.join(unknown)} (known: python, browser, none)")
+        out["builtin_tools"] = names
     return out
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from mlx_harmony_tui.backends.base import TurnRequest
 from mlx_harmony_tui.chat.events import (
     Delta,
+    MessageDone,
     Metrics,
     Retry,
     ToolCall,
@@ -64,10 +65,14 @@ def run(args: argparse.Namespace) -> int:
         last_metrics: Metrics | None = None
         stream_text = not args.json
         in_analysis = False
+        analysis_break = False
         try:
             for ev in handle.events():
                 if isinstance(ev, Delta) and ev.recipient is None:
                     if ev.channel == "analysis":
+                        if analysis_break and doc["analysis"]:
+                            doc["analysis"] += "\n\n"  # one paragraph per analysis message
+                        analysis_break = False
                         doc["analysis"] += ev.text
                         if stream_text and args.show_analysis:
                             if not in_analysis:
@@ -83,6 +88,8 @@ def run(args: argparse.Namespace) -> int:
                                 in_analysis = False
                             sys.stdout.write(ev.text)
                             sys.stdout.flush()
+                elif isinstance(ev, MessageDone) and ev.channel == "analysis":
+                    analysis_break = True
                 elif isinstance(ev, ToolCall):
                     doc["tool_calls"].append({"id": ev.call_id, "recipient": ev.recipient, "arguments": ev.arguments})
                 elif isinstance(ev, ToolResult):

@@ -122,7 +122,7 @@ else:
 class PythonToolConfig:
     """``[tools.python]`` in the config file."""
 
-    enabled: bool = False
+    enabled: bool = True
     timeout_s: float = 10.0
     memory_mb: int = 1024
     max_output_chars: int = 20000

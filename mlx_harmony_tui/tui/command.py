@@ -28,7 +28,12 @@ def build_app(args: argparse.Namespace) -> Any:
     config_path = Path(args.config).expanduser() if getattr(args, "config", None) else None
     config, problems = cfg.load_config(config_path, getattr(args, "profile", None))
     model = getattr(args, "model", None) or config.model or "demo"
-    model_dir = Path(model).expanduser() if model not in ("demo", "tiny") else None
+    if model == "demo":  # the shipped demo folder holds its generation_config.json defaults
+        from mlx_harmony_tui.demo import demo_model_path
+
+        model_dir: Path | None = demo_model_path()
+    else:
+        model_dir = Path(model).expanduser() if model != "tiny" else None
     settings = cfg.settings_from_config(
         config, model_dir=model_dir if model_dir is not None and model_dir.is_dir() else None
     )
