@@ -21,7 +21,8 @@ def test_same_seed_same_data_other_seed_other_data(encoding) -> None:
 
 def test_prompts_equal_the_apps_rendering(encoding) -> None:
     """The prompt of the last step is what chat/turn.py renders for that conversation with the tool registry."""
-    from mlx_harmony_tui.harmony.render import render_options_from_settings, render_prompt
+    from mlx_harmony_tui.chat.turn import render_options_from_settings
+    from mlx_harmony_tui.harmony.render import render_prompt
     from mlx_harmony_tui.tools.registry import ToolRegistry
     from training.evaluate import request_of, settings_of
 

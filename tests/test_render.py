@@ -8,6 +8,7 @@ import openai_harmony as oh
 import pytest
 
 from mlx_harmony_tui.chat.settings import ChatSettings, FunctionTool
+from mlx_harmony_tui.chat.turn import render_options_from_settings
 from mlx_harmony_tui.harmony.messages import HMessage
 from mlx_harmony_tui.harmony.placeholders import expand_placeholders
 from mlx_harmony_tui.harmony.render import (
@@ -15,7 +16,6 @@ from mlx_harmony_tui.harmony.render import (
     RenderOptions,
     ResponseFormat,
     kept_messages,
-    render_options_from_settings,
     render_prompt,
 )
 from mlx_harmony_tui.harmony.stream import HarmonyStream

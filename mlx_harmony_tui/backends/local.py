@@ -144,7 +144,8 @@ class LocalBackend:
         return ToolRegistry.from_settings(request.settings, None)
 
     def count_tokens(self, request: TurnRequest) -> int | None:
-        from mlx_harmony_tui.harmony.render import render_options_from_settings, render_prompt
+        from mlx_harmony_tui.chat.turn import render_options_from_settings
+        from mlx_harmony_tui.harmony.render import render_prompt
 
         return len(render_prompt(request.messages, render_options_from_settings(request.settings), self.encoding))
 

@@ -10,10 +10,29 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from mlx_harmony_tui.engine.metrics import Metrics, PrefillProgress
+from mlx_harmony_tui.harmony.events import (
+    Channel,
+    Delta,
+    MessageDone,
+    Recovery,
+    ToolCall,
+    ToolCallArgs,
+    ToolCallStarted,
+)
 
-__all__ = ["Metrics", "PrefillProgress"]  # re-exported: faces import every event from here
+# Re-exported: the parser's message events live in harmony/ (below chat), but faces import every event here.
+__all__ = [
+    "Channel",
+    "Delta",
+    "MessageDone",
+    "Metrics",
+    "PrefillProgress",
+    "Recovery",
+    "ToolCall",
+    "ToolCallArgs",
+    "ToolCallStarted",
+]
 
-Channel = Literal["analysis", "commentary", "final"]
 FinishReason = Literal["stop", "length", "cancelled", "loop", "tool_rounds", "error"]
 
 
@@ -24,61 +43,12 @@ class TurnStarted:
 
 
 @dataclass(frozen=True)
-class Delta:
-    """Streamed text of one message. ``recipient`` is set for commentary addressed to a tool."""
-
-    channel: Channel
-    text: str
-    recipient: str | None = None
-
-
-@dataclass(frozen=True)
-class MessageDone:
-    """A complete Harmony message from the model (what goes into the session record)."""
-
-    channel: Channel
-    text: str
-    recipient: str | None = None
-    content_type: str | None = None
-
-
-@dataclass(frozen=True)
-class ToolCallStarted:
-    call_id: str
-    recipient: str  # e.g. "functions.get_weather", "python", "browser.search"
-    channel: Channel = "commentary"
-
-
-@dataclass(frozen=True)
-class ToolCallArgs:
-    call_id: str
-    delta: str
-
-
-@dataclass(frozen=True)
-class ToolCall:
-    call_id: str
-    recipient: str
-    arguments: str  # raw text the model wrote (JSON for functions, code for python)
-    channel: Channel = "commentary"
-    content_type: str | None = None
-
-
-@dataclass(frozen=True)
 class ToolResult:
     call_id: str
     recipient: str
     output: str
     error: str | None = None
     duration_s: float = 0.0
-
-
-@dataclass(frozen=True)
-class Recovery:
-    """Malformed model output that the parser repaired; shown so nothing is silently changed."""
-
-    kind: str
-    detail: str = ""
 
 
 @dataclass(frozen=True)

@@ -3,20 +3,14 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 from mlx_harmony_tui.engine.sampling import SamplingParams
+from mlx_harmony_tui.harmony.messages import FunctionTool
+
+__all__ = ["ChatSettings", "FunctionTool", "ReasoningEffort"]  # FunctionTool lives with the renderer's types
 
 ReasoningEffort = Literal["low", "medium", "high"]
-
-
-@dataclass
-class FunctionTool:
-    """A function the model may call (``functions.NAME``); JSON-schema parameters."""
-
-    name: str
-    description: str = ""
-    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})
 
 
 @dataclass

@@ -31,10 +31,33 @@ from mlx_harmony_tui.chat.events import (
 from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.engine.generator import Engine, GenerationOptions
 from mlx_harmony_tui.harmony.messages import HMessage
-from mlx_harmony_tui.harmony.render import render_options_from_settings, render_prompt
+from mlx_harmony_tui.harmony.render import RenderOptions, ResponseFormat, render_prompt
 from mlx_harmony_tui.harmony.stream import HarmonyStream
 
 ConfirmFn = Callable[[ToolConfirmation], bool]
+
+
+def render_options_from_settings(settings: ChatSettings) -> RenderOptions:
+    """RenderOptions from resolved chat settings (fields the settings lack keep their defaults)."""
+    opts = RenderOptions(
+        reasoning_effort=settings.reasoning_effort,
+        knowledge_cutoff=settings.knowledge_cutoff,
+        builtin_tools=list(settings.builtin_tools),
+        instructions=settings.instructions,
+        function_tools=list(settings.function_tools),
+        system_prompt=settings.system_prompt,
+    )
+    if settings.conversation_date:
+        opts.conversation_date = settings.conversation_date
+    rf = getattr(settings, "response_format", None)
+    if isinstance(rf, ResponseFormat):
+        opts.response_format = rf
+    elif isinstance(rf, dict) and "schema" in rf:
+        opts.response_format = ResponseFormat(str(rf.get("name", "response")), rf["schema"], rf.get("description", ""))
+    ph = getattr(settings, "placeholders", None)
+    if isinstance(ph, dict):
+        opts.placeholders = {str(k): str(v) for k, v in ph.items()}
+    return opts
 
 
 @dataclass
@@ -107,6 +130,8 @@ def run_turn(ctx: TurnContext, messages: list[HMessage], settings: ChatSettings)
     pending: list[Event] = []  # live metrics/progress from the engine, yielded between tokens
 
     def on_progress(item: Metrics | PrefillProgress) -> None:
+        if isinstance(item, Metrics) and item.final:
+            return  # the engine's closing snapshot is ``last_result.metrics``, yielded once below
         pending.append(item)
 
     while True:

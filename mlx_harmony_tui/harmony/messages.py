@@ -1,9 +1,10 @@
-"""The neutral message record passed between the chat layer and the Harmony renderer/parser."""
+"""The neutral records passed between the chat layer and the Harmony renderer/parser: messages and the
+function tools the model is told about."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Literal
+from dataclasses import dataclass, field
+from typing import Any, Literal
 
 Role = Literal["system", "developer", "user", "assistant", "tool"]
 
@@ -19,3 +20,12 @@ class HMessage:
     recipient: str | None = None
     content_type: str | None = None
     author: str | None = None
+
+
+@dataclass
+class FunctionTool:
+    """A function the model may call (``functions.NAME``); JSON-schema parameters."""
+
+    name: str
+    description: str = ""
+    parameters: dict[str, Any] = field(default_factory=lambda: {"type": "object", "properties": {}})

@@ -18,9 +18,8 @@ from typing import Any, Literal
 
 import openai_harmony as oh
 
-from mlx_harmony_tui.chat.settings import ChatSettings, FunctionTool
 from mlx_harmony_tui.errors import UserError
-from mlx_harmony_tui.harmony.messages import HMessage
+from mlx_harmony_tui.harmony.messages import FunctionTool, HMessage
 from mlx_harmony_tui.harmony.placeholders import expand_placeholders
 
 DEFAULT_IDENTITY: str = oh.SystemContent.model_fields["model_identity"].default
@@ -58,29 +57,6 @@ class RenderOptions:
     # Per builtin tool, an openai_harmony.ToolNamespaceConfig replacing the stock description (the tools
     # layer describes its own python sandbox, which is not the Jupyter kernel of the stock text).
     tool_namespaces: dict[str, Any] = field(default_factory=dict)
-
-
-def render_options_from_settings(settings: ChatSettings) -> RenderOptions:
-    """RenderOptions from resolved chat settings (fields the settings lack keep their defaults)."""
-    opts = RenderOptions(
-        reasoning_effort=settings.reasoning_effort,
-        knowledge_cutoff=settings.knowledge_cutoff,
-        builtin_tools=list(settings.builtin_tools),
-        instructions=settings.instructions,
-        function_tools=list(settings.function_tools),
-        system_prompt=settings.system_prompt,
-    )
-    if settings.conversation_date:
-        opts.conversation_date = settings.conversation_date
-    rf = getattr(settings, "response_format", None)
-    if isinstance(rf, ResponseFormat):
-        opts.response_format = rf
-    elif isinstance(rf, dict) and "schema" in rf:
-        opts.response_format = ResponseFormat(str(rf.get("name", "response")), rf["schema"], rf.get("description", ""))
-    ph = getattr(settings, "placeholders", None)
-    if isinstance(ph, dict):
-        opts.placeholders = {str(k): str(v) for k, v in ph.items()}
-    return opts
 
 
 def _system_message(options: RenderOptions, extra_system: list[str]) -> oh.Message:

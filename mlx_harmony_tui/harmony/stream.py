@@ -18,12 +18,12 @@ from typing import Any
 
 import openai_harmony as oh
 
-from mlx_harmony_tui.chat.events import (
+from mlx_harmony_tui.harmony.events import (
     Channel,
     Delta,
-    Event,
     MessageDone,
     Recovery,
+    StreamEvent,
     ToolCall,
     ToolCallArgs,
     ToolCallStarted,
@@ -205,11 +205,11 @@ class HarmonyStream:
             out.setdefault(self._msg.channel, []).append(self._msg.text)
         return {k: "\n\n".join(v) for k, v in out.items()}
 
-    def feed(self, token_id: int) -> list[Event]:
+    def feed(self, token_id: int) -> list[StreamEvent]:
         """Process one generated token id; returns the events it completes."""
         if self._finished:
             return []
-        out: list[Event] = []
+        out: list[StreamEvent] = []
         try:
             self._feed(int(token_id), out)
         except Exception as e:  # noqa: BLE001 - a parser bug must not take the turn down; it is reported
@@ -219,12 +219,12 @@ class HarmonyStream:
             self._state = "start"
         return out
 
-    def finish(self, reason: str) -> list[Event]:
+    def finish(self, reason: str) -> list[StreamEvent]:
         """Flush at the end of generation. reason: "stop" | "length" | "cancelled" | "loop"."""
         if self._finished:
             return []
         self._finished = True
-        out: list[Event] = []
+        out: list[StreamEvent] = []
         try:
             partial = reason != "stop"
             if self._state == "header" and self._hdr:
@@ -246,7 +246,7 @@ class HarmonyStream:
         return out
 
     # ---------------------------------------------------------------- framing
-    def _feed(self, tok: int, out: list[Event]) -> None:
+    def _feed(self, tok: int, out: list[StreamEvent]) -> None:
         name = self._names.get(tok)
         if name is None and self._is_special(tok):
             self._recover(out, "stray_token", f"{self._token_text(tok)} ignored")
@@ -290,7 +290,7 @@ class HarmonyStream:
         self._expect_role = expect_role
         self._hdr = []
 
-    def _header_token(self, tok: int, name: str | None, out: list[Event]) -> None:
+    def _header_token(self, tok: int, name: str | None, out: list[StreamEvent]) -> None:
         if name == "start":
             if self._hdr:
                 self._recover(out, "abandoned_header", repr(self._header_text().replace("\x01", "|")))
@@ -346,7 +346,7 @@ class HarmonyStream:
     def _parse(self, complete: bool) -> Header:
         return parse_header(self._header_text(), complete, self._expect_role)
 
-    def _open(self, h: Header, out: list[Event], leaked_kind: str | None = None) -> None:
+    def _open(self, h: Header, out: list[StreamEvent], leaked_kind: str | None = None) -> None:
         """Start the message a header describes; leaked header text becomes its first content."""
         text = self._header_text()
         leaked = ""
@@ -392,7 +392,7 @@ class HarmonyStream:
                 self._content_token(t, out)
             _merge_deltas(out, before)
 
-    def _content_token(self, tok: int, out: list[Event]) -> None:
+    def _content_token(self, tok: int, out: list[StreamEvent]) -> None:
         msg = self._msg
         if msg is None or msg.skip:
             return
@@ -418,7 +418,7 @@ class HarmonyStream:
         else:
             out.append(Delta(msg.channel, delta))
 
-    def _close(self, term: int | None, out: list[Event], partial: bool = False, reason: str = "") -> None:
+    def _close(self, term: int | None, out: list[StreamEvent], partial: bool = False, reason: str = "") -> None:
         msg = self._msg
         self._msg = None
         self._state = "start"
@@ -444,7 +444,7 @@ class HarmonyStream:
             self._recover(out, "call_without_recipient", "<|call|> ended a message with no recipient")
 
     # ---------------------------------------------------------------- helpers
-    def _recover(self, out: list[Event], kind: str, detail: str) -> None:
+    def _recover(self, out: list[StreamEvent], kind: str, detail: str) -> None:
         ev = Recovery(kind, detail)
         self.recoveries.append(ev)
         out.append(ev)
@@ -462,9 +462,9 @@ class HarmonyStream:
             return f"<token {tok}>"
 
 
-def _merge_deltas(out: list[Event], start: int) -> None:
+def _merge_deltas(out: list[StreamEvent], start: int) -> None:
     """Join the consecutive deltas produced from one recovered chunk, so faces get one update."""
-    merged: list[Event] = []
+    merged: list[StreamEvent] = []
     for ev in out[start:]:
         prev = merged[-1] if merged else None
         if isinstance(ev, Delta) and isinstance(prev, Delta) and prev.channel == ev.channel:

@@ -12,7 +12,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from openai_harmony import ToolNamespaceConfig
 
@@ -22,14 +22,27 @@ from mlx_harmony_tui.tools.functions import FunctionToolConfig, parse_arguments,
 from mlx_harmony_tui.tools.python import PythonTool, PythonToolConfig, python_description
 from mlx_harmony_tui.tools.runner import truncate_text
 
-if TYPE_CHECKING:
-    from mlx_harmony_tui.config import AppConfig
-
 BROWSER_FUNCTIONS = {
     "search": ("query", "topn", "source"),
     "open": ("id", "cursor", "loc", "num_lines", "view_source", "source"),
     "find": ("pattern", "cursor"),
 }
+
+
+class ToolsSection(Protocol):
+    """The ``[tools]`` part of the app config (config.ToolsConfig), described here because config.py sits
+    above the tools layer (it builds on these tool configs)."""
+
+    python: PythonToolConfig
+    browser: BrowserToolConfig
+    functions: list[FunctionToolConfig]
+    max_output_chars: int
+
+
+class HasToolsSection(Protocol):
+    """What ``from_settings`` reads from config.AppConfig."""
+
+    tools: ToolsSection
 
 
 @dataclass
@@ -67,7 +80,7 @@ class ToolRegistry:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: ChatSettings, config: AppConfig | None = None) -> ToolRegistry:
+    def from_settings(cls, settings: ChatSettings, config: HasToolsSection | None = None) -> ToolRegistry:
         """Built-ins on/off come from the resolved settings; their parameters and the functions from config."""
         tools = config.tools if config is not None else None
         python = (
