@@ -40,9 +40,11 @@ from mlx_harmony_tui.server.queue import GenerationQueue, QueueFull
 from mlx_harmony_tui.server.schemas import (
     APIError,
     ChatCompletionRequest,
+    ToolRoute,
     error_body,
     to_hmessages,
     to_settings,
+    tool_routes,
 )
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
@@ -54,10 +56,17 @@ class ReplyBuilder:
 
     Stop strings apply to the visible text: text that could be the start of a stop string is held back until
     it is clear, so a stop string never reaches the client.
+
+    ``routes`` (recipient -> client function) are the tools the request offered; a call to any other recipient
+    is not passed on as a tool call (the client could not run it) but reported in the content. None passes
+    every call on under its own name.
     """
 
-    def __init__(self, stops: list[str] | None = None) -> None:
+    def __init__(self, stops: list[str] | None = None, routes: dict[str, ToolRoute] | None = None) -> None:
         self.stops = stops or []
+        self.routes = routes
+        self._undeclared: dict[str, str] = {}  # call id -> recipient the request did not offer
+        self._recipients: dict[str, str] = {}  # call id -> recipient of each call passed on
         self._hold = max((len(s) for s in self.stops), default=1) - 1
         self._pending = ""
         self.content = ""
@@ -84,35 +93,49 @@ class ReplyBuilder:
         if isinstance(ev, ToolCallStarted):
             if self.stopped:
                 return []
+            route = self._route(ev.recipient)
+            if route is None:
+                self._undeclared[ev.call_id] = ev.recipient
+                return []
             idx = len(self.tool_calls)
             self._tool_index[ev.call_id] = idx
+            self._recipients[ev.call_id] = ev.recipient
+            start = _wrap(route, "")[:-2] if route.wrap else ""  # '{"code": "' before the streamed code
             call = {"id": _call_id(ev.call_id), "type": "function",
-                    "function": {"name": _function_name(ev.recipient), "arguments": ""}}
+                    "function": {"name": route.name, "arguments": start}}
             self.tool_calls.append(call)
             return [{"tool_calls": [{"index": idx, "id": call["id"], "type": "function",
-                                     "function": {"name": call["function"]["name"], "arguments": ""}}]}]
+                                     "function": {"name": route.name, "arguments": start}}]}]
         if isinstance(ev, ToolCallArgs):
             idx = self._tool_index.get(ev.call_id)
             if idx is None or self.stopped:
                 return []
             self._args_streamed.add(ev.call_id)
-            self.tool_calls[idx]["function"]["arguments"] += ev.delta
-            return [{"tool_calls": [{"index": idx, "function": {"arguments": ev.delta}}]}]
+            route = self._route(self._recipients.get(ev.call_id, ""))
+            delta = json.dumps(ev.delta)[1:-1] if route and route.wrap else ev.delta  # escaping is per character
+            self.tool_calls[idx]["function"]["arguments"] += delta
+            return [{"tool_calls": [{"index": idx, "function": {"arguments": delta}}]}]
         if isinstance(ev, ToolCall):
             if self.stopped:
                 return []
+            if ev.call_id in self._undeclared or self._route(ev.recipient) is None:
+                self._undeclared.pop(ev.call_id, None)
+                return self._content(f"{chr(10) * 2 if self.content else ''}[The model called {ev.recipient!r}, "
+                                     "a tool this request did not declare; nothing was run.]")
             idx = self._tool_index.get(ev.call_id)
             out: list[dict[str, Any]] = []
             if idx is None:  # a call without a started event: announce it whole
                 out = self.feed(ToolCallStarted(ev.call_id, ev.recipient, ev.channel))
                 idx = self._tool_index[ev.call_id]
             call = self.tool_calls[idx]
-            if call["function"]["arguments"] != ev.arguments:
-                rest = ev.arguments[len(call["function"]["arguments"]):] if ev.arguments.startswith(
+            route = self._route(ev.recipient)
+            arguments = _wrap(route, ev.arguments) if route and route.wrap else ev.arguments
+            if call["function"]["arguments"] != arguments:
+                rest = arguments[len(call["function"]["arguments"]):] if arguments.startswith(
                     call["function"]["arguments"]) else None
                 if rest is not None and rest:
                     out.append({"tool_calls": [{"index": idx, "function": {"arguments": rest}}]})
-                call["function"]["arguments"] = ev.arguments
+                call["function"]["arguments"] = arguments
             return out
         if isinstance(ev, Retry):
             # The failed attempt's text is superseded; the complete reply holds only the last attempt.
@@ -121,6 +144,8 @@ class ReplyBuilder:
             self._pending = ""
             self.tool_calls.clear()
             self._tool_index.clear()
+            self._recipients.clear()
+            self._undeclared.clear()
             return []
         if isinstance(ev, Metrics):
             if ev.final:
@@ -146,6 +171,11 @@ class ReplyBuilder:
             self.error = ev.error
             return []
         return []
+
+    def _route(self, recipient: str) -> ToolRoute | None:
+        if self.routes is None:
+            return ToolRoute(_function_name(recipient))
+        return self.routes.get(recipient.strip())
 
     def _content(self, text: str) -> list[dict[str, Any]]:
         if self.stopped or not text:
@@ -195,6 +225,11 @@ def _call_id(call_id: str) -> str:
 
 def _function_name(recipient: str) -> str:
     return recipient.removeprefix("functions.")
+
+
+def _wrap(route: ToolRoute, text: str) -> str:
+    """Plain-text arguments (python code) as the JSON object OpenAI clients expect."""
+    return json.dumps({route.wrap: text})
 
 
 def _start_without_tools(backend: Backend, request: TurnRequest) -> Any:
@@ -362,18 +397,20 @@ def create_app(
         if backend is None:
             raise APIError(404, f"model {name!r} does not exist; this server serves: {', '.join(backends)}",
                            param="model", code="model_not_found")
-        turn_request = TurnRequest(messages=to_hmessages(req), settings=to_settings(req, base))
+        settings = to_settings(req, base)
+        turn_request = TurnRequest(messages=to_hmessages(req), settings=settings)
+        routes = tool_routes(req, settings)
         stops = req.stop_strings()
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         now = int(time.time())
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return _SSEResponse(
-                _stream(backend, turn_request, gen_queue, stops, cid, now, name, include_usage),
+                _stream(backend, turn_request, gen_queue, stops, cid, now, name, include_usage, routes),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
-        return await _complete(request, backend, turn_request, gen_queue, stops, cid, now, name)
+        return await _complete(request, backend, turn_request, gen_queue, stops, cid, now, name, routes)
 
     return app
 
@@ -403,6 +440,7 @@ async def _complete(
     cid: str,
     now: int,
     name: str,
+    routes: dict[str, ToolRoute],
 ) -> JSONResponse:
     waiter = asyncio.ensure_future(_acquire(gen_queue))
     while not waiter.done():  # leave the line if the client hangs up while waiting
@@ -413,7 +451,7 @@ async def _complete(
     waiter.result()
     turn = _Turn(backend, turn_request, gen_queue)
     turn.start()
-    builder = ReplyBuilder(stops)
+    builder = ReplyBuilder(stops, routes)
     it = turn.__aiter__()
     try:
         while True:
@@ -455,6 +493,7 @@ async def _stream(
     now: int,
     name: str,
     include_usage: bool,
+    routes: dict[str, ToolRoute],
 ) -> AsyncIterator[str]:
     def chunk(delta: dict[str, Any] | None, finish: str | None = None, usage: dict[str, Any] | None = None) -> str:
         doc: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": now, "model": name,
@@ -473,7 +512,7 @@ async def _stream(
         return
     turn = _Turn(backend, turn_request, gen_queue)
     turn.start()
-    builder = ReplyBuilder(stops)
+    builder = ReplyBuilder(stops, routes)
     try:
         yield chunk({"role": "assistant", "content": ""})
         async for ev in turn:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import json
+from dataclasses import dataclass
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -16,6 +17,7 @@ from mlx_harmony_tui.chat.settings import ChatSettings, FunctionTool
 from mlx_harmony_tui.harmony.messages import HMessage
 
 MAX_STOP_STRINGS = 4
+PYTHON = "python"  # a client function of this name is offered as Harmony's built-in python tool
 
 
 class APIError(Exception):
@@ -183,8 +185,55 @@ def to_settings(req: ChatCompletionRequest, base: ChatSettings) -> ChatSettings:
             tools = [t for t in tools if t.name == choice.function.name]
             if not tools:
                 raise APIError(400, f"tool_choice names unknown function {choice.function.name!r}", param="tool_choice")
+        if any(t.name == PYTHON for t in tools):
+            # GPT-OSS is trained to call `python` as a built-in tool with plain code, not as functions.python.
+            s.builtin_tools = [PYTHON]
+            tools = [t for t in tools if t.name != PYTHON]
         s.function_tools = tools
     return s
+
+
+@dataclass(frozen=True)
+class ToolRoute:
+    """The client function a Harmony recipient stands for; ``wrap`` is the JSON key that plain-text
+    arguments (the python tool's code) go under, None for functions whose arguments already are JSON."""
+
+    name: str
+    wrap: str | None = None
+
+
+def _python_key(req: ChatCompletionRequest) -> str:
+    """The parameter the client's python function takes its code in (its only property, else "code")."""
+    for t in req.tools or []:
+        if t.function.name == PYTHON:
+            props = (t.function.parameters or {}).get("properties") or {}
+            if len(props) == 1:
+                return str(next(iter(props)))
+    return "code"
+
+
+def tool_routes(req: ChatCompletionRequest, settings: ChatSettings) -> dict[str, ToolRoute]:
+    """Harmony recipient -> client function, for exactly the tools this request offered the model; a call to
+    any other recipient is one the client cannot run."""
+    routes = {f"functions.{t.name}": ToolRoute(t.name) for t in settings.function_tools}
+    if PYTHON in settings.builtin_tools:
+        routes[PYTHON] = ToolRoute(PYTHON, wrap=_python_key(req))
+    return routes
+
+
+def _declares_python(req: ChatCompletionRequest) -> bool:
+    return any(t.function.name == PYTHON for t in req.tools or [])
+
+
+def _unwrap_code(arguments: str) -> str:
+    """A python call's arguments as the client sends them back (``{"code": "..."}``) -> the plain code."""
+    try:
+        doc = json.loads(arguments)
+    except json.JSONDecodeError:
+        return arguments
+    if isinstance(doc, dict) and len(doc) == 1 and isinstance(next(iter(doc.values())), str):
+        return str(next(iter(doc.values())))
+    return arguments
 
 
 def to_hmessages(req: ChatCompletionRequest) -> list[HMessage]:
@@ -194,7 +243,8 @@ def to_hmessages(req: ChatCompletionRequest) -> list[HMessage]:
     tool calls; tool results find their function name through tool_call_id.
     """
     out: list[HMessage] = []
-    call_names: dict[str, str] = {}
+    call_names: dict[str, str] = {}  # tool_call_id -> Harmony recipient
+    builtin_python = _declares_python(req)
     for i, m in enumerate(req.messages):
         if m.role in ("system", "developer"):
             continue
@@ -209,7 +259,12 @@ def to_hmessages(req: ChatCompletionRequest) -> list[HMessage]:
                 if text:
                     out.append(HMessage(role="assistant", text=text, channel="commentary"))
                 for tc in m.tool_calls:
-                    call_names[tc.id] = tc.function.name
+                    if builtin_python and tc.function.name == PYTHON:  # as the model wrote it: plain code
+                        call_names[tc.id] = PYTHON
+                        out.append(HMessage(role="assistant", text=_unwrap_code(tc.function.arguments),
+                                            channel="commentary", recipient=PYTHON))
+                        continue
+                    call_names[tc.id] = f"functions.{tc.function.name}"
                     out.append(
                         HMessage(
                             role="assistant",
@@ -222,7 +277,8 @@ def to_hmessages(req: ChatCompletionRequest) -> list[HMessage]:
             elif text or not reasoning:
                 out.append(HMessage(role="assistant", text=text, channel="final"))
         else:  # tool
-            name = call_names.get(m.tool_call_id or "") or m.name
+            by_name = (PYTHON if builtin_python and m.name == PYTHON else f"functions.{m.name}") if m.name else None
+            name = call_names.get(m.tool_call_id or "") or by_name
             if not name:
                 raise APIError(
                     400,
@@ -235,7 +291,7 @@ def to_hmessages(req: ChatCompletionRequest) -> list[HMessage]:
                     text=m.text(),
                     channel="commentary",
                     recipient="assistant",
-                    author=f"functions.{name}",
+                    author=name,
                 )
             )
     if not out:
