@@ -18,9 +18,9 @@ WINDOW = 8  # the tiny model's sliding window: prompts below are longer, so the 
 
 
 @pytest.fixture(scope="session")
-def tiny(tmp_path_factory: pytest.TempPathFactory):
-    folder = write_tiny_checkpoint(tmp_path_factory.mktemp("tiny") / "m", layout="float", seed=0)
-    return load_model(folder)
+def tiny(tiny_model_dir: Path):
+    """(model, config) of the shared tiny checkpoint; tests build fresh engines on it."""
+    return load_model(tiny_model_dir)
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import openai
@@ -21,12 +22,8 @@ from mlx_harmony_tui.server.command import serve_in_thread
 
 
 @pytest.fixture(scope="module")
-def backend(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LocalBackend]:
-    from mlx_harmony_tui.model.tiny import write_tiny_checkpoint
-
-    path = tmp_path_factory.mktemp("model") / "tiny"
-    write_tiny_checkpoint(path, layout="float", seed=0)
-    b = LocalBackend.load(path)
+def backend(tiny_model_dir: Path) -> Iterator[LocalBackend]:
+    b = LocalBackend.load(tiny_model_dir)
     yield b
     b.close()
 
