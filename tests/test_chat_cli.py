@@ -111,3 +111,51 @@ def test_generate_json_separates_analysis_and_final_with_the_demo_model(
     assert doc["analysis"].strip() and doc["final"].strip() and doc["analysis"] != doc["final"]
     assert "<|" not in doc["final"] and doc["finish_reason"] == "stop"
     assert doc["metrics"]["generated_tokens"] > len(doc["final"].split()) // 2
+
+
+def _console_script() -> list[str]:
+    """The installed `mlx-harmony-tui` entry point next to this interpreter (the command users type)."""
+    script = Path(sys.executable).with_name("mlx-harmony-tui")
+    return [str(script)] if script.is_file() else [sys.executable, "-m", "mlx_harmony_tui"]
+
+
+def test_piped_chat_on_the_demo_shows_the_python_call_and_the_answer() -> None:
+    """`printf 'What is 37*12?\\n/quit\\n' | mlx-harmony-tui chat --show-tools`, as the README shows it."""
+    proc = subprocess.run([*_console_script(), "chat", "--show-tools", "--temperature", "0"],
+                          input="What is 37*12?\n/quit\nnever sent\n", capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ))
+    assert proc.returncode == 0, proc.stderr
+    out = proc.stdout
+    call, result = out.find("[tool call] python("), out.find("[tool result] python: 444")
+    assert 0 <= call < result, out
+    assert "37" in out[call:result] and "12" in out[call:result]
+    answer = out[result + len("[tool result] python: 444"):]
+    assert str(37 * 12) in answer, out  # the final answer quotes the tool's result
+    sessions = SessionStore().list()  # the child used this test's XDG dirs
+    assert len(sessions) == 1
+    assert [m.content for m in SessionStore().load(sessions[0].id).messages if m.role == "user"] == ["What is 37*12?"]
+
+
+def test_line_chat_set_and_slash_text_on_the_demo(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    script = "/set temperature=0.2\n/set\n//help me\nWhat is 37*12?\n/quit\n"
+    rc, out, err = _run(["chat", "--seed", "3", "--show-tools"], script, monkeypatch, capsys)
+    assert rc == 0, err
+    assert "temperature = 0.2" in out and "temperature=0.2 " in out and not err.strip()
+    assert "commands:" not in out  # '//help me' went to the model, it did not run /help
+    session = SessionStore().load(SessionStore().list()[0].id)
+    assert [m.content for m in session.messages if m.role == "user"] == ["/help me", "What is 37*12?"]
+    assert "[tool result] python: 444" in out
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["chat", "--bogus"], "unrecognized arguments: --bogus"),
+    (["chat", "--temperature", "hot"], "--temperature: invalid float value"),
+    (["chat", "--temperature", "99"], "--temperature: invalid value 99.0"),
+    (["chat", "--tools", "shell"], "--tools: unknown tool shell"),
+])
+def test_line_chat_bad_flag_exits_nonzero_with_a_clear_message(argv: list[str], message: str) -> None:
+    proc = subprocess.run([*_console_script(), *argv], input="hi\n", capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ))
+    assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
+    assert not proc.stdout.strip()
