@@ -24,6 +24,7 @@ from mlx_harmony_tui.chat.events import (
 from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.errors import UserError
 from mlx_harmony_tui.faces.common import (
+    StreamPrinter,
     add_model_flags,
     add_settings_flags,
     apply_overrides,
@@ -158,37 +159,25 @@ class LineChat:
 
         self.recorder.add_user(text)
         handle = self.backend.start_turn(TurnRequest(to_hmessages(self.session), self.settings))
-        show_analysis, show_tools = self.args.show_analysis, self.args.show_tools
-        section: str | None = None  # what was printed last: "analysis" or "final"
+        show_tools = self.args.show_tools
+        printer = StreamPrinter(self.out, self.args.show_analysis)
         try:
             for ev in handle.events():
                 self.recorder.on_event(ev)
                 if isinstance(ev, Delta):
-                    if ev.recipient is not None:
-                        continue
-                    if ev.channel == "analysis" and not show_analysis:
-                        continue
-                    kind = "analysis" if ev.channel == "analysis" else "final"
-                    if kind != section:
-                        if section is not None:
-                            self.out.write("\n")
-                        if kind == "analysis":
-                            self.out.write("[analysis] ")
-                        section = kind
-                    self.out.write(ev.text)
-                    self.out.flush()
+                    printer.delta(ev)
                 elif isinstance(ev, ToolCall) and show_tools:
                     self._line(f"[tool call] {ev.recipient}({ev.arguments})")
-                    section = None
+                    printer.new_line()
                 elif isinstance(ev, ToolResult) and show_tools:
                     out = ev.error or ev.output
                     self._line(f"[tool result] {ev.recipient}: {out[:2000]}")
-                    section = None
+                    printer.new_line()
                 elif isinstance(ev, ToolConfirmation):
                     handle.confirm(ev.call_id, self._confirm(ev))
                 elif isinstance(ev, Retry):
                     self.err.write(f"\n(retrying: {ev.reason} {ev.detail})\n")
-                    section = None
+                    printer.new_line()
                 elif isinstance(ev, TurnFailed):
                     self.failures += 1
                     self.err.write(f"\nerror: {ev.error}\n")

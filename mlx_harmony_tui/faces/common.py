@@ -11,8 +11,9 @@ import atexit
 import os
 import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
+from mlx_harmony_tui.chat.events import Delta
 from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.errors import UserError
 
@@ -166,6 +167,36 @@ def make_backend(args: argparse.Namespace, progress: Any = None) -> tuple[Any, C
     from mlx_harmony_tui.backends.local import LocalBackend
 
     return LocalBackend.load(model, progress=progress), settings
+
+
+class StreamPrinter:
+    """Writes the visible text of streamed ``Delta`` events as it arrives, for the line faces (chat, generate).
+
+    Text addressed to a tool is never shown (the faces print calls themselves); analysis only when asked,
+    behind an ``[analysis] `` mark, with a line break wherever the stream switches between reasoning and answer.
+    """
+
+    def __init__(self, out: TextIO, show_analysis: bool) -> None:
+        self.out = out
+        self.show_analysis = show_analysis
+        self.section: str | None = None  # what was printed last: "analysis", "final" or None (a new line)
+
+    def delta(self, ev: Delta) -> None:
+        if ev.recipient is not None or (ev.channel == "analysis" and not self.show_analysis):
+            return
+        kind = "analysis" if ev.channel == "analysis" else "final"
+        if kind != self.section:
+            if self.section is not None:
+                self.out.write("\n")
+            if kind == "analysis":
+                self.out.write("[analysis] ")
+            self.section = kind
+        self.out.write(ev.text)
+        self.out.flush()
+
+    def new_line(self) -> None:
+        """Something else was printed on its own line: the next text starts a fresh section."""
+        self.section = None
 
 
 def release_mlx_streams() -> None:

@@ -22,6 +22,7 @@ from mlx_harmony_tui.chat.events import (
 )
 from mlx_harmony_tui.errors import UserError
 from mlx_harmony_tui.faces.common import (
+    StreamPrinter,
     add_model_flags,
     add_settings_flags,
     make_backend,
@@ -63,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
                                "tool_results": [], "retries": [], "finish_reason": None, "error": None,
                                "metrics": None}
         last_metrics: Metrics | None = None
-        stream_text = not args.json
-        in_analysis = False
+        printer = None if args.json else StreamPrinter(sys.stdout, args.show_analysis)
         analysis_break = False
         try:
             for ev in handle.events():
@@ -74,20 +74,10 @@ def run(args: argparse.Namespace) -> int:
                             doc["analysis"] += "\n\n"  # one paragraph per analysis message
                         analysis_break = False
                         doc["analysis"] += ev.text
-                        if stream_text and args.show_analysis:
-                            if not in_analysis:
-                                sys.stdout.write("[analysis] ")
-                                in_analysis = True
-                            sys.stdout.write(ev.text)
-                            sys.stdout.flush()
                     else:
                         doc["final"] += ev.text
-                        if stream_text:
-                            if in_analysis:
-                                sys.stdout.write("\n")
-                                in_analysis = False
-                            sys.stdout.write(ev.text)
-                            sys.stdout.flush()
+                    if printer is not None:
+                        printer.delta(ev)
                 elif isinstance(ev, MessageDone) and ev.channel == "analysis":
                     analysis_break = True
                 elif isinstance(ev, ToolCall):
