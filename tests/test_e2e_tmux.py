@@ -1,5 +1,5 @@
 """End to end in a real terminal: start the app in tmux, chat, toggle the analysis, open the session
-browser, quit, restart and find the session again."""
+browser, quit, restart and find the session again; a python tool call shown in the tool-call pane."""
 
 from __future__ import annotations
 
@@ -43,6 +43,14 @@ class Tmux:
                 return screen
             time.sleep(0.2)
         raise AssertionError(f"{text!r} not on screen after {timeout}s:\n{screen}")
+
+    def click(self, text: str) -> None:
+        """Left-click the first cell of ``text`` on screen (SGR mouse report, as a terminal sends it)."""
+        lines = self.screen().splitlines()
+        y = next(i for i, line in enumerate(lines) if text in line)
+        x = lines[y].index(text)
+        report = f"\x1b[<0;{x + 1};{y + 1}M\x1b[<0;{x + 1};{y + 1}m".encode()
+        self.tmux("send-keys", "-t", self.name, "-H", *(f"{b:02x}" for b in report))
 
     def alive(self) -> bool:
         return subprocess.run(["tmux", "-L", self.socket, "has-session", "-t", self.name],
@@ -98,6 +106,41 @@ def test_chat_in_tmux_and_find_session_after_restart(isolated_dirs: Path, tmp_pa
         t.keys("Enter")  # the search box is focused: Enter opens the first (only) session
         t.wait_for("█ You", 10)
         assert "hello from tmux" in t.screen()
+        t.keys("C-q")
+    finally:
+        t.kill()
+
+
+def test_python_tool_call_in_the_tool_pane(isolated_dirs: Path, tmp_path: Path) -> None:
+    """The demo model computes 37*12 with the python tool: the pane lists the call, expanding it shows the
+    code and the real result, and the answer quotes it."""
+    env = dict(os.environ)
+    env.update(TERM="xterm-256color", PYTHONPATH=str(ROOT), TMUX_TMPDIR=str(tmp_path))
+    env.pop("TMUX", None)
+    t = Tmux(f"mht-tool-{os.getpid()}", env)
+    cfg = tmp_path / "config.toml"
+    cfg.write_text("[sampling]\ntemperature = 0.0\nseed = 1\n")
+    try:
+        t.start("--config", str(cfg))
+        t.wait_for("Model ready", 120)
+        t.keys("-l", "What is 37*12?")
+        t.keys("Enter")
+        screen = t.wait_for("✓ python", 60)  # the call ran without an error
+        pane = [line.split("│", 1)[1] for line in screen.splitlines() if "│" in line]
+        assert "Tool calls" in pane[0] and any("✓ python" in line for line in pane)
+        t.click("✓ python")
+        screen = t.wait_for("▼ ✓ python", 10)
+        pane_text = "\n".join(line.split("│", 1)[1] for line in screen.splitlines() if "│" in line)
+        code_line = next(line for line in pane_text.splitlines() if "print(" in line)
+        assert "37" in code_line and "12" in code_line
+        assert any(line.strip() == str(37 * 12) for line in pane_text.splitlines())  # the tool's real output
+        deadline = time.monotonic() + 60
+        while " ready " not in screen and time.monotonic() < deadline:
+            time.sleep(0.3)
+            screen = t.screen()
+        chat = "\n".join(line.split("│", 1)[0] for line in screen.splitlines())
+        answer = chat.split("calling python", 1)[1]
+        assert str(37 * 12) in answer  # the final answer, after the call, quotes the result
         t.keys("C-q")
     finally:
         t.kill()
