@@ -3,7 +3,8 @@
 Every completed message is saved at once; while a reply streams, the partial text is saved at most every
 ``save_interval`` seconds with ``incomplete=True``, so after a crash the file holds every completed message
 and most of the partial one. A failed attempt's messages are removed when the turn retries, and the retry
-(reason, detail and the failed text) is attached to the reply that finally succeeds.
+(reason, detail and the failed text) is attached to the next reply that completes, or, when the turn
+fails with none, to the failure's entry in ``session.extra["errors"]``.
 """
 
 from __future__ import annotations
@@ -189,7 +190,10 @@ class SessionRecorder:
             self._attempt_start = len(self.session.messages)  # a later retry redoes only the next round
             self.save()
         elif isinstance(event, Retry):
-            # the failed attempt's messages are not part of the conversation; keep its text in the record
+            # the failed attempt's messages are not part of the conversation; keep its text in the record,
+            # and the earlier retries its messages carried (they move on to the next attempt's reply)
+            failed = self.session.messages[self._attempt_start:]
+            self._pending_retries[:0] = [r for m in failed for r in m.retries]
             del self.session.messages[self._attempt_start:]
             self._last_params = self._effective_params()  # the deleted messages may have carried params
             self._streaming = None
@@ -209,7 +213,10 @@ class SessionRecorder:
             self.save()
         elif isinstance(event, TurnFailed):
             self._streaming = None
-            self.session.extra.setdefault("errors", []).append({"at": now_iso(), "error": event.error})
+            error: dict[str, Any] = {"at": now_iso(), "error": event.error}
+            if self._pending_retries:  # no reply took them: the failure keeps what the attempts wrote
+                error["retries"], self._pending_retries = self._pending_retries, []
+            self.session.extra.setdefault("errors", []).append(error)
             self.save()
         # Metrics (live), PrefillProgress, Recovery, ContextTrimmed, ToolConfirmation: nothing to keep
 
