@@ -134,3 +134,17 @@ def test_failed_attempts_keep_their_text_in_the_record(tmp_path: Path, tiny_engi
         assert on_messages and all(text in r["failed_text"] for r in kept)
     else:  # no reply at all: the failure entry keeps the retries
         assert not on_messages and len(errors[0]["retries"]) == 2
+
+
+def test_a_failed_turn_stays_in_the_record_but_not_in_the_next_prompt(tmp_path: Path, tiny_engine, encoding) -> None:
+    tok = encoding.encode("ab", allowed_special="all")[0]
+    store = SessionStore(tmp_path)
+    session = store.create(model="tiny")
+    rec = SessionRecorder(store, session, save_interval=3600)
+    ctx = TurnContext(engine=tiny_engine, encoding=encoding, context_limit=4096)
+    events = _turn(rec, ctx, "Hi", _settings(logit_bias={tok: 1e4}, max_tokens=400, builtin_tools=[]))
+    assert isinstance(events[-1], TurnFailed)
+    saved = SessionStore(tmp_path).load(session.id)
+    failed = [m for m in saved.messages if m.extra.get("failed")]
+    assert failed and all(m.role == "assistant" for m in failed) and any("ab" in m.content for m in failed)
+    assert [(m.role, m.text) for m in to_hmessages(saved)] == [("user", "Hi")]

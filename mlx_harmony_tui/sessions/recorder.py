@@ -217,6 +217,12 @@ class SessionRecorder:
             if self._pending_retries:  # no reply took them: the failure keeps what the attempts wrote
                 error["retries"], self._pending_retries = self._pending_retries, []
             self.session.extra.setdefault("errors", []).append(error)
+            # The failed turn's messages stay in the record (nothing is lost) but are marked, so the next
+            # prompt does not feed a looping or broken answer back to the model.
+            for m in reversed(self.session.messages):
+                if m.role == "user":
+                    break
+                m.extra["failed"] = True
             self.save()
         # Metrics (live), PrefillProgress, Recovery, ContextTrimmed, ToolConfirmation: nothing to keep
 
@@ -228,10 +234,13 @@ class SessionRecorder:
 
 def to_hmessages(session: Session) -> list[HMessage]:
     """The conversation for rendering the next prompt. A partial reply stays (the user saw it) except an
-    unfinished tool call, which has no result and would confuse the model."""
+    unfinished tool call, which has no result and would confuse the model, and the messages of a turn that
+    failed (kept in the record, marked ``extra["failed"]``)."""
     out: list[HMessage] = []
     for m in session.messages:
         if m.incomplete and m.role == "assistant" and m.recipient is not None:
+            continue
+        if m.extra.get("failed"):
             continue
         out.append(HMessage(role=m.role, text=m.content, channel=m.channel, recipient=m.recipient,
                             content_type=m.content_type, author=m.author))
