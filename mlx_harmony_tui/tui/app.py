@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import copy
 import os
+import sys
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
@@ -27,6 +28,7 @@ from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.errors import UserError
 from mlx_harmony_tui.harmony.messages import HMessage
 from mlx_harmony_tui.tui.keymap import CHAT_BINDINGS, normalize
+from mlx_harmony_tui.tui.latency import LatencyProbe
 from mlx_harmony_tui.tui.screens.chat import ChatScreen
 from mlx_harmony_tui.tui.screens.dialogs import ConfirmScreen
 from mlx_harmony_tui.tui.screens.help import HelpScreen
@@ -40,7 +42,10 @@ from mlx_harmony_tui.tui.widgets.metrics_bar import MetricsBar
 from mlx_harmony_tui.tui.widgets.tool_log import ToolLog
 
 PUMP_HZ = 25  # how often the UI drains the turn's queue
-TEXT_FLUSH_S = float(os.environ.get("MHT_TEXT_FLUSH_S", "0.1"))  # streamed text is written at most this often
+TEXT_FLUSH_S = float(os.environ.get("MHT_TEXT_FLUSH_S", "0.2"))  # streamed text is written at most this often
+# The model thread's per-token Python needs the GIL back as soon as MLX returns; with Python's default 5 ms
+# it waits out a whole slice of UI work each time. 1 ms measured the best balance of tok/s and key latency.
+GIL_SWITCH_S = float(os.environ.get("MHT_GIL_SWITCH_S", "0.001"))
 BackendLoader = Callable[[str, Callable[[float, str], None]], Backend]
 
 
@@ -99,6 +104,7 @@ class HarmonyApp(App[None]):
         self._turn_started_at = 0.0
         self._text_buf: list[tuple[str, list[str]]] = []
         self._last_text_flush = 0.0
+        self._live_metrics: ev.Metrics | None = None  # the newest live figures, not yet shown
         self._settings_dirty = False
         self.pump_count = 0  # batches applied (measured by scripts/ui_latency.py)
         self.theme_problems: list[str] = []
@@ -106,12 +112,15 @@ class HarmonyApp(App[None]):
         self.store: Any = None  # sessions.store.SessionStore
         self.recorder: Any = None  # sessions.recorder.SessionRecorder of the open session
         self._cache_loaded_for: str | None = None
+        self.latency_probe = LatencyProbe.from_env()  # key-to-frame timing for scripts/ui_latency.py
 
     # ---- start-up -------------------------------------------------------------------------------------
     def get_default_screen(self) -> Screen[Any]:
         return ChatScreen(welcome_text(self.model_ref) if self._show_welcome else "")
 
     def on_mount(self) -> None:
+        self._saved_switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(GIL_SWITCH_S)
         themes, self.theme_problems = load_themes()
         for t in themes:
             self.register_theme(t)
@@ -285,7 +294,7 @@ class HarmonyApp(App[None]):
         if events:
             self.pump_count += 1
             self._record(events)
-        if events or done or self._text_buf:
+        if events or done or self._text_buf or self._live_metrics:
             await self.apply(events, final=done)
         if done and self.handle is handle:
             await self._turn_ended()
@@ -294,6 +303,9 @@ class HarmonyApp(App[None]):
         """Other events apply at once; streamed text is buffered and written at most every TEXT_FLUSH_S,
         because each write re-lays out the screen, and that work competes with the model for the CPU."""
         for e in events:
+            if isinstance(e, ev.Metrics) and not e.final:
+                self._live_metrics = e  # shown with the next text write: one frame for both
+                continue
             if isinstance(e, ev.Delta):
                 if e.recipient:  # tool-call arguments: shown in the tool pane via ToolCallArgs
                     continue
@@ -308,16 +320,35 @@ class HarmonyApp(App[None]):
             await self._flush_text()
 
     async def _flush_text(self) -> None:
+        """Write the buffered text and the latest live metrics in the same tick, so they share a frame."""
         buf, self._text_buf = self._text_buf, []
+        m, self._live_metrics = self._live_metrics, None
+        if m is not None:
+            self.screen_chat.query_one(MetricsBar).show(m)
         msg = self.current
         if not buf or msg is None:
             return
         self._last_text_flush = time.perf_counter()
-        at_bottom = self.conversation.scroll_offset.y >= self.conversation.max_scroll_y - 2
+        self._follow()
         for channel, parts in buf:
             await msg.write(channel, "".join(parts))
-        if at_bottom:
-            self.conversation.scroll_end(animate=False)
+
+    def _follow(self) -> None:
+        """Keep the newest text in view without a scroll frame per write: anchored, the conversation
+        scrolls inside the layout pass that grows it. Anchored only once it overflows (Textual 8.2.8 gives
+        short anchored content a negative offset, textual#6652); a user who scrolled up is left alone, and
+        following resumes once they are back within two lines of the end (textual#6677)."""
+        conv = self.conversation
+        if conv.max_scroll_y <= 0:
+            return
+        if not conv.is_anchored:
+            conv.anchor()  # first overflow of this turn, which started at the end (_start_turn)
+        elif conv.max_scroll_y - 2 <= conv.scroll_y < conv.max_scroll_y:
+            conv.scroll_end(animate=False)  # back near the end: re-engage the released anchor
+
+    def _unfollow(self) -> None:
+        """Before the conversation shrinks (see _follow)."""
+        self.conversation.anchor(False)
 
     async def apply_one(self, e: Any) -> None:
         msg = self.current
@@ -422,6 +453,7 @@ class HarmonyApp(App[None]):
                 del msgs[users[-1] + (1 if keep_user else 0):]
                 self._guard(self.recorder.save)
                 self.recorder = self._new_recorder(self.recorder.session)
+        self._unfollow()
         widgets = list(self.conversation.children)
         last_user = max((k for k, w in enumerate(widgets) if isinstance(w, UserMessage)), default=None)
         if last_user is not None:
@@ -526,6 +558,7 @@ class HarmonyApp(App[None]):
             self.action_stop()
             await self.wait_idle(5)
         self.history = []
+        self._unfollow()
         await self.conversation.remove_children()
         for e in list(self.screen_chat.query_one(ToolLog).entries.values()):
             await e.remove()
@@ -664,6 +697,7 @@ class HarmonyApp(App[None]):
     async def _show_session(self, session: Any) -> None:
         """Rebuild the conversation from the record: widgets are built first and mounted in one go."""
         conv = self.conversation
+        self._unfollow()
         await conv.remove_children()
         tools = self.screen_chat.query_one(ToolLog)
         for entry in list(tools.entries.values()):
@@ -704,6 +738,14 @@ class HarmonyApp(App[None]):
         if self.handle is not None:
             self.handle.cancel()
         self._close_session()
+        if self.latency_probe is not None:
+            self.latency_probe.save()
+        sys.setswitchinterval(getattr(self, "_saved_switch_interval", sys.getswitchinterval()))
+
+    def post_display_hook(self) -> None:
+        """Textual calls this after each frame is written: the probe's end of a key's latency."""
+        if self.latency_probe is not None:
+            self.latency_probe.frame_written()
 
     async def action_quit(self) -> None:
         if self.handle is not None:

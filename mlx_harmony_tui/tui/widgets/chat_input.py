@@ -35,3 +35,6 @@ class ChatInput(TextArea):
             self._replace_via_keyboard("\n", start, end)
             return
         await super()._on_key(event)
+        probe = getattr(self.app, "latency_probe", None)
+        if probe is not None and getattr(self.app, "generating", False):  # only keys typed while streaming
+            probe.key_applied(event.time)
