@@ -1,14 +1,18 @@
-"""The in-process backend: the MLX model and engine, with each turn run on a worker thread.
+"""The in-process backend: the MLX model and engine, with every turn run on one worker thread.
 
 Faces never call the model directly; they start a turn and read its events from the handle, so the UI
-never waits for the model and the model never waits for the UI.
+never waits for the model and the model never waits for the UI. One long-lived worker per loaded model (not
+a thread per turn): MLX keeps compiled graphs per thread, so the compiled decode step is traced once, at
+load, instead of on every turn, and its cache entries die with the thread that made them.
 """
 
 from __future__ import annotations
 
 import os
+import queue
 import shutil
 import threading
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,23 +68,44 @@ def _release_thread_streams() -> None:
 
 
 class LocalBackend:
-    """Owns one loaded model. Turns are serialized by the engine's lock."""
+    """Owns one loaded model and the worker thread that runs its turns, one at a time, in order."""
 
-    def __init__(self, model: Any, config: Any, path: Path, name: str, tools: Any | None = None) -> None:
+    def __init__(
+        self, model: Any, config: Any, path: Path, name: str, tools: Any | None = None, app_config: Any | None = None
+    ) -> None:
         from mlx_harmony_tui.engine.generator import Engine
         from mlx_harmony_tui.harmony.vocab import load_encoding
 
         self.path = path
         self._name = name
         self.config = config
+        self.app_config = app_config  # config.AppConfig: tool settings and [[tools.functions]]
         self.engine = Engine(model, config, model_id=str(path))
         self.encoding = load_encoding(str(path))
         self.tools = tools
-        self._threads: list[threading.Thread] = []
+        self._registries: dict[tuple, Any] = {}
+        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
+        self._worker = threading.Thread(target=self._run_jobs, name="mlx-harmony-model", daemon=True)
+        self._worker.start()
+        self._jobs.put(self.engine.warm_up)  # trace the compiled step on the thread that will use it
+
+    def _run_jobs(self) -> None:
+        try:
+            while (job := self._jobs.get()) is not None:
+                try:
+                    job()
+                except Exception:  # noqa: BLE001 - a job reports its own failure; the worker must live on
+                    pass
+        finally:
+            _release_thread_streams()  # MLX needs this at the end of every thread that used it
 
     @classmethod
     def load(
-        cls, model: str | Path | None = "demo", progress: ProgressCallback | None = None, tools: Any | None = None
+        cls,
+        model: str | Path | None = "demo",
+        progress: ProgressCallback | None = None,
+        tools: Any | None = None,
+        app_config: Any | None = None,
     ) -> LocalBackend:
         from mlx_harmony_tui.harmony.vocab import ensure_vocabulary
         from mlx_harmony_tui.model import load_model
@@ -93,7 +118,7 @@ class LocalBackend:
         name = str(model) if str(model) in BUILTIN_NAMES else path.name
         if progress:
             progress(1.0, "ready")
-        return cls(loaded, config, path, name, tools=tools)
+        return cls(loaded, config, path, name, tools=tools, app_config=app_config)
 
     @property
     def model_name(self) -> str:
@@ -104,7 +129,7 @@ class LocalBackend:
         return int(getattr(self.config, "max_position_embeddings", 0) or 131072)
 
     def start_turn(self, request: TurnRequest, *, run_tools: bool = True) -> TurnHandle:
-        """Start a turn on a worker thread. With run_tools=False (the server), a tool call ends the turn."""
+        """Queue a turn on the model's worker. With run_tools=False (the server), a tool call ends the turn."""
         handle = TurnHandle()
 
         def confirm(req: ToolConfirmation) -> bool:
@@ -126,22 +151,22 @@ class LocalBackend:
             except Exception as e:  # noqa: BLE001 - a worker must always close its handle
                 handle.put(TurnFailed(f"{type(e).__name__}: {e}"))
             finally:
-                _release_thread_streams()  # MLX needs this at the end of every thread that used it
                 handle.close()
 
-        thread = threading.Thread(target=work, name="turn", daemon=True)
-        thread.start()
-        self._threads = [t for t in self._threads if t.is_alive()] + [thread]
+        self._jobs.put(work)
         return handle
 
     def _tools_for(self, request: TurnRequest) -> Any | None:
+        """One registry per tool selection, kept across turns (a persistent python kernel lives on)."""
         if self.tools is not None:
             return self.tools
-        try:
-            from mlx_harmony_tui.tools import ToolRegistry
-        except ImportError:
-            return None
-        return ToolRegistry.from_settings(request.settings, None)
+        from mlx_harmony_tui.tools import ToolRegistry
+
+        s = request.settings
+        key = (tuple(sorted(s.builtin_tools)), tuple(f.name for f in s.function_tools))
+        if key not in self._registries:
+            self._registries[key] = ToolRegistry.from_settings(s, self.app_config)
+        return self._registries[key]
 
     def count_tokens(self, request: TurnRequest) -> int | None:
         from mlx_harmony_tui.chat.turn import render_options_from_settings
@@ -156,5 +181,10 @@ class LocalBackend:
         return bool(self.engine.load_cache(path))
 
     def close(self) -> None:
-        for t in self._threads:
-            t.join(timeout=5)
+        """Finish queued turns, stop the worker, and stop tool processes (e.g. a persistent kernel)."""
+        self._jobs.put(None)
+        if self._worker is not threading.current_thread():
+            self._worker.join(timeout=10)
+        for registry in self._registries.values():
+            registry.close()
+        self._registries.clear()

@@ -74,6 +74,14 @@ class Engine:
 
     # --- public helpers ---------------------------------------------------------------------------------
 
+    def warm_up(self) -> None:
+        """Trace the model's compiled decode step on the calling thread (MLX keeps compiled graphs per
+        thread), so the first token of the first turn does not pay for it."""
+        decoder = getattr(self.model, "decoder", None)
+        if decoder is not None:
+            with self._lock, (mx.stream(self._stream) if self._stream is not None else contextlib.nullcontext()):
+                decoder.warm_up()
+
     def count_cached(self, prompt_ids: list[int]) -> int:
         """How many tokens of ``prompt_ids`` the next generation would reuse from the cache."""
         return self.prompt_cache.reusable(prompt_ids)

@@ -166,7 +166,7 @@ def make_backend(args: argparse.Namespace, progress: Any = None) -> tuple[Any, C
         return RemoteBackend(url, api_key=key, model=remote_model), settings
     from mlx_harmony_tui.backends.local import LocalBackend
 
-    return LocalBackend.load(model, progress=progress), settings
+    return LocalBackend.load(model, progress=progress, app_config=cfg), settings
 
 
 class StreamPrinter:

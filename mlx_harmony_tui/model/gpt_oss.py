@@ -321,8 +321,6 @@ class GptOss(nn.Module):
 
         fuse_qkv(self)
         self.decoder = CompiledDecoder(self) if compiled_decode else None
-        if self.decoder is not None:
-            self.decoder.warm_up()
         return self
 
     @property

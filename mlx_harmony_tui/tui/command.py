@@ -52,6 +52,12 @@ def build_app(args: argparse.Namespace) -> Any:
             return backend
 
         model = remote
+    else:
+
+        def loader(model_name: str, progress: Any) -> Any:
+            from mlx_harmony_tui.backends.local import LocalBackend
+
+            return LocalBackend.load(model_name, progress=progress, app_config=config)  # config's tools too
 
     def save_theme(name: str) -> None:
         try:
