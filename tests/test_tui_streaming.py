@@ -34,7 +34,7 @@ async def test_short_reply_stays_at_the_top() -> None:
 
 
 async def test_long_reply_is_followed_unless_the_user_scrolls_up() -> None:
-    app = HarmonyApp(backend=ScriptedBackend(simple_reply("", LONG, delay=0.002, chunk=20)),
+    app = HarmonyApp(backend=ScriptedBackend(simple_reply("", LONG, delay=0.005, chunk=20)),
                      show_welcome=False)
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "long please")
