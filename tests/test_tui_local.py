@@ -72,3 +72,18 @@ async def test_bad_model_path_shows_clear_error(tmp_path) -> None:
         assert app.backend is None
         errors = [n for n in app._notifications if n.severity == "error"]
         assert errors and "nope" in errors[0].message and "Traceback" not in errors[0].message
+
+
+async def test_demo_tool_turn_keeps_each_analysis_message_its_own_paragraph() -> None:
+    """The demo thinks, calls python, thinks again and answers: both thoughts show, apart, in one section."""
+    app = HarmonyApp(model="demo", settings=ChatSettings(max_tokens=200, seed=0))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_loaded(pilot, app)
+        app.screen.query_one(ChatInput).focus()
+        await pilot.press(*"What is 37*12?", "enter")
+        await app.wait_idle(60)
+        await pilot.pause()
+        msg = app.screen.query_one(AssistantMessage)
+        first, _, second = msg.analysis_text.partition("\n\n")
+        assert first.strip() and second.strip(), msg.analysis_text
+        assert "444" in second and "444" in msg.final_text

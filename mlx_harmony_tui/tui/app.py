@@ -69,6 +69,7 @@ def welcome_text(model: str) -> str:
 class HarmonyApp(App[None]):
     TITLE = "mlx-harmony-tui"
     CSS_PATH = ["screens/chat.tcss"]  # app-level: a default screen's own CSS_PATH is not loaded in time
+    _analysis_break = False  # the last finished message was analysis: the next one starts a paragraph
 
     def __init__(
         self,
@@ -309,10 +310,16 @@ class HarmonyApp(App[None]):
             if isinstance(e, ev.Delta):
                 if e.recipient:  # tool-call arguments: shown in the tool pane via ToolCallArgs
                     continue
+                text = e.text
+                if e.channel == "analysis" and self._analysis_break:
+                    # A new analysis message (e.g. after a tool result): its own paragraph.
+                    self._analysis_break = False
+                    if self.current is not None and self.current.analysis_text:
+                        text = "\n\n" + text
                 if self._text_buf and self._text_buf[-1][0] == e.channel:
-                    self._text_buf[-1][1].append(e.text)
+                    self._text_buf[-1][1].append(text)
                 else:
-                    self._text_buf.append((e.channel, [e.text]))
+                    self._text_buf.append((e.channel, [text]))
                 continue
             await self._flush_text()
             await self.apply_one(e)
@@ -355,6 +362,8 @@ class HarmonyApp(App[None]):
         bar = self.screen_chat.query_one(MetricsBar)
         tools = self.screen_chat.query_one(ToolLog)
         if isinstance(e, ev.MessageDone):
+            if e.channel == "analysis":
+                self._analysis_break = True  # stays set across the tool call that may follow
             self.history.append(
                 HMessage(role="assistant", text=e.text, channel=e.channel, recipient=e.recipient,
                          content_type=e.content_type)
