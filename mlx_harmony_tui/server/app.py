@@ -14,7 +14,7 @@ import secrets
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -431,6 +431,21 @@ async def _acquire(gen_queue: GenerationQueue) -> None:
         raise APIError(429, f"server busy: {e}", "rate_limit_error", code="queue_full") from None
 
 
+async def _until_done(
+    fut: asyncio.Future[Any], request: Request, on_disconnect: Callable[[], Any], keep_waiting: bool = False
+) -> bool:
+    """Wait for ``fut``, checking every 0.25 s whether the client hung up; on a hang-up call
+    ``on_disconnect`` and return False at once (or, with keep_waiting, let ``fut`` finish: a cancelled turn
+    still ends its event stream). True when ``fut`` finished with the client still there."""
+    while not fut.done():
+        await asyncio.wait({fut}, timeout=0.25)
+        if not fut.done() and await request.is_disconnected():
+            on_disconnect()
+            if not keep_waiting:
+                return False
+    return True
+
+
 async def _complete(
     request: Request,
     backend: Backend,
@@ -443,11 +458,8 @@ async def _complete(
     routes: dict[str, ToolRoute],
 ) -> JSONResponse:
     waiter = asyncio.ensure_future(_acquire(gen_queue))
-    while not waiter.done():  # leave the line if the client hangs up while waiting
-        await asyncio.wait({waiter}, timeout=0.25)
-        if not waiter.done() and await request.is_disconnected():
-            waiter.cancel()
-            return JSONResponse(error_body("client disconnected", "invalid_request_error"), status_code=499)
+    if not await _until_done(waiter, request, waiter.cancel):  # left the line: the client hung up
+        return JSONResponse(error_body("client disconnected", "invalid_request_error"), status_code=499)
     waiter.result()
     turn = _Turn(backend, turn_request, gen_queue)
     turn.start()
@@ -456,10 +468,7 @@ async def _complete(
     try:
         while True:
             nxt = asyncio.ensure_future(it.__anext__())
-            while not nxt.done():
-                await asyncio.wait({nxt}, timeout=0.25)
-                if not nxt.done() and await request.is_disconnected():
-                    turn.cancel()
+            await _until_done(nxt, request, turn.cancel, keep_waiting=True)
             try:
                 ev = nxt.result()
             except StopAsyncIteration:
