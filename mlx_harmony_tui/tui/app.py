@@ -747,6 +747,8 @@ class HarmonyApp(App[None]):
         if self.handle is not None:
             self.handle.cancel()
         self._close_session()
+        if self.backend is not None:
+            self.backend.close()  # stops the model worker (and frees its MLX streams) before exit
         if self.latency_probe is not None:
             self.latency_probe.save()
         sys.setswitchinterval(getattr(self, "_saved_switch_interval", sys.getswitchinterval()))
