@@ -114,7 +114,12 @@ class LocalBackend:
         if progress:
             progress(0.0, f"loading {path}")
         ensure_vocabulary(path)
+        from mlx_harmony_tui.engine.memory import check_fits, files_nbytes, set_wired_limit_for
+
+        nbytes = files_nbytes(path.glob("*.safetensors")) if path.is_dir() else 0
+        check_fits(nbytes, f"the model in {path}")  # a clear sentence instead of a swap storm or a crash
         loaded, config = load_model(path, progress=progress)
+        set_wired_limit_for(nbytes)  # macOS: keep the weights wired; a no-op elsewhere
         name = str(model) if str(model) in BUILTIN_NAMES else path.name
         if progress:
             progress(1.0, "ready")
