@@ -47,9 +47,34 @@ def test_per_expert_prefill_matches_gather(tiny_model_dir, tmp_path, monkeypatch
 
     for path in (tiny_model_dir, write_tiny_checkpoint(tmp_path / "q", layout="mlx", seed=3)):
         model, _ = load_model(path)
-        tokens = mx.array([list(range(1000, 1200))], dtype=mx.int32)  # 200 tokens x top-2 >= 256 rows
+        tokens = mx.array([list(range(1000, 1200))], dtype=mx.int32)  # 200 tokens x top-2: past the per-expert threshold (16 rows per expert)
         monkeypatch.setattr(Experts, "per_expert_prefill", False)
         gathered = model(tokens)
         monkeypatch.setattr(Experts, "per_expert_prefill", True)
         per_expert = model(tokens)
         np.testing.assert_allclose(np.array(per_expert), np.array(gathered), rtol=1e-4, atol=1e-4)
+
+
+def test_query_blocked_attention_matches_one_call(tiny_model_dir, monkeypatch):
+    """Prefill attention split into query blocks (bounded score memory) gives the one-call logits, for the
+    causal full layers and the sliding-window mask, with and without cached positions before the chunk."""
+    from mlx_harmony_tui.model import gpt_oss
+
+    model, _ = load_model(tiny_model_dir)
+    model.optimize()  # inference only: the blocks are evaluated one by one
+    tokens = mx.array([list(range(2000, 2040))], dtype=mx.int32)
+
+    def run() -> np.ndarray:
+        cache = model.make_cache()
+        first = model(tokens[:, :13], cache=cache)
+        rest = model(tokens[:, 13:], cache=cache)
+        return np.array(mx.concatenate([first, rest], axis=1))
+
+    whole = run()
+    calls = []
+    real = mx.fast.scaled_dot_product_attention
+    monkeypatch.setattr(gpt_oss, "SCORES_BUDGET", 1)  # forces the smallest blocks (16 query rows)
+    monkeypatch.setattr(mx.fast, "scaled_dot_product_attention", lambda *a, **k: calls.append(a[0].shape[2]) or real(*a, **k))
+    blocked = run()
+    assert max(calls) == 16 and len(calls) > 2 * len(model.layers)
+    np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-5)

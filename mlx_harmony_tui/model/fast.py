@@ -52,7 +52,8 @@ def fuse_qkv(model: Any) -> None:
         attn.qkv_proj = _fuse_linears([attn.q_proj, attn.k_proj, attn.v_proj])
         attn._qkv_split = (attn.n_heads * attn.head_dim, (attn.n_heads + attn.n_kv) * attn.head_dim)
         del attn.q_proj, attn.k_proj, attn.v_proj
-    mx.eval(model.parameters())
+        layer.mlp.experts.fuse_biases()
+    mx.eval(model.parameters(), [layer.mlp.experts._biases for layer in model.layers])
 
 
 class CompiledDecoder:
@@ -64,6 +65,7 @@ class CompiledDecoder:
         layers = model.layers
         self.n = len(layers)
         self._segments = [mx.compile(self._make_segment(i)) for i in range(self.n + 1)]
+        self._sinks: dict[mx.Dtype, list[mx.array]] = {}  # per activation dtype: no per-token astype
 
     def warm_up(self) -> None:
         """Trace the compiled graphs now (on a scratch cache), not during the user's first token."""
@@ -75,16 +77,17 @@ class CompiledDecoder:
         attn = layer.self_attn
         h = layer.input_layernorm(x)
         B = x.shape[0]
-        if "qkv_proj" in attn:
-            y = attn.qkv_proj(h)
-            a, b = attn._qkv_split
-            q, k, v = y[..., :a], y[..., a:b], y[..., b:]
-        else:
-            q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
-        q = q.reshape(B, 1, attn.n_heads, -1).transpose(0, 2, 1, 3)
-        k = k.reshape(B, 1, attn.n_kv, -1).transpose(0, 2, 1, 3)
-        v = v.reshape(B, 1, attn.n_kv, -1).transpose(0, 2, 1, 3)
         rope = dict(dims=attn.head_dim, traditional=False, base=None, scale=1.0, offset=offset, freqs=attn._freqs)
+        nq, nkv = attn.n_heads, attn.n_kv
+        if "qkv_proj" in attn:
+            # One RoPE over all q, k and v heads (one kernel instead of two; v's rotated copy is unused).
+            y = attn.qkv_proj(h).reshape(B, 1, nq + 2 * nkv, -1).transpose(0, 2, 1, 3)
+            r = mx.fast.rope(y, **rope)
+            return r[:, :nq], r[:, nq : nq + nkv], y[:, nq + nkv :]
+        q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
+        q = q.reshape(B, 1, nq, -1).transpose(0, 2, 1, 3)
+        k = k.reshape(B, 1, nkv, -1).transpose(0, 2, 1, 3)
+        v = v.reshape(B, 1, nkv, -1).transpose(0, 2, 1, 3)
         return mx.fast.rope(q, **rope), mx.fast.rope(k, **rope), v
 
     def _finish_layer(self, i: int, x: mx.array, attn_out: mx.array) -> mx.array:
@@ -124,12 +127,16 @@ class CompiledDecoder:
         """tokens (B, 1) -> logits (B, 1, vocab); appends this position to every cache."""
         offset = mx.array(cache[0].offset, dtype=mx.int32)
         x, q, k, v = self._segments[0](tokens, offset)
+        sinks = self._sinks.get(q.dtype)
+        if sinks is None:
+            sinks = self._sinks[q.dtype] = [layer.self_attn.sinks.astype(q.dtype) for layer in self.model.layers]
+            mx.eval(sinks)
         for i, (layer, c) in enumerate(zip(self.model.layers, cache, strict=True)):
             attn = layer.self_attn
             keys, values = c.update_and_fetch(k, v)
             if attn.window is not None and keys.shape[2] > attn.window:
                 keys, values = keys[..., -attn.window :, :], values[..., -attn.window :, :]
-            out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=attn.scale, sinks=attn.sinks.astype(q.dtype))
+            out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=attn.scale, sinks=sinks[i])
             if i + 1 < self.n:
                 x, q, k, v = self._segments[i + 1](x, out, offset)
             else:

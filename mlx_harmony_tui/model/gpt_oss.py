@@ -53,6 +53,8 @@ def rope_frequencies(config: ModelConfig) -> mx.array:
 class Attention(nn.Module):
     """Grouped-query attention with biases and one learned sink logit per head."""
 
+    bounded_scores = False  # query-blocked prefill attention (see _attend); set by GptOss.optimize
+
     def __init__(self, config: ModelConfig, sliding: bool, freqs: mx.array) -> None:
         super().__init__()
         self.n_heads = config.num_attention_heads
@@ -90,8 +92,50 @@ class Attention(nn.Module):
             keep = self.window - 1 + L
             if k.shape[2] > keep:
                 k, v = k[..., -keep:, :], v[..., -keep:, :]
-        out = mx.fast.scaled_dot_product_attention(q, k, v, scale=self.scale, mask=mask, sinks=self.sinks.astype(q.dtype))
+        out = _attend(q, k, v, self.scale, mask, self.sinks.astype(q.dtype), self.bounded_scores)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
+
+
+# Bytes of attention scores one unfused attention call may materialize (see _attend).
+SCORES_BUDGET = 1 << 26
+
+
+def _fused_attention(dtype: mx.Dtype) -> bool:
+    """Whether this backend's multi-query sdpa is one fused kernel (no (L, T) score matrix in memory):
+    Metal's full-attention kernel, cuDNN on CUDA for half precision. CPU and float32 on CUDA fall back to
+    matmul + softmax + matmul."""
+    if mx.metal.is_available():
+        return True
+    return bool(getattr(mx, "cuda", None) and mx.cuda.is_available() and dtype in (mx.float16, mx.bfloat16))
+
+
+def _attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: Mask, sinks: mx.array,
+            bounded: bool = False) -> mx.array:
+    """sdpa; when `bounded`, split into query blocks, each evaluated before the next is built, where the
+    backend would materialize more than SCORES_BUDGET bytes of scores. A 512-token chunk over 4096 keys
+    with 64 heads is 0.5 GB of float32 scores, plus probabilities and mask, per layer: that set the peak
+    memory of a long prefill on CUDA. Blocks only queued together stay in memory together (measured:
+    scripts/probe_memory.py), hence the eval, which also makes this path unusable under mx.grad/compile:
+    only inference (GptOss.optimize) turns it on."""
+    B, H, L, _ = q.shape
+    T = k.shape[2]
+    per_row = B * H * T * q.dtype.size
+    if not bounded or L == 1 or L * per_row <= SCORES_BUDGET or _fused_attention(q.dtype):
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask, sinks=sinks)
+    rows = max(16, SCORES_BUDGET // per_row)
+    outs = []
+    for s in range(0, L, rows):
+        e = min(L, s + rows)
+        if isinstance(mask, str):  # "causal": queries aligned to the end of the keys
+            end = T - L + e
+            part = mx.fast.scaled_dot_product_attention(
+                q[:, :, s:e], k[:, :, :end], v[:, :, :end], scale=scale, mask=mask, sinks=sinks)
+        else:
+            part = mx.fast.scaled_dot_product_attention(
+                q[:, :, s:e], k, v, scale=scale, mask=None if mask is None else mask[..., s:e, :], sinks=sinks)
+        mx.eval(part)
+        outs.append(part)
+    return mx.concatenate(outs, axis=2)
 
 
 class ExpertLinear(nn.Module):
@@ -116,6 +160,10 @@ class ExpertLinear(nn.Module):
         self.bias = mx.zeros((num_experts, out_dims))
 
     def __call__(self, x: mx.array, indices: mx.array, sorted_indices: bool) -> mx.array:
+        return self.matmul(x, indices, sorted_indices) + mx.expand_dims(self.bias[indices], -2)
+
+    def matmul(self, x: mx.array, indices: mx.array, sorted_indices: bool) -> mx.array:
+        """The gathered matmul without the bias (see Experts.fuse_biases)."""
         q = self.quant
         if q is None:
             # The CPU backend's gather_mm is float32-only, so float experts may be kept in float32.
@@ -135,7 +183,7 @@ class ExpertLinear(nn.Module):
                 mode=q.mode,
                 sorted_indices=sorted_indices,
             )
-        return y + mx.expand_dims(self.bias[indices], -2)
+        return y
 
     def one(self, x: mx.array, e: int) -> mx.array:
         """Rows x (n, in) through expert e alone: a plain (quantized) matmul, no gather."""
@@ -173,10 +221,12 @@ def _row_bucket(n: int) -> int:
 
 
 class Experts(nn.Module):
-    # Long prompts: one matmul per expert over its sorted rows instead of one gather_(q)mm. Measured on an
-    # H100 (CUDA, MXFP4 experts, 20b shapes): 2.5x faster at 512 rows, 4.7x at 2048 (scripts/profile_gpu.py).
-    # It costs one host sync per layer and chunk (the per-expert counts), so it is for prefill only. Off on
-    # Metal and CPU, where gather_qmm on sorted rows is the tuned path and this was not measured.
+    # From 16 rows per expert on average (128 tokens of gpt-oss-20b): one matmul per expert over its sorted
+    # rows instead of one gather_(q)mm. Measured on an H100 (CUDA, MXFP4 experts, 20b shapes, one MoE layer,
+    # scripts/probe_memory.py): 12.0 vs 52.6 ms at 512 tokens, 9.8 vs 13.9 ms at 128, but 10.2 vs 5.0 ms at
+    # 41 and 6.8 vs 1.4 ms at 8 (every expert's matmul runs on at least 64 padded rows). It costs one host
+    # sync per layer and chunk (the per-expert counts). Off on Metal and CPU, where gather_qmm on sorted rows
+    # is the tuned path and this was not measured.
     per_expert_prefill: bool = bool(getattr(mx, "cuda", None) and mx.cuda.is_available())
 
     def __init__(self, config: ModelConfig, gate_up_quant: QuantSpec | None, down_quant: QuantSpec | None) -> None:
@@ -191,7 +241,7 @@ class Experts(nn.Module):
         """x (N, H), indices (N, k) -> (N, k, H) expert outputs."""
         N, H = x.shape
         k = indices.shape[-1]
-        if self.per_expert_prefill and indices.size >= 64 * self.gate_up.bias.shape[0]:
+        if self.per_expert_prefill and indices.size >= 16 * self.gate_up.bias.shape[0]:
             return self._per_expert(x, indices)
         if indices.size >= 64:
             # Many tokens (prefill): sort rows by expert so each expert's weights are read once.
@@ -204,9 +254,21 @@ class Experts(nn.Module):
             y = self.down(_swiglu(h, self._alpha, self._limit), ids, True)
             return y[inverse].reshape(N, k, H)
         xs = x[:, None, None, :]  # (N, 1, 1, H) broadcast against (N, k)
-        h = self.gate_up(xs, indices, False)
-        y = self.down(_swiglu(h, self._alpha, self._limit), indices, False)
+        fused = self.get("_biases")
+        if fused is not None:  # both experts' biases in one gather (one kernel fewer per layer)
+            b = mx.expand_dims(fused[indices], -2)
+            split = self.gate_up.bias.shape[-1]
+            h = self.gate_up.matmul(xs, indices, False) + b[..., :split]
+            y = self.down.matmul(_swiglu(h, self._alpha, self._limit), indices, False) + b[..., split:]
+        else:
+            h = self.gate_up(xs, indices, False)
+            y = self.down(_swiglu(h, self._alpha, self._limit), indices, False)
         return y.squeeze(-2)
+
+    def fuse_biases(self) -> None:
+        """Keep [gate_up bias | down bias] per expert in one table for the few-token path (underscore: not a
+        parameter, so checkpoints and training never see it)."""
+        self._biases = mx.concatenate([self.gate_up.bias, self.down.bias], axis=-1)
 
 
     def _per_expert(self, x: mx.array, indices: mx.array) -> mx.array:
@@ -316,10 +378,13 @@ class GptOss(nn.Module):
     decoder: Any = None  # a model/fast.py CompiledDecoder once optimize() ran
 
     def optimize(self, compiled_decode: bool = True) -> GptOss:
-        """Fuse QKV and compile the one-token step (model/fast.py); returns self."""
+        """For inference: fuse QKV, bound prefill attention memory, compile the one-token step
+        (model/fast.py); returns self."""
         from mlx_harmony_tui.model.fast import CompiledDecoder, fuse_qkv
 
         fuse_qkv(self)
+        for layer in self.layers:
+            layer.self_attn.bounded_scores = True
         self.decoder = CompiledDecoder(self) if compiled_decode else None
         return self
 
