@@ -78,3 +78,47 @@ async def test_latency_probe_records_keys_typed_while_streaming(tmp_path, monkey
     samples = json.loads(log.read_text())
     assert len(samples) == 6
     assert all(0 <= s < 1.0 for s in samples)
+
+
+def test_freeze_point_keeps_code_fences_whole() -> None:
+    from mlx_harmony_tui.tui.widgets.messages import FREEZE_CHARS, freeze_point, safe_split
+
+    assert safe_split("a\n\nb\n\nc") == len("a\n\nb\n\n")
+    fenced = "intro\n\n```\nx = 1\n\ny = 2\n"  # the blank line inside the open fence is not a cut
+    assert safe_split(fenced) == len("intro\n\n")
+    assert safe_split("```\ncode\n\nmore") == 0
+    assert freeze_point("short\n\ntext") == 0  # under the limit: nothing moves
+    one_line = "word " * (FREEZE_CHARS // 2)  # past twice the limit with no blank line: a space will do
+    assert freeze_point(one_line) == len(one_line)
+    assert freeze_point("w" * (3 * FREEZE_CHARS)) == 0  # no place to cut at all
+
+
+async def test_long_streamed_reply_freezes_settled_blocks_and_ends_whole() -> None:
+    """While a long reply streams, settled paragraphs leave the live Markdown widget (so each write stays
+    cheap); the finished message has no live widget left, its blocks in order, and exactly the text."""
+    from textual.widgets import Markdown
+
+    from mlx_harmony_tui.tui.widgets.messages import FREEZE_CHARS, AssistantMessage
+
+    text = LONG + "\n\n```python\nprint('done')\n```\n"
+    app = HarmonyApp(backend=ScriptedBackend(simple_reply("", text, delay=0.01, chunk=40)), show_welcome=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "long please")
+        most_frozen, live_max = 0, 0
+        for _ in range(400):
+            await pilot.pause(0.02)
+            msgs = list(app.screen.query(AssistantMessage))
+            part = msgs[-1]._parts.get("final") if msgs else None
+            if part is not None and part.streaming:
+                most_frozen = max(most_frozen, len(part.frozen))
+                live_max = max(live_max, len(part.text) - part.live_from)
+            if app.handle is None:
+                break
+        await app.wait_idle(10)
+        await pilot.pause(0.1)
+        msg = app.screen.query_one(AssistantMessage)
+        assert most_frozen >= 1 and live_max < 2 * FREEZE_CHARS
+        assert msg.final_text == text and not msg.query(Markdown)  # nothing live
+        blocks = [w.content.markup for w in msg.query(".final")]  # the Rich Markdown sources
+        assert len(blocks) >= 2 and "".join(blocks) == text and "Paragraph 59 " not in blocks[0]
+        assert msg.code_blocks() == ["print('done')\n"]

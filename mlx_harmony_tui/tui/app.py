@@ -337,8 +337,9 @@ class HarmonyApp(App[None]):
             return
         self._last_text_flush = time.perf_counter()
         self._follow()
-        for channel, parts in buf:
-            await msg.write(channel, "".join(parts))
+        with self.batch_update():  # text and metrics in one layout and one frame
+            for channel, parts in buf:
+                await msg.write(channel, "".join(parts))
 
     def _follow(self) -> None:
         """Keep the newest text in view without a scroll frame per write: anchored, the conversation
