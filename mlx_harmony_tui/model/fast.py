@@ -57,27 +57,14 @@ def fuse_qkv(model: Any) -> None:
 
 
 class CompiledDecoder:
-    """The one-token forward of ``model`` as compiled graphs. Same math as the eager path (the tests compare
-    greedy outputs token for token).
-
-    Whole step (the default once the caches have room for the token): one compiled graph for the entire
-    token. The K/V write is a `slice_update` at the offset given as an array, and each layer attends over
-    its whole preallocated buffer with a mask (positions up to the offset, and within the window for
-    sliding layers), so shapes only change when a cache grows (every 256 tokens: one new trace). The cache
-    buffers go in and come back out of the graph; the caches drop their references first, so MLX updates
-    them in place (measured: the step's time does not depend on the buffer size). Otherwise (a cache must
-    grow, or the first token of an empty cache): per-layer-boundary graphs with the cache write and the
-    attention eager in between.
-    """
-
-    whole_step = True
+    """The one-token forward of ``model`` as per-layer-boundary compiled graphs. Same math as the eager
+    path (the tests compare greedy outputs token for token)."""
 
     def __init__(self, model: Any) -> None:
         self.model = model
         layers = model.layers
         self.n = len(layers)
         self._segments = [mx.compile(self._make_segment(i)) for i in range(self.n + 1)]
-        self._whole = mx.compile(self._step)
         self._sinks: dict[mx.Dtype, list[mx.array]] = {}  # per activation dtype: no per-token astype
 
     def warm_up(self) -> None:
@@ -136,54 +123,14 @@ class CompiledDecoder:
 
         return middle
 
-    def _sinks_for(self, dtype: mx.Dtype) -> list[mx.array]:
-        sinks = self._sinks.get(dtype)
-        if sinks is None:
-            sinks = self._sinks[dtype] = [layer.self_attn.sinks.astype(dtype) for layer in self.model.layers]
-            mx.eval(sinks)
-        return sinks
-
-    def _step(self, tokens: mx.array, offset: mx.array, sinks: list[mx.array], kv: list[mx.array]):
-        """The whole token: (logits, updated K/V buffers), offset an int32 array of shape (1,)."""
-        model = self.model
-        x = model.model.embed_tokens(tokens)
-        at = offset[0]
-        out_kv = []
-        for i, layer in enumerate(model.layers):
-            attn = layer.self_attn
-            q, k, v = self._qkv_rope(i, x, at)
-            keys = mx.slice_update(kv[2 * i], k, offset, (2,))
-            values = mx.slice_update(kv[2 * i + 1], v, offset, (2,))
-            pos = mx.arange(keys.shape[2])
-            valid = pos <= at
-            if attn.window is not None:
-                valid = valid & (pos > at - attn.window)
-            out = mx.fast.scaled_dot_product_attention(
-                q, keys, values, scale=attn.scale, mask=valid[None, None, None, :], sinks=sinks[i])
-            x = self._finish_layer(i, x, out)
-            out_kv += [keys, values]
-        x = model.model.norm(x)
-        logits = model.model.embed_tokens.as_linear(x) if model.config.tie_word_embeddings else model.lm_head(x)
-        return logits, out_kv
-
     def __call__(self, tokens: mx.array, cache: list[KVCache]) -> mx.array:
         """tokens (B, 1) -> logits (B, 1, vocab); appends this position to every cache."""
-        at = cache[0].offset
-        if self.whole_step and all(
-            c.keys is not None and c.values is not None and c.offset == at and at < c.keys.shape[2] for c in cache
-        ):
-            kv: list[mx.array] = []
-            for c in cache:  # hand the buffers to the graph: no other reference, so updated in place
-                kv += [c.keys, c.values]  # type: ignore[list-item]
-                c.keys = c.values = None
-            logits, out_kv = self._whole(tokens, mx.array([at], dtype=mx.int32), self._sinks_for(kv[0].dtype), kv)
-            del kv
-            for j, c in enumerate(cache):
-                c.keys, c.values, c.offset = out_kv[2 * j], out_kv[2 * j + 1], at + 1
-            return logits
-        offset = mx.array(at, dtype=mx.int32)
+        offset = mx.array(cache[0].offset, dtype=mx.int32)
         x, q, k, v = self._segments[0](tokens, offset)
-        sinks = self._sinks_for(q.dtype)
+        sinks = self._sinks.get(q.dtype)
+        if sinks is None:
+            sinks = self._sinks[q.dtype] = [layer.self_attn.sinks.astype(q.dtype) for layer in self.model.layers]
+            mx.eval(sinks)
         for i, (layer, c) in enumerate(zip(self.model.layers, cache, strict=True)):
             attn = layer.self_attn
             keys, values = c.update_and_fetch(k, v)
