@@ -270,7 +270,6 @@ class Experts(nn.Module):
         parameter, so checkpoints and training never see it)."""
         self._biases = mx.concatenate([self.gate_up.bias, self.down.bias], axis=-1)
 
-
     def _per_expert(self, x: mx.array, indices: mx.array) -> mx.array:
         N, H = x.shape
         k = indices.shape[-1]

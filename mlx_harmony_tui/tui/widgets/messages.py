@@ -1,7 +1,7 @@
 """Messages of the conversation. Assistant text is appended to a Textual Markdown widget while it
 streams (Markdown.append), so a write costs a parse of the new text into the last block, not a re-parse of
 the whole message; long replies move their settled paragraphs into frozen blocks as they go. A finished
-message is frozen into one Static holding a Rich Markdown renderable: Textual's Markdown widget is a tree
+message is frozen into Statics holding Rich Markdown renderables: Textual's Markdown widget is a tree
 of block widgets, and every layout walks all of them, so a long conversation of live Markdown widgets
 would make each streamed update slower."""
 
@@ -176,7 +176,8 @@ class AssistantMessage(Vertical):
         await self.mount(Static(text, classes="error" if error else "notice", markup=False))
 
     async def finish(self) -> None:
-        """Stop the streams and freeze each part into one cheap widget."""
+        """Freeze each streaming part's live widget into a cheap Static (the whole text again only where a
+        block was cut inside a paragraph)."""
         for channel, part in self._parts.items():
             if not part.streaming:
                 continue
