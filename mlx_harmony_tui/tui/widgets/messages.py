@@ -58,8 +58,8 @@ def safe_split(text: str, separators: tuple[str, ...] = ("\n\n",)) -> int:
 
 def freeze_point(live: str) -> int:
     """Where to freeze the live text, 0 for not yet. Past twice the limit without a blank line, a line
-    break or a space will do: that paragraph shows split in two until the message finishes and is
-    rendered whole."""
+    break or a space will do: that paragraph then shows as two (rendering a long reply whole again at the
+    end cost one frame of over half a second; the copied and saved text is the model's, unchanged)."""
     if len(live) <= FREEZE_CHARS:
         return 0
     if len(live) <= 2 * FREEZE_CHARS:
@@ -77,7 +77,6 @@ class _Part:
         self.text = ""
         self.live_from = 0  # text[live_from:] is in the live widget, the rest in `frozen`
         self.frozen: list[Static] = []
-        self.rejoin = False  # a block was cut elsewhere than at a blank line: render whole when finished
 
 
 class AssistantMessage(Vertical):
@@ -169,30 +168,23 @@ class AssistantMessage(Vertical):
             part.frozen.append(block)
             await md.parent.mount(block, before=md)  # type: ignore[union-attr]
             part.live_from += cut
-            part.rejoin = part.rejoin or not live[:cut].endswith("\n\n")
             await md.update(live[cut:])
 
     async def notice(self, text: str, error: bool = False) -> None:
         await self.mount(Static(text, classes="error" if error else "notice", markup=False))
 
     async def finish(self) -> None:
-        """Freeze each streaming part's live widget into a cheap Static (the whole text again only where a
-        block was cut inside a paragraph)."""
+        """Freeze each streaming part's live widget into a cheap Static after its frozen blocks."""
         for channel, part in self._parts.items():
             if not part.streaming:
                 continue
             part.streaming = False
-            # Blocks cut at blank lines render as the whole text would: only the live rest is rendered now
-            # (re-rendering a long reply whole cost one long frame at the end of every turn).
-            whole = part.rejoin or not part.frozen
-            frozen = frozen_markdown(part.text if whole else part.text[part.live_from :], channel)
+            frozen = frozen_markdown(part.text[part.live_from :], channel)  # only the live rest is rendered
             parent = part.widget.parent
             if parent is not None:
                 await parent.mount(frozen, before=part.widget)
-                await parent.remove_children([*part.frozen, part.widget] if whole else [part.widget])
+                await part.widget.remove()
             part.widget = frozen
-            if whole:
-                part.frozen, part.live_from = [], 0
         if self.analysis_box is not None and self.final_text and not self.user_toggled:
             self.analysis_box.collapsed = True
 
