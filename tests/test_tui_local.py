@@ -3,6 +3,8 @@ record the session, save the prompt cache on exit and restore it when the sessio
 
 from __future__ import annotations
 
+import gc
+
 from mlx_harmony_tui import paths
 from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.sessions.store import SessionStore
@@ -25,6 +27,7 @@ async def test_local_tiny_model_turn_stop_and_cache_roundtrip() -> None:
     async with app.run_test(size=SIZE) as pilot:
         await wait_loaded(pilot, app)
         assert app.backend.model_name == "tiny" and "tiny" in app.sub_title
+        assert gc.get_freeze_count() > 0  # the loaded app and model left the full collections
         app.screen.query_one(ChatInput).focus()
         await pilot.press(*"hello", "enter")
         await app.wait_idle(60)

@@ -7,6 +7,7 @@ events in one batch, so the UI never waits for the model and the model never wai
 from __future__ import annotations
 
 import copy
+import gc
 import os
 import sys
 import time
@@ -220,6 +221,13 @@ class HarmonyApp(App[None]):
         old, self.backend = self.backend, backend
         if old is not None and old is not backend:
             old.close()
+            del old
+            gc.unfreeze()  # the previous model's objects may be in the frozen generation: let them go
+            gc.collect()
+        # Python's full collections walked every object of the app and the model: 30-60 ms pauses of the
+        # UI, several per streamed reply. What exists once the model is loaded lives for the session;
+        # frozen, those pauses measured 7-15 ms (headless, tiny model).
+        gc.freeze()
         self.screen_chat.query_one("#load-bar").add_class("hidden")
         self.screen_chat.query_one(MetricsBar).set_status("ready")
         self._backend_ready()
