@@ -9,32 +9,13 @@ import sys
 import time
 
 import mlx.core as mx
+from profile_gpu import peak_of, timed  # scripts/ is on sys.path when run as a script
 
 from mlx_harmony_tui.engine.bench import build_random
 from mlx_harmony_tui.model import gpt_oss
 from mlx_harmony_tui.model.gpt_oss import Experts
 
 M = 2**20
-
-
-def peak_of(fn) -> float:
-    mx.synchronize()
-    mx.clear_cache()
-    base = mx.get_active_memory()
-    mx.reset_peak_memory()
-    mx.eval(fn())
-    mx.synchronize()
-    return (mx.get_peak_memory() - base) / M
-
-
-def timed(fn, n: int = 20) -> float:
-    mx.eval(fn())
-    mx.synchronize()
-    t = time.perf_counter()
-    for _ in range(n):
-        mx.eval(fn())
-    mx.synchronize()
-    return (time.perf_counter() - t) / n * 1000
 
 
 def main() -> None:
@@ -58,11 +39,11 @@ def main() -> None:
         print(f"moe per_expert={per_expert}: {peak_of(lambda: moe(x)):.0f} MiB", flush=True)
         for n in (8, 41, 128, 512):
             xn = x[:, :n]
-            print(f"   {n} tokens: {timed(lambda: moe(xn)):.2f} ms, {peak_of(lambda: moe(xn)):.0f} MiB", flush=True)
+            print(f"   {n} tokens: {timed(lambda: moe(xn), 20):.2f} ms, {peak_of(lambda: moe(xn)):.0f} MiB", flush=True)
     q1 = q[:, :, :1]
     for t in (512, 4096):
         kt, vt = k[:, :, :t], v[:, :, :t]
-        a = timed(lambda: sdpa(q1, kt, vt, scale=0.125, sinks=sinks))
+        a = timed(lambda: sdpa(q1, kt, vt, scale=0.125, sinks=sinks), 20)
         qg = q1.reshape(1, 8, 8, 64)
 
         def by_matmul():
@@ -71,7 +52,7 @@ def main() -> None:
             p = mx.softmax(s, axis=-1, precise=True)[..., 1:]
             return p @ vt
 
-        b = timed(by_matmul)
+        b = timed(by_matmul, 20)
         print(f"decode attention T={t}: sdpa {a:.3f} ms, matmul {b:.3f} ms", flush=True)
     Experts.per_expert_prefill = True
     for step in (512, 256):

@@ -27,6 +27,7 @@ def timed(fn, n: int = 5) -> float:
 
 def peak_of(fn) -> float:
     mx.synchronize()
+    mx.clear_cache()
     base = mx.get_active_memory()
     mx.reset_peak_memory()
     mx.eval(fn())
