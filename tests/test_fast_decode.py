@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 import numpy as np
+import pytest
 
 from mlx_harmony_tui.engine.generator import Engine, GenerationOptions
 from mlx_harmony_tui.engine.sampling import SamplingParams
@@ -78,3 +79,52 @@ def test_query_blocked_attention_matches_one_call(tiny_model_dir, monkeypatch):
     blocked = run()
     assert max(calls) == 16 and len(calls) > 2 * len(model.layers)
     np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-5)
+
+
+_CUDA = bool(getattr(mx, "cuda", None) and mx.cuda.is_available())
+
+
+def test_fused_moe_only_where_it_applies(tiny_model_dir, tmp_path, monkeypatch):
+    """The CUDA MoE kernels are chosen for MXFP4 experts on CUDA only; elsewhere (and with MHT_FUSED_MOE=0)
+    the compiled step keeps the portable MoE, and asking for the kernels where they cannot run fails loudly."""
+    from mlx_harmony_tui.model import cuda_moe, write_tiny_checkpoint
+    from mlx_harmony_tui.model.fast import CompiledDecoder
+
+    float_model, _ = load_model(tiny_model_dir)
+    mxfp4_model, _ = load_model(write_tiny_checkpoint(tmp_path / "q", layout="mlx", seed=3))
+    assert not cuda_moe.supports(float_model.layers[0].mlp)
+    assert cuda_moe.supports(mxfp4_model.layers[0].mlp)
+    assert (CompiledDecoder(mxfp4_model.optimize(compiled_decode=False)).moe is not None) == _CUDA
+    assert CompiledDecoder(float_model.optimize(compiled_decode=False)).moe is None
+    monkeypatch.setenv("MHT_FUSED_MOE", "0")
+    assert CompiledDecoder(mxfp4_model).moe is None
+    if not _CUDA:
+        with pytest.raises(ValueError, match="CUDA"):
+            CompiledDecoder(mxfp4_model, fused_moe=True)
+
+
+def test_fused_moe_matches_portable_on_cuda(tmp_path):
+    """On a CUDA machine: the kernels' one-token MoE equals the portable one, and greedy decoding agrees.
+    (CI has no GPU; scripts/check_cuda_moe.py runs the same comparison at gpt-oss-20b/120b shapes.)"""
+    if not _CUDA:
+        pytest.skip("needs CUDA")
+    from mlx_harmony_tui.model import cuda_moe, write_tiny_checkpoint
+    from mlx_harmony_tui.model.fast import CompiledDecoder
+
+    model, _ = load_model(write_tiny_checkpoint(tmp_path / "q", layout="mlx", seed=3))
+    model.optimize(compiled_decode=False)
+    layer = model.layers[0]
+    fused = cuda_moe.FusedDecodeMoE(layer.mlp)
+    x = mx.random.normal((1, 1, model.config.hidden_size), key=mx.random.key(0))
+    h = layer.post_attention_layernorm(x)
+    np.testing.assert_allclose(np.array(fused(x, h)), np.array(x + layer.mlp(h)), rtol=1e-4, atol=1e-4)
+    tokens = []
+    for fused_moe in (False, True):
+        decoder, cache = CompiledDecoder(model, fused_moe=fused_moe), model.make_cache()
+        tok = mx.argmax(model(mx.array([list(range(500, 540))]), cache, last_only=True)[:, -1], axis=-1)
+        out = []
+        for _ in range(24):
+            tok = mx.argmax(decoder(tok[:, None].astype(mx.int32), cache)[:, -1], axis=-1)
+            out.append(tok.item())
+        tokens.append(out)
+    assert tokens[0] == tokens[1]

@@ -10,6 +10,7 @@ Nothing here is backend-specific: Metal, CUDA and CPU get the same path.
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import mlx.core as mx
@@ -56,14 +57,29 @@ def fuse_qkv(model: Any) -> None:
     mx.eval(model.parameters(), [layer.mlp.experts._biases for layer in model.layers])
 
 
+def _fused_moe(layers: list[Any]) -> list[Any] | None:
+    """The CUDA kernels of model/cuda_moe.py for every layer's one-token MoE, where they apply (CUDA, MXFP4
+    experts; MHT_FUSED_MOE=0 turns them off); else None: the portable path."""
+    from mlx_harmony_tui.model import cuda_moe
+
+    if os.environ.get("MHT_FUSED_MOE", "1") == "0" or not cuda_moe.cuda_available():
+        return None
+    if not all(cuda_moe.supports(layer.mlp) for layer in layers):
+        return None
+    return [cuda_moe.FusedDecodeMoE(layer.mlp) for layer in layers]
+
+
 class CompiledDecoder:
     """The one-token forward of ``model`` as per-layer-boundary compiled graphs. Same math as the eager
     path (the tests compare greedy outputs token for token)."""
 
-    def __init__(self, model: Any) -> None:
+    def __init__(self, model: Any, fused_moe: bool | None = None) -> None:
         self.model = model
         layers = model.layers
         self.n = len(layers)
+        self.moe = _fused_moe(layers) if fused_moe is None or fused_moe else None
+        if fused_moe and self.moe is None:
+            raise ValueError("the fused MoE needs CUDA and MXFP4 experts")
         self._segments = [mx.compile(self._make_segment(i)) for i in range(self.n + 1)]
         self._sinks: dict[mx.Dtype, list[mx.array]] = {}  # per activation dtype: no per-token astype
 
@@ -94,7 +110,10 @@ class CompiledDecoder:
         layer = self.model.layers[i]
         B = x.shape[0]
         x = x + layer.self_attn.o_proj(attn_out.transpose(0, 2, 1, 3).reshape(B, 1, -1))
-        return x + layer.mlp(layer.post_attention_layernorm(x))
+        h = layer.post_attention_layernorm(x)
+        if self.moe is not None and B == 1:
+            return self.moe[i](x, h)
+        return x + layer.mlp(h)
 
     def _make_segment(self, i: int):
         """Segment i: finish layer i-1 (if any), then layer i's norm + QKV + RoPE (or the LM head at the end)."""

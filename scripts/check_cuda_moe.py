@@ -1,0 +1,138 @@
+"""GPU check of model/cuda_moe.py against the portable MoE: outputs, one-layer timings, greedy decode.
+
+Run on the GPU machine (shared/gpu.md): ``python scripts/check_cuda_moe.py --kind tiny --kind 20b``.
+Prints, per model: the largest difference of one MoE layer (fused vs portable, same inputs), the time of
+24 chained one-token MoE layers each way (compiled, like the decoder), and for a whole-model greedy decode
+after a 512-token prompt: tokens equal or not, first-step logits difference, tok/s of both decoders in
+alternation.
+"""
+
+from __future__ import annotations
+
+import argparse
+import tempfile
+import time
+from pathlib import Path
+
+import mlx.core as mx
+
+from mlx_harmony_tui.model import cuda_moe, load_model, write_tiny_checkpoint
+from mlx_harmony_tui.model.fast import CompiledDecoder
+
+
+def build(kind: str):
+    if kind == "tiny":
+        folder = Path(tempfile.mkdtemp(prefix="mht-moe-")) / "tiny"
+        model, config = load_model(write_tiny_checkpoint(folder, layout="mlx"))
+        return model.optimize(compiled_decode=False), config
+    from mlx_harmony_tui.engine import bench
+
+    if kind == "120b-2":  # two layers of gpt-oss-120b (128 experts): the kernels' E > 32 path
+        bench._REAL[kind] = {"num_hidden_layers": 2, "num_local_experts": 128}
+    model, config = bench.build_random(kind)
+    return model.optimize(compiled_decode=False), config
+
+
+def check_layer(model, chain: int = 24) -> None:
+    layer = model.layers[0]
+    moe = layer.mlp
+    H = model.config.hidden_size
+    variants = {"portable": mx.compile(lambda x, h: x + moe(h))}
+    fused = cuda_moe.FusedDecodeMoE(moe)
+    worst = 0.0
+    for seed in range(5):
+        mx.random.seed(seed)
+        x = mx.random.normal((1, 1, H))
+        h = layer.post_attention_layernorm(mx.random.normal((1, 1, H)))
+        ref = x + moe(h)
+        diff = mx.abs(ref - fused(x, h)).max().item()
+        worst = max(worst, diff / max(mx.abs(ref - x).max().item(), 1e-12))
+    print(f"  fused vs portable: worst relative difference over 5 inputs {worst:.3e}  {'OK' if worst < 1e-4 else 'MISMATCH'}")
+    variants["fused"] = mx.compile(lambda x, h: fused(x, h))
+    logits = fused._logits(h.reshape(1, H))[0]
+    act = fused.gate_up(h.reshape(H), logits)
+    variants["gate_up kernel"] = mx.compile(lambda x, h: fused.gate_up(x.reshape(H), logits)[0].reshape(1, 1, H))
+    variants["down kernel"] = mx.compile(lambda x, h: fused.down(act, logits, x.reshape(H)).reshape(1, 1, H))
+    attn = layer.self_attn
+    width = attn.n_heads * attn.head_dim
+    variants["o_proj+qkv"] = mx.compile(
+        lambda x, h: attn.qkv_proj(attn.o_proj(mx.tile(x, (1, 1, width // H + 1))[..., :width]))[..., :H])
+    x = mx.random.normal((1, 1, H))
+    h = layer.post_attention_layernorm(x)
+    for name, f in list(variants.items()) * 2:
+        for _ in range(3):
+            y = x
+            for _ in range(chain):
+                y = f(y, h)
+            mx.eval(y)
+        t0 = time.perf_counter()
+        for _ in range(10):
+            y = x
+            for _ in range(chain):
+                y = f(y, h)
+            mx.eval(y)
+        dt = (time.perf_counter() - t0) / (10 * chain)
+        print(f"  {name:14s}: {dt * 1e6:7.1f} us per call ({chain} chained)")
+
+
+def decode(model, decoder, prompt: mx.array, n: int) -> tuple[list[int], mx.array, float]:
+    cache = model.make_cache()
+    logits = model(prompt[None], cache, last_only=True)
+    tok = mx.argmax(logits[:, -1], axis=-1)
+    out: list[int] = []
+    first = None
+    mx.eval(tok)
+    t0 = time.perf_counter()
+    for _ in range(n):
+        logits = decoder(tok[:, None].astype(mx.int32), cache)
+        if first is None:
+            first = logits
+        tok = mx.argmax(logits[:, -1], axis=-1)
+        mx.async_eval(tok)
+        out.append(tok.item())
+    dt = time.perf_counter() - t0
+    return out, first, n / dt
+
+
+def check_decode(model, prompt_len: int, n: int) -> None:
+    V = model.config.vocab_size
+    prompt = mx.random.randint(0, V, (prompt_len,), key=mx.random.key(1))
+    fused = CompiledDecoder(model, fused_moe=True)
+    port = CompiledDecoder(model, fused_moe=False)
+    fused.warm_up()
+    port.warm_up()
+    res = {}
+    for name, dec in (("portable", port), ("fused", fused), ("portable", port), ("fused", fused)):
+        toks, first, tps = decode(model, dec, prompt, n)
+        prev = res.get(name)
+        res[name] = (toks, first, max(tps, prev[2]) if prev else tps)
+    (pt, pf, ptps), (ft, ff, ftps) = res["portable"], res["fused"]
+    same = sum(a == b for a, b in zip(pt, ft, strict=True))
+    ldiff = mx.abs(pf - ff).max().item()
+    print(f"  decode {n} tokens after {prompt_len}: tokens equal {same}/{n}, first logits max diff {ldiff:.3e}")
+    print(f"  tok/s portable {ptps:.1f}  fused {ftps:.1f}  ratio {ftps / ptps:.2f}x")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kind", action="append", default=[])
+    ap.add_argument("--tokens", type=int, default=64)
+    ap.add_argument("--no-decode", dest="decode", action="store_false", help="only the one-layer checks")
+    a = ap.parse_args()
+    if not cuda_moe.cuda_available():
+        raise SystemExit("needs CUDA")
+    for kind in a.kind or ["tiny"]:
+        t0 = time.perf_counter()
+        model, _ = build(kind)
+        print(f"== {kind} (built in {time.perf_counter() - t0:.0f} s), supports: {cuda_moe.supports(model.layers[0].mlp)}",
+              flush=True)
+        check_layer(model)
+        for L in (512, 4096) if kind != "tiny" else (64,):
+            if a.decode:
+                check_decode(model, L, a.tokens)
+        del model
+        mx.clear_cache()
+
+
+if __name__ == "__main__":
+    main()
