@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Tell me a long story about a lighthouse."
+STALL_LOG = ""  # --stall-log: key rounds run under scripts/stall_watch.py, which logs UI-loop stalls there
 POLL_S = 0.005  # tmux polling period while waiting for a key (each capture-pane costs CPU too)
 
 
@@ -103,7 +104,8 @@ def app_round(model: str, env: dict[str, str], cfg: Path, data: Path,
     probe = Path(tempfile.mkstemp(prefix="uilat-probe-", suffix=".json")[1])
     env = dict(env, MHT_KEY_LATENCY_LOG=str(probe)) if keys else env
     t = Term(env)
-    cmd = f"{sys.executable} -m mlx_harmony_tui --model {model} --config {cfg}"
+    launcher = f"{ROOT / 'scripts' / 'stall_watch.py'} {STALL_LOG}" if STALL_LOG and keys else "-m mlx_harmony_tui"
+    cmd = f"{sys.executable} {launcher} --model {model} --config {cfg}"
     t.tmux("new-session", "-d", "-s", "app", "-x", "120", "-y", "40", "-c", str(root), cmd)
     lat: list[float] = []
     try:
@@ -169,7 +171,10 @@ def main() -> int:
     ap.add_argument("--tokens", type=int, default=1200)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--root", type=Path, default=ROOT, help="checkout to run the app from")
+    ap.add_argument("--stall-log", default="", help="log the UI loop's stalls (> 150 ms) with stacks here")
     args = ap.parse_args()
+    global STALL_LOG
+    STALL_LOG = str(Path(args.stall_log).resolve()) if args.stall_log else ""
     if not shutil.which("tmux"):
         print("tmux is needed")
         return 1

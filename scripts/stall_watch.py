@@ -1,0 +1,65 @@
+"""Run the app with a watchdog that logs the UI thread's Python stack whenever its event loop stalls.
+
+    python scripts/stall_watch.py LOG [app arguments...]
+
+A helper thread asks the loop to stamp the time every 10 ms; when no stamp has landed for 150 ms it
+appends the main thread's stack to LOG (again every further 150 ms of the same stall), so a frozen key can
+be traced to the code that held the loop. Used by `scripts/ui_latency.py --stall-log`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import sys
+import threading
+import time
+import traceback
+
+from mlx_harmony_tui.tui.app import HarmonyApp
+
+THRESHOLD_S = 0.15
+
+
+def watch(loop: asyncio.AbstractEventLoop, log_path: str, main_id: int) -> None:
+    last = [time.monotonic()]
+
+    def stamp() -> None:
+        last[0] = time.monotonic()
+
+    reported = 0.0
+    with open(log_path, "a", encoding="utf-8") as log:
+        while not loop.is_closed():
+            try:
+                loop.call_soon_threadsafe(stamp)
+            except RuntimeError:
+                return
+            time.sleep(0.01)
+            stalled = time.monotonic() - last[0]
+            if stalled < THRESHOLD_S:
+                reported = 0.0
+                continue
+            if stalled - reported >= THRESHOLD_S:
+                reported = stalled
+                frame = sys._current_frames().get(main_id)
+                stack = "".join(traceback.format_stack(frame, limit=25)) if frame else "(no frame)\n"
+                log.write(f"--- loop stalled {stalled * 1000:.0f} ms at {time.time():.3f}\n{stack}")
+                log.flush()
+
+
+def main() -> int:
+    log_path = sys.argv.pop(1)
+    original = HarmonyApp.on_mount
+
+    def on_mount(self: HarmonyApp) -> None:
+        loop = asyncio.get_running_loop()
+        threading.Thread(target=watch, args=(loop, log_path, threading.get_ident()), daemon=True).start()
+        original(self)
+
+    HarmonyApp.on_mount = on_mount  # type: ignore[method-assign]
+    from mlx_harmony_tui.cli import main as cli_main
+
+    return cli_main()
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
