@@ -131,3 +131,20 @@ def test_a_call_to_an_undeclared_tool_is_reported_not_passed_on(app: object) -> 
     msg = undeclared.message()
     assert "'python'" in msg["content"] and "did not declare" in msg["content"] and "tool_calls" not in msg
     assert msg["reasoning_content"] == declared.message()["reasoning_content"]
+
+
+def test_streamed_retry_is_marked_and_the_reply_keeps_only_the_last_attempt():
+    """A retried attempt's text already streamed cannot be unsent: the stream says so between the attempts,
+    and the complete message (non-streaming) holds only the attempt that succeeded."""
+    from mlx_harmony_tui.chat.events import Retry, TurnFinished
+    from mlx_harmony_tui.harmony.events import Delta
+
+    for channel, key in (("final", "content"), ("analysis", "reasoning_content")):
+        rb = ReplyBuilder()
+        events = [Delta(channel, "first try "), Retry(1, "loop", "the model repeated itself"),
+                  Delta("analysis", "think"), Delta("final", "second"), TurnFinished("stop")]
+        deltas = [d for ev in events for d in rb.feed(ev)]
+        streamed = "".join(d.get(key, "") for d in deltas)
+        assert streamed.startswith("first try \n\n[retrying: the model repeated itself]\n\n")
+        assert rb.message()["content"] == "second"
+        assert rb.message()["reasoning_content"] == "think"

@@ -138,7 +138,15 @@ class ReplyBuilder:
                 call["function"]["arguments"] = arguments
             return out
         if isinstance(ev, Retry):
-            # The failed attempt's text is superseded; the complete reply holds only the last attempt.
+            # The failed attempt's text is superseded; the complete reply holds only the last attempt. A
+            # streaming client has already received that text and cannot take it back: it gets a visible
+            # notice in the same field, so the retry's text does not read as a continuation of it.
+            notice = f"\n\n[retrying: {ev.detail or ev.reason}]\n\n"
+            out: list[dict[str, Any]] = []
+            if self.content:
+                out.append({"content": notice})
+            elif self.reasoning:
+                out.append({"reasoning_content": notice, "reasoning": notice})
             self.content = ""
             self.reasoning = ""
             self._pending = ""
@@ -146,7 +154,7 @@ class ReplyBuilder:
             self._tool_index.clear()
             self._recipients.clear()
             self._undeclared.clear()
-            return []
+            return out
         if isinstance(ev, Metrics):
             if ev.final:
                 self.metrics = ev
