@@ -128,3 +128,28 @@ def test_fused_moe_matches_portable_on_cuda(tmp_path):
             out.append(tok.item())
         tokens.append(out)
     assert tokens[0] == tokens[1]
+
+
+def test_kernel_failure_at_warm_up_falls_back_to_the_portable_moe(tiny_model_dir):
+    """A MoE kernel that cannot be built (here: one that raises when traced) must not stop the model: the
+    warm-up warns and the decoder continues with the portable MoE, with the eager path's logits."""
+    from mlx_harmony_tui.model.fast import CompiledDecoder
+
+    model, _ = load_model(tiny_model_dir)
+    model.optimize(compiled_decode=False)
+
+    def broken(x: mx.array, h: mx.array) -> mx.array:
+        raise RuntimeError("nvrtc: compilation failed")
+
+    decoder = CompiledDecoder(model, fused_moe=False)
+    decoder.moe = [broken] * len(model.layers)
+    decoder._segments = [mx.compile(decoder._make_segment(i)) for i in range(decoder.n + 1)]
+    with pytest.warns(RuntimeWarning, match="portable MoE: nvrtc"):
+        decoder.warm_up()
+    assert decoder.moe is None
+    tokens = mx.array([[5, 6, 7, 8]], dtype=mx.int32)
+    reference = model(tokens)
+    cache = model.make_cache()
+    model(tokens[:, :3], cache=cache)
+    got = decoder(tokens[:, 3:], cache)
+    np.testing.assert_allclose(np.array(got[:, 0]), np.array(reference[:, 3]), rtol=1e-4, atol=1e-4)

@@ -5,12 +5,14 @@ token of gpt-oss-20b is ~1,300 small operations, so mlx-lm's decode is bound by 
 bandwidth. Here a token costs one compiled graph per layer boundary (o_proj, residuals, norms, router, top-k,
 the two expert matmuls, SwiGLU and the next layer's QKV + RoPE, fused by ``mx.compile``) plus a few eager
 ops per layer for the KV-cache write and the attention itself, whose key length changes every token.
-Nothing here is backend-specific: Metal, CUDA and CPU get the same path.
+All of that is backend-neutral; on CUDA with MXFP4 experts the MoE inside the graph is model/cuda_moe.py's
+two kernels instead (falling back to the portable MoE if they cannot be built).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from typing import Any
 
 import mlx.core as mx
@@ -59,10 +61,10 @@ def fuse_qkv(model: Any) -> None:
 
 def _fused_moe(layers: list[Any]) -> list[Any] | None:
     """The CUDA kernels of model/cuda_moe.py for every layer's one-token MoE, where they apply (CUDA, MXFP4
-    experts; MHT_FUSED_MOE=0 turns them off); else None: the portable path."""
+    experts); else None: the portable path."""
     from mlx_harmony_tui.model import cuda_moe
 
-    if os.environ.get("MHT_FUSED_MOE", "1") == "0" or not cuda_moe.cuda_available():
+    if not cuda_moe.cuda_available():
         return None
     if not all(cuda_moe.supports(layer.mlp) for layer in layers):
         return None
@@ -74,19 +76,31 @@ class CompiledDecoder:
     path (the tests compare greedy outputs token for token)."""
 
     def __init__(self, model: Any, fused_moe: bool | None = None) -> None:
+        """``fused_moe``: None = the CUDA MoE kernels where they apply unless MHT_FUSED_MOE=0; True = them
+        or a ValueError; False = the portable MoE."""
         self.model = model
         layers = model.layers
         self.n = len(layers)
-        self.moe = _fused_moe(layers) if fused_moe is None or fused_moe else None
+        want = os.environ.get("MHT_FUSED_MOE", "1") != "0" if fused_moe is None else fused_moe
+        self.moe = _fused_moe(layers) if want else None
         if fused_moe and self.moe is None:
             raise ValueError("the fused MoE needs CUDA and MXFP4 experts")
         self._segments = [mx.compile(self._make_segment(i)) for i in range(self.n + 1)]
         self._sinks: dict[mx.Dtype, list[mx.array]] = {}  # per activation dtype: no per-token astype
 
     def warm_up(self) -> None:
-        """Trace the compiled graphs now (on a scratch cache), not during the user's first token."""
-        cache = self.model.make_cache()
-        mx.eval(self(mx.zeros((1, 1), dtype=mx.int32), cache))
+        """Trace the compiled graphs now (on a scratch cache), not during the user's first token. If the
+        CUDA MoE kernels fail to build or run here (a driver or dtype they were not tried with), warn and
+        continue on the portable MoE rather than fail the model load."""
+        try:
+            mx.eval(self(mx.zeros((1, 1), dtype=mx.int32), self.model.make_cache()))
+        except Exception as e:
+            if self.moe is None:
+                raise
+            warnings.warn(f"CUDA MoE kernels unavailable, using the portable MoE: {e}", RuntimeWarning, stacklevel=2)
+            self.moe = None
+            self._segments = [mx.compile(self._make_segment(i)) for i in range(self.n + 1)]
+            mx.eval(self(mx.zeros((1, 1), dtype=mx.int32), self.model.make_cache()))
 
     def _qkv_rope(self, i: int, x: mx.array, offset: mx.array) -> tuple[mx.array, mx.array, mx.array]:
         layer = self.model.layers[i]
