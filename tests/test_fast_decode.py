@@ -81,6 +81,36 @@ def test_query_blocked_attention_matches_one_call(tiny_model_dir, monkeypatch):
     np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-5)
 
 
+def test_cpu_attention_blocks_see_only_their_keys(tiny_model_dir, monkeypatch):
+    """On the CPU a long chunk's attention runs in blocks of QUERY_BLOCK queries over only the keys they
+    can see (up to the diagonal; from the window on sliding layers); the logits are the one-call ones."""
+    from mlx_harmony_tui.model import gpt_oss
+
+    if not gpt_oss._cpu_backend():
+        pytest.skip("CPU backend only")
+    tokens = mx.array([list(range(3000, 3300))], dtype=mx.int32)
+
+    def run(optimize: bool) -> np.ndarray:
+        model, _ = load_model(tiny_model_dir)
+        if optimize:
+            model.optimize(compiled_decode=False)
+        cache = model.make_cache()
+        first = model(tokens[:, :170], cache=cache)
+        rest = model(tokens[:, 170:], cache=cache)
+        return np.array(mx.concatenate([first, rest], axis=1))
+
+    whole = run(False)
+    keys = []
+    real = mx.fast.scaled_dot_product_attention
+    monkeypatch.setattr(mx.fast, "scaled_dot_product_attention",
+                        lambda *a, **k: keys.append((a[0].shape[2], a[1].shape[2])) or real(*a, **k))
+    blocked = run(True)
+    assert max(q for q, _ in keys) == gpt_oss.QUERY_BLOCK
+    last = 170 % gpt_oss.QUERY_BLOCK
+    assert (last, last + 7) in keys  # a sliding layer's last block of the first chunk: its rows + window - 1 keys
+    np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-5)
+
+
 _CUDA = bool(getattr(mx, "cuda", None) and mx.cuda.is_available())
 
 

@@ -92,12 +92,14 @@ class Attention(nn.Module):
             keep = self.window - 1 + L
             if k.shape[2] > keep:
                 k, v = k[..., -keep:, :], v[..., -keep:, :]
-        out = _attend(q, k, v, self.scale, mask, self.sinks.astype(q.dtype), self.bounded_scores)
+        out = _attend(q, k, v, self.scale, mask, self.sinks.astype(q.dtype), self.bounded_scores, self.window)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
 # Bytes of attention scores one unfused attention call may materialize (see _attend).
 SCORES_BUDGET = 1 << 26
+# Query rows per block where the CPU computes attention in blocks (see _attend).
+QUERY_BLOCK = 64
 
 
 def _fused_attention(dtype: mx.Dtype) -> bool:
@@ -109,31 +111,51 @@ def _fused_attention(dtype: mx.Dtype) -> bool:
     return bool(getattr(mx, "cuda", None) and mx.cuda.is_available() and dtype in (mx.float16, mx.bfloat16))
 
 
+def _cpu_backend() -> bool:
+    return not mx.metal.is_available() and not (getattr(mx, "cuda", None) and mx.cuda.is_available())
+
+
 def _attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: Mask, sinks: mx.array,
-            bounded: bool = False) -> mx.array:
-    """sdpa; when `bounded`, split into query blocks, each evaluated before the next is built, where the
-    backend would materialize more than SCORES_BUDGET bytes of scores. A 512-token chunk over 4096 keys
-    with 64 heads is 0.5 GB of float32 scores, plus probabilities and mask, per layer: that set the peak
-    memory of a long prefill on CUDA. Blocks only queued together stay in memory together (measured:
-    scripts/probe_memory.py), hence the eval, which also makes this path unusable under mx.grad/compile:
-    only inference (GptOss.optimize) turns it on."""
+            bounded: bool = False, window: int | None = None) -> mx.array:
+    """sdpa, or (when `bounded`, i.e. inference, on a backend that materializes the scores) the same in
+    query blocks, each over only the keys its queries can see.
+
+    Memory: a 512-token chunk over 4096 keys with 64 heads is 0.5 GB of float32 scores, plus probabilities
+    and mask, per layer: that set the peak memory of a long prefill on CUDA. Blocks of at most
+    SCORES_BUDGET bytes, each evaluated before the next is built (blocks only queued together stay in memory
+    together: scripts/probe_memory.py); the eval also makes this unusable under mx.grad/compile.
+    Work (CPU, where it was measured): the unfused path computes every masked score too, and its exp is
+    most of a prefill there; blocks of QUERY_BLOCK rows stop at the diagonal (causal) and start at the
+    window (sliding layers), about half the scores of a 512-token chunk on full layers and a quarter on
+    sliding ones."""
     B, H, L, _ = q.shape
     T = k.shape[2]
     per_row = B * H * T * q.dtype.size
-    if not bounded or L == 1 or L * per_row <= SCORES_BUDGET or _fused_attention(q.dtype):
+    over_budget = L * per_row > SCORES_BUDGET
+    if not bounded or L == 1 or _fused_attention(q.dtype):
+        over_budget = False
+    rows = L
+    if over_budget:
+        rows = max(16, SCORES_BUDGET // per_row)
+    if bounded and L > 1 and _cpu_backend():
+        rows = min(rows, QUERY_BLOCK)
+    if rows >= L:
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask, sinks=sinks)
-    rows = max(16, SCORES_BUDGET // per_row)
     outs = []
     for s in range(0, L, rows):
         e = min(L, s + rows)
-        if isinstance(mask, str):  # "causal": queries aligned to the end of the keys
-            end = T - L + e
-            part = mx.fast.scaled_dot_product_attention(
-                q[:, :, s:e], k[:, :, :end], v[:, :, :end], scale=scale, mask=mask, sinks=sinks)
-        else:
-            part = mx.fast.scaled_dot_product_attention(
-                q[:, :, s:e], k, v, scale=scale, mask=None if mask is None else mask[..., s:e, :], sinks=sinks)
-        mx.eval(part)
+        hi = T - L + e  # queries are aligned to the end of the keys: the last key block e's rows can see
+        if isinstance(mask, str) or mask is None:  # "causal": bottom-right aligned over keys[:hi]
+            lo, part_mask = 0, mask
+        else:  # an array mask (sliding window): rows s..e see no key before their window
+            lo = max(0, hi - (e - s) - window + 1) if window is not None else 0
+            part_mask = mask[..., s:e, lo:hi]
+        if mask is None:
+            hi = T
+        part = mx.fast.scaled_dot_product_attention(
+            q[:, :, s:e], k[:, :, lo:hi], v[:, :, lo:hi], scale=scale, mask=part_mask, sinks=sinks)
+        if over_budget:
+            mx.eval(part)
         outs.append(part)
     return mx.concatenate(outs, axis=2)
 
