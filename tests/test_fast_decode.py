@@ -9,6 +9,7 @@ import pytest
 from mlx_harmony_tui.engine.generator import Engine, GenerationOptions
 from mlx_harmony_tui.engine.sampling import SamplingParams
 from mlx_harmony_tui.model import load_model
+from mlx_harmony_tui.model.cuda_moe import cuda_available
 
 
 def _greedy(path, optimize: bool, prompt: list[int], n: int) -> tuple[list[int], list[int]]:
@@ -111,7 +112,7 @@ def test_cpu_attention_blocks_see_only_their_keys(tiny_model_dir, monkeypatch):
     np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-5)
 
 
-_CUDA = bool(getattr(mx, "cuda", None) and mx.cuda.is_available())
+_CUDA = cuda_available()
 
 
 def test_fused_moe_only_where_it_applies(tiny_model_dir, tmp_path, monkeypatch):

@@ -180,6 +180,7 @@ def _kernels() -> tuple[Any, Any]:
 
 
 def cuda_available() -> bool:
+    """Whether MLX runs on a CUDA GPU here (the CPU-only and Metal builds have no usable mx.cuda)."""
     return bool(getattr(mx, "cuda", None) and mx.cuda.is_available())
 
 

@@ -18,6 +18,7 @@ import numpy as np
 
 from mlx_harmony_tui.model.cache import KVCache
 from mlx_harmony_tui.model.config import FULL, SLIDING, ModelConfig, QuantSpec
+from mlx_harmony_tui.model.cuda_moe import cuda_available
 
 Mask = mx.array | str | None
 
@@ -108,11 +109,11 @@ def _fused_attention(dtype: mx.Dtype) -> bool:
     matmul + softmax + matmul."""
     if mx.metal.is_available():
         return True
-    return bool(getattr(mx, "cuda", None) and mx.cuda.is_available() and dtype in (mx.float16, mx.bfloat16))
+    return cuda_available() and dtype in (mx.float16, mx.bfloat16)
 
 
 def _cpu_backend() -> bool:
-    return not mx.metal.is_available() and not (getattr(mx, "cuda", None) and mx.cuda.is_available())
+    return not mx.metal.is_available() and not cuda_available()
 
 
 def _attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: Mask, sinks: mx.array,
@@ -249,7 +250,7 @@ class Experts(nn.Module):
     # 41 and 6.8 vs 1.4 ms at 8 (every expert's matmul runs on at least 64 padded rows). It costs one host
     # sync per layer and chunk (the per-expert counts). Off on Metal and CPU, where gather_qmm on sorted rows
     # is the tuned path and this was not measured.
-    per_expert_prefill: bool = bool(getattr(mx, "cuda", None) and mx.cuda.is_available())
+    per_expert_prefill: bool = cuda_available()
 
     def __init__(self, config: ModelConfig, gate_up_quant: QuantSpec | None, down_quant: QuantSpec | None) -> None:
         super().__init__()
