@@ -56,6 +56,37 @@ def main() -> int:
         original(self)
 
     HarmonyApp.on_mount = on_mount  # type: ignore[method-assign]
+    flush = HarmonyApp._flush_text
+
+    async def timed_flush(self: HarmonyApp) -> None:
+        """Text writes hold a batch_update, during which no frame reaches the terminal: log the long ones."""
+        t0 = time.monotonic()
+        await flush(self)
+        took = time.monotonic() - t0
+        if took >= 0.1:
+            with open(log_path, "a", encoding="utf-8") as log:
+                log.write(f"--- text write (frames held) {took * 1000:.0f} ms at {time.time():.3f}\n")
+
+    HarmonyApp._flush_text = timed_flush  # type: ignore[method-assign]
+    begin, end = HarmonyApp._begin_batch, HarmonyApp._end_batch
+    opened: list[tuple[float, str]] = []
+
+    def begin_batch(self: HarmonyApp) -> None:
+        if not self._batch_count:
+            opened[:] = [(time.monotonic(), "".join(traceback.format_stack(limit=12)))]
+        begin(self)
+
+    def end_batch(self: HarmonyApp) -> None:
+        end(self)
+        if not self._batch_count and opened:
+            t0, stack = opened.pop()
+            took = time.monotonic() - t0
+            if took >= 0.1:
+                with open(log_path, "a", encoding="utf-8") as log:
+                    log.write(f"--- batch_update held frames {took * 1000:.0f} ms at {time.time():.3f}, opened at\n{stack}")
+
+    HarmonyApp._begin_batch = begin_batch  # type: ignore[method-assign]
+    HarmonyApp._end_batch = end_batch  # type: ignore[method-assign]
     from mlx_harmony_tui.cli import main as cli_main
 
     return cli_main()

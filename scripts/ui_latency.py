@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 PROMPT = "Tell me a long story about a lighthouse."
+QUEUED: list[float] = []  # the probe's key event -> key handled part, over all key rounds
 STALL_LOG = ""  # --stall-log: key rounds run under scripts/stall_watch.py, which logs UI-loop stalls there
 POLL_S = 0.005  # tmux polling period while waiting for a key (each capture-pane costs CPU too)
 
@@ -132,9 +133,12 @@ def app_round(model: str, env: dict[str, str], cfg: Path, data: Path,
     newest = max((data / "sessions").glob("*.json"), key=lambda p: p.stat().st_mtime)
     msgs = json.loads(newest.read_text())["messages"]
     tps = [m["metrics"]["decode_tps"] for m in msgs if (m.get("metrics") or {}).get("decode_tps")]
-    inproc = json.loads(probe.read_text() or "[]") if keys else []
+    doc = json.loads(probe.read_text() or "[]") if keys else []
     probe.unlink(missing_ok=True)
-    return float(tps[-1]), lat, inproc
+    if isinstance(doc, list):  # an older version: frames only
+        doc = {"frames": doc, "queued": []}
+    QUEUED.extend(doc.get("queued", []))
+    return float(tps[-1]), lat, doc.get("frames", [])
 
 
 def type_while_streaming(t: Term) -> list[float]:
@@ -202,6 +206,7 @@ def main() -> int:
     print(f"app / headless:         {a / h * 100:.1f}%  (target >= 97%)")
     print(f"key-to-screen in tmux (5 ms polling): {percentiles(lats)}")
     print(f"key-to-frame in-process (probe):     {percentiles(inproc)}")
+    print(f"  of which event -> key handled:      {percentiles(QUEUED)}")
     shutil.rmtree(home, ignore_errors=True)
     return 0
 

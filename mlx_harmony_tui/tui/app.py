@@ -348,6 +348,11 @@ class HarmonyApp(App[None]):
         with self.batch_update():  # text and metrics in one layout and one frame
             for channel, parts in buf:
                 await msg.write(channel, "".join(parts))
+        # A screen update tick that lands inside a batch (ours, or Markdown.append's around its mounts) is
+        # skipped and pauses the screen's update timer until the screen next goes idle, which in a busy
+        # stream can be a second later: a key typed meanwhile is handled but not drawn (measured: 0.5-1 s
+        # outliers in scripts/ui_latency.py). Prompting the screen now resumes it at once.
+        self.screen.check_idle()
 
     def _follow(self) -> None:
         """Keep the newest text in view without a scroll frame per write: anchored, the conversation

@@ -18,7 +18,8 @@ class LatencyProbe:
     def __init__(self, path: str | Path) -> None:
         self.path = Path(path)
         self.pending: list[float] = []  # event times of keys applied but not yet on screen
-        self.samples: list[float] = []
+        self.samples: list[float] = []  # key event -> frame written
+        self.queued: list[float] = []  # key event -> handled by the input widget (the part spent waiting)
 
     @classmethod
     def from_env(cls) -> LatencyProbe | None:
@@ -27,6 +28,7 @@ class LatencyProbe:
 
     def key_applied(self, event_time: float) -> None:
         self.pending.append(event_time)
+        self.queued.append(time.monotonic() - event_time)
 
     def frame_written(self) -> None:
         if self.pending:
@@ -35,4 +37,4 @@ class LatencyProbe:
             self.pending.clear()
 
     def save(self) -> None:
-        self.path.write_text(json.dumps(self.samples))
+        self.path.write_text(json.dumps({"frames": self.samples, "queued": self.queued}))
