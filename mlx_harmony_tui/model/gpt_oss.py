@@ -132,27 +132,24 @@ def _attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: Mask, sin
     B, H, L, _ = q.shape
     T = k.shape[2]
     per_row = B * H * T * q.dtype.size
-    over_budget = L * per_row > SCORES_BUDGET
-    if not bounded or L == 1 or _fused_attention(q.dtype):
-        over_budget = False
-    rows = L
-    if over_budget:
-        rows = max(16, SCORES_BUDGET // per_row)
-    if bounded and L > 1 and _cpu_backend():
+    unfused = bounded and L > 1 and not _fused_attention(q.dtype)
+    over_budget = unfused and L * per_row > SCORES_BUDGET
+    rows = max(16, SCORES_BUDGET // per_row) if over_budget else L
+    if unfused and _cpu_backend():
         rows = min(rows, QUERY_BLOCK)
     if rows >= L:
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask, sinks=sinks)
     outs = []
     for s in range(0, L, rows):
         e = min(L, s + rows)
-        hi = T - L + e  # queries are aligned to the end of the keys: the last key block e's rows can see
-        if isinstance(mask, str) or mask is None:  # "causal": bottom-right aligned over keys[:hi]
-            lo, part_mask = 0, mask
-        else:  # an array mask (sliding window): rows s..e see no key before their window
+        if mask is None:
+            lo, hi, part_mask = 0, T, None
+        elif isinstance(mask, str):  # "causal", aligned to the end of the keys: rows s..e see keys[:hi]
+            lo, hi, part_mask = 0, T - L + e, mask
+        else:  # the sliding-window mask: rows s..e see nothing before the first row's window
+            hi = T - L + e
             lo = max(0, hi - (e - s) - window + 1) if window is not None else 0
             part_mask = mask[..., s:e, lo:hi]
-        if mask is None:
-            hi = T
         part = mx.fast.scaled_dot_product_attention(
             q[:, :, s:e], k[:, :, lo:hi], v[:, :, lo:hi], scale=scale, mask=part_mask, sinks=sinks)
         if over_budget:
