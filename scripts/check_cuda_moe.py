@@ -1,10 +1,11 @@
-"""GPU check of model/cuda_moe.py against the portable MoE: outputs, one-layer timings, greedy decode.
+"""GPU check of model/cuda_moe.py and model/cuda_matvec.py against MLX's own kernels: outputs, timings,
+greedy decode.
 
 Run on the GPU machine (shared/gpu.md): ``python scripts/check_cuda_moe.py --kind tiny --kind 20b``.
 Prints, per model: the largest difference of one MoE layer (fused vs portable, same inputs), the time of
 24 chained one-token MoE layers each way (compiled, like the decoder), and for a whole-model greedy decode
 after a 512-token prompt: tokens equal or not, first-step logits difference, tok/s of both decoders in
-alternation.
+alternation ("portable": MLX's kernels only).
 """
 
 from __future__ import annotations
@@ -32,6 +33,34 @@ def build(kind: str, dtype: str = "float32"):
         bench._REAL[kind] = {"num_hidden_layers": 2, "num_local_experts": 128}
     model, config = bench.build_random(kind, dtype=dtype)
     return model.optimize(compiled_decode=False), config
+
+
+def check_matvec(model) -> None:
+    """model/cuda_matvec.py against MLX's quantized_matmul (+ bias) on QKV, o_proj and the LM head."""
+    from mlx_harmony_tui.model import cuda_matvec
+
+    attn = model.layers[0].self_attn
+    for name, mod in (("qkv_proj", attn.qkv_proj), ("o_proj", attn.o_proj), ("lm_head", model.lm_head)):
+        if not cuda_matvec.supports(mod):
+            print(f"  matvec {name}: not supported ({type(mod).__name__})")
+            continue
+        mv = cuda_matvec.DecodeMatvec(mod)
+        x = mx.random.normal((1, 1, mv.d)).astype(model.lm_head.scales.dtype)
+        ref, got = mod(x), mv(x)
+        bad = [mx.isnan(a).sum().item() for a in (ref, got)]
+        if any(bad):
+            print(f"  matvec {name}: NaN in MLX's output: {bad[0]}, in the kernel's: {bad[1]} of {ref.size}")
+        err = (mx.abs(ref - got).max() / mx.abs(ref).max()).astype(mx.float32).item()
+        tol = 1e-4 if x.dtype == mx.float32 else 3e-2
+        f_mlx, f_mv = mx.compile(lambda x, mod=mod: mod(x)), mx.compile(lambda x, mv=mv: mv(x))
+        times = {}
+        for label, f in (("mlx", f_mlx), ("kernel", f_mv)) * 2:
+            mx.eval([f(x) for _ in range(8)])
+            t0 = time.perf_counter()
+            mx.eval([f(x) for _ in range(64)])
+            times[label] = (time.perf_counter() - t0) / 64
+        print(f"  matvec {name} {mv.n}x{mv.d}: relative difference {err:.2e} {'OK' if err < tol else 'MISMATCH'}; "
+              f"mlx {times['mlx'] * 1e6:.1f} us, kernel {times['kernel'] * 1e6:.1f} us (64 unchained calls)")
 
 
 def check_layer(model, chain: int = 24) -> None:
@@ -102,7 +131,7 @@ def check_decode(model, prompt_len: int, n: int) -> None:
     V = model.config.vocab_size
     prompt = mx.random.randint(0, V, (prompt_len,), key=mx.random.key(1))
     fused = CompiledDecoder(model, fused_moe=True)
-    port = CompiledDecoder(model, fused_moe=False)
+    port = CompiledDecoder(model, fused_moe=False, matvec=False)
     fused.warm_up()
     port.warm_up()
     res = {}
@@ -132,6 +161,7 @@ def main() -> None:
         print(f"== {kind} (built in {time.perf_counter() - t0:.0f} s), supports: {cuda_moe.supports(model.layers[0].mlp)}",
               flush=True)
         check_layer(model)
+        check_matvec(model)
         for L in (512, 4096) if kind != "tiny" else (64,):
             if a.decode:
                 check_decode(model, L, a.tokens)

@@ -161,23 +161,29 @@ def test_fused_moe_matches_portable_on_cuda(tmp_path):
     assert tokens[0] == tokens[1]
 
 
-def test_kernel_failure_at_warm_up_falls_back_to_the_portable_moe(tiny_model_dir):
-    """A MoE kernel that cannot be built (here: one that raises when traced) must not stop the model: the
-    warm-up warns and the decoder continues with the portable MoE, with the eager path's logits."""
+@pytest.mark.parametrize("which", ["moe", "matvec"])
+def test_kernel_failure_at_warm_up_falls_back_to_mlx_kernels(tiny_model_dir, which):
+    """A CUDA kernel that cannot be built (here: one that raises when traced), of the MoE or of the 8-bit
+    matvec, must not stop the model: the warm-up warns and the decoder continues on MLX's own kernels, with
+    the eager path's logits."""
     from mlx_harmony_tui.model.fast import CompiledDecoder
 
     model, _ = load_model(tiny_model_dir)
     model.optimize(compiled_decode=False)
 
-    def broken(x: mx.array, h: mx.array) -> mx.array:
+    def broken(*args: mx.array) -> mx.array:
         raise RuntimeError("nvrtc: compilation failed")
 
     decoder = CompiledDecoder(model, fused_moe=False)
-    decoder.moe = [broken] * len(model.layers)
+    if which == "moe":
+        decoder.moe = [broken] * len(model.layers)
+    else:
+        broken.d = model.config.hidden_size  # type: ignore[attr-defined]
+        decoder.matvec = {id(layer.self_attn.qkv_proj): broken for layer in model.layers}
     decoder._segments = [mx.compile(decoder._make_segment(i)) for i in range(decoder.n + 1)]
-    with pytest.warns(RuntimeWarning, match="portable MoE: nvrtc"):
+    with pytest.warns(RuntimeWarning, match="using MLX's: nvrtc"):
         decoder.warm_up()
-    assert decoder.moe is None
+    assert decoder.moe is None and decoder.matvec == {}
     tokens = mx.array([[5, 6, 7, 8]], dtype=mx.int32)
     reference = model(tokens)
     cache = model.make_cache()

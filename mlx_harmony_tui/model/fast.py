@@ -5,8 +5,9 @@ token of gpt-oss-20b is ~1,300 small operations, so mlx-lm's decode is bound by 
 bandwidth. Here a token costs one compiled graph per layer boundary (o_proj, residuals, norms, router, top-k,
 the two expert matmuls, SwiGLU and the next layer's QKV + RoPE, fused by ``mx.compile``) plus a few eager
 ops per layer for the KV-cache write and the attention itself, whose key length changes every token.
-All of that is backend-neutral; on CUDA with MXFP4 experts the MoE inside the graph is model/cuda_moe.py's
-two kernels instead (falling back to the portable MoE if they cannot be built).
+All of that is backend-neutral; on CUDA the MXFP4 MoE inside the graph is model/cuda_moe.py's two kernels
+and the 8-bit QKV, o_proj and LM head are model/cuda_matvec.py's (falling back to MLX's own kernels if
+they cannot be built).
 """
 
 from __future__ import annotations
@@ -71,13 +72,27 @@ def _fused_moe(layers: list[Any]) -> list[Any] | None:
     return [cuda_moe.FusedDecodeMoE(layer.mlp) for layer in layers]
 
 
+def _matvecs(model: Any) -> dict[int, Any]:
+    """model/cuda_matvec.py's kernel for each one-token QKV, o_proj and LM-head matmul it applies to (CUDA,
+    affine 8-bit), keyed by the module's id; empty elsewhere or with MHT_CUDA_MATVEC=0."""
+    from mlx_harmony_tui.model import cuda_matvec, cuda_moe
+
+    if os.environ.get("MHT_CUDA_MATVEC", "1") == "0" or not cuda_moe.cuda_available():
+        return {}
+    mods = [m for layer in model.layers for m in (layer.self_attn.get("qkv_proj"), layer.self_attn.o_proj)]
+    if not model.config.tie_word_embeddings:
+        mods.append(model.lm_head)
+    return {id(m): cuda_matvec.DecodeMatvec(m) for m in mods if m is not None and cuda_matvec.supports(m)}
+
+
 class CompiledDecoder:
     """The one-token forward of ``model`` as per-layer-boundary compiled graphs. Same math as the eager
     path (the tests compare greedy outputs token for token)."""
 
-    def __init__(self, model: Any, fused_moe: bool | None = None) -> None:
+    def __init__(self, model: Any, fused_moe: bool | None = None, matvec: bool = True) -> None:
         """``fused_moe``: None = the CUDA MoE kernels where they apply unless MHT_FUSED_MOE=0; True = them
-        or a ValueError; False = the portable MoE."""
+        or a ValueError; False = the portable MoE. ``matvec``: the CUDA 8-bit matvec where it applies
+        (unless MHT_CUDA_MATVEC=0), or MLX's quantized_matmul."""
         self.model = model
         layers = model.layers
         self.n = len(layers)
@@ -85,6 +100,7 @@ class CompiledDecoder:
         self.moe = _fused_moe(layers) if want else None
         if fused_moe and self.moe is None:
             raise ValueError("the fused MoE needs CUDA and MXFP4 experts")
+        self.matvec = _matvecs(model) if matvec else {}
         self._segments = [mx.compile(self._make_segment(i)) for i in range(self.n + 1)]
         self._sinks: dict[mx.Dtype, list[mx.array]] = {}  # per activation dtype: no per-token astype
 
@@ -95,12 +111,17 @@ class CompiledDecoder:
         try:
             mx.eval(self(mx.zeros((1, 1), dtype=mx.int32), self.model.make_cache()))
         except Exception as e:
-            if self.moe is None:
+            if self.moe is None and not self.matvec:
                 raise
-            warnings.warn(f"CUDA MoE kernels unavailable, using the portable MoE: {e}", RuntimeWarning, stacklevel=2)
-            self.moe = None
+            warnings.warn(f"CUDA decode kernels unavailable, using MLX's: {e}", RuntimeWarning, stacklevel=2)
+            self.moe, self.matvec = None, {}
             self._segments = [mx.compile(self._make_segment(i)) for i in range(self.n + 1)]
             mx.eval(self(mx.zeros((1, 1), dtype=mx.int32), self.model.make_cache()))
+
+    def _linear(self, mod: Any, x: mx.array) -> mx.array:
+        """``mod(x)``, through the CUDA matvec kernel where it applies to a one-token batch."""
+        mv = self.matvec.get(id(mod))
+        return mv(x) if mv is not None and x.size == mv.d else mod(x)
 
     def _qkv_rope(self, i: int, x: mx.array, offset: mx.array) -> tuple[mx.array, mx.array, mx.array]:
         layer = self.model.layers[i]
@@ -111,7 +132,7 @@ class CompiledDecoder:
         nq, nkv = attn.n_heads, attn.n_kv
         if "qkv_proj" in attn:
             # One RoPE over all q, k and v heads (one kernel instead of two; v's rotated copy is unused).
-            y = attn.qkv_proj(h).reshape(B, 1, nq + 2 * nkv, -1).transpose(0, 2, 1, 3)
+            y = self._linear(attn.qkv_proj, h).reshape(B, 1, nq + 2 * nkv, -1).transpose(0, 2, 1, 3)
             r = mx.fast.rope(y, **rope)
             return r[:, :nq], r[:, nq : nq + nkv], y[:, nq + nkv :]
         q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
@@ -123,7 +144,7 @@ class CompiledDecoder:
     def _finish_layer(self, i: int, x: mx.array, attn_out: mx.array) -> mx.array:
         layer = self.model.layers[i]
         B = x.shape[0]
-        x = x + layer.self_attn.o_proj(attn_out.transpose(0, 2, 1, 3).reshape(B, 1, -1))
+        x = x + self._linear(layer.self_attn.o_proj, attn_out.transpose(0, 2, 1, 3).reshape(B, 1, -1))
         h = layer.post_attention_layernorm(x)
         if self.moe is not None and B == 1:
             return self.moe[i](x, h)
@@ -146,7 +167,7 @@ class CompiledDecoder:
                 x = model.model.norm(self._finish_layer(i - 1, x, attn_out))
                 if model.config.tie_word_embeddings:
                     return model.model.embed_tokens.as_linear(x)
-                return model.lm_head(x)
+                return self._linear(model.lm_head, x)
 
             return last
 

@@ -1,0 +1,97 @@
+"""Where a decoded token's time goes on the GPU: kernel durations (ncu) against the token's wall time.
+
+    python scripts/profile_decode.py --kind 20b                       # wall time per token
+    ncu --profile-from-start off --metrics gpu__time_duration.sum --csv \
+        python scripts/profile_decode.py --kind 20b --profile > ncu.csv  # every kernel of 2 tokens
+    python scripts/profile_decode.py --summarize ncu.csv              # sum by kernel name
+
+If the kernels' summed durations are well under the wall time, decode is bound by launches/host work,
+not by the kernels; otherwise the biggest kernels are the ones to make faster.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import ctypes
+import time
+from collections import defaultdict
+
+
+def _cudart():
+    for name in ("libcudart.so", "libcudart.so.13", "libcudart.so.12"):
+        try:
+            return ctypes.CDLL(name)
+        except OSError:
+            continue
+    import glob
+    import os
+    import sys
+
+    for base in sys.path:
+        for lib in glob.glob(os.path.join(base, "nvidia", "**", "libcudart.so*"), recursive=True):
+            return ctypes.CDLL(lib)
+    raise SystemExit("libcudart not found")
+
+
+def summarize(path: str) -> None:
+    rows = []
+    with open(path) as f:
+        lines = [ln for ln in f if ln.startswith('"')]
+    for r in csv.DictReader(lines):
+        if r.get("Metric Name") == "gpu__time_duration.sum":
+            rows.append((r["Kernel Name"], float(r["Metric Value"].replace(",", ""))))
+    by: dict[str, list[float]] = defaultdict(list)
+    for name, ns in rows:
+        by[name[:90]].append(ns)
+    total = sum(ns for _, ns in rows)
+    print(f"{len(rows)} kernels, {total / 1e3:.1f} us in all")
+    for name, v in sorted(by.items(), key=lambda kv: -sum(kv[1])):
+        print(f"{sum(v) / 1e3:9.1f} us  {len(v):4d} x {sum(v) / len(v) / 1e3:7.2f} us  {name}")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--kind", default="20b")
+    ap.add_argument("--prompt", type=int, default=512)
+    ap.add_argument("--tokens", type=int, default=2, help="tokens decoded while profiling")
+    ap.add_argument("--profile", action="store_true", help="bracket the profiled tokens for ncu")
+    ap.add_argument("--summarize")
+    a = ap.parse_args()
+    if a.summarize:
+        return summarize(a.summarize)
+    import mlx.core as mx
+
+    from mlx_harmony_tui.engine import bench
+
+    model, config = bench.build_random(a.kind)
+    model = model.optimize()  # the compiled one-token step, as the engine uses it
+    cache = model.make_cache()
+    prompt = mx.random.randint(0, config.vocab_size, (1, a.prompt), key=mx.random.key(1))
+    logits = model(prompt, cache, last_only=True)
+    tok = mx.argmax(logits[:, -1], axis=-1)
+    mx.eval(tok)
+    step = model
+
+    def run(n: int) -> float:
+        nonlocal tok
+        t0 = time.perf_counter()
+        for _ in range(n):
+            tok = mx.argmax(step(tok[:, None].astype(mx.int32), cache)[:, -1], axis=-1)
+            mx.eval(tok)
+        return (time.perf_counter() - t0) / n
+
+    run(16)
+    per = run(64)
+    print(f"{a.kind}: {per * 1e3:.3f} ms per token with a sync per token ({1 / per:.1f} tok/s)", flush=True)
+    if a.profile:
+        rt = _cudart()
+        mx.synchronize()
+        rt.cudaProfilerStart()
+        run(a.tokens)
+        mx.synchronize()
+        rt.cudaProfilerStop()
+
+
+if __name__ == "__main__":
+    main()
