@@ -36,23 +36,34 @@ def build(kind: str, dtype: str = "float32"):
 
 
 def check_matvec(model) -> None:
-    """model/cuda_matvec.py against MLX's quantized_matmul (+ bias) on QKV, o_proj and the LM head."""
+    """model/cuda_matvec.py against the dequantized float matmul (+ bias) on QKV, o_proj and the LM head, and
+    its time against MLX's quantized_matmul."""
     from mlx_harmony_tui.model import cuda_matvec
 
-    attn = model.layers[0].self_attn
-    for name, mod in (("qkv_proj", attn.qkv_proj), ("o_proj", attn.o_proj), ("lm_head", model.lm_head)):
+    layer = model.layers[0]
+    attn = layer.self_attn
+    cases = (("qkv_proj+norm", attn.qkv_proj, layer.input_layernorm, False), ("o_proj+residual", attn.o_proj, None, True),
+             ("lm_head+norm", model.lm_head, model.model.norm, False))
+    for name, mod, norm, with_res in cases:
         if not cuda_matvec.supports(mod):
             print(f"  matvec {name}: not supported ({type(mod).__name__})")
             continue
         mv = cuda_matvec.DecodeMatvec(mod)
         x = mx.random.normal((1, 1, mv.d)).astype(model.lm_head.scales.dtype)
-        ref, got = mod(x), mv(x)
-        bad = [mx.isnan(a).sum().item() for a in (ref, got)]
+        res = mx.random.normal((1, 1, mv.n)).astype(x.dtype) if with_res else None
+        xin = norm(x) if norm is not None else x
+        w = mx.dequantize(mod.weight, mod.scales, mod.biases, group_size=mod.group_size, bits=mod.bits)
+        ref = xin.astype(mx.float32) @ w.astype(mx.float32).T + (mod.bias if "bias" in mod else 0)
+        if res is not None:
+            ref = ref + res
+        mlx_out, got = mod(xin), mv(x, norm=norm, residual=res)
+        bad = [mx.isnan(a).sum().item() for a in (mlx_out, got)]
         if any(bad):
             print(f"  matvec {name}: NaN in MLX's output: {bad[0]}, in the kernel's: {bad[1]} of {ref.size}")
         err = (mx.abs(ref - got).max() / mx.abs(ref).max()).astype(mx.float32).item()
         tol = 1e-4 if x.dtype == mx.float32 else 3e-2
-        f_mlx, f_mv = mx.compile(lambda x, mod=mod: mod(x)), mx.compile(lambda x, mv=mv: mv(x))
+        f_mlx = mx.compile(lambda x, mod=mod: mod(x))
+        f_mv = mx.compile(lambda x, mv=mv, n=norm, r=res: mv(x, norm=n, residual=r))
         times = {}
         for label, f in (("mlx", f_mlx), ("kernel", f_mv)) * 2:
             mx.eval([f(x) for _ in range(8)])

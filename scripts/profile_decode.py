@@ -1,7 +1,7 @@
 """Where a decoded token's time goes on the GPU: kernel durations (ncu) against the token's wall time.
 
     python scripts/profile_decode.py --kind 20b                       # wall time per token
-    ncu --profile-from-start off --metrics gpu__time_duration.sum --csv \
+    ncu --profile-from-start off --metrics gpu__time_duration.sum --csv --print-units base \
         python scripts/profile_decode.py --kind 20b --profile > ncu.csv  # every kernel of 2 tokens
     python scripts/profile_decode.py --summarize ncu.csv              # sum by kernel name
 
@@ -18,20 +18,11 @@ import time
 from collections import defaultdict
 
 
-def _cudart():
-    for name in ("libcudart.so", "libcudart.so.13", "libcudart.so.12"):
-        try:
-            return ctypes.CDLL(name)
-        except OSError:
-            continue
-    import glob
-    import os
-    import sys
-
-    for base in sys.path:
-        for lib in glob.glob(os.path.join(base, "nvidia", "**", "libcudart.so*"), recursive=True):
-            return ctypes.CDLL(lib)
-    raise SystemExit("libcudart not found")
+def _profiler() -> tuple[object, object]:
+    """cuProfilerStart/Stop of the CUDA driver (the runtime's cudaProfilerStart of a separately loaded
+    libcudart does not reach MLX's context: ncu then profiles nothing)."""
+    lib = ctypes.CDLL("libcuda.so.1")
+    return lib.cuProfilerStart, lib.cuProfilerStop
 
 
 def summarize(path: str) -> None:
@@ -81,16 +72,32 @@ def main() -> None:
             mx.eval(tok)
         return (time.perf_counter() - t0) / n
 
+    def pipelined(n: int) -> float:
+        """As the engine decodes: the next token's graph is queued before the previous one is read."""
+        nonlocal tok
+        t0 = time.perf_counter()
+        prev = None
+        for _ in range(n):
+            tok = mx.argmax(step(tok[:, None].astype(mx.int32), cache)[:, -1], axis=-1)
+            mx.async_eval(tok)
+            if prev is not None:
+                prev.item()
+            prev = tok
+        tok.item()
+        return (time.perf_counter() - t0) / n
+
     run(16)
     per = run(64)
-    print(f"{a.kind}: {per * 1e3:.3f} ms per token with a sync per token ({1 / per:.1f} tok/s)", flush=True)
+    pipe = pipelined(64)
+    print(f"{a.kind}: {per * 1e3:.3f} ms per token with a sync per token ({1 / per:.1f} tok/s), "
+          f"{pipe * 1e3:.3f} ms pipelined ({1 / pipe:.1f} tok/s)", flush=True)
     if a.profile:
-        rt = _cudart()
+        start, stop = _profiler()
         mx.synchronize()
-        rt.cudaProfilerStart()
+        start()
         run(a.tokens)
         mx.synchronize()
-        rt.cudaProfilerStop()
+        stop()
 
 
 if __name__ == "__main__":

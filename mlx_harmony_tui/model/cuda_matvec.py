@@ -1,4 +1,5 @@
-"""One-token affine 8-bit ``QuantizedLinear`` (with its bias) as one custom CUDA kernel (CUDA only).
+"""One-token affine 8-bit ``QuantizedLinear`` (with its bias, and the RMSNorm before it or the residual add
+after it) as one custom CUDA kernel (CUDA only).
 
 A decoded token multiplies one activation row by the QKV, o_proj and LM-head weights. MLX's 8-bit
 ``quantized_matmul`` reads them at ~0.6 TB/s on an H200 with float32 scales (the LM head, 579 MB, took
@@ -17,14 +18,35 @@ import mlx.core as mx
 import mlx.nn as nn
 
 # Inputs: x (D) activations, w (N, D/4) uint32 (four uint8 per word, low byte first), scales and biases
-# (N, D/GS), bias (N) (zeros when the layer has none). A warp computes R rows; each lane reads 16 bytes
+# (N, D/GS), bias (N) (zeros when the layer has none); with NORM, x is first RMS-normalized with weight nw
+# and eps (the RMSNorm before QKV or the LM head), with RES the residual res (N) is added to the output
+# (o_proj's x + o_proj(a)), each rounded as the separate MLX ops round. A warp computes R rows; each lane reads 16 bytes
 # (16 weights, inside one group) per row at a time, its four float4 of activations in an order rotated by
 # lane so the lanes' shared-memory reads spread over the banks.
 _SOURCE = r"""
   __shared__ __align__(16) float xs[D];
-  for (int i = threadIdx.x; i < D; i += blockDim.x) xs[i] = static_cast<float>(x[i]);
-  __syncthreads();
   const int lane = threadIdx.x & 31;
+  if (NORM) {  // every block normalizes the (small) input itself: one kernel fewer per layer
+    __shared__ float part[32];
+    float ss = 0.f;
+    for (int i = threadIdx.x; i < D; i += blockDim.x) {
+      const float v = static_cast<float>(x[i]);
+      xs[i] = v;
+      ss += v * v;
+    }
+    #pragma unroll
+    for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
+    if (lane == 0) part[threadIdx.x >> 5] = ss;
+    __syncthreads();
+    float tot = 0.f;
+    for (int i = 0; i < (int)(blockDim.x >> 5); ++i) tot += part[i];
+    const float inv = rsqrtf(tot / D + eps[0]);
+    for (int i = threadIdx.x; i < D; i += blockDim.x)
+      xs[i] = static_cast<float>(static_cast<T>(static_cast<float>(nw[i]) * (xs[i] * inv)));
+  } else {
+    for (int i = threadIdx.x; i < D; i += blockDim.x) xs[i] = static_cast<float>(x[i]);
+  }
+  __syncthreads();
   const int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
   if (n0 >= N) return;
   constexpr int NC = D / 16;
@@ -65,7 +87,11 @@ _SOURCE = r"""
     float v = acc[r];
     #pragma unroll
     for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
-    if (lane == r) y[n0 + r] = static_cast<T>(v + static_cast<float>(bias[n0 + r]));
+    if (lane == r) {
+      v = v + static_cast<float>(bias[n0 + r]);
+      if (RES) v = static_cast<float>(res[n0 + r]) + static_cast<float>(static_cast<T>(v));
+      y[n0 + r] = static_cast<T>(v);
+    }
   }
 """
 
@@ -95,7 +121,8 @@ class DecodeMatvec:
         global _kernel
         if _kernel is None:
             _kernel = mx.fast.cuda_kernel(
-                name="mht_q8_matvec", input_names=["x", "w", "scales", "biases", "bias"], output_names=["y"],
+                name="mht_q8_matvec", input_names=["x", "w", "scales", "biases", "bias", "nw", "eps", "res"],
+                output_names=["y"],
                 source=_SOURCE,
             )
         self.layer = layer
@@ -105,11 +132,16 @@ class DecodeMatvec:
         self.bias = bias if bias is not None else mx.zeros((self.n,), dtype=layer.scales.dtype)
         mx.eval(self.bias)
 
-    def __call__(self, x: mx.array) -> mx.array:
+    def __call__(self, x: mx.array, norm: Any = None, residual: mx.array | None = None) -> mx.array:
+        """``layer(norm(x))`` (+ ``residual``): ``norm`` an nn.RMSNorm applied first, in the same kernel."""
         lay = self.layer
+        one = self.bias[:1]
+        nw, eps = (norm.weight, mx.array([norm.eps], dtype=mx.float32)) if norm is not None else (one, one)
+        res = residual.reshape(self.n) if residual is not None else one
         (y,) = _kernel(
-            inputs=[x.reshape(self.d), lay.weight, lay.scales, lay.biases, self.bias],
-            template=[("T", x.dtype), ("N", self.n), ("D", self.d), ("R", _ROWS), ("GS", lay.group_size)],
+            inputs=[x.reshape(self.d), lay.weight, lay.scales, lay.biases, self.bias, nw, eps, res],
+            template=[("T", x.dtype), ("N", self.n), ("D", self.d), ("R", _ROWS), ("GS", lay.group_size),
+                      ("NORM", int(norm is not None)), ("RES", int(residual is not None))],
             grid=(self.n // _ROWS * 32, 1, 1), threadgroup=(32 * _WARPS, 1, 1), output_shapes=[(self.n,)],
             output_dtypes=[x.dtype],
         )

@@ -118,23 +118,28 @@ class CompiledDecoder:
             self._segments = [mx.compile(self._make_segment(i)) for i in range(self.n + 1)]
             mx.eval(self(mx.zeros((1, 1), dtype=mx.int32), self.model.make_cache()))
 
-    def _linear(self, mod: Any, x: mx.array) -> mx.array:
-        """``mod(x)``, through the CUDA matvec kernel where it applies to a one-token batch."""
+    def _linear(self, mod: Any, x: mx.array, norm: Any = None, residual: mx.array | None = None) -> mx.array:
+        """``residual + mod(norm(x))`` (each part optional), as one CUDA matvec kernel where it applies to a
+        one-token batch."""
         mv = self.matvec.get(id(mod))
-        return mv(x) if mv is not None and x.size == mv.d else mod(x)
+        if mv is not None and x.size == mv.d:
+            return mv(x, norm=norm, residual=residual)
+        y = mod(norm(x) if norm is not None else x)
+        return y if residual is None else residual + y
 
     def _qkv_rope(self, i: int, x: mx.array, offset: mx.array) -> tuple[mx.array, mx.array, mx.array]:
         layer = self.model.layers[i]
         attn = layer.self_attn
-        h = layer.input_layernorm(x)
         B = x.shape[0]
         rope = dict(dims=attn.head_dim, traditional=False, base=None, scale=1.0, offset=offset, freqs=attn._freqs)
         nq, nkv = attn.n_heads, attn.n_kv
         if "qkv_proj" in attn:
             # One RoPE over all q, k and v heads (one kernel instead of two; v's rotated copy is unused).
-            y = self._linear(attn.qkv_proj, h).reshape(B, 1, nq + 2 * nkv, -1).transpose(0, 2, 1, 3)
+            y = self._linear(attn.qkv_proj, x, norm=layer.input_layernorm)
+            y = y.reshape(B, 1, nq + 2 * nkv, -1).transpose(0, 2, 1, 3)
             r = mx.fast.rope(y, **rope)
             return r[:, :nq], r[:, nq : nq + nkv], y[:, nq + nkv :]
+        h = layer.input_layernorm(x)
         q, k, v = attn.q_proj(h), attn.k_proj(h), attn.v_proj(h)
         q = q.reshape(B, 1, nq, -1).transpose(0, 2, 1, 3)
         k = k.reshape(B, 1, nkv, -1).transpose(0, 2, 1, 3)
@@ -144,7 +149,7 @@ class CompiledDecoder:
     def _finish_layer(self, i: int, x: mx.array, attn_out: mx.array) -> mx.array:
         layer = self.model.layers[i]
         B = x.shape[0]
-        x = x + self._linear(layer.self_attn.o_proj, attn_out.transpose(0, 2, 1, 3).reshape(B, 1, -1))
+        x = self._linear(layer.self_attn.o_proj, attn_out.transpose(0, 2, 1, 3).reshape(B, 1, -1), residual=x)
         h = layer.post_attention_layernorm(x)
         if self.moe is not None and B == 1:
             return self.moe[i](x, h)
@@ -164,10 +169,10 @@ class CompiledDecoder:
         if i == self.n:
 
             def last(x: mx.array, attn_out: mx.array):
-                x = model.model.norm(self._finish_layer(i - 1, x, attn_out))
+                x = self._finish_layer(i - 1, x, attn_out)
                 if model.config.tie_word_embeddings:
-                    return model.model.embed_tokens.as_linear(x)
-                return self._linear(model.lm_head, x)
+                    return model.model.embed_tokens.as_linear(model.model.norm(x))
+                return self._linear(model.lm_head, x, norm=model.model.norm)
 
             return last
 
