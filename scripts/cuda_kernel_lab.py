@@ -1,14 +1,17 @@
 """GPU lab for the decode matrix-vector kernels: how fast can a one-token layer read its weights?
 
 Run on the GPU machine (shared/gpu.md): ``python scripts/cuda_kernel_lab.py``. Builds 24 layers of random
-gpt-oss-20b-shaped weights (so the chain does not run out of the L2 cache, as the real decode does not) and
+gpt-oss-20b-shaped weights (so the chain cannot run from the L2 cache, as the real decode cannot) and
 times, per layer (24 chained calls, best of several rounds):
 
 - ``launch``: an almost empty custom kernel (the floor of one kernel in the chain);
 - ``read``: a plain 16-byte-load read of the 4 experts' bytes (what bandwidth a kernel can reach here);
-- the MoE kernels of model/cuda_moe.py (v1) and candidate rewrites (v2: 16-byte loads, several rows per
-  warp, rotated shared-memory reads), checked against v1's outputs;
-- MLX's 8-bit ``quantized_matmul`` for QKV and o_proj against a custom 8-bit affine matvec (with the bias).
+- the one-token MoE kernels: v1 (the first model/cuda_moe.py: shared-memory e2m1 table, 4-byte loads, a row
+  per warp), v2 (16-byte loads, R rows per warp, lane-rotated shared-memory reads) and v3 (v2 without the
+  table; down reads its activations from L1): v3 is what model/cuda_moe.py runs now (gate_up R=2 x 8 warps,
+  down R=4 x 4 warps), each checked against v1's outputs;
+- MLX's 8-bit ``quantized_matmul`` for QKV, o_proj and the LM head against the 8-bit affine matvec of
+  model/cuda_matvec.py (with the bias; R rows x warps swept).
 """
 
 from __future__ import annotations
@@ -18,12 +21,150 @@ import time
 
 import mlx.core as mx
 
-from mlx_harmony_tui.model import cuda_moe
-
 H, I, E, K, LAYERS = 2880, 2880, 32, 4, 24  # noqa: E741
 QKV, O_IN, VOCAB = 5120, 4096, 201088
 
-_V2_HEADER = cuda_moe._HEADER + r"""
+# The first version of model/cuda_moe.py (third session): a shared-memory e2m1 table, 4-byte loads, one
+# row per warp; kept here as the baseline of the rewrites below.
+_V1_HEADER = r"""
+// Top-k experts of one token and their softmax weights; every lane of the warp gets the same result.
+template <int E, int K, typename L, typename B>
+__device__ __forceinline__ void mht_route(const L* logits, const B* rbias, int lane, int* idx, float* wts) {
+  constexpr int PER = (E + 31) / 32;
+  float v[PER];
+  #pragma unroll
+  for (int p = 0; p < PER; ++p) {
+    int e = lane + 32 * p;
+    v[p] = e < E ? static_cast<float>(logits[e]) + static_cast<float>(rbias[e]) : -INFINITY;
+  }
+  #pragma unroll
+  for (int k = 0; k < K; ++k) {
+    float best = -INFINITY;
+    int bi = E;
+    #pragma unroll
+    for (int p = 0; p < PER; ++p) {
+      int e = lane + 32 * p;
+      if (e < E && (v[p] > best || (v[p] == best && e < bi))) { best = v[p]; bi = e; }
+    }
+    #pragma unroll
+    for (int off = 16; off > 0; off >>= 1) {
+      float ob = __shfl_xor_sync(0xffffffffu, best, off);
+      int oi = __shfl_xor_sync(0xffffffffu, bi, off);
+      if (ob > best || (ob == best && oi < bi)) { best = ob; bi = oi; }
+    }
+    if (bi >= E) bi = 0;  // only for NaN logits
+    idx[k] = bi;
+    wts[k] = best;
+    #pragma unroll
+    for (int p = 0; p < PER; ++p) {
+      if (lane + 32 * p == bi) v[p] = -INFINITY;
+    }
+  }
+  float m = wts[0], sum = 0.f;
+  #pragma unroll
+  for (int k = 0; k < K; ++k) { wts[k] = __expf(wts[k] - m); sum += wts[k]; }
+  #pragma unroll
+  for (int k = 0; k < K; ++k) wts[k] /= sum;
+}
+
+// Eight e2m1 values of one packed word times eight activations.
+__device__ __forceinline__ float mht_fp4x8(uint32_t q, const float* lut, float4 a, float4 b) {
+  return lut[q & 15u] * a.x + lut[(q >> 4) & 15u] * a.y + lut[(q >> 8) & 15u] * a.z
+      + lut[(q >> 12) & 15u] * a.w + lut[(q >> 16) & 15u] * b.x + lut[(q >> 20) & 15u] * b.y
+      + lut[(q >> 24) & 15u] * b.z + lut[(q >> 28) & 15u] * b.w;
+}
+
+__device__ __forceinline__ float mht_e8m0(uint8_t s) {
+  return exp2f(static_cast<float>(s) - 127.f);
+}
+
+__device__ __forceinline__ float mht_warp_sum(float v) {
+  #pragma unroll
+  for (int off = 16; off > 0; off >>= 1) v += __shfl_xor_sync(0xffffffffu, v, off);
+  return v;
+}
+"""
+
+_V1_LUT = r"""
+  __shared__ float lut[16];
+  if (threadIdx.x < 16) {
+    const float fp4[16] = {0.f, .5f, 1.f, 1.5f, 2.f, 3.f, 4.f, 6.f, -0.f, -.5f, -1.f, -1.5f, -2.f, -3.f, -4.f, -6.f};
+    lut[threadIdx.x] = fp4[threadIdx.x];
+  }
+"""
+
+_GATE_UP_V1 = _V1_LUT + r"""
+  __shared__ __align__(16) float xs[H];
+  for (int i = threadIdx.x; i < H; i += blockDim.x) xs[i] = static_cast<float>(h[i]);
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  if (warp >= K * I) return;
+  const int slot = warp / I, j = warp % I;
+  int idx[K];
+  float wts[K];
+  mht_route<E, K>(logits, rbias, lane, idx, wts);
+  const int e = idx[slot];
+  constexpr int NW = H / 8;
+  const uint32_t* wg = w + ((size_t)e * 2 * I + j) * NW;
+  const uint32_t* wu = w + ((size_t)e * 2 * I + I + j) * NW;
+  const uint8_t* sg = s + ((size_t)e * 2 * I + j) * (H / 32);
+  const uint8_t* su = s + ((size_t)e * 2 * I + I + j) * (H / 32);
+  const float4* x4 = reinterpret_cast<const float4*>(xs);
+  float g = 0.f, u = 0.f;
+  #pragma unroll 4
+  for (int wd = lane; wd < NW; wd += 32) {
+    float4 a = x4[2 * wd], b4 = x4[2 * wd + 1];
+    g += mht_fp4x8(wg[wd], lut, a, b4) * mht_e8m0(sg[wd >> 2]);
+    u += mht_fp4x8(wu[wd], lut, a, b4) * mht_e8m0(su[wd >> 2]);
+  }
+  g = mht_warp_sum(g);
+  u = mht_warp_sum(u);
+  if (lane == 0) {
+    g = static_cast<float>(static_cast<T>(g + static_cast<float>(b[(size_t)e * 2 * I + j])));
+    u = static_cast<float>(static_cast<T>(u + static_cast<float>(b[(size_t)e * 2 * I + I + j])));
+    const float alpha = static_cast<float>(al[0]), limit = static_cast<float>(al[1]);
+    g = fminf(g, limit);
+    u = fminf(fmaxf(u, -limit), limit);
+    act[slot * I + j] = static_cast<T>((u + 1.f) * (g / (1.f + __expf(-alpha * g))));
+  }
+"""
+
+_DOWN_V1 = _V1_LUT + r"""
+  __shared__ __align__(16) float acts[K * I];
+  for (int i = threadIdx.x; i < K * I; i += blockDim.x) acts[i] = static_cast<float>(act[i]);
+  __syncthreads();
+  const int lane = threadIdx.x & 31;
+  const int o = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  if (o >= H) return;
+  int idx[K];
+  float wts[K];
+  mht_route<E, K>(logits, rbias, lane, idx, wts);
+  constexpr int NW = I / 8;
+  float acc[K];
+  #pragma unroll
+  for (int k = 0; k < K; ++k) acc[k] = 0.f;
+  const float4* a4 = reinterpret_cast<const float4*>(acts);
+  #pragma unroll 2
+  for (int wd = lane; wd < NW; wd += 32) {
+    #pragma unroll
+    for (int k = 0; k < K; ++k) {
+      const size_t row = (size_t)idx[k] * H + o;
+      float4 a = a4[(k * I) / 4 + 2 * wd], b4 = a4[(k * I) / 4 + 2 * wd + 1];
+      acc[k] += mht_fp4x8(w[row * NW + wd], lut, a, b4) * mht_e8m0(s[row * (I / 32) + (wd >> 2)]);
+    }
+  }
+  float y = 0.f;
+  #pragma unroll
+  for (int k = 0; k < K; ++k) {
+    float d = mht_warp_sum(acc[k]);
+    d = static_cast<float>(static_cast<T>(d + static_cast<float>(b[(size_t)idx[k] * H + o])));
+    y += wts[k] * d;
+  }
+  if (lane == 0) out[o] = static_cast<T>(static_cast<float>(x[o]) + y);
+"""
+
+_V2_HEADER = _V1_HEADER + r"""
 __device__ __forceinline__ uint32_t mht_word(uint4 q, int i) {
   return i == 0 ? q.x : (i == 1 ? q.y : (i == 2 ? q.z : q.w));
 }
@@ -47,7 +188,7 @@ __device__ __forceinline__ float mht_fp4x8h(uint32_t q, float4 a, float4 b) {
 """
 
 # v2 gate_up: warp = R consecutive j (gate and up rows) of one slot; 16-byte loads (one scale group each).
-_GATE_UP_V2 = cuda_moe._LUT_INIT + r"""
+_GATE_UP_V2 = _V1_LUT + r"""
   __shared__ __align__(16) float xs[H];
   for (int i = threadIdx.x; i < H; i += blockDim.x) xs[i] = static_cast<float>(h[i]);
   const int lane = threadIdx.x & 31;
@@ -112,7 +253,7 @@ _GATE_UP_V2 = cuda_moe._LUT_INIT + r"""
 """
 
 # v2 down: warp = R consecutive outputs over all K experts; 16-byte loads; activations in shared memory.
-_DOWN_V2 = cuda_moe._LUT_INIT + r"""
+_DOWN_V2 = _V1_LUT + r"""
   __shared__ __align__(16) float acts[K * I];
   for (int i = threadIdx.x; i < K * I; i += blockDim.x) acts[i] = static_cast<float>(act[i]);
   const int lane = threadIdx.x & 31;
@@ -354,7 +495,12 @@ def main() -> None:
     moe_bytes = K * (2 * I * H // 2 + 2 * I * H // 32 + H * I // 2 + H * I // 32)
     print(f"== MoE, 20b shapes, {a.dtype}: {moe_bytes / 1e6:.1f} MB of expert bytes per token and layer", flush=True)
     tmpl = [("T", dt), ("H", H), ("I", I), ("E", E), ("K", K)]
-    gate_up1, down1 = cuda_moe._kernels()
+    gate_up1 = mx.fast.cuda_kernel(
+        name="lab_gate_up1", input_names=["h", "logits", "rbias", "w", "s", "b", "al"], output_names=["act"],
+        source=_GATE_UP_V1, header=_V1_HEADER)
+    down1 = mx.fast.cuda_kernel(
+        name="lab_down1", input_names=["act", "logits", "rbias", "w", "s", "b", "x"], output_names=["out"],
+        source=_DOWN_V1, header=_V1_HEADER)
 
     launch = mx.fast.cuda_kernel(name="lab_launch", input_names=["inp"], output_names=["out"], source=_LAUNCH)
     one = mx.zeros((1,), dtype=mx.float32)
