@@ -154,3 +154,43 @@ async def test_a_write_after_a_skipped_screen_tick_still_reaches_the_screen(monk
         await asyncio.sleep(0.3)
         assert frames, "the write never reached a frame"
         app.current = None
+
+
+async def test_typing_defers_streamed_text_writes_but_not_for_long(monkeypatch) -> None:
+    """Input first: while keys arrive, the streamed text waits (a write is a layout that would delay the
+    key's frame), but never longer than TEXT_MAX_DEFER_S; once typing stops, writes resume at their pace."""
+    import time
+
+    from mlx_harmony_tui.tui import app as app_mod
+
+    app = HarmonyApp(backend=ScriptedBackend(simple_reply("", LONG, delay=0.02, chunk=10)), show_welcome=False)
+    async with app.run_test(size=SIZE) as pilot:
+        await send(pilot, "long please")
+        await pilot.pause(0.3)
+        writes: list[float] = []
+        flush = app._flush_text
+
+        async def recorded() -> None:
+            if app._text_buf:
+                writes.append(time.perf_counter())
+            await flush()
+
+        monkeypatch.setattr(app, "_flush_text", recorded)
+        box = app.screen.query_one(ChatInput)
+        box.focus()
+        t0 = time.perf_counter()
+        while time.perf_counter() - t0 < 1.5:  # a key every ~50 ms for 1.5 s
+            assert app.generating
+            await pilot.press("x")
+            await pilot.pause(0.05)
+        typing = [w for w in writes if w >= t0]
+        writes.clear()
+        await pilot.pause(1.0)  # no keys
+        idle = list(writes)
+        assert app.generating
+        app.action_stop()
+        await app.wait_idle(10)
+    gaps = [b - a for a, b in zip([t0, *typing], typing, strict=False)]
+    assert 1 <= len(typing) <= 4, typing  # 5 a second without the deferral
+    assert max(gaps) < app_mod.TEXT_MAX_DEFER_S + 0.5
+    assert len(idle) >= 3  # back to ~5 writes a second
