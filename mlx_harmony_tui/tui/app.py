@@ -44,11 +44,6 @@ from mlx_harmony_tui.tui.widgets.tool_log import ToolLog
 
 PUMP_HZ = 25  # how often the UI drains the turn's queue
 TEXT_FLUSH_S = float(os.environ.get("MHT_TEXT_FLUSH_S", "0.2"))  # streamed text is written at most this often
-# While the user types, streamed text waits until no key came for KEY_QUIET_S (but never longer than
-# TEXT_MAX_DEFER_S since the last write): a text write is a layout of ~20-40 ms on a slow machine, and a key
-# pressed during one is drawn only after it (the p95 of scripts/ui_latency.py's key-to-frame times).
-KEY_QUIET_S = float(os.environ.get("MHT_KEY_QUIET_S", "0.15"))
-TEXT_MAX_DEFER_S = 0.6
 # The model thread's per-token Python needs the GIL back as soon as MLX returns; with Python's default 5 ms
 # it waits out a whole slice of UI work each time. 1 ms measured the best balance of tok/s and key latency.
 GIL_SWITCH_S = float(os.environ.get("MHT_GIL_SWITCH_S", "0.001"))
@@ -111,7 +106,6 @@ class HarmonyApp(App[None]):
         self._turn_started_at = 0.0
         self._text_buf: list[tuple[str, list[str]]] = []
         self._last_text_flush = 0.0
-        self._last_key = 0.0  # perf_counter() of the last key typed into the message box
         self._live_metrics: ev.Metrics | None = None  # the newest live figures, not yet shown
         self._settings_dirty = False
         self.pump_count = 0  # batches applied (measured by scripts/ui_latency.py)
@@ -337,15 +331,8 @@ class HarmonyApp(App[None]):
                 continue
             await self._flush_text()
             await self.apply_one(e)
-        now = time.perf_counter()
-        since = now - self._last_text_flush
-        typing = now - self._last_key < KEY_QUIET_S and since < TEXT_MAX_DEFER_S
-        if final or (since >= TEXT_FLUSH_S and not typing):
+        if final or time.perf_counter() - self._last_text_flush >= TEXT_FLUSH_S:
             await self._flush_text()
-
-    def note_key(self) -> None:
-        """The message box got a key: streamed text writes wait a moment (KEY_QUIET_S), input first."""
-        self._last_key = time.perf_counter()
 
     async def _flush_text(self) -> None:
         """Write the buffered text and the latest live metrics in the same tick, so they share a frame."""

@@ -21,9 +21,6 @@ class ChatInput(TextArea):
         super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus", **kwargs)  # type: ignore[arg-type]
 
     async def _on_key(self, event: events.Key) -> None:
-        note_key = getattr(self.app, "note_key", None)
-        if note_key is not None:
-            note_key()
         if event.key == "enter":
             event.stop()
             event.prevent_default()
