@@ -87,3 +87,30 @@ def test_tui_command_saves_theme_to_config(tmp_path: Path) -> None:
     assert app._theme_name == "harmony-dusk" and app._keymap == {"chat.regenerate": "ctrl+b"}
     app._on_theme_change("harmony-paper")
     assert load_config(cfg_file)[0].theme == "harmony-paper"
+
+
+async def test_welcome_and_help_show_the_config_file_in_use(tmp_path: Path) -> None:
+    """With --config the app says that file is the config, not the default location it did not read."""
+    import argparse
+
+    from textual.widgets import Static
+
+    from mlx_harmony_tui import paths
+    from mlx_harmony_tui.tui.app import welcome_text
+    from mlx_harmony_tui.tui.command import build_app, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    cfg_file = tmp_path / "mine.toml"
+    cfg_file.write_text("garbage\n")  # invalid: the app still starts, on defaults, and names this file
+    app = build_app(parser.parse_args(["tui", "--config", str(cfg_file), "--model", "demo"]))
+    assert app.config_file == cfg_file and any(str(cfg_file) in n for n in app.startup_notes)
+    assert f"Config:   {cfg_file}" in welcome_text("demo", app.config_file)
+    assert str(paths.config_file()) in welcome_text("demo")
+    app.backend = None
+    app.loader = lambda *_: (_ for _ in ()).throw(RuntimeError("no model in this test"))
+    async with app.run_test(size=(100, 30)) as pilot:
+        await pilot.press("f1")
+        await pilot.pause(0.2)
+        texts = [str(s.render()) for s in app.screen.query(Static)]
+        assert any(f"Config: {cfg_file}" in t for t in texts)

@@ -56,11 +56,11 @@ def default_loader(model: str, progress: Callable[[float, str], None]) -> Backen
     return LocalBackend.load(model, progress=progress)
 
 
-def welcome_text(model: str) -> str:
+def welcome_text(model: str, config_file: Path | None = None) -> str:
     return (
         f"Model: {model}\n"
         f"Sessions: {paths.sessions_dir()}\n"
-        f"Config:   {paths.config_file()}\n"
+        f"Config:   {config_file or paths.config_file()}\n"
         "To chat with gpt-oss-20b: start with --model PATH (a folder with config.json and *.safetensors),\n"
         "or set  model = \"PATH\"  in the config file, or pick one with ctrl+o.\n"
         "Enter sends, shift+enter / ctrl+j adds a line, esc stops, F1 lists every key."
@@ -86,7 +86,9 @@ class HarmonyApp(App[None]):
         show_welcome: bool = True,
         on_theme_change: Callable[[str], None] | None = None,
         startup_notes: Iterable[str] = (),
+        config_file: Path | None = None,
     ) -> None:
+        """``config_file``: the file given with --config, shown instead of the default location."""
         super().__init__()
         self.model_ref = model
         self.backend: Backend | None = backend
@@ -111,6 +113,7 @@ class HarmonyApp(App[None]):
         self.pump_count = 0  # batches applied (measured by scripts/ui_latency.py)
         self.theme_problems: list[str] = []
         self.startup_notes = list(startup_notes)  # config problems, shown once the screen is up
+        self.config_file = config_file or paths.config_file()
         self.store: Any = None  # sessions.store.SessionStore
         self.recorder: Any = None  # sessions.recorder.SessionRecorder of the open session
         self._cache_loaded_for: str | None = None
@@ -118,7 +121,7 @@ class HarmonyApp(App[None]):
 
     # ---- start-up -------------------------------------------------------------------------------------
     def get_default_screen(self) -> Screen[Any]:
-        return ChatScreen(welcome_text(self.model_ref) if self._show_welcome else "")
+        return ChatScreen(welcome_text(self.model_ref, self.config_file) if self._show_welcome else "")
 
     def on_mount(self) -> None:
         self._saved_switch_interval = sys.getswitchinterval()

@@ -75,6 +75,7 @@ def build_app(args: argparse.Namespace) -> Any:
         models_dirs=config.models_dirs,
         on_theme_change=save_theme,
         startup_notes=[str(p) for p in problems],
+        config_file=config_path,
     )
 
 

@@ -34,7 +34,8 @@ class HelpScreen(ModalScreen[None]):
             for row in self.rows:
                 table.add_row(*row)
             yield table
-            yield Static(f"Config: {paths.config_file()}\nSessions: {paths.sessions_dir()}", markup=False)
+            config_file = getattr(self.app, "config_file", None) or paths.config_file()
+            yield Static(f"Config: {config_file}\nSessions: {paths.sessions_dir()}", markup=False)
 
     def action_close(self) -> None:
         self.dismiss(None)
