@@ -132,17 +132,19 @@ class DecodeMatvec:
         self.bias = bias if bias is not None else mx.zeros((self.n,), dtype=layer.scales.dtype)
         mx.eval(self.bias)
 
-    def __call__(self, x: mx.array, norm: Any = None, residual: mx.array | None = None) -> mx.array:
-        """``layer(norm(x))`` (+ ``residual``): ``norm`` an nn.RMSNorm applied first, in the same kernel."""
+    def __call__(self, x: mx.array, norm: Any = None, residual: mx.array | None = None, rows: int = _ROWS,
+                 warps: int = _WARPS) -> mx.array:
+        """``layer(norm(x))`` (+ ``residual``): ``norm`` an nn.RMSNorm applied first, in the same kernel.
+        ``rows``/``warps``: the launch shape (scripts/cuda_kernel_lab.py sweeps them; rows must divide N)."""
         lay = self.layer
         one = self.bias[:1]
         nw, eps = (norm.weight, mx.array([norm.eps], dtype=mx.float32)) if norm is not None else (one, one)
         res = residual.reshape(self.n) if residual is not None else one
         (y,) = _kernel(
             inputs=[x.reshape(self.d), lay.weight, lay.scales, lay.biases, self.bias, nw, eps, res],
-            template=[("T", x.dtype), ("N", self.n), ("D", self.d), ("R", _ROWS), ("GS", lay.group_size),
+            template=[("T", x.dtype), ("N", self.n), ("D", self.d), ("R", rows), ("GS", lay.group_size),
                       ("NORM", int(norm is not None)), ("RES", int(residual is not None))],
-            grid=(self.n // _ROWS * 32, 1, 1), threadgroup=(32 * _WARPS, 1, 1), output_shapes=[(self.n,)],
+            grid=(self.n // rows * 32, 1, 1), threadgroup=(32 * warps, 1, 1), output_shapes=[(self.n,)],
             output_dtypes=[x.dtype],
         )
         return y.reshape(*x.shape[:-1], self.n)
