@@ -30,39 +30,6 @@ def test_greedy_tokens_identical_to_eager(tiny_model_dir):
     assert fast == eager
 
 
-def test_whole_step_matches_segments(tiny_model_dir):
-    """The one-graph token (KV written in place at a position given as data, attention over the whole
-    buffer) decodes what the segmented step decodes, across buffer growth, a trimmed second turn, and a
-    cache restored from state (no spare capacity)."""
-    from mlx_harmony_tui.model.cache import KVCache
-    from mlx_harmony_tui.model.fast import CompiledDecoder
-
-    model, config = load_model(tiny_model_dir)
-    model.optimize()
-    runs = []
-    for whole in (False, True):
-        model.decoder = CompiledDecoder(model, whole_step=whole)
-        model.decoder.kv_step = 64  # several capacity steps (and traces) within this test
-        engine = Engine(model, config, optimize=False)
-        steps = []
-        real = model.decoder._call_whole
-        model.decoder._call_whole = lambda t, c, real=real, steps=steps: steps.append(1) or real(t, c)
-        first, second = _greedy_engine(engine, list(range(2000, 2040)), 80)
-        cache = [KVCache.from_state(*c.state) for c in engine.prompt_cache.caches]
-        tok = mx.array([[first[0]]], dtype=mx.int32)
-        restored = [int(mx.argmax(model(tok, cache=cache)[:, -1]).item()) for _ in range(3)]
-        runs.append((first, second, restored))
-        assert (len(steps) > 0) == whole
-    assert runs[0] == runs[1]
-
-
-def _greedy_engine(engine: Engine, prompt: list[int], n: int) -> tuple[list[int], list[int]]:
-    opts = GenerationOptions(sampling=SamplingParams(temperature=0.0), max_tokens=n, stop_ids=frozenset(), loop=None)
-    first = list(engine.generate(prompt, opts))
-    second = list(engine.generate(prompt + first[: n // 2] + [17, 18, 19], opts))
-    return first, second
-
-
 def test_decode_logits_within_tolerance(tiny_model_dir):
     model, _ = load_model(tiny_model_dir)
     tokens = mx.array([list(range(3000, 3030))], dtype=mx.int32)

@@ -42,20 +42,6 @@ class KVCache:
         self.values[..., prev : self.offset, :] = values
         return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
 
-    def reserve(self, needed: int, step: int) -> None:
-        """Make the buffers hold at least ``needed`` positions (capacity a multiple of ``step``), keeping the
-        valid ones; needs buffers to exist (their shape and dtype are kept)."""
-        assert self.keys is not None and self.values is not None
-        cap = self.keys.shape[2]
-        if needed <= cap:
-            return
-        grow = -(-needed // step) * step - self.offset
-        B, H, _, Dk = self.keys.shape
-        pad_k = mx.zeros((B, H, grow, Dk), self.keys.dtype)
-        pad_v = mx.zeros((B, H, grow, self.values.shape[3]), self.values.dtype)
-        self.keys = mx.concatenate([self.keys[..., : self.offset, :], pad_k], axis=2)
-        self.values = mx.concatenate([self.values[..., : self.offset, :], pad_v], axis=2)
-
     def trim(self, n: int) -> int:
         """Forget the last n positions (only the offset moves); returns how many were dropped."""
         n = max(0, min(self.offset, n))

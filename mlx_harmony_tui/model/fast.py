@@ -72,13 +72,6 @@ def _fused_moe(layers: list[Any]) -> list[Any] | None:
     return [cuda_moe.FusedDecodeMoE(layer.mlp) for layer in layers]
 
 
-def _attention_kernel_available() -> bool:
-    """model/cuda_attention.py's kernels for the whole step (CUDA, unless MHT_CUDA_ATTENTION=0)."""
-    from mlx_harmony_tui.model import cuda_moe
-
-    return os.environ.get("MHT_CUDA_ATTENTION", "1") != "0" and cuda_moe.cuda_available()
-
-
 def _matvecs(model: Any) -> dict[int, Any]:
     """model/cuda_matvec.py's kernel for each one-token QKV, o_proj and LM-head matmul it applies to (CUDA,
     affine 8-bit), keyed by the module's id; empty elsewhere or with MHT_CUDA_MATVEC=0."""
@@ -96,13 +89,10 @@ class CompiledDecoder:
     """The one-token forward of ``model`` as per-layer-boundary compiled graphs. Same math as the eager
     path (the tests compare greedy outputs token for token)."""
 
-    def __init__(self, model: Any, fused_moe: bool | None = None, matvec: bool = True,
-                 whole_step: bool | None = None) -> None:
+    def __init__(self, model: Any, fused_moe: bool | None = None, matvec: bool = True) -> None:
         """``fused_moe``: None = the CUDA MoE kernels where they apply unless MHT_FUSED_MOE=0; True = them
         or a ValueError; False = the portable MoE. ``matvec``: the CUDA 8-bit matvec where it applies
-        (unless MHT_CUDA_MATVEC=0), or MLX's quantized_matmul. ``whole_step``: one compiled graph for the
-        whole token, KV write and attention included (None = where the CUDA attention kernel applies,
-        unless MHT_WHOLE_STEP=0)."""
+        (unless MHT_CUDA_MATVEC=0), or MLX's quantized_matmul."""
         self.model = model
         layers = model.layers
         self.n = len(layers)
@@ -113,35 +103,20 @@ class CompiledDecoder:
         self.matvec = _matvecs(model) if matvec else {}
         self._segments = [mx.compile(self._make_segment(i)) for i in range(self.n + 1)]
         self._sinks: dict[mx.Dtype, list[mx.array]] = {}  # per activation dtype: no per-token astype
-        self._attn_kernel = _attention_kernel_available()
-        # Off elsewhere by default: the masked sdpa reads the whole buffer (slower than the sliced keys on
-        # the CPU, where it was measured: docs/benchmarks.md); Metal is unmeasured.
-        self.whole = self._attn_kernel and os.environ.get("MHT_WHOLE_STEP", "1") != "0" if whole_step is None \
-            else whole_step
-        self._step = mx.compile(self._whole_step)
 
     def warm_up(self) -> None:
         """Trace the compiled graphs now (on a scratch cache), not during the user's first token. If the
         CUDA MoE kernels fail to build or run here (a driver or dtype they were not tried with), warn and
         continue on the portable MoE rather than fail the model load."""
         try:
-            self._warm()
+            mx.eval(self(mx.zeros((1, 1), dtype=mx.int32), self.model.make_cache()))
         except Exception as e:
             if self.moe is None and not self.matvec:
                 raise
             warnings.warn(f"CUDA decode kernels unavailable, using MLX's: {e}", RuntimeWarning, stacklevel=2)
             self.moe, self.matvec = None, {}
             self._segments = [mx.compile(self._make_segment(i)) for i in range(self.n + 1)]
-            self._step = mx.compile(self._whole_step)
-            self._attn_kernel = False
-            self._warm()
-
-    def _warm(self) -> None:
-        """Two tokens on a scratch cache: the first runs the segments (an empty cache), the second the whole
-        step."""
-        cache = self.model.make_cache()
-        for _ in range(2):
-            mx.eval(self(mx.zeros((1, 1), dtype=mx.int32), cache))
+            mx.eval(self(mx.zeros((1, 1), dtype=mx.int32), self.model.make_cache()))
 
     def _linear(self, mod: Any, x: mx.array, norm: Any = None, residual: mx.array | None = None) -> mx.array:
         """``residual + mod(norm(x))`` (each part optional), as one CUDA matvec kernel where it applies to a
@@ -207,75 +182,14 @@ class CompiledDecoder:
 
         return middle
 
-    def _attend(self, i: int, q: mx.array, keys: mx.array, values: mx.array, pos: mx.array) -> mx.array:
-        """One query against a whole KV buffer whose positions 0..pos are valid (the rest is stale or
-        unwritten): model/cuda_attention.py's kernels on CUDA, else sdpa with a mask over the buffer."""
-        attn = self.model.layers[i].self_attn
-        sinks = self._sinks[q.dtype][i]
-        B, nq, _, d = q.shape
-        if self._attn_kernel and B == 1:
-            from mlx_harmony_tui.model import cuda_attention
-
-            if cuda_attention.supports(nq, attn.n_kv, d, q.dtype):
-                scale = mx.array([attn.scale], dtype=mx.float32)
-                return cuda_attention.decode_attention(q, keys, values, pos, scale, sinks, attn.window)
-        k_pos = mx.arange(keys.shape[2], dtype=mx.int32)
-        mask = k_pos <= pos
-        if attn.window is not None:
-            mask = mask & (k_pos > pos - attn.window)
-        return mx.fast.scaled_dot_product_attention(q, keys, values, scale=attn.scale, mask=mask, sinks=sinks)
-
-    def _whole_step(self, tokens: mx.array, pos: mx.array, kv: list[mx.array]) -> tuple[mx.array, list[mx.array]]:
-        """The whole token: embed, every layer (KV written into the buffers at ``pos``), LM head. Returns
-        the logits and the updated buffers (the inputs are donated when nothing else holds them)."""
-        model = self.model
-        x = model.model.embed_tokens(tokens)
-        q, k, v = self._qkv_rope(0, x, pos)
-        start = pos.reshape(1)
-        new: list[mx.array] = []
-        for i in range(self.n):
-            keys = mx.slice_update(kv[2 * i], k.astype(kv[2 * i].dtype), start, axes=(2,))
-            values = mx.slice_update(kv[2 * i + 1], v.astype(kv[2 * i + 1].dtype), start, axes=(2,))
-            new += [keys, values]
-            x = self._finish_layer(i, x, self._attend(i, q, keys, values, pos))
-            if i + 1 < self.n:
-                q, k, v = self._qkv_rope(i + 1, x, pos)
-        if model.config.tie_word_embeddings:
-            return model.model.embed_tokens.as_linear(model.model.norm(x)), new
-        return self._linear(model.lm_head, x, norm=model.model.norm), new
-
-    def _call_whole(self, tokens: mx.array, cache: list[KVCache]) -> mx.array:
-        offset = cache[0].offset
-        self._sinks_for(cache[0].keys.dtype)
-        kv: list[mx.array] = []
-        for c in cache:
-            c.reserve(offset + 1, self.kv_step)
-            assert c.keys is not None and c.values is not None
-            kv += [c.keys, c.values]
-            c.keys = c.values = None  # only the graph holds the buffers: slice_update writes in place
-        logits, new = self._step(tokens, mx.array(offset, dtype=mx.int32), kv)
-        del kv
-        for i, c in enumerate(cache):
-            c.keys, c.values, c.offset = new[2 * i], new[2 * i + 1], offset + 1
-        return logits
-
-    def _sinks_for(self, dtype: mx.Dtype) -> list[mx.array]:
-        sinks = self._sinks.get(dtype)
-        if sinks is None:
-            sinks = self._sinks[dtype] = [layer.self_attn.sinks.astype(dtype) for layer in self.model.layers]
-            mx.eval(sinks)
-        return sinks
-
-    # KV capacity steps of the whole-step path: each new capacity is one more trace of the graph.
-    kv_step = 1024
-
     def __call__(self, tokens: mx.array, cache: list[KVCache]) -> mx.array:
         """tokens (B, 1) -> logits (B, 1, vocab); appends this position to every cache."""
-        if self.whole and cache[0].keys is not None and all(c.offset == cache[0].offset for c in cache):
-            return self._call_whole(tokens, cache)
         offset = mx.array(cache[0].offset, dtype=mx.int32)
         x, q, k, v = self._segments[0](tokens, offset)
-        sinks = self._sinks_for(q.dtype)
+        sinks = self._sinks.get(q.dtype)
+        if sinks is None:
+            sinks = self._sinks[q.dtype] = [layer.self_attn.sinks.astype(q.dtype) for layer in self.model.layers]
+            mx.eval(sinks)
         for i, (layer, c) in enumerate(zip(self.model.layers, cache, strict=True)):
             attn = layer.self_attn
             keys, values = c.update_and_fetch(k, v)
