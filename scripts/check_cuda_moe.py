@@ -79,23 +79,29 @@ def check_layer(model, chain: int = 24) -> None:
     dt = layer.post_attention_layernorm.weight.dtype
     moe = layer.mlp
     H = model.config.hidden_size
-    variants = {"portable": mx.compile(lambda x, h: x + moe(h))}
+    norm = layer.post_attention_layernorm
+    variants = {"portable": mx.compile(lambda x, h: x + moe(norm(x)))}
     fused = cuda_moe.FusedDecodeMoE(moe)
-    worst = 0.0
+    worst = worst_logits = 0.0
     for seed in range(5):
         mx.random.seed(seed)
         x = mx.random.normal((1, 1, H)).astype(dt)
-        h = layer.post_attention_layernorm(mx.random.normal((1, 1, H)).astype(dt))
-        ref = x + moe(h)
-        diff = mx.abs(ref - fused(x, h)).astype(mx.float32).max().item()
+        ref = x + moe(norm(x))
+        diff = mx.abs(ref - fused(x, norm)).astype(mx.float32).max().item()
         worst = max(worst, diff / max(mx.abs(ref - x).astype(mx.float32).max().item(), 1e-12))
+        if fused.router_kernel:
+            want = fused._logits(norm(x).reshape(1, H))[0]
+            got = fused.route(x.reshape(H), norm)
+            worst_logits = max(worst_logits, (mx.abs(want - got).max() / mx.abs(want).max()).astype(mx.float32).item())
     tol = 1e-4 if dt == mx.float32 else 3e-2
     print(f"  fused vs portable ({dt}): worst relative difference over 5 inputs {worst:.3e}  "
-          f"{'OK' if worst < tol else 'MISMATCH'}")
-    variants["fused"] = mx.compile(lambda x, h: fused(x, h))
-    logits = fused._logits(h.reshape(1, H))[0]
-    act = fused.gate_up(h.reshape(H), logits)
-    variants["gate_up kernel"] = mx.compile(lambda x, h: fused.gate_up(x.reshape(H), logits)[0].reshape(1, 1, H))
+          f"{'OK' if worst < tol else 'MISMATCH'}; router kernel (norm + matmul) vs MLX: {worst_logits:.3e}  "
+          f"{'OK' if worst_logits < tol else 'MISMATCH'}")
+    variants["fused"] = mx.compile(lambda x, h: fused(x, norm))
+    logits = fused._logits(norm(x).reshape(1, H))[0]
+    act = fused.gate_up(x.reshape(H), norm, logits)
+    variants["router kernel"] = mx.compile(lambda x, h: x + fused.route(x.reshape(H), norm).sum())
+    variants["gate_up kernel"] = mx.compile(lambda x, h: fused.gate_up(x.reshape(H), norm, logits)[0].reshape(1, 1, H))
     variants["down kernel"] = mx.compile(lambda x, h: fused.down(act, logits, x.reshape(H)).reshape(1, 1, H))
     attn = layer.self_attn
     width = attn.n_heads * attn.head_dim

@@ -103,18 +103,20 @@ def main() -> None:
             output_shapes=[(blocks * 8,)], output_dtypes=[mx.float32])[0], nbytes=n4 * 16)
 
     # The module's kernels, called as FusedDecodeMoE calls them but with the rows/warps of each variant.
-    gate_up, down = cuda_moe._kernels()
+    gate_up, down, _ = cuda_moe._kernels()
+    nw, eps = mx.ones((H,), dt), mx.array([1e-5], dtype=mx.float32)
 
-    def tmpl(rows: int) -> list[tuple[str, object]]:
-        return [("T", dt), ("H", H), ("I", I), ("E", E), ("K", K), ("R", rows)]
+    def tmpl(rows: int, warps: int) -> list[tuple[str, object]]:
+        return [("T", dt), ("H", H), ("I", I), ("E", E), ("K", K), ("R", rows), ("WARPS", warps)]
 
     def gu(i: int, rows: int, warps: int) -> mx.array:
-        return gate_up(inputs=[h, logits[i], rbias[i], gu_w[i], gu_s[i], gu_b[i], al], template=tmpl(rows),
+        return gate_up(inputs=[h, nw, eps, logits[i], rbias[i], gu_w[i], gu_s[i], gu_b[i], al],
+                       template=tmpl(rows, warps),
                        grid=(K * I // rows * 32, 1, 1), threadgroup=(32 * warps, 1, 1), output_shapes=[(K, I)],
                        output_dtypes=[mx.float32])[0]
 
     def dn(i: int, rows: int, warps: int) -> mx.array:
-        return down(inputs=[act[i], logits[i], rbias[i], dn_w[i], dn_s[i], dn_b[i], x], template=tmpl(rows),
+        return down(inputs=[act[i], logits[i], rbias[i], dn_w[i], dn_s[i], dn_b[i], x], template=tmpl(rows, warps),
                     grid=(H // rows * 32, 1, 1), threadgroup=(32 * warps, 1, 1), output_shapes=[(H,)],
                     output_dtypes=[dt])[0]
 

@@ -148,8 +148,12 @@ def test_fused_moe_matches_portable_on_cuda(tmp_path):
     layer = model.layers[0]
     fused = cuda_moe.FusedDecodeMoE(layer.mlp)
     x = mx.random.normal((1, 1, model.config.hidden_size), key=mx.random.key(0))
-    h = layer.post_attention_layernorm(x)
-    np.testing.assert_allclose(np.array(fused(x, h)), np.array(x + layer.mlp(h)), rtol=1e-4, atol=1e-4)
+    norm = layer.post_attention_layernorm
+    ref = x + layer.mlp(norm(x))
+    np.testing.assert_allclose(np.array(fused(x, norm)), np.array(ref), rtol=1e-4, atol=1e-4)
+    logits = fused.route(x.reshape(-1), norm)  # the router kernel (norm included) against MLX's norm + matmul
+    np.testing.assert_allclose(np.array(logits), np.array(norm(x).reshape(-1) @ layer.mlp.router.weight.T),
+                               rtol=1e-4, atol=1e-4)
     # The 8-bit matvec against the dequantized weights (not against MLX's quantized_matmul, whose CUDA
     # kernel returns NaN for some rows of this tiny 201088 x 64 LM head: docs/benchmarks.md).
     for mod, norm, with_res in ((layer.self_attn.qkv_proj, layer.input_layernorm, False),

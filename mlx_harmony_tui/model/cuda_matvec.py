@@ -23,34 +23,83 @@ import mlx.nn as nn
 # (o_proj's x + o_proj(a)), each rounded as the separate MLX ops round. A warp computes R rows; each lane reads 16 bytes
 # (16 weights, inside one group) per row at a time, its four float4 of activations in an order rotated by
 # lane so the lanes' shared-memory reads spread over the banks.
-_SOURCE = r"""
-  __shared__ __align__(16) float xs[D];
-  const int lane = threadIdx.x & 31;
-  if (NORM) {  // every block normalizes the (small) input itself: one kernel fewer per layer
+LOAD4 = r"""
+// Four consecutive values as floats, one 16- or 8-byte load.
+__device__ __forceinline__ float4 mht_load4(const float* p) { return *reinterpret_cast<const float4*>(p); }
+__device__ __forceinline__ float4 mht_load4(const __nv_bfloat16* p) {
+  const uint2 r = *reinterpret_cast<const uint2*>(p);
+  const __nv_bfloat162 a = *reinterpret_cast<const __nv_bfloat162*>(&r.x), b = *reinterpret_cast<const __nv_bfloat162*>(&r.y);
+  return make_float4(__low2float(a), __high2float(a), __low2float(b), __high2float(b));
+}
+__device__ __forceinline__ float4 mht_load4(const __half* p) {
+  const uint2 r = *reinterpret_cast<const uint2*>(p);
+  const __half2 a = *reinterpret_cast<const __half2*>(&r.x), b = *reinterpret_cast<const __half2*>(&r.y);
+  return make_float4(__low2float(a), __high2float(a), __low2float(b), __high2float(b));
+}
+
+// Stage D values of x in shared memory as floats (RMS-normalized with weight nw and eps when NORM, rounded
+// through x's type as the separate RMSNorm rounds). Each thread issues a fixed number of 4-value loads,
+// unrolled, before using any: a loop over blockDim waited one memory latency per round. Ends synchronized.
+template <int D, int NT, bool NORM, typename T, typename W>
+__device__ __forceinline__ void mht_stage(const T* x, const W* nw, float eps, float* xs) {
+  constexpr int ROUNDS = (D / 4 + NT - 1) / NT;
+  float4 xv[ROUNDS], wv[ROUNDS];
+  #pragma unroll
+  for (int r = 0; r < ROUNDS; ++r) {
+    const int i = threadIdx.x + r * NT;
+    if (i < D / 4) {
+      xv[r] = mht_load4(x + 4 * i);
+      if (NORM) wv[r] = mht_load4(nw + 4 * i);
+    }
+  }
+  float inv = 1.f;
+  if (NORM) {
     __shared__ float part[32];
     float ss = 0.f;
-    for (int i = threadIdx.x; i < D; i += blockDim.x) {
-      const float v = static_cast<float>(x[i]);
-      xs[i] = v;
-      ss += v * v;
+    #pragma unroll
+    for (int r = 0; r < ROUNDS; ++r) {
+      if (threadIdx.x + r * NT < D / 4) ss += xv[r].x * xv[r].x + xv[r].y * xv[r].y + xv[r].z * xv[r].z + xv[r].w * xv[r].w;
     }
     #pragma unroll
     for (int off = 16; off > 0; off >>= 1) ss += __shfl_xor_sync(0xffffffffu, ss, off);
-    if (lane == 0) part[threadIdx.x >> 5] = ss;
+    if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = ss;
     __syncthreads();
     float tot = 0.f;
-    for (int i = 0; i < (int)(blockDim.x >> 5); ++i) tot += part[i];
-    const float inv = rsqrtf(tot / D + eps[0]);
-    for (int i = threadIdx.x; i < D; i += blockDim.x)
-      xs[i] = static_cast<float>(static_cast<T>(static_cast<float>(nw[i]) * (xs[i] * inv)));
-  } else {
-    for (int i = threadIdx.x; i < D; i += blockDim.x) xs[i] = static_cast<float>(x[i]);
+    #pragma unroll
+    for (int i = 0; i < NT / 32; ++i) tot += part[i];
+    inv = rsqrtf(tot / D + eps);
+  }
+  #pragma unroll
+  for (int r = 0; r < ROUNDS; ++r) {
+    const int i = threadIdx.x + r * NT;
+    if (i < D / 4) {
+      float4 v = xv[r];
+      if (NORM) {
+        const float4 w = wv[r];
+        v = make_float4(static_cast<float>(static_cast<T>(w.x * (v.x * inv))), static_cast<float>(static_cast<T>(w.y * (v.y * inv))),
+                        static_cast<float>(static_cast<T>(w.z * (v.z * inv))), static_cast<float>(static_cast<T>(w.w * (v.w * inv))));
+      }
+      reinterpret_cast<float4*>(xs)[i] = v;
+    }
   }
   __syncthreads();
+}
+"""
+
+_SOURCE = r"""
+  __shared__ __align__(16) float xs[D];
+  const int lane = threadIdx.x & 31;
   const int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
-  if (n0 >= N) return;
   constexpr int NC = D / 16;
   const uint4* w4 = reinterpret_cast<const uint4*>(w);
+  // The first round of weight loads goes out before the staging, so their latencies overlap.
+  uint4 pre[R];
+  if (n0 < N && lane < NC) {
+    #pragma unroll
+    for (int r = 0; r < R; ++r) pre[r] = w4[(size_t)(n0 + r) * NC + lane];
+  }
+  mht_stage<D, 32 * WARPS, NORM>(x, nw, NORM ? static_cast<float>(eps[0]) : 0.f, xs);
+  if (n0 >= N) return;
   const float4* x4 = reinterpret_cast<const float4*>(xs);
   float acc[R];
   #pragma unroll
@@ -59,7 +108,7 @@ _SOURCE = r"""
   for (int c = lane; c < NC; c += 32) {
     uint4 q[R];
     #pragma unroll
-    for (int r = 0; r < R; ++r) q[r] = w4[(size_t)(n0 + r) * NC + c];
+    for (int r = 0; r < R; ++r) q[r] = c == lane ? pre[r] : w4[(size_t)(n0 + r) * NC + c];
     float dot[R];
     float xsum = 0.f;
     #pragma unroll
@@ -123,7 +172,7 @@ class DecodeMatvec:
             _kernel = mx.fast.cuda_kernel(
                 name="mht_q8_matvec", input_names=["x", "w", "scales", "biases", "bias", "nw", "eps", "res"],
                 output_names=["y"],
-                source=_SOURCE,
+                source=_SOURCE, header=LOAD4,
             )
         self.layer = layer
         self.n, words = layer.weight.shape
@@ -143,7 +192,8 @@ class DecodeMatvec:
         (y,) = _kernel(
             inputs=[x.reshape(self.d), lay.weight, lay.scales, lay.biases, self.bias, nw, eps, res],
             template=[("T", x.dtype), ("N", self.n), ("D", self.d), ("R", rows), ("GS", lay.group_size),
-                      ("NORM", int(norm is not None)), ("RES", int(residual is not None))],
+                      ("NORM", int(norm is not None)), ("RES", int(residual is not None)),
+                      ("WARPS", warps)],
             grid=(self.n // rows * 32, 1, 1), threadgroup=(32 * warps, 1, 1), output_shapes=[(self.n,)],
             output_dtypes=[x.dtype],
         )

@@ -2,11 +2,13 @@
 model/gpt_oss.py's portable path).
 
 The portable one-token MoE is ~11 kernels per layer (router bias, top-k, gather, softmax, bias gather, two
-gather_qmm, SwiGLU, weighting, sum, residual). Here it is the router matmul plus two kernels:
+gather_qmm, SwiGLU, weighting, sum, residual) after the RMSNorm. Here it is three kernels:
 
-- ``gate_up``: every warp picks the token's top-k experts from the router logits itself (k rounds of a warp
-  arg-max, then a softmax over the k), computes R gate and R up rows of its expert over the activations
-  held in shared memory, adds the biases and applies the clamped SwiGLU.
+- ``router``: one block per expert, the post-attention RMSNorm of x and that expert's router logit.
+
+- ``gate_up``: every block normalizes x into shared memory itself; every warp picks the token's top-k
+  experts from the router logits (k rounds of a warp arg-max, then a softmax over the k), computes R gate
+  and R up rows of its expert over the normalized activations, adds the biases and applies the clamped SwiGLU.
 - ``down``: every warp computes R hidden outputs over all k experts, adds their biases, weights them by
   the routing softmax and adds the residual.
 
@@ -21,6 +23,8 @@ from typing import Any
 
 import mlx.core as mx
 import mlx.nn as nn
+
+from mlx_harmony_tui.model import cuda_matvec
 
 _HEADER = r"""
 // Top-k experts of one token and their softmax weights; every lane of the warp gets the same result.
@@ -96,43 +100,52 @@ __device__ __forceinline__ float mht_warp_sum(float v) {
 }
 """
 
-# Inputs: h (H) normed activations, logits (E) router output without bias, rbias (E), w (E, 2I, H/8) packed
+# Inputs: x (H) the residual stream, nw (H) and eps (1) its RMSNorm (applied by every block while staging x
+# in shared memory), logits (E) router output without bias, rbias (E), w (E, 2I, H/8) packed
 # mxfp4 [gate rows | up rows], s (E, 2I, H/32) e8m0 scales, b (E, 2I) biases, al (2) alpha and limit.
 # Output act (K, I) float32, rounded through T as the portable path rounds. A warp computes R consecutive
 # gate and up rows of one slot; each lane reads 16 bytes (32 values, one scale) of a row at a time, and its
 # four words in an order rotated by lane so that the lanes' shared-memory reads spread over the banks.
 _GATE_UP = r"""
   __shared__ __align__(16) float xs[H];
-  for (int i = threadIdx.x; i < H; i += blockDim.x) xs[i] = static_cast<float>(h[i]);
   const int lane = threadIdx.x & 31;
   const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  // Route first and issue every weight load of the warp, then stage x: the weights' memory latency
+  // overlaps the staging's instead of following it.
   int idx[K];
   float wts[K];
   mht_route<E, K>(logits, rbias, lane, idx, wts);
-  __syncthreads();
-  if (warp >= K * (I / R)) return;
-  const int slot = warp / (I / R), j0 = (warp % (I / R)) * R;
+  const bool active = warp < K * (I / R);
+  const int slot = active ? warp / (I / R) : 0, j0 = active ? (warp % (I / R)) * R : 0;
   const int e = idx[slot];
-  constexpr int NC = H / 32;
+  constexpr int NC = H / 32, TT = (NC + 31) / 32;
   const uint4* w4 = reinterpret_cast<const uint4*>(w);
+  uint4 qg[TT][R], qu[TT][R];
+  uint8_t sg8[TT][R], su8[TT][R];
+  #pragma unroll
+  for (int t = 0; t < TT; ++t) {
+    const int c = lane + 32 * t;
+    if (active && c < NC) {
+      #pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const size_t rg = (size_t)e * 2 * I + j0 + r, ru = rg + I;
+        qg[t][r] = w4[rg * NC + c];
+        qu[t][r] = w4[ru * NC + c];
+        sg8[t][r] = s[rg * NC + c];
+        su8[t][r] = s[ru * NC + c];
+      }
+    }
+  }
+  mht_stage<H, 32 * WARPS, true>(x, nw, static_cast<float>(eps[0]), xs);
+  if (!active) return;
   const float4* x4 = reinterpret_cast<const float4*>(xs);
   float g[R], u[R];
   #pragma unroll
   for (int r = 0; r < R; ++r) { g[r] = 0.f; u[r] = 0.f; }
   #pragma unroll
-  for (int t = 0; t < (NC + 31) / 32; ++t) {
+  for (int t = 0; t < TT; ++t) {
     const int c = lane + 32 * t;
     if (c < NC) {
-      uint4 qg[R], qu[R];
-      float sg[R], su[R];
-      #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const size_t rg = (size_t)e * 2 * I + j0 + r, ru = rg + I;
-        qg[r] = w4[rg * NC + c];
-        qu[r] = w4[ru * NC + c];
-        sg[r] = mht_e8m0(s[rg * NC + c]);
-        su[r] = mht_e8m0(s[ru * NC + c]);
-      }
       float pg[R], pu[R];
       #pragma unroll
       for (int r = 0; r < R; ++r) { pg[r] = 0.f; pu[r] = 0.f; }
@@ -142,12 +155,12 @@ _GATE_UP = r"""
         const float4 a = x4[c * 8 + 2 * wi], b4 = x4[c * 8 + 2 * wi + 1];
         #pragma unroll
         for (int r = 0; r < R; ++r) {
-          pg[r] += mht_fp4x8(mht_word(qg[r], wi), a, b4);
-          pu[r] += mht_fp4x8(mht_word(qu[r], wi), a, b4);
+          pg[r] += mht_fp4x8(mht_word(qg[t][r], wi), a, b4);
+          pu[r] += mht_fp4x8(mht_word(qu[t][r], wi), a, b4);
         }
       }
       #pragma unroll
-      for (int r = 0; r < R; ++r) { g[r] += pg[r] * sg[r]; u[r] += pu[r] * su[r]; }
+      for (int r = 0; r < R; ++r) { g[r] += pg[r] * mht_e8m0(sg8[t][r]); u[r] += pu[r] * mht_e8m0(su8[t][r]); }
     }
   }
   #pragma unroll
@@ -162,6 +175,41 @@ _GATE_UP = r"""
       uu = fminf(fmaxf(uu, -limit), limit);
       act[slot * I + j] = static_cast<float>(static_cast<T>((uu + 1.f) * (gg / (1.f + __expf(-alpha * gg)))));
     }
+  }
+"""
+
+# Inputs: x (H), nw (H), eps (1): the residual stream and its RMSNorm; rw (E, H) the float router weight.
+# Output logits (E) without the bias, rounded through T as the separate norm and matmul round. One block per
+# expert (one row each): the norm and the router were two MLX kernels.
+_ROUTER = r"""
+  __shared__ __align__(16) float xs[H];
+  __shared__ float part[32];
+  constexpr int NT = 32 * WARPS, ROUNDS = (H / 4 + NT - 1) / NT;
+  const int e = blockIdx.x;
+  float4 wv[ROUNDS];
+  #pragma unroll
+  for (int r = 0; r < ROUNDS; ++r) {  // the row's loads go out before the staging waits
+    const int i = threadIdx.x + r * NT;
+    if (i < H / 4) wv[r] = mht_load4(rw + (size_t)e * H + 4 * i);
+  }
+  mht_stage<H, NT, true>(x, nw, static_cast<float>(eps[0]), xs);
+  float acc = 0.f;
+  #pragma unroll
+  for (int r = 0; r < ROUNDS; ++r) {
+    const int i = threadIdx.x + r * NT;
+    if (i < H / 4) {
+      const float4 a = reinterpret_cast<const float4*>(xs)[i], w = wv[r];
+      acc += a.x * w.x + a.y * w.y + a.z * w.z + a.w * w.w;
+    }
+  }
+  acc = mht_warp_sum(acc);
+  if ((threadIdx.x & 31) == 0) part[threadIdx.x >> 5] = acc;
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float tot = 0.f;
+    #pragma unroll
+    for (int i = 0; i < NT / 32; ++i) tot += part[i];
+    logits[e] = static_cast<T>(tot);
   }
 """
 
@@ -229,19 +277,24 @@ _DOWN = r"""
 # Rows per warp and warps per block: the fastest of scripts/cuda_kernel_lab.py's sweep on an H200.
 _GATE_UP_ROWS, _GATE_UP_WARPS = 2, 8
 _DOWN_ROWS, _DOWN_WARPS = 4, 4
+_ROUTER_WARPS = 8
 _SMEM_LIMIT = 48 * 1024
 
 
-def _kernels() -> tuple[Any, Any]:
+def _kernels() -> tuple[Any, Any, Any]:
     gate_up = mx.fast.cuda_kernel(
-        name="mht_moe_gate_up", input_names=["h", "logits", "rbias", "w", "s", "b", "al"],
-        output_names=["act"], source=_GATE_UP, header=_HEADER,
+        name="mht_moe_gate_up", input_names=["x", "nw", "eps", "logits", "rbias", "w", "s", "b", "al"],
+        output_names=["act"], source=_GATE_UP, header=_HEADER + cuda_matvec.LOAD4,
+    )
+    router = mx.fast.cuda_kernel(
+        name="mht_moe_router", input_names=["x", "nw", "eps", "rw"], output_names=["logits"], source=_ROUTER,
+        header=_HEADER + cuda_matvec.LOAD4,
     )
     down = mx.fast.cuda_kernel(
         name="mht_moe_down", input_names=["act", "logits", "rbias", "w", "s", "b", "x"],
         output_names=["out"], source=_DOWN, header=_HEADER,
     )
-    return gate_up, down
+    return gate_up, down, router
 
 
 def cuda_available() -> bool:
@@ -265,9 +318,10 @@ def supports(moe: Any) -> bool:
 
 
 class FusedDecodeMoE:
-    """``x + moe(h)`` for one token (x the residual stream, h its normed copy), three kernels."""
+    """``x + moe(norm(x))`` for one token (x the residual stream, norm the post-attention RMSNorm), three
+    kernels: router (with the norm), gate_up (normalizing x itself), down (with the residual)."""
 
-    _compiled: tuple[Any, Any] | None = None  # the two kernel objects, shared by all layers
+    _compiled: tuple[Any, Any, Any] | None = None  # the kernel objects, shared by all layers
 
     def __init__(self, moe: Any) -> None:
         if FusedDecodeMoE._compiled is None:
@@ -278,6 +332,8 @@ class FusedDecodeMoE:
         self.E, two_i, words = ex.gate_up.weight.shape
         self.hidden, self.inter, self.k = words * 8, two_i // 2, moe.top_k
         self.al = mx.array([float(ex._alpha.item()), float(ex._limit.item())], dtype=mx.float32)
+        # The router kernel takes a float router; a quantized one keeps MLX's matmul (after MLX's norm).
+        self.router_kernel = not isinstance(self.router, nn.QuantizedLinear)
 
     def _logits(self, h: mx.array) -> mx.array:
         r = self.router
@@ -288,32 +344,50 @@ class FusedDecodeMoE:
             )
         return h @ r.weight.T
 
-    def __call__(self, x: mx.array, h: mx.array) -> mx.array:
-        hv = h.reshape(self.hidden)
-        logits = self._logits(hv[None])[0]
-        return self.down(self.gate_up(hv, logits), logits, x.reshape(self.hidden)).reshape(x.shape)
+    def __call__(self, x: mx.array, norm: Any) -> mx.array:
+        xv = x.reshape(self.hidden)
+        logits = self.route(xv, norm) if self.router_kernel else self._logits(norm(xv)[None])[0]
+        return self.down(self.gate_up(xv, norm, logits), logits, xv).reshape(x.shape)
 
-    def _template(self, dtype: mx.Dtype, rows: int) -> list[tuple[str, Any]]:
-        return [("T", dtype), ("H", self.hidden), ("I", self.inter), ("E", self.E), ("K", self.k), ("R", rows)]
+    def _template(self, dtype: mx.Dtype, rows: int, warps: int) -> list[tuple[str, Any]]:
+        return [("T", dtype), ("H", self.hidden), ("I", self.inter), ("E", self.E), ("K", self.k), ("R", rows),
+                ("WARPS", warps)]
 
-    def gate_up(self, h: mx.array, logits: mx.array) -> mx.array:
-        """(hidden,) normed activations -> (k, inter) SwiGLU outputs of the token's top-k experts (float32,
-        rounded through h's dtype)."""
+    @staticmethod
+    def _eps(norm: Any) -> mx.array:
+        return mx.array([norm.eps], dtype=mx.float32)
+
+    def route(self, x: mx.array, norm: Any) -> mx.array:
+        """(hidden,) residual stream -> (E,) router logits of norm(x), without the bias (rounded through x's
+        dtype)."""
+        assert self._compiled is not None
+        (logits,) = self._compiled[2](
+            inputs=[x, norm.weight, self._eps(norm), self.router.weight],
+            template=self._template(x.dtype, 1, _ROUTER_WARPS), grid=(self.E * 32 * _ROUTER_WARPS, 1, 1),
+            threadgroup=(32 * _ROUTER_WARPS, 1, 1), output_shapes=[(self.E,)], output_dtypes=[x.dtype],
+        )
+        return logits
+
+    def gate_up(self, x: mx.array, norm: Any, logits: mx.array, rows: int = _GATE_UP_ROWS,
+                warps: int = _GATE_UP_WARPS) -> mx.array:
+        """(hidden,) residual stream -> (k, inter) SwiGLU outputs of the token's top-k experts on norm(x)
+        (float32, rounded through x's dtype). ``rows``/``warps``: the launch shape (the lab sweeps them)."""
         assert self._compiled is not None
         (act,) = self._compiled[0](
-            inputs=[h, logits, self.router.bias, self.gu.weight, self.gu.scales, self.gu.bias, self.al],
-            template=self._template(h.dtype, _GATE_UP_ROWS), grid=(self.k * self.inter // _GATE_UP_ROWS * 32, 1, 1),
-            threadgroup=(32 * _GATE_UP_WARPS, 1, 1), output_shapes=[(self.k, self.inter)],
-            output_dtypes=[mx.float32],
+            inputs=[x, norm.weight, self._eps(norm), logits, self.router.bias, self.gu.weight, self.gu.scales,
+                    self.gu.bias, self.al],
+            template=self._template(x.dtype, rows, warps), grid=(self.k * self.inter // rows * 32, 1, 1),
+            threadgroup=(32 * warps, 1, 1), output_shapes=[(self.k, self.inter)], output_dtypes=[mx.float32],
         )
         return act
 
-    def down(self, act: mx.array, logits: mx.array, x: mx.array) -> mx.array:
+    def down(self, act: mx.array, logits: mx.array, x: mx.array, rows: int = _DOWN_ROWS,
+             warps: int = _DOWN_WARPS) -> mx.array:
         """x + the routing-weighted sum of the experts' down projections (with biases), (hidden,)."""
         assert self._compiled is not None
         (out,) = self._compiled[1](
             inputs=[act, logits, self.router.bias, self.dn.weight, self.dn.scales, self.dn.bias, x],
-            template=self._template(x.dtype, _DOWN_ROWS), grid=(self.hidden // _DOWN_ROWS * 32, 1, 1),
-            threadgroup=(32 * _DOWN_WARPS, 1, 1), output_shapes=[(self.hidden,)], output_dtypes=[x.dtype],
+            template=self._template(x.dtype, rows, warps), grid=(self.hidden // rows * 32, 1, 1),
+            threadgroup=(32 * warps, 1, 1), output_shapes=[(self.hidden,)], output_dtypes=[x.dtype],
         )
         return out

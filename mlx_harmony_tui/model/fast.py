@@ -5,7 +5,8 @@ token of gpt-oss-20b is ~1,300 small operations, so mlx-lm's decode is bound by 
 bandwidth. Here a token costs one compiled graph per layer boundary (o_proj, residuals, norms, router, top-k,
 the two expert matmuls, SwiGLU and the next layer's QKV + RoPE, fused by ``mx.compile``) plus a few eager
 ops per layer for the KV-cache write and the attention itself, whose key length changes every token.
-All of that is backend-neutral; on CUDA the MXFP4 MoE inside the graph is model/cuda_moe.py's two kernels
+All of that is backend-neutral; on CUDA the MXFP4 MoE inside the graph (with its RMSNorm) is
+model/cuda_moe.py's three kernels
 and the 8-bit QKV, o_proj and LM head are model/cuda_matvec.py's (falling back to MLX's own kernels if
 they cannot be built).
 """
@@ -150,10 +151,9 @@ class CompiledDecoder:
         layer = self.model.layers[i]
         B = x.shape[0]
         x = self._linear(layer.self_attn.o_proj, attn_out.transpose(0, 2, 1, 3).reshape(B, 1, -1), residual=x)
-        h = layer.post_attention_layernorm(x)
         if self.moe is not None and B == 1:
-            return self.moe[i](x, h)
-        return x + layer.mlp(h)
+            return self.moe[i](x, layer.post_attention_layernorm)
+        return x + layer.mlp(layer.post_attention_layernorm(x))
 
     def _make_segment(self, i: int):
         """Segment i: finish layer i-1 (if any), then layer i's norm + QKV + RoPE (or the LM head at the end)."""
