@@ -22,12 +22,6 @@ class KVCache:
 
     def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
         """Append (B, H, L, D) keys/values at `offset`; return all cached positions including them."""
-        self.append(keys, values)
-        assert self.keys is not None and self.values is not None
-        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
-
-    def append(self, keys: mx.array, values: mx.array) -> None:
-        """Write (B, H, L, D) keys/values at `offset` (growing the buffers as needed) and move past them."""
         prev = self.offset
         n = keys.shape[2]
         if self.keys is None or prev + n > self.keys.shape[2]:
@@ -46,6 +40,7 @@ class KVCache:
         self.offset = prev + n
         self.keys[..., prev : self.offset, :] = keys
         self.values[..., prev : self.offset, :] = values
+        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
 
     def trim(self, n: int) -> int:
         """Forget the last n positions (only the offset moves); returns how many were dropped."""

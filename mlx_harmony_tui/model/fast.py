@@ -73,15 +73,6 @@ def _fused_moe(layers: list[Any]) -> list[Any] | None:
     return [cuda_moe.FusedDecodeMoE(layer.mlp) for layer in layers]
 
 
-def _attention_kernels() -> Any:
-    """model/cuda_attention.py (the module) on CUDA unless MHT_CUDA_ATTENTION=0; else None."""
-    from mlx_harmony_tui.model import cuda_attention, cuda_moe
-
-    if os.environ.get("MHT_CUDA_ATTENTION", "1") == "0" or not cuda_moe.cuda_available():
-        return None
-    return cuda_attention
-
-
 def _matvecs(model: Any) -> dict[int, Any]:
     """model/cuda_matvec.py's kernel for each one-token QKV, o_proj and LM-head matmul it applies to (CUDA,
     affine 8-bit), keyed by the module's id; empty elsewhere or with MHT_CUDA_MATVEC=0."""
@@ -99,12 +90,10 @@ class CompiledDecoder:
     """The one-token forward of ``model`` as per-layer-boundary compiled graphs. Same math as the eager
     path (the tests compare greedy outputs token for token)."""
 
-    def __init__(self, model: Any, fused_moe: bool | None = None, matvec: bool = True,
-                 attention: bool = True) -> None:
+    def __init__(self, model: Any, fused_moe: bool | None = None, matvec: bool = True) -> None:
         """``fused_moe``: None = the CUDA MoE kernels where they apply unless MHT_FUSED_MOE=0; True = them
         or a ValueError; False = the portable MoE. ``matvec``: the CUDA 8-bit matvec where it applies
-        (unless MHT_CUDA_MATVEC=0), or MLX's quantized_matmul. ``attention``: model/cuda_attention.py's
-        kernels where they apply (unless MHT_CUDA_ATTENTION=0), or MLX's sdpa on the sliced cache."""
+        (unless MHT_CUDA_MATVEC=0), or MLX's quantized_matmul."""
         self.model = model
         layers = model.layers
         self.n = len(layers)
@@ -113,8 +102,6 @@ class CompiledDecoder:
         if fused_moe and self.moe is None:
             raise ValueError("the fused MoE needs CUDA and MXFP4 experts")
         self.matvec = _matvecs(model) if matvec else {}
-        self.attention = _attention_kernels() if attention else None
-        self._scales = [mx.array([layer.self_attn.scale], dtype=mx.float32) for layer in layers]
         self._segments = [mx.compile(self._make_segment(i)) for i in range(self.n + 1)]
         self._sinks: dict[mx.Dtype, list[mx.array]] = {}  # per activation dtype: no per-token astype
 
@@ -128,14 +115,9 @@ class CompiledDecoder:
             if self.moe is None and not self.matvec:
                 raise
             warnings.warn(f"CUDA decode kernels unavailable, using MLX's: {e}", RuntimeWarning, stacklevel=2)
-            self.moe, self.matvec, self.attention = None, {}, None
+            self.moe, self.matvec = None, {}
             self._segments = [mx.compile(self._make_segment(i)) for i in range(self.n + 1)]
             mx.eval(self(mx.zeros((1, 1), dtype=mx.int32), self.model.make_cache()))
-
-    def _attention_fits(self, q: mx.array) -> bool:
-        attn = self.model.layers[0].self_attn
-        assert self.attention is not None
-        return bool(self.attention.supports(attn.n_heads, attn.n_kv, attn.head_dim, q.dtype))
 
     def _linear(self, mod: Any, x: mx.array, norm: Any = None, residual: mx.array | None = None) -> mx.array:
         """``residual + mod(norm(x))`` (each part optional), as one CUDA matvec kernel where it applies to a
@@ -208,20 +190,12 @@ class CompiledDecoder:
         if sinks is None:
             sinks = self._sinks[q.dtype] = [layer.self_attn.sinks.astype(q.dtype) for layer in self.model.layers]
             mx.eval(sinks)
-        kernel = self.attention is not None and q.shape[0] == 1 and self._attention_fits(q)
-        n_valid = cache[0].offset + 1
         for i, (layer, c) in enumerate(zip(self.model.layers, cache, strict=True)):
             attn = layer.self_attn
-            if kernel:  # reads the buffer itself: no slicing of the cache or the window
-                c.append(k, v)
-                assert c.keys is not None and c.values is not None
-                out = self.attention.decode_attention(q, c.keys, c.values, offset, n_valid, self._scales[i],
-                                                      sinks[i], attn.window)
-            else:
-                keys, values = c.update_and_fetch(k, v)
-                if attn.window is not None and keys.shape[2] > attn.window:
-                    keys, values = keys[..., -attn.window :, :], values[..., -attn.window :, :]
-                out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=attn.scale, sinks=sinks[i])
+            keys, values = c.update_and_fetch(k, v)
+            if attn.window is not None and keys.shape[2] > attn.window:
+                keys, values = keys[..., -attn.window :, :], values[..., -attn.window :, :]
+            out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=attn.scale, sinks=sinks[i])
             if i + 1 < self.n:
                 x, q, k, v = self._segments[i + 1](x, out, offset)
             else:
