@@ -91,7 +91,7 @@ def check_layer(model, chain: int = 24) -> None:
         worst = max(worst, diff / max(mx.abs(ref - x).astype(mx.float32).max().item(), 1e-12))
         if fused.router_kernel:
             want = fused._logits(norm(x).reshape(1, H))[0]
-            got = fused.route(x.reshape(H), norm)
+            got = fused.route(x.reshape(H), norm)[0]
             worst_logits = max(worst_logits, (mx.abs(want - got).max() / mx.abs(want).max()).astype(mx.float32).item())
     tol = 1e-4 if dt == mx.float32 else 3e-2
     print(f"  fused vs portable ({dt}): worst relative difference over 5 inputs {worst:.3e}  "
@@ -99,9 +99,9 @@ def check_layer(model, chain: int = 24) -> None:
           f"{'OK' if worst_logits < tol else 'MISMATCH'}")
     variants["fused"] = mx.compile(lambda x, h: fused(x, norm))
     logits = fused._logits(norm(x).reshape(1, H))[0]
-    act = fused.gate_up(x.reshape(H), norm, logits)
-    variants["router kernel"] = mx.compile(lambda x, h: x + fused.route(x.reshape(H), norm).sum())
-    variants["gate_up kernel"] = mx.compile(lambda x, h: fused.gate_up(x.reshape(H), norm, logits)[0].reshape(1, 1, H))
+    act = fused.gate_up(norm(x).reshape(H), None, logits)
+    variants["router kernel"] = mx.compile(lambda x, h: x + fused.route(x.reshape(H), norm)[0].sum())
+    variants["gate_up kernel"] = mx.compile(lambda x, h: fused.gate_up(x.reshape(H), None, logits)[0].reshape(1, 1, H))
     variants["down kernel"] = mx.compile(lambda x, h: fused.down(act, logits, x.reshape(H)).reshape(1, 1, H))
     attn = layer.self_attn
     width = attn.n_heads * attn.head_dim

@@ -109,9 +109,9 @@ def main() -> None:
     def tmpl(rows: int, warps: int) -> list[tuple[str, object]]:
         return [("T", dt), ("H", H), ("I", I), ("E", E), ("K", K), ("R", rows), ("WARPS", warps)]
 
-    def gu(i: int, rows: int, warps: int) -> mx.array:
+    def gu(i: int, rows: int, warps: int, norm: int = 0) -> mx.array:
         return gate_up(inputs=[h, nw, eps, logits[i], rbias[i], gu_w[i], gu_s[i], gu_b[i], al],
-                       template=tmpl(rows, warps),
+                       template=[*tmpl(rows, warps), ("NORM", norm)],
                        grid=(K * I // rows * 32, 1, 1), threadgroup=(32 * warps, 1, 1), output_shapes=[(K, I)],
                        output_dtypes=[mx.float32])[0]
 
@@ -125,14 +125,15 @@ def main() -> None:
     mx.eval(act, ref_dn)
     gu_bytes = K * (2 * I * H // 2 + 2 * I * H // 32)
     dn_bytes = K * (H * I // 2 + H * I // 32)
-    for rows in (1, 2, 4):
-        for warps in (4, 8):
-            try:
-                err = (mx.abs(gu(0, rows, warps) - act[0]).max() / mx.abs(act[0]).max()).item()
-                timeit(f"gate_up R={rows} warps={warps} err={err:.1e}", lambda i, y, r=rows, w=warps: gu(i, r, w),
-                       nbytes=gu_bytes)
-            except Exception as e:  # noqa: BLE001 - a lab: report and go on
-                print(f"  gate_up R={rows} warps={warps}: FAILED {str(e)[:300]}", flush=True)
+    for norm in (0, 1):  # 1: every block normalizes x itself (err is then against the unnormalized run)
+        for rows in (1, 2, 4):
+            for warps in (4, 8):
+                try:
+                    err = (mx.abs(gu(0, rows, warps, norm) - act[0]).max() / mx.abs(act[0]).max()).item()
+                    timeit(f"gate_up NORM={norm} R={rows} warps={warps} err={err:.1e}",
+                           lambda i, y, r=rows, w=warps, n=norm: gu(i, r, w, n), nbytes=gu_bytes)
+                except Exception as e:  # noqa: BLE001 - a lab: report and go on
+                    print(f"  gate_up R={rows} warps={warps}: FAILED {str(e)[:300]}", flush=True)
     for rows in (1, 2, 4):
         for warps in (2, 4, 8):
             try:

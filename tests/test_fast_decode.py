@@ -151,9 +151,14 @@ def test_fused_moe_matches_portable_on_cuda(tmp_path):
     norm = layer.post_attention_layernorm
     ref = x + layer.mlp(norm(x))
     np.testing.assert_allclose(np.array(fused(x, norm)), np.array(ref), rtol=1e-4, atol=1e-4)
-    logits = fused.route(x.reshape(-1), norm)  # the router kernel (norm included) against MLX's norm + matmul
+    logits, h = fused.route(x.reshape(-1), norm)  # the router kernel (norm included) against MLX's norm + matmul
+    np.testing.assert_allclose(np.array(h), np.array(norm(x).reshape(-1)), rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(np.array(logits), np.array(norm(x).reshape(-1) @ layer.mlp.router.weight.T),
                                rtol=1e-4, atol=1e-4)
+    for normed in (True, False):  # gate_up on the router's h, or normalizing x in every block itself
+        act = fused.gate_up(h if normed else x.reshape(-1), None if normed else norm, logits)
+        np.testing.assert_allclose(np.array(fused.down(act, logits, x.reshape(-1))), np.array(ref.reshape(-1)),
+                                   rtol=1e-4, atol=1e-4)
     # The 8-bit matvec against the dequantized weights (not against MLX's quantized_matmul, whose CUDA
     # kernel returns NaN for some rows of this tiny 201088 x 64 LM head: docs/benchmarks.md).
     for mod, norm, with_res in ((layer.self_attn.qkv_proj, layer.input_layernorm, False),

@@ -92,12 +92,6 @@ _SOURCE = r"""
   const int n0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
   constexpr int NC = D / 16;
   const uint4* w4 = reinterpret_cast<const uint4*>(w);
-  // The first round of weight loads goes out before the staging, so their latencies overlap.
-  uint4 pre[R];
-  if (n0 < N && lane < NC) {
-    #pragma unroll
-    for (int r = 0; r < R; ++r) pre[r] = w4[(size_t)(n0 + r) * NC + lane];
-  }
   mht_stage<D, 32 * WARPS, NORM>(x, nw, NORM ? static_cast<float>(eps[0]) : 0.f, xs);
   if (n0 >= N) return;
   const float4* x4 = reinterpret_cast<const float4*>(xs);
@@ -108,7 +102,7 @@ _SOURCE = r"""
   for (int c = lane; c < NC; c += 32) {
     uint4 q[R];
     #pragma unroll
-    for (int r = 0; r < R; ++r) q[r] = c == lane ? pre[r] : w4[(size_t)(n0 + r) * NC + c];
+    for (int r = 0; r < R; ++r) q[r] = w4[(size_t)(n0 + r) * NC + c];
     float dot[R];
     float xsum = 0.f;
     #pragma unroll

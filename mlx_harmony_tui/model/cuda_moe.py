@@ -4,11 +4,12 @@ model/gpt_oss.py's portable path).
 The portable one-token MoE is ~11 kernels per layer (router bias, top-k, gather, softmax, bias gather, two
 gather_qmm, SwiGLU, weighting, sum, residual) after the RMSNorm. Here it is three kernels:
 
-- ``router``: one block per expert, the post-attention RMSNorm of x and that expert's router logit.
+- ``router``: one block per expert, the post-attention RMSNorm of x and that expert's router logit (block
+  0 also writes the normalized activations).
 
-- ``gate_up``: every block normalizes x into shared memory itself; every warp picks the token's top-k
-  experts from the router logits (k rounds of a warp arg-max, then a softmax over the k), computes R gate
-  and R up rows of its expert over the normalized activations, adds the biases and applies the clamped SwiGLU.
+- ``gate_up``: every warp picks the token's top-k experts from the router logits (k rounds of a warp
+  arg-max, then a softmax over the k), computes R gate and R up rows of its expert over the normalized
+  activations held in shared memory, adds the biases and applies the clamped SwiGLU.
 - ``down``: every warp computes R hidden outputs over all k experts, adds their biases, weights them by
   the routing softmax and adds the residual.
 
@@ -100,52 +101,44 @@ __device__ __forceinline__ float mht_warp_sum(float v) {
 }
 """
 
-# Inputs: x (H) the residual stream, nw (H) and eps (1) its RMSNorm (applied by every block while staging x
-# in shared memory), logits (E) router output without bias, rbias (E), w (E, 2I, H/8) packed
+# Inputs: x (H) activations (with NORM the residual stream, RMS-normalized with nw and eps by every block
+# while staging it in shared memory; else the normalized h from the router kernel), logits (E) router
+# output without bias, rbias (E), w (E, 2I, H/8) packed
 # mxfp4 [gate rows | up rows], s (E, 2I, H/32) e8m0 scales, b (E, 2I) biases, al (2) alpha and limit.
 # Output act (K, I) float32, rounded through T as the portable path rounds. A warp computes R consecutive
 # gate and up rows of one slot; each lane reads 16 bytes (32 values, one scale) of a row at a time, and its
 # four words in an order rotated by lane so that the lanes' shared-memory reads spread over the banks.
 _GATE_UP = r"""
   __shared__ __align__(16) float xs[H];
+  mht_stage<H, 32 * WARPS, NORM>(x, nw, NORM ? static_cast<float>(eps[0]) : 0.f, xs);
   const int lane = threadIdx.x & 31;
   const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
-  // Route first and issue every weight load of the warp, then stage x: the weights' memory latency
-  // overlaps the staging's instead of following it.
   int idx[K];
   float wts[K];
   mht_route<E, K>(logits, rbias, lane, idx, wts);
-  const bool active = warp < K * (I / R);
-  const int slot = active ? warp / (I / R) : 0, j0 = active ? (warp % (I / R)) * R : 0;
+  if (warp >= K * (I / R)) return;
+  const int slot = warp / (I / R), j0 = (warp % (I / R)) * R;
   const int e = idx[slot];
-  constexpr int NC = H / 32, TT = (NC + 31) / 32;
+  constexpr int NC = H / 32;
   const uint4* w4 = reinterpret_cast<const uint4*>(w);
-  uint4 qg[TT][R], qu[TT][R];
-  uint8_t sg8[TT][R], su8[TT][R];
-  #pragma unroll
-  for (int t = 0; t < TT; ++t) {
-    const int c = lane + 32 * t;
-    if (active && c < NC) {
-      #pragma unroll
-      for (int r = 0; r < R; ++r) {
-        const size_t rg = (size_t)e * 2 * I + j0 + r, ru = rg + I;
-        qg[t][r] = w4[rg * NC + c];
-        qu[t][r] = w4[ru * NC + c];
-        sg8[t][r] = s[rg * NC + c];
-        su8[t][r] = s[ru * NC + c];
-      }
-    }
-  }
-  mht_stage<H, 32 * WARPS, true>(x, nw, static_cast<float>(eps[0]), xs);
-  if (!active) return;
   const float4* x4 = reinterpret_cast<const float4*>(xs);
   float g[R], u[R];
   #pragma unroll
   for (int r = 0; r < R; ++r) { g[r] = 0.f; u[r] = 0.f; }
   #pragma unroll
-  for (int t = 0; t < TT; ++t) {
+  for (int t = 0; t < (NC + 31) / 32; ++t) {
     const int c = lane + 32 * t;
     if (c < NC) {
+      uint4 qg[R], qu[R];
+      float sg[R], su[R];
+      #pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const size_t rg = (size_t)e * 2 * I + j0 + r, ru = rg + I;
+        qg[r] = w4[rg * NC + c];
+        qu[r] = w4[ru * NC + c];
+        sg[r] = mht_e8m0(s[rg * NC + c]);
+        su[r] = mht_e8m0(s[ru * NC + c]);
+      }
       float pg[R], pu[R];
       #pragma unroll
       for (int r = 0; r < R; ++r) { pg[r] = 0.f; pu[r] = 0.f; }
@@ -155,12 +148,12 @@ _GATE_UP = r"""
         const float4 a = x4[c * 8 + 2 * wi], b4 = x4[c * 8 + 2 * wi + 1];
         #pragma unroll
         for (int r = 0; r < R; ++r) {
-          pg[r] += mht_fp4x8(mht_word(qg[t][r], wi), a, b4);
-          pu[r] += mht_fp4x8(mht_word(qu[t][r], wi), a, b4);
+          pg[r] += mht_fp4x8(mht_word(qg[r], wi), a, b4);
+          pu[r] += mht_fp4x8(mht_word(qu[r], wi), a, b4);
         }
       }
       #pragma unroll
-      for (int r = 0; r < R; ++r) { g[r] += pg[r] * mht_e8m0(sg8[t][r]); u[r] += pu[r] * mht_e8m0(su8[t][r]); }
+      for (int r = 0; r < R; ++r) { g[r] += pg[r] * sg[r]; u[r] += pu[r] * su[r]; }
     }
   }
   #pragma unroll
@@ -179,8 +172,8 @@ _GATE_UP = r"""
 """
 
 # Inputs: x (H), nw (H), eps (1): the residual stream and its RMSNorm; rw (E, H) the float router weight.
-# Output logits (E) without the bias, rounded through T as the separate norm and matmul round. One block per
-# expert (one row each): the norm and the router were two MLX kernels.
+# Outputs logits (E) without the bias, and h (H) the normalized x, rounded through T as the separate norm
+# and matmul round. One block per expert (one row each): the norm and the router were two MLX kernels.
 _ROUTER = r"""
   __shared__ __align__(16) float xs[H];
   __shared__ float part[32];
@@ -193,6 +186,9 @@ _ROUTER = r"""
     if (i < H / 4) wv[r] = mht_load4(rw + (size_t)e * H + 4 * i);
   }
   mht_stage<H, NT, true>(x, nw, static_cast<float>(eps[0]), xs);
+  if (e == 0) {  // the normalized activations, for gate_up (which would otherwise normalize in every block)
+    for (int i = threadIdx.x; i < H; i += NT) h[i] = static_cast<T>(xs[i]);
+  }
   float acc = 0.f;
   #pragma unroll
   for (int r = 0; r < ROUNDS; ++r) {
@@ -287,7 +283,7 @@ def _kernels() -> tuple[Any, Any, Any]:
         output_names=["act"], source=_GATE_UP, header=_HEADER + cuda_matvec.LOAD4,
     )
     router = mx.fast.cuda_kernel(
-        name="mht_moe_router", input_names=["x", "nw", "eps", "rw"], output_names=["logits"], source=_ROUTER,
+        name="mht_moe_router", input_names=["x", "nw", "eps", "rw"], output_names=["logits", "h"], source=_ROUTER,
         header=_HEADER + cuda_matvec.LOAD4,
     )
     down = mx.fast.cuda_kernel(
@@ -319,7 +315,7 @@ def supports(moe: Any) -> bool:
 
 class FusedDecodeMoE:
     """``x + moe(norm(x))`` for one token (x the residual stream, norm the post-attention RMSNorm), three
-    kernels: router (with the norm), gate_up (normalizing x itself), down (with the residual)."""
+    kernels: router (with the norm), gate_up, down (with the residual)."""
 
     _compiled: tuple[Any, Any, Any] | None = None  # the kernel objects, shared by all layers
 
@@ -346,8 +342,12 @@ class FusedDecodeMoE:
 
     def __call__(self, x: mx.array, norm: Any) -> mx.array:
         xv = x.reshape(self.hidden)
-        logits = self.route(xv, norm) if self.router_kernel else self._logits(norm(xv)[None])[0]
-        return self.down(self.gate_up(xv, norm, logits), logits, xv).reshape(x.shape)
+        if self.router_kernel:
+            logits, h = self.route(xv, norm)
+        else:
+            h = norm(xv)
+            logits = self._logits(h[None])[0]
+        return self.down(self.gate_up(h, None, logits), logits, xv).reshape(x.shape)
 
     def _template(self, dtype: mx.Dtype, rows: int, warps: int) -> list[tuple[str, Any]]:
         return [("T", dtype), ("H", self.hidden), ("I", self.inter), ("E", self.E), ("K", self.k), ("R", rows),
@@ -357,27 +357,31 @@ class FusedDecodeMoE:
     def _eps(norm: Any) -> mx.array:
         return mx.array([norm.eps], dtype=mx.float32)
 
-    def route(self, x: mx.array, norm: Any) -> mx.array:
-        """(hidden,) residual stream -> (E,) router logits of norm(x), without the bias (rounded through x's
-        dtype)."""
+    def route(self, x: mx.array, norm: Any) -> tuple[mx.array, mx.array]:
+        """(hidden,) residual stream -> (E,) router logits of norm(x) without the bias, and norm(x) (both
+        rounded through x's dtype)."""
         assert self._compiled is not None
-        (logits,) = self._compiled[2](
+        logits, h = self._compiled[2](
             inputs=[x, norm.weight, self._eps(norm), self.router.weight],
             template=self._template(x.dtype, 1, _ROUTER_WARPS), grid=(self.E * 32 * _ROUTER_WARPS, 1, 1),
-            threadgroup=(32 * _ROUTER_WARPS, 1, 1), output_shapes=[(self.E,)], output_dtypes=[x.dtype],
+            threadgroup=(32 * _ROUTER_WARPS, 1, 1), output_shapes=[(self.E,), (self.hidden,)],
+            output_dtypes=[x.dtype, x.dtype],
         )
-        return logits
+        return logits, h
 
     def gate_up(self, x: mx.array, norm: Any, logits: mx.array, rows: int = _GATE_UP_ROWS,
                 warps: int = _GATE_UP_WARPS) -> mx.array:
-        """(hidden,) residual stream -> (k, inter) SwiGLU outputs of the token's top-k experts on norm(x)
-        (float32, rounded through x's dtype). ``rows``/``warps``: the launch shape (the lab sweeps them)."""
+        """(hidden,) activations -> (k, inter) SwiGLU outputs of the token's top-k experts (float32, rounded
+        through x's dtype): x already normalized (norm None), or normalized here by every block. ``rows``/
+        ``warps``: the launch shape (the lab sweeps them)."""
         assert self._compiled is not None
+        one = x[:1]
+        nw, eps = (norm.weight, self._eps(norm)) if norm is not None else (one, one.astype(mx.float32))
         (act,) = self._compiled[0](
-            inputs=[x, norm.weight, self._eps(norm), logits, self.router.bias, self.gu.weight, self.gu.scales,
-                    self.gu.bias, self.al],
-            template=self._template(x.dtype, rows, warps), grid=(self.k * self.inter // rows * 32, 1, 1),
-            threadgroup=(32 * warps, 1, 1), output_shapes=[(self.k, self.inter)], output_dtypes=[mx.float32],
+            inputs=[x, nw, eps, logits, self.router.bias, self.gu.weight, self.gu.scales, self.gu.bias, self.al],
+            template=[*self._template(x.dtype, rows, warps), ("NORM", int(norm is not None))],
+            grid=(self.k * self.inter // rows * 32, 1, 1), threadgroup=(32 * warps, 1, 1),
+            output_shapes=[(self.k, self.inter)], output_dtypes=[mx.float32],
         )
         return act
 
