@@ -11,6 +11,11 @@ from mlx_harmony_tui.engine.sampling import SamplingParams
 from mlx_harmony_tui.model import load_model
 from mlx_harmony_tui.model.cuda_moe import cuda_available
 
+_CUDA = cuda_available()
+# Same math on different paths (prefill vs decode, gather vs per-expert): within 1e-4 on the CPU; CUDA's
+# float32 matmuls differ by up to 7e-3 between such paths (measured on an H200).
+_TOL = 1e-2 if _CUDA else 1e-4
+
 
 def _greedy(path, optimize: bool, prompt: list[int], n: int) -> tuple[list[int], list[int]]:
     model, config = load_model(path)
@@ -39,7 +44,7 @@ def test_decode_logits_within_tolerance(tiny_model_dir):
     model(tokens[:, :20], cache=cache)
     steps = [model(tokens[:, i : i + 1], cache=cache) for i in range(20, 30)]
     got = mx.concatenate(steps, axis=1)
-    np.testing.assert_allclose(np.array(got), np.array(reference[:, 20:30]), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.array(got), np.array(reference[:, 20:30]), rtol=_TOL, atol=_TOL)
 
 
 def test_per_expert_prefill_matches_gather(tiny_model_dir, tmp_path, monkeypatch):
@@ -54,7 +59,7 @@ def test_per_expert_prefill_matches_gather(tiny_model_dir, tmp_path, monkeypatch
         gathered = model(tokens)
         monkeypatch.setattr(Experts, "per_expert_prefill", True)
         per_expert = model(tokens)
-        np.testing.assert_allclose(np.array(per_expert), np.array(gathered), rtol=1e-4, atol=1e-4)
+        np.testing.assert_allclose(np.array(per_expert), np.array(gathered), rtol=_TOL, atol=_TOL)
 
 
 def test_query_blocked_attention_matches_one_call(tiny_model_dir, monkeypatch):
@@ -110,9 +115,6 @@ def test_cpu_attention_blocks_see_only_their_keys(tiny_model_dir, monkeypatch):
     last = 170 % gpt_oss.QUERY_BLOCK
     assert (last, last + 7) in keys  # a sliding layer's last block of the first chunk: its rows + window - 1 keys
     np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-5)
-
-
-_CUDA = cuda_available()
 
 
 def test_fused_moe_only_where_it_applies(tiny_model_dir, tmp_path, monkeypatch):
@@ -171,10 +173,18 @@ def test_fused_moe_matches_portable_on_cuda(tmp_path):
         ref = ref + res if res is not None else ref
         got = mv(xin, norm=norm, residual=res)
         np.testing.assert_allclose(np.array(got), np.array(ref), rtol=1e-4, atol=1e-4)
+    # Both decoders continue from one prefilled cache and a fixed token: the prefill runs MLX's
+    # quantized_matmul, whose output for these tiny shapes differed between two prefills on an H200 (and
+    # holds NaN at the LM head, see above).
+    from mlx_harmony_tui.model.cache import KVCache
+
+    prefilled = model.make_cache()
+    mx.eval(model(mx.array([list(range(500, 540))]), prefilled, last_only=True))
     tokens = []
     for fused_moe in (False, True):
-        decoder, cache = CompiledDecoder(model, fused_moe=fused_moe), model.make_cache()
-        tok = mx.argmax(model(mx.array([list(range(500, 540))]), cache, last_only=True)[:, -1], axis=-1)
+        decoder = CompiledDecoder(model, fused_moe=fused_moe)
+        cache = [KVCache.from_state(*c.state) for c in prefilled]
+        tok = mx.array([7])
         out = []
         for _ in range(24):
             tok = mx.argmax(decoder(tok[:, None].astype(mx.int32), cache)[:, -1], axis=-1)
@@ -211,4 +221,4 @@ def test_kernel_failure_at_warm_up_falls_back_to_mlx_kernels(tiny_model_dir, whi
     cache = model.make_cache()
     model(tokens[:, :3], cache=cache)
     got = decoder(tokens[:, 3:], cache)
-    np.testing.assert_allclose(np.array(got[:, 0]), np.array(reference[:, 3]), rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.array(got[:, 0]), np.array(reference[:, 3]), rtol=_TOL, atol=_TOL)
