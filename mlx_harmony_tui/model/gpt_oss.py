@@ -261,7 +261,11 @@ class Experts(nn.Module):
         """x (N, H), indices (N, k) -> (N, k, H) expert outputs."""
         N, H = x.shape
         k = indices.shape[-1]
-        if self.per_expert_prefill and indices.size >= 16 * self.gate_up.bias.shape[0]:
+        if self.per_expert_prefill and (indices.size >= 16 * self.gate_up.bias.shape[0]
+                                        or (indices.size >= 64 and self.gate_up.quant is None)):
+            # Float experts on CUDA always take this path for prefill: MLX 0.32.4's CUDA gather_mm over
+            # sorted rows gave wrong logits for the tiny float model (argmax agreeing with the CPU on 1.5% of
+            # positions; this path: 100%; scripts/check_cuda_prefill.py).
             return self._per_expert(x, indices)
         if indices.size >= 64:
             # Many tokens (prefill): sort rows by expert so each expert's weights are read once.
