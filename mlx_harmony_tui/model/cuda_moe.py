@@ -375,8 +375,9 @@ class FusedDecodeMoE:
         through x's dtype): x already normalized (norm None), or normalized here by every block. ``rows``/
         ``warps``: the launch shape (the lab sweeps them)."""
         assert self._compiled is not None
-        one = x[:1]
-        nw, eps = (norm.weight, self._eps(norm)) if norm is not None else (one, one.astype(mx.float32))
+        # Without a norm the kernel never reads nw or eps: pass arrays of their types, not new ones (an
+        # astype here was one more kernel per layer and token for bfloat16 activations).
+        nw, eps = (norm.weight, self._eps(norm)) if norm is not None else (x, self.al)
         (act,) = self._compiled[0](
             inputs=[x, nw, eps, logits, self.router.bias, self.gu.weight, self.gu.scales, self.gu.bias, self.al],
             template=[*self._template(x.dtype, rows, warps), ("NORM", int(norm is not None))],
