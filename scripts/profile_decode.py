@@ -41,6 +41,42 @@ def summarize(path: str) -> None:
         print(f"{sum(v) / 1e3:9.1f} us  {len(v):4d} x {sum(v) / len(v) / 1e3:7.2f} us  {name}")
 
 
+def compare(model, cache, variants: list[str], run, pipelined) -> None:
+    """Pipelined ms per token of the default decoder and of each variant, alternating, two rounds."""
+    import importlib
+
+    from mlx_harmony_tui.model.fast import CompiledDecoder
+
+    specs = [("default", {})]
+    for v in variants:
+        name, _, flags = v.partition(":")
+        specs.append((name, dict(kv.split("=", 1) for kv in flags.split(",") if kv)))
+    defaults: dict[tuple[str, str], object] = {}
+    for _, flags in specs:
+        for key in flags:
+            mod, attr = key.rsplit(".", 1)
+            m = importlib.import_module(f"mlx_harmony_tui.model.{mod}")
+            defaults[(mod, attr)] = getattr(m, attr)
+    results: dict[str, list[float]] = {name: [] for name, _ in specs}
+    start = cache[0].offset
+    for _ in range(2):
+        for name, flags in specs:
+            for (mod, attr), val in defaults.items():
+                setattr(importlib.import_module(f"mlx_harmony_tui.model.{mod}"), attr, val)
+            for key, val in flags.items():
+                mod, attr = key.rsplit(".", 1)
+                setattr(importlib.import_module(f"mlx_harmony_tui.model.{mod}"), attr, int(val))
+            model.decoder = CompiledDecoder(model)
+            for c in cache:  # every variant decodes from the same context length
+                c.trim(c.offset - start)
+            run(8)
+            results[name].append(pipelined(64) * 1e3)
+    base = min(results["default"])
+    for name, ms in results.items():
+        print(f"  {name:24s} {' '.join(f'{m:.3f}' for m in ms)} ms/token pipelined, best {min(ms):.3f} "
+              f"({base / min(ms):.3f}x the default)", flush=True)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--kind", default="20b")
@@ -48,6 +84,9 @@ def main() -> None:
     ap.add_argument("--tokens", type=int, default=2, help="tokens decoded while profiling")
     ap.add_argument("--profile", action="store_true", help="bracket the profiled tokens for ncu")
     ap.add_argument("--summarize")
+    ap.add_argument("--variant", action="append", default=[],
+                    help="NAME:module.FLAG=V,...: also time the decoder rebuilt with these kernel flags "
+                         "(e.g. mv:cuda_matvec._CVT=1); the variants and the default alternate, twice")
     a = ap.parse_args()
     if a.summarize:
         return summarize(a.summarize)
@@ -78,19 +117,31 @@ def main() -> None:
         t0 = time.perf_counter()
         prev = None
         for _ in range(n):
+            t1 = time.perf_counter()
             tok = mx.argmax(step(tok[:, None].astype(mx.int32), cache)[:, -1], axis=-1)
+            t2 = time.perf_counter()
             mx.async_eval(tok)
+            t3 = time.perf_counter()
             if prev is not None:
                 prev.item()
+            parts[0] += t2 - t1
+            parts[1] += t3 - t2
+            parts[2] += time.perf_counter() - t3
             prev = tok
         tok.item()
         return (time.perf_counter() - t0) / n
 
+    parts = [0.0, 0.0, 0.0]  # host: building the graph, async_eval (encoding and launching), waiting
+
+    if a.variant:
+        return compare(model, cache, a.variant, run, pipelined)
     run(16)
     per = run(64)
     pipe = pipelined(64)
     print(f"{a.kind}: {per * 1e3:.3f} ms per token with a sync per token ({1 / per:.1f} tok/s), "
-          f"{pipe * 1e3:.3f} ms pipelined ({1 / pipe:.1f} tok/s)", flush=True)
+          f"{pipe * 1e3:.3f} ms pipelined ({1 / pipe:.1f} tok/s); pipelined host time per token: "
+          f"graph {parts[0] / 64 * 1e3:.3f} ms, async_eval {parts[1] / 64 * 1e3:.3f} ms, "
+          f"waiting for the GPU {parts[2] / 64 * 1e3:.3f} ms", flush=True)
     if a.profile:
         start, stop = _profiler()
         mx.synchronize()
