@@ -6,10 +6,10 @@ times, per layer (24 chained calls, best of several rounds):
 
 - ``launch``: an almost empty custom kernel (the floor of one kernel in the chain);
 - ``read``: a plain 16-byte-load read of the 4 experts' bytes (what bandwidth a kernel can reach here);
-- model/cuda_moe.py's gate_up and down kernels over a sweep of rows per warp and warps per block, each
-  checked against the module's own configuration;
+- model/cuda_moe.py's gate_up kernel over a sweep of rows per warp and warps per block, and its down
+  kernel over rows per block, each checked against the module's own configuration;
 - MLX's 8-bit ``quantized_matmul`` (+ bias) for QKV, o_proj and the LM head against model/cuda_matvec.py's
-  kernel over the same kind of sweep.
+  kernel over rows, warps and PRE (first weights requested before the staging, or after it).
 
 The variants this lab compared on 2026-11-26 (the first table-based kernels, v2, v3) are in commit ff01a25;
 their figures are in docs/benchmarks.md.
@@ -115,13 +115,13 @@ def main() -> None:
                        grid=(K * I // rows * 32, 1, 1), threadgroup=(32 * warps, 1, 1), output_shapes=[(K, I)],
                        output_dtypes=[mx.float32])[0]
 
-    def dn(i: int, rows: int, warps: int) -> mx.array:
-        return down(inputs=[act[i], logits[i], rbias[i], dn_w[i], dn_s[i], dn_b[i], x], template=tmpl(rows, warps),
-                    grid=(H // rows * 32, 1, 1), threadgroup=(32 * warps, 1, 1), output_shapes=[(H,)],
+    def dn(i: int, rows: int) -> mx.array:
+        return down(inputs=[act[i], logits[i], rbias[i], dn_w[i], dn_s[i], dn_b[i], x], template=tmpl(rows, K),
+                    grid=(H // rows * 32 * K, 1, 1), threadgroup=(32 * K, 1, 1), output_shapes=[(H,)],
                     output_dtypes=[dt])[0]
 
     act = [gu(i, cuda_moe._GATE_UP_ROWS, cuda_moe._GATE_UP_WARPS) for i in range(LAYERS)]
-    ref_dn = [dn(i, cuda_moe._DOWN_ROWS, cuda_moe._DOWN_WARPS) for i in range(LAYERS)]
+    ref_dn = [dn(i, cuda_moe._DOWN_ROWS) for i in range(LAYERS)]
     mx.eval(act, ref_dn)
     gu_bytes = K * (2 * I * H // 2 + 2 * I * H // 32)
     dn_bytes = K * (H * I // 2 + H * I // 32)
@@ -134,14 +134,12 @@ def main() -> None:
                            lambda i, y, r=rows, w=warps, n=norm: gu(i, r, w, n), nbytes=gu_bytes)
                 except Exception as e:  # noqa: BLE001 - a lab: report and go on
                     print(f"  gate_up R={rows} warps={warps}: FAILED {str(e)[:300]}", flush=True)
-    for rows in (1, 2, 4):
-        for warps in (2, 4, 8):
-            try:
-                err = (mx.abs(dn(0, rows, warps) - ref_dn[0]).max() / mx.abs(ref_dn[0] - x).max()).item()
-                timeit(f"down R={rows} warps={warps} err={err:.1e}", lambda i, y, r=rows, w=warps: dn(i, r, w),
-                       nbytes=dn_bytes)
-            except Exception as e:  # noqa: BLE001
-                print(f"  down R={rows} warps={warps}: FAILED {str(e)[:300]}", flush=True)
+    for rows in (2, 4, 8, 16):
+        try:
+            err = (mx.abs(dn(0, rows) - ref_dn[0]).max() / mx.abs(ref_dn[0] - x).max()).item()
+            timeit(f"down R={rows} err={err:.1e}", lambda i, y, r=rows: dn(i, r), nbytes=dn_bytes)
+        except Exception as e:  # noqa: BLE001
+            print(f"  down R={rows}: FAILED {str(e)[:300]}", flush=True)
 
     print("== 8-bit affine QKV (5120 x 2880), o_proj (2880 x 4096), LM head (201088 x 2880), bias", flush=True)
     shapes = ((QKV, H, LAYERS), (H, O_IN, LAYERS), (VOCAB, H, 2))  # lm_head: two copies, each > L2
@@ -163,13 +161,14 @@ def main() -> None:
         timeit(f"mlx quantized_matmul {n}x{d} + bias", lambda i, y, m=mods, d=d: m[i % len(m)](xin[d]),
                nbytes=q8_bytes(n, d))
         mvs = [cuda_matvec.DecodeMatvec(m) for m in mods]
-        for rows in (1, 2, 4):
-            for warps in (4, 8):
+        for rows, warps in ((2, 8), (4, 4), (4, 8)):
+            for pre in (0, 1):
                 try:
-                    got = mvs[0](xin[d], rows=rows, warps=warps)
+                    got = mvs[0](xin[d], rows=rows, warps=warps, pre=pre)
                     err = (mx.abs(got - ref).max() / mx.abs(ref).max()).item()
-                    timeit(f"matvec R={rows} warps={warps} err={err:.1e}",
-                           lambda i, y, v=mvs, d=d, r=rows, w=warps: v[i % len(v)](xin[d], rows=r, warps=w),
+                    timeit(f"matvec R={rows} warps={warps} PRE={pre} err={err:.1e}",
+                           lambda i, y, v=mvs, d=d, r=rows, w=warps, p=pre: v[i % len(v)](
+                               xin[d], rows=r, warps=w, pre=p),
                            nbytes=q8_bytes(n, d))
                 except Exception as e:  # noqa: BLE001
                     print(f"  matvec R={rows} warps={warps}: FAILED {str(e)[:300]}", flush=True)

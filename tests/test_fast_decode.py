@@ -152,6 +152,7 @@ def test_fused_moe_matches_portable_on_cuda(tmp_path):
     model, _ = load_model(write_tiny_checkpoint(tmp_path / "q", layout="mlx", seed=3))
     model.optimize(compiled_decode=False)
     layer = model.layers[0]
+    attn = layer.self_attn
     fused = cuda_moe.FusedDecodeMoE(layer.mlp)
     x = mx.random.normal((1, 1, model.config.hidden_size), key=mx.random.key(0))
     norm = layer.post_attention_layernorm
@@ -177,6 +178,21 @@ def test_fused_moe_matches_portable_on_cuda(tmp_path):
         ref = ref + res if res is not None else ref
         got = mv(xin, norm=norm, residual=res)
         np.testing.assert_allclose(np.array(got), np.array(ref), rtol=1e-4, atol=1e-4)
+        if with_res:  # o_proj reads the attention's (1, heads, 1, head_dim) output as it is, no reshape
+            heads = xin.reshape(1, 1, attn.n_heads, attn.head_dim).transpose(0, 2, 1, 3)
+            np.testing.assert_allclose(np.array(mv(heads, residual=res)), np.array(ref), rtol=1e-4, atol=1e-4)
+    # QKV with its norm and RoPE in one kernel, against the dequantized matmul and MLX's rope.
+    mv = cuda_matvec.DecodeMatvec(attn.qkv_proj)
+    nq, nkv, hd = attn.n_heads, attn.n_kv, attn.head_dim
+    xin = mx.random.normal((1, 1, mv.d), key=mx.random.key(3))
+    mod = attn.qkv_proj
+    w = mx.dequantize(mod.weight, mod.scales, mod.biases, group_size=mod.group_size, bits=mod.bits)
+    y = (layer.input_layernorm(xin) @ w.T + mod.bias).reshape(1, 1, nq + 2 * nkv, hd).transpose(0, 2, 1, 3)
+    for pos in (0, 37, 5000):
+        r = mx.fast.rope(y, hd, traditional=False, base=None, scale=1.0, offset=pos, freqs=attn._freqs)
+        got = mv.qkv_rope(xin, layer.input_layernorm, attn._freqs, mx.array(pos, dtype=mx.int32), nq, nkv, hd)
+        for g, want in zip(got, (r[:, :nq], r[:, nq : nq + nkv], y[:, nq + nkv :]), strict=True):
+            np.testing.assert_allclose(np.array(g), np.array(want), rtol=1e-4, atol=1e-4)
     # Both decoders continue from one prefilled cache and a fixed token: the prefill runs MLX's
     # quantized_matmul, whose output for these tiny shapes differed between two prefills on an H200 (and
     # holds NaN at the LM head, see above).
@@ -214,8 +230,15 @@ def test_kernel_failure_at_warm_up_falls_back_to_mlx_kernels(tiny_model_dir, whi
     if which == "moe":
         decoder.moe = [broken] * len(model.layers)
     else:
-        broken.d = model.config.hidden_size  # type: ignore[attr-defined]
-        decoder.matvec = {id(layer.self_attn.qkv_proj): broken for layer in model.layers}
+        class BrokenMatvec:  # the QKV layer's kernel: the fused norm + QKV + RoPE call raises
+            d = model.config.hidden_size
+            __call__ = qkv_rope = staticmethod(broken)
+
+            @staticmethod
+            def fits_rope(head_dim: int) -> bool:
+                return True
+
+        decoder.matvec = {id(layer.self_attn.qkv_proj): BrokenMatvec() for layer in model.layers}
     decoder._segments = [mx.compile(decoder._make_segment(i)) for i in range(decoder.n + 1)]
     with pytest.warns(RuntimeWarning, match="using MLX's: nvrtc"):
         decoder.warm_up()

@@ -20,8 +20,9 @@ class KVCache:
         self.values: mx.array | None = None
         self.offset: int = 0
 
-    def update_and_fetch(self, keys: mx.array, values: mx.array) -> tuple[mx.array, mx.array]:
-        """Append (B, H, L, D) keys/values at `offset`; return all cached positions including them."""
+    def update_and_fetch(self, keys: mx.array, values: mx.array, keep: int | None = None) -> tuple[mx.array, mx.array]:
+        """Append (B, H, L, D) keys/values at `offset`; return all cached positions including them, or the
+        last ``keep`` of them (a sliding window: one slice, not two, per decoded token)."""
         prev = self.offset
         n = keys.shape[2]
         if self.keys is None or prev + n > self.keys.shape[2]:
@@ -40,7 +41,8 @@ class KVCache:
         self.offset = prev + n
         self.keys[..., prev : self.offset, :] = keys
         self.values[..., prev : self.offset, :] = values
-        return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
+        start = max(0, self.offset - keep) if keep is not None else 0
+        return self.keys[..., start : self.offset, :], self.values[..., start : self.offset, :]
 
     def trim(self, n: int) -> int:
         """Forget the last n positions (only the offset moves); returns how many were dropped."""

@@ -10,8 +10,8 @@ gather_qmm, SwiGLU, weighting, sum, residual) after the RMSNorm. Here it is thre
 - ``gate_up``: every warp picks the token's top-k experts from the router logits (k rounds of a warp
   arg-max, then a softmax over the k), computes R gate and R up rows of its expert over the normalized
   activations held in shared memory, adds the biases and applies the clamped SwiGLU.
-- ``down``: every warp computes R hidden outputs over all k experts, adds their biases, weights them by
-  the routing softmax and adds the residual.
+- ``down``: a block of k warps computes R hidden outputs, warp i over the i-th routed expert, with its
+  biases; the block combines them with the routing softmax and adds the residual.
 
 Both read the packed weights 16 bytes (one 32-value scale group) per lane at a time and decode e2m1 without
 a lookup table (the shared-memory table was what bound the first version: docs/benchmarks.md). Same math as
@@ -110,9 +110,9 @@ __device__ __forceinline__ float mht_warp_sum(float v) {
 # four words in an order rotated by lane so that the lanes' shared-memory reads spread over the banks.
 _GATE_UP = r"""
   __shared__ __align__(16) float xs[H];
-  mht_stage<H, 32 * WARPS, NORM>(x, nw, NORM ? static_cast<float>(eps[0]) : 0.f, xs);
   const int lane = threadIdx.x & 31;
   const int warp = (blockIdx.x * blockDim.x + threadIdx.x) >> 5;
+  mht_stage<H, 32 * WARPS, NORM>(x, nw, NORM ? static_cast<float>(eps[0]) : 0.f, xs);
   int idx[K];
   float wts[K];
   mht_route<E, K>(logits, rbias, lane, idx, wts);
@@ -209,70 +209,74 @@ _ROUTER = r"""
   }
 """
 
-# Inputs: act (K, I) float32 from gate_up, logits, rbias, w (E, H, I/8), s (E, H, I/32), b (E, H), x (H)
-# residual. A warp computes R consecutive outputs over the K experts; the activations are read from global
-# memory (the block's warps share them through L1) rather than copied into 46 KB of shared memory per block,
-# which had held the kernel to a third of the SM's warps.
+# Inputs: act (K, I) float32 from gate_up, logits, rbias, w (E, H, I/8), s (E, H, I/32), b (E, H), x the
+# residual (H values). A block of K warps computes R outputs, warp k over the k-th routed expert, combined
+# in shared memory with the routing weights and the residual. The activations are read from global memory
+# (the block's warps share them through L1) rather than copied into 46 KB of shared memory per block, which
+# had held an earlier version to a third of the SM's warps; one warp per output row over all K experts
+# (the version before this one) left 720 warps for the whole GPU, 8.5% occupancy.
 _DOWN = r"""
-  const int lane = threadIdx.x & 31;
-  const int o0 = ((blockIdx.x * blockDim.x + threadIdx.x) >> 5) * R;
-  if (o0 >= H) return;
+  __shared__ float part[K][R];
+  const int lane = threadIdx.x & 31, k = threadIdx.x >> 5;
+  const int o0 = blockIdx.x * R;
   int idx[K];
   float wts[K];
   mht_route<E, K>(logits, rbias, lane, idx, wts);
   constexpr int NC = I / 32;
   const uint4* w4 = reinterpret_cast<const uint4*>(w);
-  const float4* a4 = reinterpret_cast<const float4*>(act);
-  float acc[K][R];
+  const float4* a4 = reinterpret_cast<const float4*>(act) + (k * I) / 4;
+  int e = idx[0];
+  float wk = wts[0];
   #pragma unroll
-  for (int k = 0; k < K; ++k) {
-    #pragma unroll
-    for (int r = 0; r < R; ++r) acc[k][r] = 0.f;
+  for (int kk = 1; kk < K; ++kk) {  // a select, not a dynamic index (which would put idx in local memory)
+    if (k == kk) { e = idx[kk]; wk = wts[kk]; }
   }
+  float acc[R];
   #pragma unroll
-  for (int k = 0; k < K; ++k) {
-    #pragma unroll
-    for (int t = 0; t < (NC + 31) / 32; ++t) {
-      const int c = lane + 32 * t;
-      if (c < NC) {
-        uint4 q[R];
-        float sc[R];
-        #pragma unroll
-        for (int r = 0; r < R; ++r) {
-          const size_t row = (size_t)idx[k] * H + o0 + r;
-          q[r] = w4[row * NC + c];
-          sc[r] = mht_e8m0(s[row * NC + c]);
-        }
-        float p[R];
-        #pragma unroll
-        for (int r = 0; r < R; ++r) p[r] = 0.f;
-        #pragma unroll
-        for (int i = 0; i < 4; ++i) {
-          const float4 a = __ldg(a4 + (k * I) / 4 + c * 8 + 2 * i), b4 = __ldg(a4 + (k * I) / 4 + c * 8 + 2 * i + 1);
-          #pragma unroll
-          for (int r = 0; r < R; ++r) p[r] += mht_fp4x8(mht_word(q[r], i), a, b4);
-        }
-        #pragma unroll
-        for (int r = 0; r < R; ++r) acc[k][r] += p[r] * sc[r];
+  for (int r = 0; r < R; ++r) acc[r] = 0.f;
+  #pragma unroll
+  for (int t = 0; t < (NC + 31) / 32; ++t) {
+    const int c = lane + 32 * t;
+    if (c < NC) {
+      uint4 q[R];
+      float sc[R];
+      #pragma unroll
+      for (int r = 0; r < R; ++r) {
+        const size_t row = (size_t)e * H + o0 + r;
+        q[r] = w4[row * NC + c];
+        sc[r] = mht_e8m0(s[row * NC + c]);
       }
+      float p[R];
+      #pragma unroll
+      for (int r = 0; r < R; ++r) p[r] = 0.f;
+      #pragma unroll
+      for (int i = 0; i < 4; ++i) {
+        const float4 a = __ldg(a4 + c * 8 + 2 * i), b4 = __ldg(a4 + c * 8 + 2 * i + 1);
+        #pragma unroll
+        for (int r = 0; r < R; ++r) p[r] += mht_fp4x8(mht_word(q[r], i), a, b4);
+      }
+      #pragma unroll
+      for (int r = 0; r < R; ++r) acc[r] += p[r] * sc[r];
     }
   }
   #pragma unroll
   for (int r = 0; r < R; ++r) {
+    const float d = mht_warp_sum(acc[r]);
+    if (lane == 0) part[k][r] = wk * static_cast<float>(static_cast<T>(d + static_cast<float>(b[(size_t)e * H + o0 + r])));
+  }
+  __syncthreads();
+  if (threadIdx.x < R) {
+    const int r = threadIdx.x;
     float y = 0.f;
     #pragma unroll
-    for (int k = 0; k < K; ++k) {
-      float d = mht_warp_sum(acc[k][r]);
-      d = static_cast<float>(static_cast<T>(d + static_cast<float>(b[(size_t)idx[k] * H + o0 + r])));
-      y += wts[k] * d;
-    }
-    if (lane == r) out[o0 + r] = static_cast<T>(static_cast<float>(x[o0 + r]) + y);
+    for (int kk = 0; kk < K; ++kk) y += part[kk][r];
+    out[o0 + r] = static_cast<T>(static_cast<float>(x[o0 + r]) + y);
   }
 """
 
 # Rows per warp and warps per block: the fastest of scripts/cuda_kernel_lab.py's sweep on an H200.
 _GATE_UP_ROWS, _GATE_UP_WARPS = 2, 8
-_DOWN_ROWS, _DOWN_WARPS = 4, 4
+_DOWN_ROWS = 8
 _ROUTER_WARPS = 8
 _SMEM_LIMIT = 48 * 1024
 
@@ -341,13 +345,14 @@ class FusedDecodeMoE:
         return h @ r.weight.T
 
     def __call__(self, x: mx.array, norm: Any) -> mx.array:
-        xv = x.reshape(self.hidden)
+        """The kernels read x as its hidden values in memory order and return x's shape: no reshape ops
+        (each one more operation for the host to evaluate per layer and token)."""
         if self.router_kernel:
-            logits, h = self.route(xv, norm)
+            logits, h = self.route(x, norm)
         else:
-            h = norm(xv)
+            h = norm(x.reshape(self.hidden))
             logits = self._logits(h[None])[0]
-        return self.down(self.gate_up(h, None, logits), logits, xv).reshape(x.shape)
+        return self.down(self.gate_up(h, None, logits), logits, x)
 
     def _template(self, dtype: mx.Dtype, rows: int, warps: int) -> list[tuple[str, Any]]:
         return [("T", dtype), ("H", self.hidden), ("I", self.inter), ("E", self.E), ("K", self.k), ("R", rows),
@@ -386,13 +391,13 @@ class FusedDecodeMoE:
         )
         return act
 
-    def down(self, act: mx.array, logits: mx.array, x: mx.array, rows: int = _DOWN_ROWS,
-             warps: int = _DOWN_WARPS) -> mx.array:
-        """x + the routing-weighted sum of the experts' down projections (with biases), (hidden,)."""
+    def down(self, act: mx.array, logits: mx.array, x: mx.array, rows: int = _DOWN_ROWS) -> mx.array:
+        """x + the routing-weighted sum of the experts' down projections (with biases), in x's shape.
+        ``rows``: outputs per block (the lab sweeps them; must divide hidden)."""
         assert self._compiled is not None
         (out,) = self._compiled[1](
             inputs=[act, logits, self.router.bias, self.dn.weight, self.dn.scales, self.dn.bias, x],
-            template=self._template(x.dtype, rows, warps), grid=(self.hidden // rows * 32, 1, 1),
-            threadgroup=(32 * warps, 1, 1), output_shapes=[(self.hidden,)], output_dtypes=[x.dtype],
+            template=self._template(x.dtype, rows, self.k), grid=(self.hidden // rows * 32 * self.k, 1, 1),
+            threadgroup=(32 * self.k, 1, 1), output_shapes=[x.shape], output_dtypes=[x.dtype],
         )
         return out

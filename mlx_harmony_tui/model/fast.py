@@ -6,9 +6,10 @@ bandwidth. Here a token costs one compiled graph per layer boundary (o_proj, res
 the two expert matmuls, SwiGLU and the next layer's QKV + RoPE, fused by ``mx.compile``) plus a few eager
 ops per layer for the KV-cache write and the attention itself, whose key length changes every token.
 All of that is backend-neutral; on CUDA the MXFP4 MoE inside the graph (with its RMSNorm) is
-model/cuda_moe.py's three kernels
-and the 8-bit QKV, o_proj and LM head are model/cuda_matvec.py's (falling back to MLX's own kernels if
-they cannot be built).
+model/cuda_moe.py's three kernels and the 8-bit QKV (with its norm and RoPE), o_proj and LM head are
+model/cuda_matvec.py's (falling back to MLX's own kernels if they cannot be built). There decode is bound
+by the host's cost per operation (~3 us each when evaluated, docs/benchmarks.md), so the kernels take and
+return the shapes their neighbours use: no reshape, transpose or slice operations between them.
 """
 
 from __future__ import annotations
@@ -135,6 +136,10 @@ class CompiledDecoder:
         rope = dict(dims=attn.head_dim, traditional=False, base=None, scale=1.0, offset=offset, freqs=attn._freqs)
         nq, nkv = attn.n_heads, attn.n_kv
         if "qkv_proj" in attn:
+            mv = self.matvec.get(id(attn.qkv_proj))
+            if mv is not None and B == 1 and x.size == mv.d and mv.fits_rope(attn.head_dim):
+                # norm, QKV and RoPE in one CUDA kernel, q/k/v written as the attention takes them
+                return mv.qkv_rope(x, layer.input_layernorm, attn._freqs, offset, nq, nkv, attn.head_dim)
             # One RoPE over all q, k and v heads (one kernel instead of two; v's rotated copy is unused).
             y = self._linear(attn.qkv_proj, x, norm=layer.input_layernorm)
             y = y.reshape(B, 1, nq + 2 * nkv, -1).transpose(0, 2, 1, 3)
@@ -150,7 +155,12 @@ class CompiledDecoder:
     def _finish_layer(self, i: int, x: mx.array, attn_out: mx.array) -> mx.array:
         layer = self.model.layers[i]
         B = x.shape[0]
-        x = self._linear(layer.self_attn.o_proj, attn_out.transpose(0, 2, 1, 3).reshape(B, 1, -1), residual=x)
+        o_proj = layer.self_attn.o_proj
+        if id(o_proj) in self.matvec and B == 1:
+            # One token's (1, heads, 1, head_dim) output is already in o_proj's input order: no reshape ops.
+            x = self._linear(o_proj, attn_out, residual=x)
+        else:
+            x = self._linear(o_proj, attn_out.transpose(0, 2, 1, 3).reshape(B, 1, -1), residual=x)
         if self.moe is not None and B == 1:
             return self.moe[i](x, layer.post_attention_layernorm)
         return x + layer.mlp(layer.post_attention_layernorm(x))
@@ -192,9 +202,7 @@ class CompiledDecoder:
             mx.eval(sinks)
         for i, (layer, c) in enumerate(zip(self.model.layers, cache, strict=True)):
             attn = layer.self_attn
-            keys, values = c.update_and_fetch(k, v)
-            if attn.window is not None and keys.shape[2] > attn.window:
-                keys, values = keys[..., -attn.window :, :], values[..., -attn.window :, :]
+            keys, values = c.update_and_fetch(k, v, keep=attn.window)
             out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=attn.scale, sinks=sinks[i])
             if i + 1 < self.n:
                 x, q, k, v = self._segments[i + 1](x, out, offset)
