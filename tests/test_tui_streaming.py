@@ -154,3 +154,28 @@ async def test_a_write_after_a_skipped_screen_tick_still_reaches_the_screen(monk
         await asyncio.sleep(0.3)
         assert frames, "the write never reached a frame"
         app.current = None
+
+
+async def test_a_growing_widget_costs_one_layout_pass(monkeypatch) -> None:
+    """Streamed text grows a widget; Textual's reflow would then queue a second, redundant one (its
+    virtual_size reactive refreshes the layout). The app's one_layout_pass_per_change removes it."""
+    from textual.screen import Screen
+    from textual.widgets import Static
+
+    app = HarmonyApp(backend=ScriptedBackend(simple_reply("", "x")), show_welcome=False)
+    async with app.run_test(size=SIZE) as pilot:
+        static = Static("one")
+        await app.conversation.mount(static)
+        await pilot.pause(0.2)
+        passes: list[int] = []
+        original = Screen._refresh_layout
+
+        def counting(self, *args, **kwargs):
+            passes.append(1)
+            return original(self, *args, **kwargs)
+
+        monkeypatch.setattr(Screen, "_refresh_layout", counting)
+        static.update("one\ntwo\nthree\nfour")
+        await pilot.pause(0.3)
+        assert static.size.height == 4
+        assert len(passes) == 1
