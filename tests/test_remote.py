@@ -15,6 +15,8 @@ from mlx_harmony_tui.chat.events import (
     ToolCall,
     ToolCallArgs,
     ToolCallStarted,
+    ToolConfirmation,
+    ToolResult,
     TurnFailed,
     TurnFinished,
 )
@@ -118,3 +120,56 @@ def test_bad_url_is_a_user_error() -> None:
         RemoteBackend("localhost:8000")
     assert normalize_url("http://127.0.0.1:11434") == "http://127.0.0.1:11434/v1"
     assert normalize_url("http://h:1/api/v1/") == "http://h:1/api/v1"
+
+
+def _python_call(code: str) -> list[object]:
+    return [ToolCallStarted("k", "python"), ToolCallArgs("k", code), ToolCall("k", "python", code),
+            TurnFinished("stop", Metrics(final=True))]
+
+
+def test_remote_turn_runs_the_python_tool_and_asks_again() -> None:
+    """The sandbox is declared to the server, run here when the model calls it, and its output sent back
+    in a second request: the same tool step as a local turn."""
+    scripted = ScriptedBackend()
+    scripted.scripts += [_python_call("print(6*7)"), [Delta("final", "It is 42."), TurnFinished("stop")]]
+    with serve_in_thread(create_app(scripted)) as url:
+        events = _events(RemoteBackend(url), TurnRequest([HMessage("user", "6*7?")], ChatSettings()))
+    results = [e for e in events if isinstance(e, ToolResult)]
+    assert [(r.recipient, r.output.strip(), r.error) for r in results] == [("python", "42", None)]
+    assert [(e.channel, e.text) for e in events if isinstance(e, MessageDone)][-1] == ("final", "It is 42.")
+    assert isinstance(events[-1], TurnFinished) and events[-1].reason == "stop"
+    assert "python" in scripted.requests[0].settings.builtin_tools  # declared: the server offers the built-in
+    second = scripted.requests[1].messages
+    assert (second[-2].recipient, second[-2].text) == ("python", "print(6*7)")  # unwrapped by the server
+    assert (second[-1].role, second[-1].author, second[-1].text.strip()) == ("tool", "python", "42")
+
+
+def test_remote_tool_confirmation_can_decline() -> None:
+    from types import SimpleNamespace
+
+    from mlx_harmony_tui.tools import BrowserToolConfig, PythonToolConfig
+
+    config = SimpleNamespace(tools=SimpleNamespace(python=PythonToolConfig(confirm=True), browser=BrowserToolConfig(),
+                                                   functions=[], max_output_chars=20000))
+    scripted = ScriptedBackend()
+    scripted.scripts += [_python_call("print(1)"), [Delta("final", "Not run."), TurnFinished("stop")]]
+    with serve_in_thread(create_app(scripted)) as url:
+        handle = RemoteBackend(url, app_config=config).start_turn(TurnRequest([HMessage("user", "x")]))
+        events = []
+        for e in handle.events(timeout=20):
+            events.append(e)
+            if isinstance(e, ToolConfirmation):
+                handle.confirm(e.call_id, False)
+    results = [e for e in events if isinstance(e, ToolResult)]
+    assert len(results) == 1 and "declined" in (results[0].error or "")
+    assert isinstance(events[-1], TurnFinished) and events[-1].reason == "stop"
+    assert "declined" in scripted.requests[1].messages[-1].text
+
+
+def test_remote_tool_rounds_are_bounded() -> None:
+    scripted = ScriptedBackend()
+    scripted.scripts += [_python_call("print(1)") for _ in range(3)]
+    with serve_in_thread(create_app(scripted)) as url:
+        events = _events(RemoteBackend(url), TurnRequest([HMessage("user", "x")], ChatSettings(max_tool_rounds=2)))
+    assert sum(isinstance(e, ToolResult) for e in events) == 2
+    assert isinstance(events[-1], TurnFinished) and events[-1].reason == "tool_rounds"

@@ -83,7 +83,7 @@ class LocalBackend:
         self.engine = Engine(model, config, model_id=str(path))
         self.encoding = load_encoding(str(path))
         self.tools = tools
-        self._registries: dict[tuple, Any] = {}
+        self._registries: Any = None  # tools.RegistryCache, made at the first turn that runs tools
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run_jobs, name="mlx-harmony-model", daemon=True)
         self._worker.start()
@@ -165,13 +165,11 @@ class LocalBackend:
         """One registry per tool selection, kept across turns (a persistent python kernel lives on)."""
         if self.tools is not None:
             return self.tools
-        from mlx_harmony_tui.tools import ToolRegistry
+        if self._registries is None:
+            from mlx_harmony_tui.tools import RegistryCache
 
-        s = request.settings
-        key = (tuple(sorted(s.builtin_tools)), tuple(f.name for f in s.function_tools))
-        if key not in self._registries:
-            self._registries[key] = ToolRegistry.from_settings(s, self.app_config)
-        return self._registries[key]
+            self._registries = RegistryCache(self.app_config)
+        return self._registries.get(request.settings)
 
     def count_tokens(self, request: TurnRequest) -> int | None:
         from mlx_harmony_tui.chat.turn import render_options_from_settings
@@ -190,6 +188,5 @@ class LocalBackend:
         self._jobs.put(None)
         if self._worker is not threading.current_thread():
             self._worker.join(timeout=10)
-        for registry in self._registries.values():
-            registry.close()
-        self._registries.clear()
+        if self._registries is not None:
+            self._registries.close()

@@ -2,7 +2,10 @@
 
 The conversation is sent as chat-completions messages; the reply's reasoning (``reasoning_content`` or
 ``reasoning``), text and tool calls come back as the same events the local backend produces, so faces do not
-know the difference. Tools are not run here: a tool call ends the turn (the face decides what to do).
+know the difference. The tools the settings turn on (the python sandbox, config functions with a command) are
+declared to the server and run here, through the same tool step as the local backend's turns
+(chat/turn.py ``run_tool_call``: confirmation, run, result), and the reply is requested again with the
+result; a call to a function the client only declared ends the turn, as it does locally.
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ from mlx_harmony_tui.chat.events import (
     TurnStarted,
 )
 from mlx_harmony_tui.chat.settings import ChatSettings
+from mlx_harmony_tui.chat.turn import run_tool_call
 from mlx_harmony_tui.errors import UserError
 from mlx_harmony_tui.harmony.messages import HMessage
 
@@ -118,7 +122,12 @@ def to_openai_messages(messages: list[HMessage], settings: ChatSettings) -> list
     return out
 
 
-def request_body(request: TurnRequest, model: str) -> dict[str, Any]:
+_PYTHON_PARAMETERS = {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}
+
+
+def request_body(request: TurnRequest, model: str, tools: Any | None = None) -> dict[str, Any]:
+    """The chat-completions request. ``tools``: a tools.ToolRegistry whose tools are declared too (the
+    python sandbox as a function named ``python``, which GPT-OSS servers such as ours map to the built-in)."""
     s = request.settings
     sp = s.sampling
     body: dict[str, Any] = {
@@ -140,24 +149,35 @@ def request_body(request: TurnRequest, model: str) -> dict[str, Any]:
         body["repetition_penalty"] = sp.repetition_penalty
     if s.seed is not None:
         body["seed"] = s.seed
-    if s.function_tools:
-        body["tools"] = [
-            {"type": "function",
-             "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
-            for t in s.function_tools
-        ]
+    functions = {t.name: t for t in [*s.function_tools, *(tools.function_tools() if tools is not None else [])]}
+    declared = [
+        {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
+        for t in functions.values()
+    ]
+    if tools is not None and tools.python is not None and "python" not in functions:
+        from mlx_harmony_tui.tools.python import python_description
+
+        declared.append({"type": "function", "function": {
+            "name": "python", "description": python_description(tools.python), "parameters": _PYTHON_PARAMETERS}})
+    if declared:
+        body["tools"] = declared
     return body
 
 
 class RemoteBackend:
     """Implements the Backend protocol over HTTP. ``model`` None = the first model the server lists."""
 
-    def __init__(self, url: str, api_key: str | None = None, model: str | None = None, timeout: float = 600.0) -> None:
+    def __init__(self, url: str, api_key: str | None = None, model: str | None = None, timeout: float = 600.0,
+                 app_config: Any | None = None) -> None:
+        """``app_config``: the config whose [tools] section sets up the tools run here (None: defaults)."""
+        from mlx_harmony_tui.tools import RegistryCache
+
         self.url = normalize_url(url)
         self.api_key = api_key
         self.timeout = timeout
         self._model = model
         self._threads: list[threading.Thread] = []
+        self._registries = RegistryCache(app_config)
 
     def _headers(self) -> dict[str, str]:
         h = {"Accept": "text/event-stream"}
@@ -197,8 +217,8 @@ class RemoteBackend:
 
     def start_turn(self, request: TurnRequest) -> TurnHandle:
         handle = TurnHandle()
-        body = request_body(request, self.model_name)
-        thread = threading.Thread(target=self._run, args=(handle, body), name="remote-turn", daemon=True)
+        model = self.model_name
+        thread = threading.Thread(target=self._run, args=(handle, request, model), name="remote-turn", daemon=True)
         thread.start()
         self._threads = [t for t in self._threads if t.is_alive()] + [thread]
         return handle
@@ -206,35 +226,46 @@ class RemoteBackend:
     def close(self) -> None:
         for t in self._threads:
             t.join(timeout=5)
+        self._registries.close()
 
-    def _run(self, handle: TurnHandle, body: dict[str, Any]) -> None:
+    def _run(self, handle: TurnHandle, request: TurnRequest, model: str) -> None:
+        """One turn: a request per model reply, with the tools it calls run in between."""
         httpx = _httpx()
         handle.put(TurnStarted(uuid.uuid4().hex[:12]))
-        state = _StreamState(handle)
-        t0 = time.perf_counter()
+        tools = self._registries.get(request.settings)
+        messages = list(request.messages)
+        rounds = 0
         try:
             with httpx.Client(timeout=httpx.Timeout(self.timeout, connect=30.0)) as client:
-                with client.stream("POST", f"{self.url}/chat/completions", json=body,
-                                   headers=self._headers()) as response:
-                    if response.status_code != 200:
-                        handle.put(TurnFailed(_error_message(response)))
+                while True:
+                    body = request_body(TurnRequest(messages, request.settings), model, tools)
+                    state = _StreamState(handle, builtin_python=tools.python is not None)
+                    t0 = time.perf_counter()
+                    if not self._stream(client, body, handle, state, t0):
+                        return  # failed or cancelled: the state has said so
+                    metrics = state.finish_reply(t0)
+                    calls = list(state.calls.values())
+                    runnable = bool(calls) and all(tools.can_run(state.recipient(c["name"])) for c in calls)
+                    if not runnable:
+                        handle.put(TurnFinished(_FINISH.get(state.finish_reason or "stop", "stop"), metrics))  # type: ignore[arg-type]
                         return
-                    for line in response.iter_lines():
-                        if handle.cancel_event.is_set():
-                            state.finish("cancelled", t0)
+                    rounds += 1
+                    if rounds > request.settings.max_tool_rounds:
+                        handle.put(TurnFinished("tool_rounds", metrics))
+                        return
+                    messages += state.messages()
+
+                    def confirm(req: Any) -> bool:
+                        return handle.wait_confirmation(req.call_id)
+
+                    for c in calls:
+                        step = run_tool_call(tools, c["id"], state.recipient(c["name"]), c["args"], "commentary",
+                                             confirm, handle.cancel_event)
+                        reply = _drive(step, handle)
+                        if reply is None:
+                            handle.put(TurnFinished("cancelled", metrics))
                             return
-                        if not line.startswith("data:"):
-                            continue
-                        data = line[5:].strip()
-                        if data == "[DONE]":
-                            break
-                        try:
-                            doc = json.loads(data)
-                        except ValueError:
-                            continue
-                        if state.feed(doc, t0):
-                            return
-            state.finish(None, t0)
+                        messages.append(reply)
         except httpx.HTTPError as e:
             handle.put(TurnFailed(f"cannot reach {self.url}: {type(e).__name__}: {e}"))
         except Exception as e:  # noqa: BLE001 - a worker must always close its handle
@@ -242,12 +273,45 @@ class RemoteBackend:
         finally:
             handle.close()
 
+    def _stream(self, client: Any, body: dict[str, Any], handle: TurnHandle, state: _StreamState, t0: float) -> bool:
+        """One streamed reply into ``state``; False when it failed or was cancelled (already reported)."""
+        with client.stream("POST", f"{self.url}/chat/completions", json=body, headers=self._headers()) as response:
+            if response.status_code != 200:
+                handle.put(TurnFailed(_error_message(response)))
+                return False
+            for line in response.iter_lines():
+                if handle.cancel_event.is_set():
+                    handle.put(TurnFinished("cancelled", state.finish_reply(t0)))
+                    return False
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    doc = json.loads(data)
+                except ValueError:
+                    continue
+                if state.feed(doc, t0):
+                    return False
+        return True
+
+
+def _drive(step: Any, handle: TurnHandle) -> HMessage | None:
+    """Put a tool step's events on the handle; its return value (the tool's message, or None)."""
+    while True:
+        try:
+            handle.put(next(step))
+        except StopIteration as done:
+            return done.value
+
 
 class _StreamState:
     """Chunks -> events for one streamed reply."""
 
-    def __init__(self, handle: TurnHandle) -> None:
+    def __init__(self, handle: TurnHandle, builtin_python: bool = False) -> None:
         self.handle = handle
+        self.builtin_python = builtin_python  # a call of "python" is the sandbox, not functions.python
         self.reasoning = ""
         self.content = ""
         self.calls: dict[int, dict[str, str]] = {}
@@ -285,7 +349,7 @@ class _StreamState:
                 if call is None:
                     call = {"id": tc.get("id") or f"call_{idx}", "name": fn.get("name") or "", "args": ""}
                     self.calls[idx] = call
-                    self.handle.put(ToolCallStarted(call["id"], f"functions.{call['name']}"))
+                    self.handle.put(ToolCallStarted(call["id"], self.recipient(call["name"])))
                 if fn.get("arguments"):
                     call["args"] += fn["arguments"]
                     self.handle.put(ToolCallArgs(call["id"], fn["arguments"]))
@@ -297,13 +361,17 @@ class _StreamState:
         if self.first_token is None:
             self.first_token = time.perf_counter() - t0
 
-    def finish(self, reason: str | None, t0: float) -> None:
+    def recipient(self, name: str) -> str:
+        return "python" if name == "python" and self.builtin_python else f"functions.{name}"
+
+    def finish_reply(self, t0: float) -> Metrics:
+        """The reply's messages, tool calls and metrics as events (the caller ends the turn or goes on)."""
         if self.reasoning:
             self.handle.put(MessageDone("analysis", self.reasoning))
         if self.content:
             self.handle.put(MessageDone("final", self.content))
         for call in self.calls.values():
-            recipient = f"functions.{call['name']}"
+            recipient = self.recipient(call["name"])
             self.handle.put(MessageDone("commentary", call["args"], recipient, "<|constrain|>json"))
             self.handle.put(ToolCall(call["id"], recipient, call["args"], content_type="<|constrain|>json"))
         u = self.usage or {}
@@ -321,5 +389,17 @@ class _StreamState:
             final=True,
         )
         self.handle.put(metrics)
-        finish = reason or _FINISH.get(self.finish_reason or "stop", "stop")
-        self.handle.put(TurnFinished(finish, metrics))  # type: ignore[arg-type]
+        return metrics
+
+    def messages(self) -> list[HMessage]:
+        """This reply as conversation messages, for the request that follows its tool calls (text beside
+        tool calls is their preamble, so it stays in the same assistant message)."""
+        out: list[HMessage] = []
+        if self.reasoning:
+            out.append(HMessage("assistant", self.reasoning, channel="analysis"))
+        if self.content:
+            out.append(HMessage("assistant", self.content, channel="commentary" if self.calls else "final"))
+        for call in self.calls.values():
+            out.append(HMessage("assistant", call["args"], channel="commentary", recipient=self.recipient(call["name"]),
+                                content_type="<|constrain|>json"))
+        return out

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -203,21 +203,32 @@ def run_turn(ctx: TurnContext, messages: list[HMessage], settings: ChatSettings)
         if rounds > settings.max_tool_rounds:
             yield TurnFinished(reason="tool_rounds", metrics=last_metrics)
             return
-        allowed = True
-        if ctx.tools.needs_confirmation(recipient):
-            request = ToolConfirmation(call_id=call_id, recipient=recipient, arguments=call.text)
-            yield request
-            allowed = bool(ctx.confirm(request)) if ctx.confirm else False
-        if ctx.cancel.is_set():
+        reply = yield from run_tool_call(ctx.tools, call_id, recipient, call.text, call.channel, ctx.confirm, ctx.cancel)
+        if reply is None:
             yield TurnFinished(reason="cancelled", metrics=last_metrics)
             return
-        if allowed:
-            outcome = ctx.tools.run(recipient, call.text, cancel=ctx.cancel)
-            output, error, duration = outcome.output, outcome.error, outcome.duration_s
-        else:
-            output, error, duration = "", "the user declined this tool call", 0.0
-        yield ToolResult(call_id=call_id, recipient=recipient, output=output, error=error, duration_s=duration)
-        text = output if not error else (f"Error: {error}\n{output}" if output else f"Error: {error}")
-        new_messages.append(
-            HMessage(role="tool", text=text, author=recipient, channel=call.channel or "commentary", recipient="assistant")
-        )
+        new_messages.append(reply)
+
+
+def run_tool_call(
+    tools: Any, call_id: str, recipient: str, arguments: str, channel: str | None, confirm: ConfirmFn | None,
+    cancel: threading.Event,
+) -> Generator[Event, None, HMessage | None]:
+    """The tool step of a turn, shared by every backend that runs tools (local model or remote server):
+    ask for confirmation where the tool needs it, run it, report the result. Returns the tool's message for
+    the model, or None when the turn was cancelled before the tool ran."""
+    allowed = True
+    if tools.needs_confirmation(recipient):
+        request = ToolConfirmation(call_id=call_id, recipient=recipient, arguments=arguments)
+        yield request
+        allowed = bool(confirm(request)) if confirm else False
+    if cancel.is_set():
+        return None
+    if allowed:
+        outcome = tools.run(recipient, arguments, cancel=cancel)
+        output, error, duration = outcome.output, outcome.error, outcome.duration_s
+    else:
+        output, error, duration = "", "the user declined this tool call", 0.0
+    yield ToolResult(call_id=call_id, recipient=recipient, output=output, error=error, duration_s=duration)
+    text = output if not error else (f"Error: {error}\n{output}" if output else f"Error: {error}")
+    return HMessage(role="tool", text=text, author=recipient, channel=channel or "commentary", recipient="assistant")

@@ -163,7 +163,7 @@ def make_backend(args: argparse.Namespace, progress: Any = None) -> tuple[Any, C
             or os.environ.get("OPENAI_API_KEY")
         )
         remote_model = getattr(args, "model", None) or cfg.remote.model or None
-        return RemoteBackend(url, api_key=key, model=remote_model), settings
+        return RemoteBackend(url, api_key=key, model=remote_model, app_config=cfg), settings
     from mlx_harmony_tui.backends.local import LocalBackend
 
     return LocalBackend.load(model, progress=progress, app_config=cfg), settings

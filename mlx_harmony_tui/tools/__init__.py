@@ -3,9 +3,10 @@
 from mlx_harmony_tui.tools.browser import BrowserToolConfig
 from mlx_harmony_tui.tools.functions import FunctionToolConfig
 from mlx_harmony_tui.tools.python import PythonToolConfig
-from mlx_harmony_tui.tools.registry import ToolOutcome, ToolRecord, ToolRegistry
+from mlx_harmony_tui.tools.registry import RegistryCache, ToolOutcome, ToolRecord, ToolRegistry
 
 __all__ = [
+    "RegistryCache",
     "BrowserToolConfig",
     "FunctionToolConfig",
     "PythonToolConfig",

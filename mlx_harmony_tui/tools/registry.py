@@ -213,6 +213,26 @@ class ToolRegistry:
             self._python_tool.close()
 
 
+class RegistryCache:
+    """One registry per tool selection, kept across turns (a persistent python kernel lives on); shared by
+    the backends that run tools themselves (local model, remote server)."""
+
+    def __init__(self, config: HasToolsSection | None = None) -> None:
+        self.config = config
+        self._by_key: dict[tuple, ToolRegistry] = {}
+
+    def get(self, settings: ChatSettings) -> ToolRegistry:
+        key = (tuple(sorted(settings.builtin_tools)), tuple(f.name for f in settings.function_tools))
+        if key not in self._by_key:
+            self._by_key[key] = ToolRegistry.from_settings(settings, self.config)
+        return self._by_key[key]
+
+    def close(self) -> None:
+        for registry in self._by_key.values():
+            registry.close()
+        self._by_key.clear()
+
+
 def _number(v: Any) -> Any:
     """JSON numbers arrive as floats (``"topn": 5.0``); the browser wants ints."""
     return int(v) if isinstance(v, float) and v.is_integer() else v

@@ -47,7 +47,7 @@ def build_app(args: argparse.Namespace) -> Any:
             from mlx_harmony_tui.backends.remote import RemoteBackend
 
             progress(0.2, f"connecting to {remote}")
-            backend = RemoteBackend(remote, api_key=api_key, model=remote_model)
+            backend = RemoteBackend(remote, api_key=api_key, model=remote_model, app_config=config)  # its tools
             _ = backend.model_name  # fails here, clearly, if the server cannot be reached
             return backend
 
