@@ -83,7 +83,9 @@ class LocalBackend:
         self.engine = Engine(model, config, model_id=str(path))
         self.encoding = load_encoding(str(path))
         self.tools = tools
-        self._registries: Any = None  # tools.RegistryCache, made at the first turn that runs tools
+        from mlx_harmony_tui.tools import RegistryCache
+
+        self._registries = RegistryCache(app_config)
         self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
         self._worker = threading.Thread(target=self._run_jobs, name="mlx-harmony-model", daemon=True)
         self._worker.start()
@@ -165,10 +167,6 @@ class LocalBackend:
         """One registry per tool selection, kept across turns (a persistent python kernel lives on)."""
         if self.tools is not None:
             return self.tools
-        if self._registries is None:
-            from mlx_harmony_tui.tools import RegistryCache
-
-            self._registries = RegistryCache(self.app_config)
         return self._registries.get(request.settings)
 
     def count_tokens(self, request: TurnRequest) -> int | None:
@@ -188,5 +186,4 @@ class LocalBackend:
         self._jobs.put(None)
         if self._worker is not threading.current_thread():
             self._worker.join(timeout=10)
-        if self._registries is not None:
-            self._registries.close()
+        self._registries.close()

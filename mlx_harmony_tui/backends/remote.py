@@ -235,6 +235,10 @@ class RemoteBackend:
         tools = self._registries.get(request.settings)
         messages = list(request.messages)
         rounds = 0
+
+        def confirm(req: Any) -> bool:
+            return handle.wait_confirmation(req.call_id)
+
         try:
             with httpx.Client(timeout=httpx.Timeout(self.timeout, connect=30.0)) as client:
                 while True:
@@ -254,10 +258,6 @@ class RemoteBackend:
                         handle.put(TurnFinished("tool_rounds", metrics))
                         return
                     messages += state.messages()
-
-                    def confirm(req: Any) -> bool:
-                        return handle.wait_confirmation(req.call_id)
-
                     for c in calls:
                         step = run_tool_call(tools, c["id"], state.recipient(c["name"]), c["args"], "commentary",
                                              confirm, handle.cancel_event)
