@@ -1,0 +1,91 @@
+"""The config file's shape: one dataclass per table, with the defaults a missing key takes.
+
+Adding a key = adding a field here (validation, loading and saving follow the dataclasses)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mlx_harmony_tui.errors import UserError
+from mlx_harmony_tui.tools.browser import BrowserToolConfig
+from mlx_harmony_tui.tools.functions import FunctionToolConfig
+from mlx_harmony_tui.tools.python import PythonToolConfig
+
+
+class ConfigError(UserError):
+    """The config file the user named cannot be used at all (missing, unreadable)."""
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    file: Path | None
+    line: int | None
+    key: str | None
+    message: str
+
+    def __str__(self) -> str:
+        where = str(self.file) if self.file else "<config>"
+        if self.line is not None:
+            where += f":{self.line}"
+        return f"{where}: {self.key}: {self.message}" if self.key else f"{where}: {self.message}"
+
+
+@dataclass
+class RemoteConfig:
+    """An OpenAI-compatible endpoint; the key is read from the named environment variable, never stored."""
+
+    endpoint: str = ""
+    api_key_env: str = "OPENAI_API_KEY"
+    model: str = ""
+
+
+@dataclass
+class SamplingConfig:
+    """``[sampling]``: unset (None) values fall through to the model's defaults."""
+
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    min_p: float | None = None
+    repetition_penalty: float | None = None
+    max_tokens: int | None = None
+    seed: int | None = None
+    context_limit: int | None = None
+
+
+@dataclass
+class ToolsConfig:
+    python: PythonToolConfig = field(default_factory=PythonToolConfig)
+    browser: BrowserToolConfig = field(default_factory=BrowserToolConfig)
+    functions: list[FunctionToolConfig] = field(default_factory=list)
+    max_output_chars: int = 20000
+
+
+INTERNAL = {"toml": False}  # metadata: not a config-file key
+
+
+@dataclass
+class AppConfig:
+    model: str = ""  # default model: a path or a name found in models_dirs
+    models_dirs: list[str] = field(default_factory=list)
+    profile: str = ""  # profile used when --profile is not given
+    theme: str = "textual-dark"
+    reasoning_effort: Literal["low", "medium", "high"] | None = None
+    system_prompt: str | None = None
+    developer_prompt: str | None = None  # becomes ChatSettings.instructions
+    remote: RemoteConfig = field(default_factory=RemoteConfig)
+    sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    placeholders: dict[str, str] = field(default_factory=dict)
+    tools: ToolsConfig = field(default_factory=ToolsConfig)
+    keymap: dict[str, str] = field(default_factory=dict)  # action id -> keys, e.g. "ctrl+s"
+    profiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # raw [profiles.NAME] tables
+    # filled by load_config:
+    source: Path | None = field(default=None, metadata=INTERNAL)
+    active_profile: str | None = field(default=None, metadata=INTERNAL)
+    layers: dict[str, dict[str, Any]] = field(default_factory=dict, metadata=INTERNAL)  # "config"/"profile"
+
+    def settings_layers(self) -> tuple[dict[str, Any], dict[str, Any]]:
+        """(profile, config) flat settings for ``resolve_settings``."""
+        return self.layers.get("profile", {}), self.layers.get("config", {})
