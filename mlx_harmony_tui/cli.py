@@ -18,6 +18,7 @@ COMMANDS: list[str] = [
     "mlx_harmony_tui.sessions.command",
     "mlx_harmony_tui.engine.bench_command",
     "mlx_harmony_tui.server.command",
+    "mlx_harmony_tui.faces.mcp_command",
 ]
 
 

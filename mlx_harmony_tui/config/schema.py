@@ -11,6 +11,7 @@ from typing import Any, Literal
 from mlx_harmony_tui.errors import UserError
 from mlx_harmony_tui.tools.browser import BrowserToolConfig
 from mlx_harmony_tui.tools.functions import FunctionToolConfig
+from mlx_harmony_tui.tools.mcp import McpConfig
 from mlx_harmony_tui.tools.python import PythonToolConfig
 
 
@@ -79,6 +80,7 @@ class AppConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     placeholders: dict[str, str] = field(default_factory=dict)
     tools: ToolsConfig = field(default_factory=ToolsConfig)
+    mcp: McpConfig = field(default_factory=McpConfig)  # [[mcp.servers]]
     keymap: dict[str, str] = field(default_factory=dict)  # action id -> keys, e.g. "ctrl+s"
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # raw [profiles.NAME] tables
     # filled by load_config:

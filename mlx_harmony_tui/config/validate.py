@@ -16,6 +16,7 @@ from typing import Any, Literal, Union
 from mlx_harmony_tui.config.lines import dotted, find_line
 from mlx_harmony_tui.config.schema import ConfigProblem
 from mlx_harmony_tui.tools.functions import NAME_RE, FunctionToolConfig
+from mlx_harmony_tui.tools.mcp import SEPARATOR, McpServerConfig
 
 
 class Bad(Exception):
@@ -139,6 +140,8 @@ class Validator:
                 checked = [self.clean(item_cls, item, (*kpath, i)) for i, item in enumerate(checked)]
                 if item_cls is FunctionToolConfig:
                     checked = self._functions(checked, kpath)
+                elif item_cls is McpServerConfig:
+                    checked = self._mcp_servers(checked, kpath)
             elif key in RANGES and isinstance(checked, int | float):
                 lo, hi = RANGES[key]
                 if (lo is not None and checked < lo) or (hi is not None and checked > hi):
@@ -161,6 +164,28 @@ class Validator:
                 self.problem((*path, i, "name"), f"function {name!r} is defined twice; the second is skipped")
             elif not item.get("command"):
                 self.problem((*path, i), f"function {name!r} has no command; skipped")
+            else:
+                seen.add(name)
+                good.append(item)
+        return good
+
+    def _mcp_servers(self, items: list[dict[str, Any]], path: tuple[str | int, ...]) -> list[dict[str, Any]]:
+        """A server needs a name (it prefixes its tools' names) and exactly one of command / url."""
+        good: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for i, item in enumerate(items):
+            name = item.get("name", "")
+            if not re.match(NAME_RE, name) or SEPARATOR in name:
+                self.problem(
+                    (*path, i, "name"),
+                    f"MCP server name {name!r} must be letters, digits, _ or - (no '{SEPARATOR}'); skipped",
+                )
+            elif name in seen:
+                self.problem(
+                    (*path, i, "name"), f"MCP server {name!r} is defined twice; the second is skipped"
+                )
+            elif bool(item.get("command")) == bool(item.get("url")):
+                self.problem((*path, i), f"MCP server {name!r} needs either command or url; skipped")
             else:
                 seen.add(name)
                 good.append(item)

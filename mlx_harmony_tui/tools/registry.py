@@ -12,13 +12,16 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, Protocol
 
 from openai_harmony import ToolNamespaceConfig
 
+from mlx_harmony_tui import paths
 from mlx_harmony_tui.chat.settings import ChatSettings, FunctionTool
 from mlx_harmony_tui.tools.browser import Browser, BrowserError, BrowserToolConfig
 from mlx_harmony_tui.tools.functions import FunctionToolConfig, parse_arguments, run_function
+from mlx_harmony_tui.tools.mcp import McpConfig, McpHub
 from mlx_harmony_tui.tools.python import PythonTool, PythonToolConfig, python_description
 from mlx_harmony_tui.tools.runner import truncate_text
 
@@ -40,7 +43,7 @@ class ToolsSection(Protocol):
 
 
 class HasToolsSection(Protocol):
-    """What ``from_settings`` reads from config.AppConfig."""
+    """What ``from_settings`` reads from config.AppConfig (``mcp``, an McpConfig, is read if present)."""
 
     tools: ToolsSection
 
@@ -71,6 +74,8 @@ class ToolRegistry:
     functions: dict[str, FunctionToolConfig] = field(default_factory=dict)  # runnable (have a command)
     declared: list[FunctionTool] = field(default_factory=list)  # declared only (e.g. by a server client)
     max_output_chars: int = 20000
+    mcp: McpHub | None = None  # tools of MCP servers (functions.<server>__<tool>), shared across registries
+    mcp_wait_s: float = 10.0  # the first turn waits this long at most for servers still starting
     on_record: Callable[[ToolRecord], None] | None = None
     records: list[ToolRecord] = field(default_factory=list)
 
@@ -80,7 +85,9 @@ class ToolRegistry:
         self._lock = threading.Lock()
 
     @classmethod
-    def from_settings(cls, settings: ChatSettings, config: HasToolsSection | None = None) -> ToolRegistry:
+    def from_settings(
+        cls, settings: ChatSettings, config: HasToolsSection | None = None, mcp: McpHub | None = None
+    ) -> ToolRegistry:
         """Built-ins on/off come from the resolved settings; their parameters and the functions from config."""
         tools = config.tools if config is not None else None
         python = (
@@ -93,13 +100,25 @@ class ToolRegistry:
         declared = [t for t in settings.function_tools if t.name not in functions]
         limit = tools.max_output_chars if tools else 20000
         return cls(
-            python=python, browser=browser, functions=functions, declared=declared, max_output_chars=limit
+            python=python,
+            browser=browser,
+            functions=functions,
+            declared=declared,
+            max_output_chars=limit,
+            mcp=mcp or None,
         )
 
     # what the model is told -------------------------------------------------------------------------------
     def function_tools(self) -> list[FunctionTool]:
         """For the developer message (``functions`` namespace)."""
-        return [*self.declared, *(f.as_function_tool() for f in self.functions.values())]
+        own = [*self.declared, *(f.as_function_tool() for f in self.functions.values())]
+        if self.mcp is None:
+            return own
+        if self.mcp_wait_s:  # once: servers started with the app are usually ready by the first message
+            self.mcp.wait_ready(self.mcp_wait_s)
+            self.mcp_wait_s = 0.0
+        taken = {f.name for f in own}
+        return own + [f for f in self.mcp.function_tools() if f.name not in taken]
 
     def builtin_names(self) -> list[str]:
         return [n for n, on in (("browser", self.browser), ("python", self.python)) if on is not None]
@@ -122,7 +141,10 @@ class ToolRegistry:
             return self.python is not None
         if r.startswith("browser."):
             return self.browser is not None and r.split(".", 1)[1] in BROWSER_FUNCTIONS
-        return r.startswith("functions.") and r.split(".", 1)[1] in self.functions
+        if not r.startswith("functions."):
+            return False
+        name = r.split(".", 1)[1]
+        return name in self.functions or (self.mcp is not None and self.mcp.has(name))
 
     def needs_confirmation(self, recipient: str) -> bool:
         r = recipient.strip()
@@ -131,8 +153,11 @@ class ToolRegistry:
         if r.startswith("browser."):
             return self.browser is not None and self.browser.confirm
         if r.startswith("functions."):
-            tool = self.functions.get(r.split(".", 1)[1])
-            return tool.needs_confirmation() if tool else False
+            name = r.split(".", 1)[1]
+            tool = self.functions.get(name)
+            if tool is not None:
+                return tool.needs_confirmation()
+            return self.mcp is not None and self.mcp.needs_confirmation(name)
         return False
 
     # running ----------------------------------------------------------------------------------------------
@@ -170,6 +195,13 @@ class ToolRegistry:
                     return ToolOutcome(f"Error: {e}.", "bad arguments")
                 res = run_function(tool, args, cancel)
                 return ToolOutcome(res.output, res.error)
+            if self.mcp is not None and self.mcp.has(name):
+                try:
+                    args = parse_arguments(arguments)
+                except ValueError as e:
+                    return ToolOutcome(f"Error: {e}.", "bad arguments")
+                mres = self.mcp.call(name, args, cancel)
+                return ToolOutcome(mres.output, mres.error)
         return ToolOutcome(
             f"Error: unknown tool {recipient!r}. Available tools: {self._available()}.", "unknown tool"
         )
@@ -215,22 +247,28 @@ class ToolRegistry:
 
 class RegistryCache:
     """One registry per tool selection, kept across turns (a persistent python kernel lives on); shared by
-    the backends that run tools themselves (local model, remote server)."""
+    the backends that run tools themselves (local model, remote server). Owns the MCP servers: started here
+    (in the background, so a slow server never delays the app) and stopped by ``close``."""
 
-    def __init__(self, config: HasToolsSection | None = None) -> None:
+    def __init__(self, config: HasToolsSection | None = None, mcp_log_dir: Path | None = None) -> None:
         self.config = config
         self._by_key: dict[tuple, ToolRegistry] = {}
+        mcp_config: McpConfig | None = getattr(config, "mcp", None)
+        servers = mcp_config.servers if mcp_config else []
+        log_dir = mcp_log_dir or (paths.cache_dir() / "mcp-logs")
+        self.mcp = McpHub(servers, log_dir=log_dir).start()
 
     def get(self, settings: ChatSettings) -> ToolRegistry:
         key = (tuple(sorted(settings.builtin_tools)), tuple(f.name for f in settings.function_tools))
         if key not in self._by_key:
-            self._by_key[key] = ToolRegistry.from_settings(settings, self.config)
+            self._by_key[key] = ToolRegistry.from_settings(settings, self.config, mcp=self.mcp)
         return self._by_key[key]
 
     def close(self) -> None:
         for registry in self._by_key.values():
             registry.close()
         self._by_key.clear()
+        self.mcp.close()
 
 
 def _number(v: Any) -> Any:
