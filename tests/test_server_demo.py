@@ -133,18 +133,19 @@ def test_a_call_to_an_undeclared_tool_is_reported_not_passed_on(app: object) -> 
     assert msg["reasoning_content"] == declared.message()["reasoning_content"]
 
 
-def test_streamed_retry_is_marked_and_the_reply_keeps_only_the_last_attempt():
-    """A retried attempt's text already streamed cannot be unsent: the stream says so between the attempts,
-    and the complete message (non-streaming) holds only the attempt that succeeded."""
+def test_a_retry_is_never_text_and_the_reply_keeps_only_the_last_attempt():
+    """A retry is an event, not text: nothing is inserted into the content or the reasoning, and the complete
+    message (non-streaming) holds only the attempt that succeeded."""
     from mlx_harmony_tui.chat.events import Retry, TurnFinished
     from mlx_harmony_tui.harmony.events import Delta
 
     for channel, key in (("final", "content"), ("analysis", "reasoning_content")):
         rb = ReplyBuilder()
-        events = [Delta(channel, "first try "), Retry(1, "loop", "the model repeated itself"),
+        events = [Delta(channel, "first try "), Retry(1, "loop", "the model repeated itself", change="seed 1 -> 2"),
                   Delta("analysis", "think"), Delta("final", "second"), TurnFinished("stop")]
         deltas = [d for ev in events for d in rb.feed(ev)]
         streamed = "".join(d.get(key, "") for d in deltas)
-        assert streamed.startswith("first try \n\n[retrying: the model repeated itself]\n\n")
+        assert "retry" not in streamed and "repeated" not in streamed
         assert rb.message()["content"] == "second"
         assert rb.message()["reasoning_content"] == "think"
+        assert rb.retries == [{"attempt": 1, "reason": "loop", "change": "seed 1 -> 2"}]

@@ -62,6 +62,44 @@ def test_loop_is_detected_and_retried_with_failed_text_kept(ctx, encoding):
     assert "ab" in retries[0].failed_text
 
 
+class _Recording:
+    """The real engine, remembering the options of every generation (what each retry changed)."""
+
+    def __init__(self, engine):
+        self.engine, self.options = engine, []
+
+    def generate(self, prompt, options, **kw):
+        self.options.append(options)
+        return self.engine.generate(prompt, options, **kw)
+
+    @property
+    def last_result(self):
+        return self.engine.last_result
+
+
+def test_each_retry_changes_something_and_reports_its_outcome(ctx, encoding):
+    rec = _Recording(ctx.engine)
+    c = TurnContext(engine=rec, encoding=encoding, context_limit=4096)
+    tok = encoding.encode("ab", allowed_special="all")[0]
+    events = list(run_turn(c, [HMessage("user", "Hi")], _settings(logit_bias={tok: 1e4}, max_tokens=400, seed=7)))
+    penalties = [o.sampling.repetition_penalty for o in rec.options]
+    assert penalties == [1.0, 1.15, 1.3]  # a loop: a higher repetition penalty on each retry
+    assert [o.seed for o in rec.options] == [7, 8, 9]  # and another seed
+    retries = [e for e in events if isinstance(e, Retry)]
+    assert retries[0].change == "repetition_penalty 1 -> 1.15, seed 7 -> 8"
+    end = events[-1]
+    assert isinstance(end, TurnFailed)
+    assert [(r.reason, r.outcome) for r in end.retries] == [("loop", "failed: loop"), ("loop", "failed: loop")]
+
+    # malformed output (greedy): a fresh sample, i.e. a non-zero temperature and another seed
+    rec.options.clear()
+    events = list(run_turn(c, [HMessage("user", "Hi")], _settings(logit_bias={RETURN: 1e4})))
+    temps = [o.sampling.temperature for o in rec.options]
+    assert temps[0] == 0.0 and all(t > 0 for t in temps[1:]) and len(temps) == 3
+    assert len({o.seed for o in rec.options}) == 3
+    assert "temperature 0 -> 0.7" in [e for e in events if isinstance(e, Retry)][0].change
+
+
 def test_cancel_before_start_finishes_cancelled(ctx):
     cancel = threading.Event()
     cancel.set()

@@ -59,21 +59,37 @@ class ContextTrimmed:
 
 @dataclass(frozen=True)
 class Retry:
+    """A failed attempt is being retried. Faces show it as a notice, never inside the reply's text."""
+
     attempt: int
-    reason: str  # "parse", "loop", "analysis_only", "length_no_final"
+    reason: str  # "parse", "loop", "analysis_only"
     detail: str = ""
     failed_text: str = ""  # what the failed attempt produced, kept for the session record
+    change: str = ""  # what this retry changes, e.g. "repetition_penalty 1 -> 1.15, seed 7 -> 8"
+
+
+@dataclass(frozen=True)
+class RetryReport:
+    """One retry of a finished turn: why, what it changed, and how that attempt ended ("ok", "failed: loop",
+    "length", "cancelled")."""
+
+    attempt: int
+    reason: str
+    change: str
+    outcome: str
 
 
 @dataclass(frozen=True)
 class TurnFinished:
     reason: FinishReason
     metrics: Metrics = field(default_factory=Metrics)
+    retries: tuple[RetryReport, ...] = ()
 
 
 @dataclass(frozen=True)
 class TurnFailed:
     error: str
+    retries: tuple[RetryReport, ...] = ()
 
 
 Event = (

@@ -1,9 +1,10 @@
 """The one turn pipeline every face uses: prompt -> generate -> parse -> tools -> generate again -> final.
 
 It is a plain generator of events (chat/events.py), so the local backend can run it on a worker thread and
-the tests can drive it directly. Retries (at most ``settings.max_retries``) happen when the model's output
-cannot be used: an unrecoverable parse, a loop, analysis with no answer, or a length cut with no final.
-The failed attempt's text travels in the ``Retry`` event so the session record keeps it.
+the tests can drive it directly. Retries (at most ``settings.max_retries``, policy in chat/retry.py) happen
+when a retry can fix the output: an unrecoverable parse, a loop, analysis with no answer; a token limit ends
+the turn with its partial reply (``length``). The failed attempt's text travels in the ``Retry`` event so the
+session record keeps it; ``TurnFinished``/``TurnFailed`` carry each retry's reason, change and outcome.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from mlx_harmony_tui.chat.events import (
     Metrics,
     PrefillProgress,
     Retry,
+    RetryReport,
     ToolCall,
     ToolConfirmation,
     ToolResult,
@@ -28,6 +30,7 @@ from mlx_harmony_tui.chat.events import (
     TurnFinished,
     TurnStarted,
 )
+from mlx_harmony_tui.chat.retry import failure_reason, first_attempt, next_attempt
 from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.engine.generator import Engine, GenerationOptions
 from mlx_harmony_tui.harmony.messages import HMessage
@@ -77,24 +80,6 @@ def _attempt_text(stream: HarmonyStream) -> str:
     return "\n".join(f"[{m.channel or '?'}] {m.text}" for m in stream.messages if m.text)
 
 
-def _failure_reason(stream: HarmonyStream, finish: str) -> tuple[str, str] | None:
-    """Why this attempt is unusable, or None if it is fine (has a final, or ended in a tool call)."""
-    if finish == "cancelled":
-        return None
-    if finish == "loop":  # a looping answer is garbage even if it reached the final channel
-        return "loop", "the model repeated itself"
-    if stream.tool_call is not None:
-        return None
-    has_final = any(m.channel == "final" and m.text.strip() for m in stream.messages)
-    if has_final:
-        return None
-    if stream.errors:
-        return "parse", "; ".join(stream.errors)
-    if finish == "length":
-        return "length_no_final", "the token limit was reached before a final answer"
-    return "analysis_only", "the model stopped without a final answer"
-
-
 def _merge_functions(a: list, b: list) -> list:
     """Declared functions by name, first wins (the registry repeats the settings' client functions)."""
     seen: dict[str, Any] = {}
@@ -121,6 +106,9 @@ def run_turn(ctx: TurnContext, messages: list[HMessage], settings: ChatSettings)
     history = list(messages)
     new_messages: list[HMessage] = []  # this turn's assistant/tool messages so far
     attempt = 0
+    first = first_attempt(settings.sampling, settings.seed)
+    current = first
+    reports: list[RetryReport] = []
     rounds = 0
     last_metrics = Metrics(final=True)
 
@@ -144,11 +132,10 @@ def run_turn(ctx: TurnContext, messages: list[HMessage], settings: ChatSettings)
             yield TurnFailed(f"the prompt ({n_tokens} tokens) does not fit the context limit ({limit})")
             return
         prompt = render_prompt(kept, options, ctx.encoding)
-        seed = None if settings.seed is None else settings.seed + attempt
         gen_opts = GenerationOptions(
-            sampling=settings.sampling,
+            sampling=current.sampling,
             max_tokens=max(1, min(settings.max_tokens, limit - len(prompt))),
-            seed=seed,
+            seed=current.seed,
         )
         stream = HarmonyStream(ctx.encoding)
         pending.clear()
@@ -164,7 +151,7 @@ def run_turn(ctx: TurnContext, messages: list[HMessage], settings: ChatSettings)
                         call_event = event
                     yield event
         except Exception as e:  # noqa: BLE001 - the model failing must end the turn, not the app
-            yield TurnFailed(f"generation failed: {type(e).__name__}: {e}")
+            yield TurnFailed(f"generation failed: {type(e).__name__}: {e}", tuple(reports))
             return
         yield from pending
         result = ctx.engine.last_result
@@ -177,35 +164,43 @@ def run_turn(ctx: TurnContext, messages: list[HMessage], settings: ChatSettings)
                 call_event = event
             yield event
 
-        problem = _failure_reason(stream, finish)
+        problem = failure_reason(stream, finish)
+        if reports and reports[-1].outcome == "":
+            outcome = f"failed: {problem[0]}" if problem else ("ok" if finish == "stop" else finish)
+            reports[-1] = replace(reports[-1], outcome=outcome)
         if problem is not None and attempt < settings.max_retries and not ctx.cancel.is_set():
             attempt += 1
-            yield Retry(attempt=attempt, reason=problem[0], detail=problem[1], failed_text=_attempt_text(stream))
+            current = next_attempt(first, problem[0], attempt)
+            reports.append(RetryReport(attempt, problem[0], current.change, ""))
+            yield Retry(attempt=attempt, reason=problem[0], detail=problem[1], failed_text=_attempt_text(stream),
+                        change=current.change)
             continue
+        current = first  # a later tool round starts from the user's settings again
+        done = tuple(reports)
         if problem is not None:
-            yield TurnFailed(f"no usable answer after {attempt} retries: {problem[1]}")
+            yield TurnFailed(f"no usable answer after {attempt} retries: {problem[1]}", done)
             return
 
         produced = [m for m in stream.messages]
         call = stream.tool_call
-        if finish == "cancelled" or call is None:
-            yield TurnFinished(reason="cancelled" if finish == "cancelled" else finish, metrics=last_metrics)
+        if finish in ("cancelled", "length") or call is None:
+            yield TurnFinished(reason=finish, metrics=last_metrics, retries=done)  # type: ignore[arg-type]
             return
         new_messages.extend(produced)
         recipient = call.recipient or ""
         client_side = {f"functions.{f.name}" for f in settings.function_tools}
         if ctx.tools is None or (recipient in client_side and not ctx.tools.can_run(recipient)):
             # A client-side function (server): the caller runs it and sends the result back.
-            yield TurnFinished(reason="stop", metrics=last_metrics)
+            yield TurnFinished(reason="stop", metrics=last_metrics, retries=done)
             return
         rounds += 1
         call_id = call_event.call_id if call_event else f"call_{uuid.uuid4().hex[:8]}"
         if rounds > settings.max_tool_rounds:
-            yield TurnFinished(reason="tool_rounds", metrics=last_metrics)
+            yield TurnFinished(reason="tool_rounds", metrics=last_metrics, retries=done)
             return
         reply = yield from run_tool_call(ctx.tools, call_id, recipient, call.text, call.channel, ctx.confirm, ctx.cancel)
         if reply is None:
-            yield TurnFinished(reason="cancelled", metrics=last_metrics)
+            yield TurnFinished(reason="cancelled", metrics=last_metrics, retries=done)
             return
         new_messages.append(reply)
 

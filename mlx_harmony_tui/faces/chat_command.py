@@ -176,7 +176,7 @@ class LineChat:
                 elif isinstance(ev, ToolConfirmation):
                     handle.confirm(ev.call_id, self._confirm(ev))
                 elif isinstance(ev, Retry):
-                    self.err.write(f"\n(retrying: {ev.reason} {ev.detail})\n")
+                    self.err.write(f"\n(retry {ev.attempt}: {ev.reason} {ev.detail}; {ev.change})\n")
                     printer.new_line()
                 elif isinstance(ev, TurnFailed):
                     self.failures += 1

@@ -88,11 +88,17 @@ def run(args: argparse.Namespace) -> int:
                 elif isinstance(ev, ToolConfirmation):
                     handle.confirm(ev.call_id, bool(args.yes))
                 elif isinstance(ev, Retry):
-                    doc["retries"].append({"reason": ev.reason, "detail": ev.detail})
+                    doc["retries"].append({"attempt": ev.attempt, "reason": ev.reason, "detail": ev.detail,
+                                           "change": ev.change, "outcome": None})
                     doc["analysis"], doc["final"] = "", ""  # the document holds the attempt that counts
+                    if printer is not None:
+                        print(f"\n(retry {ev.attempt}: {ev.reason}; {ev.change})", file=sys.stderr)
                 elif isinstance(ev, Metrics) and ev.final:
                     last_metrics = ev
-                elif isinstance(ev, TurnFinished):
+                elif isinstance(ev, TurnFinished | TurnFailed) and ev.retries:
+                    for entry, report in zip(doc["retries"], ev.retries, strict=False):
+                        entry["outcome"] = report.outcome
+                if isinstance(ev, TurnFinished):
                     doc["finish_reason"] = ev.reason
                     m = ev.metrics if (ev.metrics.prompt_tokens or ev.metrics.generated_tokens) else last_metrics
                     doc["metrics"] = dataclasses.asdict(m) if m else None

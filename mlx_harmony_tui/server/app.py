@@ -78,6 +78,7 @@ class ReplyBuilder:
         self.finish_reason: str | None = None
         self.error: str | None = None
         self.metrics: Metrics | None = None
+        self.retries: list[dict[str, Any]] = []
 
     def feed(self, ev: Event) -> list[dict[str, Any]]:
         """Deltas (``choices[0].delta`` objects) for one event; an empty list for events clients don't see."""
@@ -138,15 +139,9 @@ class ReplyBuilder:
                 call["function"]["arguments"] = arguments
             return out
         if isinstance(ev, Retry):
-            # The failed attempt's text is superseded; the complete reply holds only the last attempt. A
-            # streaming client has already received that text and cannot take it back: it gets a visible
-            # notice in the same field, so the retry's text does not read as a continuation of it.
-            notice = f"\n\n[retrying: {ev.detail or ev.reason}]\n\n"
-            out: list[dict[str, Any]] = []
-            if self.content:
-                out.append({"content": notice})
-            elif self.reasoning:
-                out.append({"reasoning_content": notice, "reasoning": notice})
+            # The failed attempt is superseded: the complete reply holds only the last attempt. A streaming
+            # client already has its text; the retry itself is an SSE comment (see _stream), never text.
+            self.retries.append({"attempt": ev.attempt, "reason": ev.reason, "change": ev.change})
             self.content = ""
             self.reasoning = ""
             self._pending = ""
@@ -154,7 +149,7 @@ class ReplyBuilder:
             self._tool_index.clear()
             self._recipients.clear()
             self._undeclared.clear()
-            return out
+            return []
         if isinstance(ev, Metrics):
             if ev.final:
                 self.metrics = ev
@@ -533,6 +528,8 @@ async def _stream(
     try:
         yield chunk({"role": "assistant", "content": ""})
         async for ev in turn:
+            if isinstance(ev, Retry):  # a comment line: clients skip it, a person reading the stream sees it
+                yield f": retry {ev.attempt} ({ev.reason}): {ev.change}\n\n"
             for delta in builder.feed(ev):
                 yield chunk(delta)
             if builder.stopped:

@@ -198,7 +198,8 @@ class SessionRecorder:
             self._last_params = self._effective_params()  # the deleted messages may have carried params
             self._streaming = None
             self._pending_retries.append({"attempt": event.attempt, "reason": event.reason,
-                                          "detail": event.detail, "failed_text": event.failed_text,
+                                          "detail": event.detail, "change": event.change,
+                                          "failed_text": event.failed_text,
                                           "at": now_iso()})
             self.save()
         elif isinstance(event, TurnFinished):
@@ -208,6 +209,9 @@ class SessionRecorder:
                 target = next((m for m in reversed(replies) if m.channel == "final"), replies[-1])
                 target.metrics = {**metrics_dict(event.metrics), "finish_reason": event.reason}
                 if self._pending_retries:
+                    outcomes = {r.attempt: r.outcome for r in event.retries}
+                    for entry in self._pending_retries:
+                        entry.setdefault("outcome", outcomes.get(entry.get("attempt"), ""))
                     target.retries.extend(self._pending_retries)
                     self._pending_retries = []
             self.save()
