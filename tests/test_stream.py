@@ -307,3 +307,17 @@ def test_fuzz_no_exception_escapes(encoding, data, reason):
             acc = ""
             n_done += 1
     assert n_done == len(stream.messages)
+
+
+@pytest.mark.parametrize("junk", ["<|channel|> json", "<|channel|>json", "<|channel|> <|constrain|>json",
+                                  "<|channel|> code"])
+def test_content_type_word_after_a_leaked_token_is_a_content_type(encoding, junk):
+    """`to=functions.get_weather<|channel|> json<|message|>{...}`: the word is the content type, the
+    arguments stay JSON."""
+    args = '{"city": "Paris"}'
+    stream, events = run(encoding, f"<|channel|>commentary to=functions.get_weather{junk}<|message|>{args}<|call|>")
+    calls = [e for e in events if isinstance(e, ToolCall)]
+    assert len(calls) == 1 and calls[0].recipient == "functions.get_weather"
+    assert json.loads(calls[0].arguments) == {"city": "Paris"}
+    assert junk.rsplit("|>", 1)[-1].strip() in (calls[0].content_type or "")
+    assert "special_in_header" in kinds(events)

@@ -37,6 +37,7 @@ _ITEM_RE = re.compile(r"\x01(\w+)\x01|(\s+)|([^\s\x01]+)")
 _RECIPIENT_RE = re.compile(r"to=([A-Za-z0-9_.\-:/]*)")
 _CTYPE_RE = re.compile(r"^[a-z][a-z0-9_+./-]{0,30}$")
 _CTYPE_GLUED_RE = re.compile(r"^(json|code|text)(?=[\[{\"])")
+_CTYPE_WORDS = ("json", "code", "text")
 _ROLE_WORDS = ("user", "system", "developer", "tool")
 _TOOL_AUTHOR_RE = re.compile(r"^(functions\.|browser\.|container\.|python$)")
 
@@ -93,18 +94,25 @@ def parse_header(text: str, complete: bool, expect_role: bool = False) -> Header
         if expect_channel:
             expect_channel = False
             found = _CHANNEL_RE.search(word)
-            if found is None:
+            if found is None and (h.channel is not None or h.recipient is not None) and h.content_type is None and (
+                constrain or word in _CTYPE_WORDS or _CTYPE_GLUED_RE.match(word)
+            ):
+                # "to=functions.f<|channel|> json": a leaked token before the content type; the word is the
+                # content type (read below), not the first words of the arguments
+                h.notes.append(("special_in_header", f"<|channel|> before the content type {word!r}"))
+            elif found is None:
                 h.notes.append(("unknown_channel", repr(word)))
                 h.content_at = start
                 break
-            name = found.group(0).lower()
-            if h.channel is None:
-                h.channel = name
-                if word != found.group(0) or found.group(0) != name:
-                    h.notes.append(("channel_name", f"{word!r} read as {name!r}"))
-            elif name != h.channel:
-                h.notes.append(("special_in_header", f"second channel {name!r} ignored"))
-            continue
+            else:
+                name = found.group(0).lower()
+                if h.channel is None:
+                    h.channel = name
+                    if word != found.group(0) or found.group(0) != name:
+                        h.notes.append(("channel_name", f"{word!r} read as {name!r}"))
+                elif name != h.channel:
+                    h.notes.append(("special_in_header", f"second channel {name!r} ignored"))
+                continue
         if word.startswith("to="):
             rm = _RECIPIENT_RE.match(word)
             rec = rm.group(1) if rm else ""
