@@ -16,6 +16,7 @@ import time
 import traceback
 
 from mlx_harmony_tui.tui.app import HarmonyApp
+from mlx_harmony_tui.tui.turn_view import TurnView
 
 THRESHOLD_S = 0.15
 
@@ -56,9 +57,9 @@ def main() -> int:
         original(self)
 
     HarmonyApp.on_mount = on_mount  # type: ignore[method-assign]
-    flush = HarmonyApp._flush_text
+    flush = TurnView.flush_text
 
-    async def timed_flush(self: HarmonyApp) -> None:
+    async def timed_flush(self: TurnView) -> None:
         """Text writes hold a batch_update, during which no frame reaches the terminal: log the long ones."""
         t0 = time.monotonic()
         await flush(self)
@@ -67,7 +68,7 @@ def main() -> int:
             with open(log_path, "a", encoding="utf-8") as log:
                 log.write(f"--- text write (frames held) {took * 1000:.0f} ms at {time.time():.3f}\n")
 
-    HarmonyApp._flush_text = timed_flush  # type: ignore[method-assign]
+    TurnView.flush_text = timed_flush  # type: ignore[method-assign]
     begin, end = HarmonyApp._begin_batch, HarmonyApp._end_batch
     opened: list[tuple[float, str]] = []
 

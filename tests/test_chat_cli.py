@@ -160,3 +160,28 @@ def test_line_chat_bad_flag_exits_nonzero_with_a_clear_message(argv: list[str], 
                           env=dict(os.environ))
     assert proc.returncode == 2 and message in proc.stderr and "Traceback" not in proc.stderr, proc.stderr
     assert not proc.stdout.strip()
+
+
+def test_line_chat_creates_no_session_until_a_message_is_sent(monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture[str]) -> None:
+    rc, out, err = _run(["chat", "--model", "tiny"], "/set temperature=0.5\n/help\n/save Later\n/quit\n",
+                        monkeypatch, capsys)
+    assert rc == 0, err
+    assert SessionStore().list() == []  # commands alone leave no (empty) session file
+    assert "first message" in out
+
+
+def test_line_chat_records_set_changes_in_the_session(monkeypatch: pytest.MonkeyPatch,
+                                                     capsys: pytest.CaptureFixture[str]) -> None:
+    script = "hello\n/set temperature=0.5\n/set instructions=Answer briefly.\nagain\n/quit\n"
+    rc, _, err = _run(["chat", "--model", "tiny", "--max-tokens", "4", "--seed", "1", "--temperature", "0.9"],
+                      script, monkeypatch, capsys)
+    assert rc == 0, err
+    session = SessionStore().load(SessionStore().list()[0].id)
+    assert session.params["temperature"] == 0.9 and session.params["max_tokens"] == 4
+    users = [k for k, m in enumerate(session.messages) if m.role == "user"]
+    first = [m.params for m in session.messages[: users[1]] if m.role == "assistant" and m.params]
+    second = [m.params for m in session.messages[users[1]:] if m.role == "assistant" and m.params]
+    assert not first  # the first reply used the session's own parameters
+    assert second and second[0]["temperature"] == 0.5  # the change is on the reply it applied to
+    assert session.settings["instructions"] == "Answer briefly."

@@ -30,6 +30,7 @@ RANKS: dict[str, float] = {
     "sessions": 3.5,  # aside: built on chat/harmony types, used by backends and faces
     "config": 3.5,  # aside: resolves settings and tool configs, used by backends and faces
     "backends": 4,
+    "controller": 4.5,  # one conversation (backend, session record, prompt cache) for the faces to drive
     "faces": 5,
     "tui": 5,
     "server": 5,
@@ -114,6 +115,8 @@ def test_no_module_imports_upward() -> None:
         ("mlx_harmony_tui.harmony.render", "import mlx_harmony_tui.tools.registry"),
         ("mlx_harmony_tui.tools.registry", "if TYPE_CHECKING:\n    from mlx_harmony_tui.config import AppConfig"),
         ("mlx_harmony_tui.errors", "from mlx_harmony_tui import paths, sessions"),
+        ("mlx_harmony_tui.controller.conversation", "from mlx_harmony_tui.tui.app import HarmonyApp"),
+        ("mlx_harmony_tui.backends.local", "from mlx_harmony_tui.controller import ChatController"),
         ("mlx_harmony_tui.harmony.stream", "from ..chat import events"),
     ],
 )
@@ -128,6 +131,8 @@ def test_the_check_catches_upward_imports(module: str, source: str) -> None:
         ("mlx_harmony_tui.tools.registry", "from mlx_harmony_tui.chat.settings import ChatSettings"),
         ("mlx_harmony_tui.model.load", "from mlx_harmony_tui.demo import expand_compact"),
         ("mlx_harmony_tui.tui.app", "from mlx_harmony_tui.faces.common import parse_value"),
+        ("mlx_harmony_tui.faces.chat_command", "from mlx_harmony_tui.controller import ChatController"),
+        ("mlx_harmony_tui.controller.conversation", "from mlx_harmony_tui.backends.base import TurnRequest"),
         ("mlx_harmony_tui.harmony.stream", "from . import messages"),
     ],
 )

@@ -62,7 +62,7 @@ async def test_local_tiny_model_turn_stop_and_cache_roundtrip() -> None:
         await wait_loaded(pilot, app2)
         for _ in range(50):
             await pilot.pause(0.05)
-            if app2._cache_loaded_for == sid:
+            if app2.chat._cache_loaded_for == sid:
                 break
         assert any("Prompt cache restored" in n.message for n in app2._notifications)
 

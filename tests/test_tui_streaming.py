@@ -147,13 +147,13 @@ async def test_a_write_after_a_skipped_screen_tick_still_reaches_the_screen(monk
             await asyncio.sleep(0.05)  # the screen drains its queue and goes idle while the batch is open
 
         monkeypatch.setattr(msg, "write", write_then_tick)
-        app.current, app._text_buf = msg, [("final", [" More text."])]
+        app.view.current, app.view.text_buf = msg, [("final", [" More text."])]
         frames: list[int] = []
         monkeypatch.setattr(app, "post_display_hook", lambda: frames.append(1))
-        await app._flush_text()
+        await app.view.flush_text()
         await asyncio.sleep(0.3)
         assert frames, "the write never reached a frame"
-        app.current = None
+        app.view.current = None
 
 
 async def test_a_growing_widget_costs_one_layout_pass(monkeypatch) -> None:

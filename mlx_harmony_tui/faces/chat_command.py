@@ -8,10 +8,10 @@ turn is recorded in a session (SessionRecorder), so nothing is lost if the proce
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 from typing import Any, TextIO
 
-from mlx_harmony_tui.backends.base import TurnRequest
 from mlx_harmony_tui.chat.events import (
     Delta,
     Retry,
@@ -22,6 +22,7 @@ from mlx_harmony_tui.chat.events import (
     TurnFinished,
 )
 from mlx_harmony_tui.chat.settings import ChatSettings
+from mlx_harmony_tui.controller import ChatController
 from mlx_harmony_tui.errors import UserError
 from mlx_harmony_tui.faces.common import (
     StreamPrinter,
@@ -39,7 +40,7 @@ HELP = """commands:
                       max_tokens, seed, reasoning_effort, instructions, system
   /set                show the current settings
   /models             list the models available
-  /save [title]       name the session (it is always recorded) and show where it is
+  /save [title]       name the session (recorded from the first message) and show where it is
   /quit               leave (also end of input)
   //text             send text that starts with '/'"""
 
@@ -55,47 +56,52 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
 
 class LineChat:
-    """The chat loop, separated from argument parsing so tests can drive it with any streams."""
+    """The chat loop over a ChatController, separated from argument parsing so tests can drive it with any
+    streams. The controller records the session (created with the first message) and the /set changes."""
 
     def __init__(self, backend: Any, settings: ChatSettings, args: argparse.Namespace,
                  stdin: TextIO, stdout: TextIO, stderr: TextIO) -> None:
-        from mlx_harmony_tui.sessions.recorder import SessionRecorder
-        from mlx_harmony_tui.sessions.store import SessionStore
-
-        self.backend = backend
-        self.settings = settings
         self.args = args
         self.stdin, self.out, self.err = stdin, stdout, stderr
-        self.store = SessionStore()
-        self.session = self.store.create(model=backend.model_name)
-        self.recorder = SessionRecorder(self.store, self.session)
+        # No prompt-cache files: the line chat resumes no session, so a saved cache would only cost time.
+        self.chat = ChatController(backend, settings, keep_prompt_cache=False, notify=self._notice)
         self.failures = 0
         self.interactive = stdin.isatty()
+
+    @property
+    def backend(self) -> Any:
+        return self.chat.backend
+
+    @property
+    def settings(self) -> ChatSettings:
+        return self.chat.settings
 
     def run(self) -> int:
         if self.interactive:
             self.err.write(f"chat with {self.backend.model_name} (/help for commands)\n")
-        while True:
-            if self.interactive:
-                self.out.write("> ")
-                self.out.flush()
-            line = self.stdin.readline()
-            if not line:
-                break
-            text = line.rstrip("\r\n")
-            if not text.strip():
-                continue
-            if text.startswith("//"):
-                text = text[1:]
-            elif text.startswith("/"):
-                if self.command(text) == "quit":
+        try:
+            while True:
+                if self.interactive:
+                    self.out.write("> ")
+                    self.out.flush()
+                line = self.stdin.readline()
+                if not line:
                     break
-                continue
-            try:
-                self.turn(text)
-            except KeyboardInterrupt:
-                self.err.write("\n(cancelled)\n")
-        self.recorder.finish()
+                text = line.rstrip("\r\n")
+                if not text.strip():
+                    continue
+                if text.startswith("//"):
+                    text = text[1:]
+                elif text.startswith("/"):
+                    if self.command(text) == "quit":
+                        break
+                    continue
+                try:
+                    self.turn(text)
+                except KeyboardInterrupt:
+                    self.err.write("\n(cancelled)\n")
+        finally:
+            self.chat.close()
         return 1 if self.failures else 0
 
     def command(self, text: str) -> str | None:
@@ -131,7 +137,9 @@ class LineChat:
         if not eq:
             raise UserError("usage: /set key=value")
         key = key.strip().replace("-", "_")
-        apply_overrides(self.settings, {key: parse_value(key, value)})
+        new = copy.deepcopy(self.settings)
+        apply_overrides(new, {key: parse_value(key, value)})
+        self.chat.set_settings(new)  # recorded in the session with the next message
         self.out.write(f"{key} = {value.strip()}\n")
 
     def models(self) -> None:
@@ -149,21 +157,25 @@ class LineChat:
             self.out.write(f"  {n}\n")
 
     def save(self, title: str) -> None:
+        session = self.chat.session
+        if session is None:
+            if title:
+                self.chat.title = title
+            named = f" as '{title}'" if title else ""
+            self.out.write(f"the session is saved{named} with the first message\n")
+            return
         if title:
-            self.session.title = title
-        self.recorder.save()
-        self.out.write(f"saved session {self.session.id} '{self.session.title}' -> {self.store.path(self.session.id)}\n")
+            session.title = title
+        assert self.chat.recorder is not None
+        self.chat.recorder.save()
+        self.out.write(f"saved session {session.id} '{session.title}' -> {self.chat.store.path(session.id)}\n")
 
     def turn(self, text: str) -> None:
-        from mlx_harmony_tui.sessions.recorder import to_hmessages
-
-        self.recorder.add_user(text)
-        handle = self.backend.start_turn(TurnRequest(to_hmessages(self.session), self.settings))
+        self.chat.send(text)
         show_tools = self.args.show_tools
         printer = StreamPrinter(self.out, self.args.show_analysis)
         try:
-            for ev in handle.events():
-                self.recorder.on_event(ev)
+            for ev in self.chat.events():
                 if isinstance(ev, Delta):
                     printer.delta(ev)
                 elif isinstance(ev, ToolCall) and show_tools:
@@ -174,7 +186,7 @@ class LineChat:
                     self._line(f"[tool result] {ev.recipient}: {out[:2000]}")
                     printer.new_line()
                 elif isinstance(ev, ToolConfirmation):
-                    handle.confirm(ev.call_id, self._confirm(ev))
+                    self.chat.confirmation(ev)(self._confirm(ev))
                 elif isinstance(ev, Retry):
                     self.err.write(f"\n(retry {ev.attempt}: {ev.reason} {ev.detail}; {ev.change})\n")
                     printer.new_line()
@@ -184,14 +196,16 @@ class LineChat:
                 elif isinstance(ev, TurnFinished) and ev.reason not in ("stop", "cancelled"):
                     self.err.write(f"\n(stopped: {ev.reason})\n")
         except KeyboardInterrupt:
-            handle.cancel()
-            for ev in handle.events():  # let the turn end so the record is complete
-                self.recorder.on_event(ev)
+            self.chat.cancel()
+            for _ in self.chat.events():  # let the turn end so the record is complete
+                pass
             raise
         finally:
-            self.recorder.finish()
             self.out.write("\n")
             self.out.flush()
+
+    def _notice(self, message: str, severity: str) -> None:
+        self.err.write(f"\n{'error' if severity == 'error' else 'note'}: {message}\n")
 
     def _line(self, text: str) -> None:
         self.out.write(("\n" if text else "") + text + "\n")
@@ -213,7 +227,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         return LineChat(backend, settings, args, sys.stdin, sys.stdout, sys.stderr).run()
     finally:
-        backend.close()
+        backend.close()  # a no-op when the chat closed it
         release_mlx_streams()
 
 

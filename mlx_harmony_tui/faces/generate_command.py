@@ -1,4 +1,6 @@
-"""``mlx-harmony-tui generate``: one turn from --prompt (or stdin); plain text, or one JSON document."""
+"""``mlx-harmony-tui generate``: one turn from --prompt (or stdin); plain text, or one JSON document.
+
+A face over a ChatController that keeps no session (one turn, nothing to resume)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,6 @@ import json
 import sys
 from typing import Any
 
-from mlx_harmony_tui.backends.base import TurnRequest
 from mlx_harmony_tui.chat.events import (
     Delta,
     MessageDone,
@@ -20,6 +21,7 @@ from mlx_harmony_tui.chat.events import (
     TurnFailed,
     TurnFinished,
 )
+from mlx_harmony_tui.controller import ChatController
 from mlx_harmony_tui.errors import UserError
 from mlx_harmony_tui.faces.common import (
     StreamPrinter,
@@ -28,7 +30,6 @@ from mlx_harmony_tui.faces.common import (
     make_backend,
     release_mlx_streams,
 )
-from mlx_harmony_tui.harmony.messages import HMessage
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -58,8 +59,9 @@ def read_prompt(args: argparse.Namespace) -> str:
 def run(args: argparse.Namespace) -> int:
     prompt = read_prompt(args)
     backend, settings = make_backend(args)
+    chat = ChatController(backend, settings, record=False)  # one turn, no session
     try:
-        handle = backend.start_turn(TurnRequest([HMessage("user", prompt)], settings))
+        chat.send(prompt)
         doc: dict[str, Any] = {"model": backend.model_name, "analysis": "", "final": "", "tool_calls": [],
                                "tool_results": [], "retries": [], "finish_reason": None, "error": None,
                                "metrics": None}
@@ -67,7 +69,7 @@ def run(args: argparse.Namespace) -> int:
         printer = None if args.json else StreamPrinter(sys.stdout, args.show_analysis)
         analysis_break = False
         try:
-            for ev in handle.events():
+            for ev in chat.events():
                 if isinstance(ev, Delta) and ev.recipient is None:
                     if ev.channel == "analysis":
                         if analysis_break and doc["analysis"]:
@@ -86,7 +88,7 @@ def run(args: argparse.Namespace) -> int:
                     doc["tool_results"].append({"id": ev.call_id, "recipient": ev.recipient, "output": ev.output,
                                                 "error": ev.error})
                 elif isinstance(ev, ToolConfirmation):
-                    handle.confirm(ev.call_id, bool(args.yes))
+                    chat.confirmation(ev)(bool(args.yes))
                 elif isinstance(ev, Retry):
                     doc["retries"].append({"attempt": ev.attempt, "reason": ev.reason, "detail": ev.detail,
                                            "change": ev.change, "outcome": None})
@@ -106,12 +108,12 @@ def run(args: argparse.Namespace) -> int:
                     doc["error"] = ev.error
                     doc["finish_reason"] = doc["finish_reason"] or "error"
         except KeyboardInterrupt:
-            handle.cancel()
-            for _ in handle.events():
+            chat.cancel()
+            for _ in chat.events():
                 pass
             raise
     finally:
-        backend.close()
+        chat.close()
         release_mlx_streams()
     if args.json:
         json.dump(doc, sys.stdout, ensure_ascii=False, indent=2)
