@@ -9,15 +9,15 @@ load, instead of on every turn, and its cache entries die with the thread that m
 from __future__ import annotations
 
 import os
-import queue
 import shutil
 import threading
-from collections.abc import Callable
+import weakref
 from pathlib import Path
 from typing import Any
 
 from mlx_harmony_tui import paths
 from mlx_harmony_tui.backends.base import ProgressCallback, TurnHandle, TurnRequest
+from mlx_harmony_tui.backends.mlx_thread import MlxThread
 from mlx_harmony_tui.chat.events import ToolConfirmation, TurnFailed
 from mlx_harmony_tui.chat.turn import TurnContext, run_turn
 from mlx_harmony_tui.errors import UserError
@@ -57,22 +57,18 @@ def resolve_model_path(model: str | Path | None) -> Path:
     return path
 
 
-def _release_thread_streams() -> None:
-    """Free this thread's MLX streams; without it the process may abort at exit (ml-explore/mlx#3126)."""
-    try:
-        import mlx.core as mx
-
-        mx.clear_streams()
-    except Exception:  # noqa: BLE001 - cleanup must never fail a turn
-        pass
+class LoadCancelled(UserError):
+    """The caller stopped waiting for the model (the app quit while it loaded)."""
 
 
 class LocalBackend:
     """Owns one loaded model and the worker thread that runs its turns, one at a time, in order."""
 
     def __init__(
-        self, model: Any, config: Any, path: Path, name: str, tools: Any | None = None, app_config: Any | None = None
+        self, model: Any, config: Any, path: Path, name: str, tools: Any | None = None, app_config: Any | None = None,
+        *, thread: MlxThread | None = None,
     ) -> None:
+        """``thread``: the MlxThread the model was loaded on (``load``); one is started otherwise."""
         from mlx_harmony_tui.engine.generator import Engine
         from mlx_harmony_tui.harmony.vocab import load_encoding
 
@@ -80,26 +76,17 @@ class LocalBackend:
         self._name = name
         self.config = config
         self.app_config = app_config  # config.AppConfig: tool settings and [[tools.functions]]
-        self.engine = Engine(model, config, model_id=str(path))
+        self._thread = thread or MlxThread()
+        self._worker = self._thread.thread
+        self.engine = self._thread.call(lambda: Engine(model, config, model_id=str(path)))  # its stream: that thread's
         self.encoding = load_encoding(str(path))
         self.tools = tools
         from mlx_harmony_tui.tools import RegistryCache
 
         self._registries = RegistryCache(app_config)
-        self._jobs: queue.Queue[Callable[[], None] | None] = queue.Queue()
-        self._worker = threading.Thread(target=self._run_jobs, name="mlx-harmony-model", daemon=True)
-        self._worker.start()
-        self._jobs.put(self.engine.warm_up)  # trace the compiled step on the thread that will use it
-
-    def _run_jobs(self) -> None:
-        try:
-            while (job := self._jobs.get()) is not None:
-                try:
-                    job()
-                except Exception:  # noqa: BLE001 - a job reports its own failure; the worker must live on
-                    pass
-        finally:
-            _release_thread_streams()  # MLX needs this at the end of every thread that used it
+        self._handles: weakref.WeakSet[TurnHandle] = weakref.WeakSet()  # turns not yet finished
+        self._thread.interrupt = self._cancel_turns
+        self._thread.submit(self.engine.warm_up)  # trace the compiled step on the thread that will use it
 
     @classmethod
     def load(
@@ -108,24 +95,39 @@ class LocalBackend:
         progress: ProgressCallback | None = None,
         tools: Any | None = None,
         app_config: Any | None = None,
+        cancel: threading.Event | None = None,
     ) -> LocalBackend:
-        from mlx_harmony_tui.harmony.vocab import ensure_vocabulary
-        from mlx_harmony_tui.model import load_model
+        """Load on a new MlxThread (the caller only waits). Setting ``cancel`` stops the load at the next
+        layer with LoadCancelled, and the thread is ended: nothing is left inside MLX."""
 
-        path = resolve_model_path(model)
-        if progress:
-            progress(0.0, f"loading {path}")
-        ensure_vocabulary(path)
-        from mlx_harmony_tui.engine.memory import check_fits, files_nbytes, set_wired_limit_for
+        def report(frac: float, msg: str) -> None:
+            if cancel is not None and cancel.is_set():
+                raise LoadCancelled("model loading cancelled")
+            if progress:
+                progress(frac, msg)
 
-        nbytes = files_nbytes(path.glob("*.safetensors")) if path.is_dir() else 0
-        check_fits(nbytes, f"the model in {path}")  # a clear sentence instead of a swap storm or a crash
-        loaded, config = load_model(path, progress=progress)
-        set_wired_limit_for(nbytes)  # macOS: keep the weights wired; a no-op elsewhere
-        name = str(model) if str(model) in BUILTIN_NAMES else path.name
-        if progress:
-            progress(1.0, "ready")
-        return cls(loaded, config, path, name, tools=tools, app_config=app_config)
+        def load_here() -> LocalBackend:
+            from mlx_harmony_tui.engine.memory import check_fits, files_nbytes, set_wired_limit_for
+            from mlx_harmony_tui.harmony.vocab import ensure_vocabulary
+            from mlx_harmony_tui.model import load_model
+
+            path = resolve_model_path(model)
+            report(0.0, f"loading {path}")
+            ensure_vocabulary(path)
+            nbytes = files_nbytes(path.glob("*.safetensors")) if path.is_dir() else 0
+            check_fits(nbytes, f"the model in {path}")  # a clear sentence instead of a swap storm or a crash
+            loaded, config = load_model(path, progress=report)
+            set_wired_limit_for(nbytes)  # macOS: keep the weights wired; a no-op elsewhere
+            name = str(model) if str(model) in BUILTIN_NAMES else path.name
+            report(1.0, "ready")
+            return cls(loaded, config, path, name, tools=tools, app_config=app_config, thread=thread)
+
+        thread = MlxThread()
+        try:
+            return thread.call(load_here)
+        except BaseException:
+            thread.stop()
+            raise
 
     @property
     def model_name(self) -> str:
@@ -138,6 +140,7 @@ class LocalBackend:
     def start_turn(self, request: TurnRequest, *, run_tools: bool = True) -> TurnHandle:
         """Queue a turn on the model's worker. With run_tools=False (the server), a tool call ends the turn."""
         handle = TurnHandle()
+        self._handles.add(handle)
 
         def confirm(req: ToolConfirmation) -> bool:
             return handle.wait_confirmation(req.call_id)
@@ -160,7 +163,7 @@ class LocalBackend:
             finally:
                 handle.close()
 
-        self._jobs.put(work)
+        self._thread.submit(work)
         return handle
 
     def _tools_for(self, request: TurnRequest) -> Any | None:
@@ -176,14 +179,17 @@ class LocalBackend:
         return len(render_prompt(request.messages, render_options_from_settings(request.settings), self.encoding))
 
     def save_cache(self, path: str | Path) -> None:
-        self.engine.save_cache(path)
+        """On the model's thread, after the turns queued before it."""
+        self._thread.call(lambda: self.engine.save_cache(path))
 
     def load_cache(self, path: str | Path) -> bool:
-        return bool(self.engine.load_cache(path))
+        return bool(self._thread.call(lambda: self.engine.load_cache(path)))
+
+    def _cancel_turns(self) -> None:
+        for handle in list(self._handles):
+            handle.cancel()
 
     def close(self) -> None:
         """Finish queued turns, stop the worker, and stop tool processes (e.g. a persistent kernel)."""
-        self._jobs.put(None)
-        if self._worker is not threading.current_thread():
-            self._worker.join(timeout=10)
+        self._thread.stop()
         self._registries.close()
