@@ -1,15 +1,17 @@
-"""The python tool's sandbox: timeout kill, memory limit, writes outside cwd, truncation, scrubbed env."""
+"""The python tool: results, timeout kill, memory limit, truncation, scrubbed env, and the no-sandbox fallback
+(the escape probes against the OS sandbox are in test_sandbox_probes.py)."""
 
 from __future__ import annotations
 
-import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
 
+from mlx_harmony_tui.tools import sandbox
 from mlx_harmony_tui.tools.python import PythonTool, PythonToolConfig, python_description
+from mlx_harmony_tui.tools.registry import ToolRegistry
 
 
 @pytest.fixture
@@ -44,29 +46,25 @@ def test_cancel_stops_a_running_cell(tool: PythonTool) -> None:
     assert res.error == "cancelled" and time.monotonic() - start < 1.4
 
 
-def test_memory_bomb_fails_cleanly(tool: PythonTool) -> None:
+def test_memory_bomb_fails_cleanly() -> None:
+    # zero-filling 512 MB is slow on a busy machine: a generous timeout
+    tool = PythonTool(PythonToolConfig(timeout_s=20, memory_mb=512))
     res = tool.run("blocks = []\nwhile True:\n    blocks.append(bytearray(64 << 20))")
     assert res.error is None and "MemoryError" in res.output
     assert tool.run("1 + 1").output == "2\n"  # the next call is unaffected
 
 
-def test_write_outside_working_directory_is_refused(tool: PythonTool, tmp_path: Path) -> None:
+def test_write_outside_working_directory_fails(tool: PythonTool, tmp_path: Path) -> None:
     target = tmp_path / "outside.txt"
     res = tool.run(f"open({str(target)!r}, 'w').write('x')")
-    assert "PermissionError" in res.output and "outside the working directory" in res.output
-    assert not target.exists()
+    assert "Error" in res.output and not target.exists()
     res = tool.run(f"import os\nos.remove({str(Path(__file__))!r})")
-    assert "PermissionError" in res.output and Path(__file__).exists()
+    assert "Error" in res.output and Path(__file__).exists()
 
 
 def test_writes_inside_the_fresh_working_directory_work_and_vanish(tool: PythonTool) -> None:
-    res = tool.run(
-        "import os\nopen('a.txt', 'w').write('hi')\nprint(os.listdir('.'), open('a.txt').read())\nos.getcwd()"
-    )
-    lines = res.output.splitlines()
-    assert lines[0] == "['a.txt'] hi"
-    cwd = lines[1].strip("'")
-    assert not os.path.exists(cwd)  # removed after the call
+    res = tool.run("import os\nopen('a.txt', 'w').write('hi')\nprint(os.listdir('.'), open('a.txt').read())")
+    assert res.output == "['a.txt'] hi\n"
     assert tool.run("import os\nos.listdir('.')").output == "[]\n"  # stateless: a fresh directory each time
 
 
@@ -77,11 +75,11 @@ def test_environment_is_scrubbed(tool: PythonTool, monkeypatch: pytest.MonkeyPat
     assert res.output.splitlines()[1] == "True"
 
 
-def test_network_and_subprocesses_refused(tool: PythonTool) -> None:
-    res = tool.run("import socket\nsocket.create_connection(('127.0.0.1', 9))")
-    assert "network access is disabled" in res.output
-    res = tool.run("import subprocess\nsubprocess.run(['true'])")
-    assert "starting programs is disabled" in res.output
+def test_no_network_but_programs_run_inside_the_sandbox(tool: PythonTool) -> None:
+    res = tool.run("import socket\nsocket.create_connection(('example.com', 80), timeout=1)")
+    assert "gaierror" in res.output or "unreachable" in res.output
+    res = tool.run("import subprocess\nsubprocess.run(['echo', 'hi'], check=True)")
+    assert res.output == "hi\nCompletedProcess(args=['echo', 'hi'], returncode=0)\n"
 
 
 def test_stdin_is_closed(tool: PythonTool) -> None:
@@ -113,3 +111,21 @@ def test_description_tells_the_model_how_it_behaves() -> None:
     assert "nothing is kept between calls" in text and "7 seconds" in text and "no internet" in text
     assert "256 MB" in text and "Jupyter" not in text
     assert "persistent" in python_description(PythonToolConfig(persistent=True))
+
+
+def test_without_an_os_sandbox_every_run_is_confirmed_and_says_why(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(sandbox, "detect", lambda: sandbox.Sandbox(sandbox.NONE, reason="bwrap is missing"))
+    tool = PythonTool(PythonToolConfig(confirm=False))
+    assert tool.needs_confirmation() and "No OS sandbox: bwrap is missing" in tool.confirmation_note()
+    registry = ToolRegistry(python=PythonToolConfig(confirm=False))
+    assert registry.needs_confirmation("python")
+    assert "No OS sandbox" in registry.confirmation_note("python")
+    assert tool.run("print(37 * 12)").output == "444\n"  # once allowed, it still runs (unsandboxed)
+
+
+def test_with_the_os_sandbox_python_runs_without_asking() -> None:
+    if not sandbox.detect().available:
+        pytest.skip(sandbox.detect().reason)
+    registry = ToolRegistry(python=PythonToolConfig(confirm=False))
+    assert not registry.needs_confirmation("python") and registry.confirmation_note("python") == ""
+    assert registry.run("python", "print(37*12)").output == "444\n"

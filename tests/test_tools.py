@@ -78,6 +78,59 @@ def test_missing_command_program_is_reported() -> None:
     assert res.error == "could not start" and "/no/such/program" in res.output
 
 
+def _alive(marker: str) -> bool:
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and marker.encode() in (p / "cmdline").read_bytes():
+                return True
+        except OSError:
+            pass
+    return False
+
+
+def _gone(marker: str, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while _alive(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return not _alive(marker)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reaper is Linux-only")
+@pytest.mark.parametrize("timeout_s", [30.0, 1.0], ids=["after it exits", "at the timeout"])
+def test_a_setsid_child_of_a_function_tool_ends_with_the_call(tmp_path: Path, timeout_s: float) -> None:
+    marker = f"mht-fn-probe-{time.monotonic_ns()}"
+    code = (
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(120)', {marker!r}], start_new_session=True)\n"
+        f"time.sleep({0 if timeout_s > 5 else 60})\nprint('done')"
+    )
+    res = run_function(
+        FunctionToolConfig(name="f", command=[sys.executable, "-c", code], timeout_s=timeout_s), {}
+    )
+    assert (res.error is None) == (timeout_s > 5), res.output
+    assert _gone(marker)
+
+
+def test_commands_that_cannot_start_are_found_before_the_call(tmp_path: Path) -> None:
+    noshebang = tmp_path / "tool.sh"
+    noshebang.write_text("echo hi\n")
+    noshebang.chmod(0o755)
+    notexec = tmp_path / "tool2.sh"
+    notexec.write_text("#!/bin/sh\necho hi\n")
+    cases = {
+        "say 'unbalanced": "cannot be split into words",
+        str(noshebang): "without a '#!' line",
+        str(notexec): "not executable",
+        "no-such-program-anywhere": "not on the PATH",
+    }
+    for command, why in cases.items():
+        tool = FunctionToolConfig(name="f", command=command)
+        assert why in (tool.problem() or ""), command
+        res = run_function(tool, {})
+        assert res.error == "could not start" and why in res.output
+    assert FunctionToolConfig(name="f", command="echo 'balanced quotes'").problem() is None
+
+
 def test_registry_from_settings_and_config(tmp_path: Path, script: Path) -> None:
     config, problems = load_config(make_config(tmp_path, script))
     assert problems == []

@@ -117,6 +117,7 @@ class ToolConfirmation:
     call_id: str
     recipient: str
     arguments: str
+    note: str = ""  # what the user should know first, e.g. that no OS sandbox will contain the code
 
 
 Event = Event | ToolConfirmation  # type: ignore[misc]

@@ -214,7 +214,8 @@ def run_tool_call(
     the model, or None when the turn was cancelled before the tool ran."""
     allowed = True
     if tools.needs_confirmation(recipient):
-        request = ToolConfirmation(call_id=call_id, recipient=recipient, arguments=arguments)
+        note = tools.confirmation_note(recipient) if hasattr(tools, "confirmation_note") else ""
+        request = ToolConfirmation(call_id=call_id, recipient=recipient, arguments=arguments, note=note)
         yield request
         allowed = bool(confirm(request)) if confirm else False
     if cancel.is_set():

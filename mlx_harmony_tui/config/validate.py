@@ -164,7 +164,11 @@ class Validator:
                 self.problem((*path, i, "name"), f"function {name!r} is defined twice; the second is skipped")
             elif not item.get("command"):
                 self.problem((*path, i), f"function {name!r} has no command; skipped")
+            elif (why := FunctionToolConfig(**item).problem()) and "cannot be split" in why:
+                self.problem((*path, i, "command"), f"function {name!r}: {why}; skipped")
             else:
+                if why and not why.endswith(("does not exist", "not on the PATH")):  # may appear later
+                    self.problem((*path, i, "command"), f"function {name!r} cannot start: {why}")
                 seen.add(name)
                 good.append(item)
         return good

@@ -217,6 +217,8 @@ class LineChat:
         if not self.interactive:
             self.err.write(f"\n(tool call {ev.recipient} refused: run with --yes to allow tools in a pipe)\n")
             return False
+        if ev.note:
+            self.err.write(f"\n{ev.note}")
         self.err.write(f"\nrun {ev.recipient}({ev.arguments[:500]})? [y/N] ")
         answer = self.stdin.readline().strip().lower()
         return answer in ("y", "yes")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import shutil
 import threading
 from dataclasses import dataclass, field
 from typing import Any
@@ -42,10 +43,46 @@ class FunctionToolConfig:
         return FunctionTool(name=self.name, description=self.description, parameters=dict(self.parameters))
 
     def argv(self) -> list[str]:
+        """The command line; ValueError for a string with unbalanced quotes."""
         parts = shlex.split(self.command) if isinstance(self.command, str) else list(self.command)
         if parts:
             parts[0] = os.path.expanduser(parts[0])
         return parts
+
+    def problem(self) -> str | None:
+        """Why this command cannot start (checked when the config is read and before every call)."""
+        try:
+            argv = self.argv()
+        except ValueError as e:
+            return f"command {self.command!r} cannot be split into words ({e})"
+        if not argv:
+            return "no command configured"
+        return program_problem(argv[0], os.path.expanduser(self.cwd) if self.cwd else None)
+
+
+def program_problem(program: str, cwd: str | None = None) -> str | None:
+    """Why ``program`` cannot be executed: missing, not executable, or a script without a ``#!`` line."""
+    if os.sep in program:
+        path = os.path.join(cwd, program) if cwd and not os.path.isabs(program) else program
+        if not os.path.isfile(path):
+            return f"{program!r} does not exist"
+    else:
+        found = shutil.which(program)
+        if found is None:
+            return f"{program!r} is not on the PATH"
+        path = found
+    if not os.access(path, os.X_OK):
+        return f"{program!r} is not executable (chmod +x it)"
+    try:
+        with open(path, "rb") as f:
+            head = f.read(4)
+    except OSError as e:
+        return f"{program!r} cannot be read: {e.strerror}"
+    if head[:2] != b"#!" and head not in (b"\x7fELF", b"\xcf\xfa\xed\xfe", b"\xca\xfe\xba\xbe"):
+        return (
+            f"{program!r} is a script without a '#!' line (add one, or name its interpreter in the command)"
+        )
+    return None
 
 
 @dataclass
@@ -75,10 +112,14 @@ def parse_arguments(arguments: str) -> dict[str, Any]:
 def run_function(
     tool: FunctionToolConfig, args: dict[str, Any], cancel: threading.Event | None = None
 ) -> FunctionResult:
-    """Run the tool's command with ``args`` as JSON on stdin; stdout (and stderr) is the result."""
-    argv = tool.argv()
-    if not argv:
+    """Run the tool's command with ``args`` as JSON on stdin; stdout (and stderr) is the result. Everything
+    the command starts ends with the call (runner's reaper), a ``setsid`` child included."""
+    if not tool.command:
         return FunctionResult(f"Error: function {tool.name} has no command configured.", "no command", 0.0)
+    why = tool.problem()
+    if why is not None:
+        return FunctionResult(f"Error: could not start function {tool.name}: {why}", "could not start", 0.0)
+    argv = tool.argv()
     cwd = os.path.expanduser(tool.cwd) if tool.cwd else None
     try:
         res = run_process(

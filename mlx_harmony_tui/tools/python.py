@@ -1,16 +1,17 @@
-"""The ``python`` built-in tool: the model's code runs in a separate, limited Python process.
+"""The ``python`` built-in tool: the model's code runs in a separate Python process inside the OS sandbox.
 
-Guard rails, not a security boundary: a child process (``sys.executable -I -B``) in its own session (the
-whole group is killed at the timeout), with an address-space limit, a fresh temporary working directory,
-a scrubbed environment and stdin closed. An audit hook in the child refuses writes outside the working
-directory, network sockets and starting other programs, so mistakes are reported instead of done.
-Stateless by default; ``persistent = true`` keeps one long-lived kernel whose globals survive between calls.
+The sandbox (tools/sandbox.py) is the security boundary: no network, no view of the user's files, processes
+or environment, writes only to a private temporary folder. On top come rlimits (CPU, memory, processes, file
+size) and a wall-clock timeout that kills the whole sandbox. Where the OS offers no sandbox, every run needs
+the user's yes (``needs_confirmation``), with the reason shown. Stateless by default; ``persistent = true``
+keeps one long-lived kernel whose globals survive between calls.
 """
 
 from __future__ import annotations
 
 import json
-import os
+import math
+import secrets
 import shutil
 import struct
 import subprocess
@@ -18,104 +19,22 @@ import sys
 import tempfile
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from pathlib import Path
 
+from mlx_harmony_tui.tools import sandbox
 from mlx_harmony_tui.tools.runner import kill_group, run_process, truncate_text
 
-# Runs inside the child. Kept as text so the child imports nothing from this package.
-_BOOTSTRAP = r"""
-import ast, json, linecache, os, resource, struct, sys, traceback
-MEM, MAXOUT, MODE = int(sys.argv[1]), int(sys.argv[2]), sys.argv[3]
-for lim, val in ((resource.RLIMIT_AS, MEM), (resource.RLIMIT_CORE, 0), (resource.RLIMIT_FSIZE, 64 << 20)):
-    try:
-        resource.setrlimit(lim, (val, val))
-    except (ValueError, OSError):
-        pass
-sys.dont_write_bytecode = True
-ROOT = os.path.realpath(os.getcwd())
-WRITE = os.O_WRONLY | os.O_RDWR | os.O_APPEND | os.O_CREAT | os.O_TRUNC
-PATH_EVENTS = {"os.remove": 1, "os.rmdir": 1, "os.mkdir": 1, "os.rename": 2, "os.link": 2, "os.symlink": 2,
-               "os.chmod": 1, "os.chown": 1, "os.truncate": 1, "os.utime": 1, "shutil.rmtree": 1}
-BLOCKED = {"socket.connect": "network access is disabled", "socket.bind": "network access is disabled",
-           "socket.getaddrinfo": "network access is disabled", "subprocess.Popen": "starting programs is disabled",
-           "os.system": "starting programs is disabled", "os.exec": "starting programs is disabled",
-           "os.posix_spawn": "starting programs is disabled", "os.spawn": "starting programs is disabled",
-           "os.fork": "starting programs is disabled", "os.forkpty": "starting programs is disabled"}
-realpath, join, fspath, sep = os.path.realpath, os.path.join, os.fsdecode, os.sep
-
-def inside(p):
-    if isinstance(p, int):
-        return True
-    full = realpath(join(ROOT, fspath(p)))
-    return full == ROOT or full.startswith(ROOT + sep) or full == "/dev/null"
-
-def hook(event, args):
-    if event == "open":
-        if args[2] & WRITE and not inside(args[0]):
-            raise PermissionError(f"writing outside the working directory is not allowed: {args[0]!r}")
-    elif event in PATH_EVENTS:
-        for p in args[: PATH_EVENTS[event]]:
-            if p is not None and not inside(p):
-                raise PermissionError(f"{event} outside the working directory is not allowed: {p!r}")
-    elif event in BLOCKED:
-        raise PermissionError(BLOCKED[event])
-
-def run_cell(code, g):
-    linecache.cache["<cell>"] = (len(code), None, code.splitlines(True), "<cell>")
-    try:
-        tree = ast.parse(code, "<cell>")
-        last = None
-        if tree.body and isinstance(tree.body[-1], ast.Expr):
-            last = ast.Expression(tree.body.pop().value)
-        exec(compile(tree, "<cell>", "exec"), g)
-        if last is not None:
-            value = eval(compile(last, "<cell>", "eval"), g)
-            if value is not None:
-                print(repr(value))
-    except SystemExit:
-        pass
-    except BaseException as e:
-        tb = e.__traceback__.tb_next if e.__traceback__ is not None else None
-        traceback.print_exception(type(e), e, tb)
-
-sys.stdout.reconfigure(encoding="utf-8", errors="replace")
-sys.stderr.reconfigure(encoding="utf-8", errors="replace")
-if MODE == "once":
-    with open(sys.argv[4], encoding="utf-8") as f:
-        code = f.read()
-    sys.addaudithook(hook)
-    run_cell(code, {"__name__": "__main__"})
-else:
-    import io
-    cmd_in = os.fdopen(os.dup(0), "rb")
-    res_out = os.fdopen(os.dup(1), "wb")
-    null = os.open(os.devnull, os.O_RDWR)
-    os.dup2(null, 0)
-    os.dup2(null, 1)
-    sys.addaudithook(hook)
-    g = {"__name__": "__main__"}
-    class Capped(io.TextIOBase):
-        def __init__(self):
-            self.parts, self.size, self.total = [], 0, 0
-        def write(self, s):
-            self.total += len(s)
-            if self.size < MAXOUT:
-                self.parts.append(s[: MAXOUT - self.size])
-                self.size += len(self.parts[-1])
-            return len(s)
-    while True:
-        head = cmd_in.read(4)
-        if len(head) < 4:
-            break
-        code = cmd_in.read(struct.unpack(">I", head)[0]).decode("utf-8")
-        buf = Capped()
-        sys.stdout = sys.stderr = buf
-        run_cell(code, g)
-        sys.stdout, sys.stderr = sys.__stdout__, sys.__stderr__
-        body = json.dumps({"output": "".join(buf.parts), "cut": buf.total - buf.size}).encode()
-        res_out.write(struct.pack(">I", len(body)) + body)
-        res_out.flush()
-"""
+# Runs inside the child; read as text so the child imports nothing from this package.
+_CHILD = (Path(__file__).parent / "python_child.py").read_text(encoding="utf-8")
+MAGIC = b"MHT1"
+FRAME_LIMIT = 64 << 20  # a reply longer than this is not one of ours
+NPROC = 64  # processes and threads inside the sandbox
+KERNEL_CPU_S = 3600  # a persistent kernel's lifetime CPU budget (each call is still cut at timeout_s)
+# Kernels are started from one thread that lives as long as the app: bubblewrap's --die-with-parent
+# (PR_SET_PDEATHSIG) fires when the *thread* that started it exits, and a kernel outlives its turn's thread.
+_SPAWNER = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mht-kernel-spawner")
 
 
 @dataclass
@@ -138,9 +57,10 @@ class PythonResult:
 
 
 def _scrubbed_env(workdir: str) -> dict[str, str]:
-    """Nothing of the user's environment (tokens, keys, HOME) reaches the model's code."""
+    """Nothing of the user's environment (tokens, keys, HOME) reaches the model's code (nor the sandbox's
+    own processes, whose /proc/N/environ the code could read)."""
     return {
-        "PATH": os.defpath,
+        "PATH": "/usr/local/bin:/usr/bin:/bin",
         "HOME": workdir,
         "TMPDIR": workdir,
         "LANG": "C.UTF-8",
@@ -166,8 +86,8 @@ def python_description(config: PythonToolConfig) -> str:
         "packages are available. "
         "python will respond with the printed output (stdout and stderr) and the value of the last expression, "
         f"or time out after {config.timeout_s:g} seconds. Memory is limited to {config.memory_mb} MB. "
-        "There is no internet access and starting other programs is not allowed. Files can only be written in "
-        "the current working directory, which is temporary. "
+        "There is no internet access. Files can only be written in the current working directory, which is "
+        "temporary. "
         f"Output longer than {config.max_output_chars} characters is truncated."
     )
 
@@ -181,19 +101,38 @@ class PythonTool:
         self._kernel: subprocess.Popen[bytes] | None = None
         self._kernel_dir: str | None = None
 
-    def _argv(self, mode: str, *extra: str) -> list[str]:
-        mem = str(self.config.memory_mb << 20)
-        return [
-            sys.executable,
-            "-I",
-            "-B",
-            "-c",
-            _BOOTSTRAP,
-            mem,
+    @property
+    def sandbox(self) -> sandbox.Sandbox:
+        return sandbox.detect()
+
+    def needs_confirmation(self) -> bool:
+        """Asked before every run where there is no OS sandbox, whatever ``confirm`` says."""
+        return self.config.confirm or not self.sandbox.available
+
+    def confirmation_note(self) -> str:
+        """Why the user is asked (empty when only ``confirm = true`` asks)."""
+        box = self.sandbox
+        if box.available:
+            return ""
+        return (
+            f"No OS sandbox: {box.reason}. The code will run with your permissions and can read your files."
+        )
+
+    def _command(self, mode: str, workdir: str) -> tuple[list[str], str, dict[str, str]]:
+        """(command line, working directory inside, environment) of a child in the sandbox."""
+        box = self.sandbox
+        cpu = KERNEL_CPU_S if mode == "kernel" else math.ceil(self.config.timeout_s) + 1
+        child = [sys.executable, "-I", "-B", "-c", _CHILD, str(self.config.memory_mb << 20)]
+        child += [
             str(self.config.max_output_chars),
             mode,
-            *extra,
+            str(cpu),
+            str(NPROC if box.kind == sandbox.BWRAP else 0),
         ]
+        inside = "/tmp" if box.kind == sandbox.BWRAP else workdir
+        env = _scrubbed_env(inside)
+        argv, cwd = box.wrap(child, workdir=workdir, env=env, tmp_bytes=self.config.memory_mb << 20)
+        return argv, cwd, env
 
     def run(self, code: str, cancel: threading.Event | None = None) -> PythonResult:
         with self._lock:
@@ -202,23 +141,21 @@ class PythonTool:
             return self._run_once(code, cancel)
 
     def _run_once(self, code: str, cancel: threading.Event | None) -> PythonResult:
-        base = tempfile.mkdtemp(prefix="mht-python-")
+        work = tempfile.mkdtemp(prefix="mht-python-")
         try:
-            work = os.path.join(base, "work")
-            os.mkdir(work)
-            cell = os.path.join(base, "cell.py")
-            with open(cell, "w", encoding="utf-8") as f:
-                f.write(code)
+            argv, _, env = self._command("once", work)
             res = run_process(
-                self._argv("once", cell),
+                argv,
+                stdin_data=code.encode("utf-8", "surrogatepass"),
                 cwd=work,
-                env=_scrubbed_env(work),
+                env=env,
                 timeout_s=self.config.timeout_s,
                 max_output=self.config.max_output_chars,
                 cancel=cancel,
+                reap=not self.sandbox.available,
             )
         finally:
-            shutil.rmtree(base, ignore_errors=True)
+            shutil.rmtree(work, ignore_errors=True)
         return self._result(res.output, res.timed_out, res.cancelled, res.duration_s)
 
     def _result(self, output: str, timed_out: bool, cancelled: bool, duration: float) -> PythonResult:
@@ -232,15 +169,17 @@ class PythonTool:
     # persistent kernel -------------------------------------------------------------------------------
     def _start_kernel(self) -> subprocess.Popen[bytes]:
         self._kernel_dir = tempfile.mkdtemp(prefix="mht-kernel-")
-        self._kernel = subprocess.Popen(
-            self._argv("kernel"),
+        argv, _, env = self._command("kernel", self._kernel_dir)
+        self._kernel = _SPAWNER.submit(
+            subprocess.Popen,
+            argv,
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             stderr=subprocess.DEVNULL,
             cwd=self._kernel_dir,
-            env=_scrubbed_env(self._kernel_dir),
+            env=env,
             start_new_session=True,
-        )
+        ).result()
         return self._kernel
 
     def _run_kernel(self, code: str, cancel: threading.Event | None) -> PythonResult:
@@ -249,15 +188,20 @@ class PythonTool:
             self._kernel if self._kernel is not None and self._kernel.poll() is None else self._start_kernel()
         )
         assert proc.stdin is not None and proc.stdout is not None
+        token = secrets.token_hex(16)
         reply: dict[str, object] = {}
+        broken: list[str] = []
 
         def _read() -> None:
-            head = proc.stdout.read(4)  # type: ignore[union-attr]
-            if len(head) == 4:
-                body = proc.stdout.read(struct.unpack(">I", head)[0])  # type: ignore[union-attr]
+            try:
+                body = _read_reply(proc.stdout, token)  # type: ignore[arg-type]
+            except ValueError as e:
+                broken.append(str(e))
+                return
+            if body is not None:
                 reply.update(json.loads(body))
 
-        data = code.encode("utf-8")
+        data = json.dumps({"token": token, "code": code}).encode("utf-8", "surrogatepass")
         try:
             proc.stdin.write(struct.pack(">I", len(data)) + data)
             proc.stdin.flush()
@@ -282,6 +226,14 @@ class PythonTool:
             res = self._result("", timed_out, cancelled, duration)
             res.output += "\n[the persistent session was restarted; all variables were lost]"
             return res
+        if broken:
+            self.close()
+            return PythonResult(
+                f"[the python session's reply channel was corrupted ({broken[0]}); it was restarted and all "
+                "variables were lost]",
+                "crashed",
+                duration,
+            )
         if not reply:
             self.close()
             return PythonResult(
@@ -305,3 +257,33 @@ class PythonTool:
         if self._kernel_dir:
             shutil.rmtree(self._kernel_dir, ignore_errors=True)
             self._kernel_dir = None
+
+
+def _read_reply(stream, token: str) -> bytes | None:  # type: ignore[no-untyped-def]
+    """The body of the reply to request ``token``; replies to earlier requests (left behind when a cell
+    forged its own answer) are skipped. None at EOF; ValueError when the stream is not our framing."""
+    want = token.encode("ascii")
+    while True:
+        head = _read_exact(stream, len(MAGIC) + len(want) + 4)
+        if len(head) < len(MAGIC) + len(want) + 4:
+            return None
+        if not head.startswith(MAGIC):
+            raise ValueError("bad frame header")
+        (size,) = struct.unpack(">I", head[-4:])
+        if size > FRAME_LIMIT:
+            raise ValueError("oversized frame")
+        body = _read_exact(stream, size)
+        if len(body) < size:
+            return None
+        if head[len(MAGIC) : -4] == want:
+            return body
+
+
+def _read_exact(stream, n: int) -> bytes:  # type: ignore[no-untyped-def]
+    data = b""
+    while len(data) < n:
+        chunk = stream.read(n - len(data))
+        if not chunk:
+            break
+        data += chunk
+    return data

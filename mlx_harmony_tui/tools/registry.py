@@ -149,7 +149,7 @@ class ToolRegistry:
     def needs_confirmation(self, recipient: str) -> bool:
         r = recipient.strip()
         if r == "python":
-            return self.python is not None and self.python.confirm
+            return self._python_tool is not None and self._python_tool.needs_confirmation()
         if r.startswith("browser."):
             return self.browser is not None and self.browser.confirm
         if r.startswith("functions."):
@@ -159,6 +159,12 @@ class ToolRegistry:
                 return tool.needs_confirmation()
             return self.mcp is not None and self.mcp.needs_confirmation(name)
         return False
+
+    def confirmation_note(self, recipient: str) -> str:
+        """What the user should know before allowing the call (e.g. that there is no OS sandbox)."""
+        if recipient.strip() == "python" and self._python_tool is not None:
+            return self._python_tool.confirmation_note()
+        return ""
 
     # running ----------------------------------------------------------------------------------------------
     def run(self, recipient: str, arguments: str, cancel: threading.Event | None = None) -> ToolOutcome:

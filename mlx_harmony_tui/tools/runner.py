@@ -1,8 +1,9 @@
 """Running tool subprocesses: timeout, cancel, bounded output, whole-process-group kill.
 
 Shared by the python tool and config-declared function tools, so both get the same guarantees: a runaway
-child never hangs the turn (the whole process group is killed) and never floods memory (output beyond the
-limit is counted, not kept; the tail is kept because tracebacks end there).
+child never hangs the turn and never outlives it (the whole process tree is killed: on Linux through the
+reaper, which also catches children that left the process group with ``setsid``) and never floods memory
+(output beyond the limit is counted, not kept; the tail is kept because tracebacks end there).
 """
 
 from __future__ import annotations
@@ -10,6 +11,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from collections import deque
@@ -18,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 TAIL_CHARS = 2000
+_REAPER = (Path(__file__).parent / "reaper.py").read_text(encoding="utf-8")
 
 
 @dataclass
@@ -85,8 +88,22 @@ class _BoundedReader:
         return f"{head_s}\n[... truncated {cut} chars]\n{tail.decode('utf-8', 'replace')}", cut
 
 
+def reaped(argv: Sequence[str]) -> list[str]:
+    """``argv`` under the reaper (tools/reaper.py) on Linux, so that nothing it starts outlives it."""
+    if not sys.platform.startswith("linux"):
+        return list(argv)
+    return [sys.executable, "-I", "-S", "-c", _REAPER, *argv]
+
+
 def kill_group(proc: subprocess.Popen) -> None:  # type: ignore[type-arg]
-    """Kill the child and everything it started (it runs in its own session)."""
+    """Kill the child and everything it started (it runs in its own session). SIGTERM first: a reaper then
+    kills its whole tree (setsid children included) before it exits; then SIGKILL to the group."""
+    if proc.poll() is None:
+        try:
+            proc.send_signal(signal.SIGTERM)
+            proc.wait(timeout=2.0)
+        except (ProcessLookupError, subprocess.TimeoutExpired):
+            pass
     try:
         os.killpg(proc.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -107,11 +124,13 @@ def run_process(
     max_output: int = 20000,
     cancel: threading.Event | None = None,
     preexec: Callable[[], None] | None = None,
+    reap: bool = True,
 ) -> ProcessResult:
-    """Run ``argv`` in a new session; stdin gets ``stdin_data`` (or is closed); kill the group on timeout."""
+    """Run ``argv`` in a new session; stdin gets ``stdin_data`` (or is closed); kill the tree on timeout.
+    ``reap=False`` where something else already ends the whole tree (the python tool's bubblewrap)."""
     start = time.monotonic()
     proc = subprocess.Popen(
-        list(argv),
+        reaped(argv) if reap else list(argv),
         stdin=subprocess.PIPE if stdin_data is not None else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

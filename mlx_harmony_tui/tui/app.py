@@ -324,7 +324,8 @@ class HarmonyApp(App[None]):
             pass  # the chat screen's widgets are gone: the app is shutting down
 
     def confirm_tool(self, e: ev.ToolConfirmation) -> None:
-        self.push_screen(ConfirmScreen(f"Run tool {e.recipient}?", e.arguments), self.chat.confirmation(e))
+        body = f"{e.note}\n\n{e.arguments}" if e.note else e.arguments  # e.g. "No OS sandbox: ..."
+        self.push_screen(ConfirmScreen(f"Run tool {e.recipient}?", body), self.chat.confirmation(e))
 
     async def wait_idle(self, timeout: float = 60.0) -> None:
         """For tests and scripts: until the running turn has been fully applied."""
