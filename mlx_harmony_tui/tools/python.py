@@ -24,11 +24,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from mlx_harmony_tui.tools import sandbox
+from mlx_harmony_tui.tools.python_child import MAGIC, read_exact
 from mlx_harmony_tui.tools.runner import kill_group, run_process, truncate_text
 
 # Runs inside the child; read as text so the child imports nothing from this package.
 _CHILD = (Path(__file__).parent / "python_child.py").read_text(encoding="utf-8")
-MAGIC = b"MHT1"
 FRAME_LIMIT = 64 << 20  # a reply longer than this is not one of ours
 NPROC = 64  # processes and threads inside the sandbox
 KERNEL_CPU_S = 3600  # a persistent kernel's lifetime CPU budget (each call is still cut at timeout_s)
@@ -264,7 +264,7 @@ def _read_reply(stream, token: str) -> bytes | None:  # type: ignore[no-untyped-
     forged its own answer) are skipped. None at EOF; ValueError when the stream is not our framing."""
     want = token.encode("ascii")
     while True:
-        head = _read_exact(stream, len(MAGIC) + len(want) + 4)
+        head = read_exact(stream, len(MAGIC) + len(want) + 4)
         if len(head) < len(MAGIC) + len(want) + 4:
             return None
         if not head.startswith(MAGIC):
@@ -272,18 +272,8 @@ def _read_reply(stream, token: str) -> bytes | None:  # type: ignore[no-untyped-
         (size,) = struct.unpack(">I", head[-4:])
         if size > FRAME_LIMIT:
             raise ValueError("oversized frame")
-        body = _read_exact(stream, size)
+        body = read_exact(stream, size)
         if len(body) < size:
             return None
         if head[len(MAGIC) : -4] == want:
             return body
-
-
-def _read_exact(stream, n: int) -> bytes:  # type: ignore[no-untyped-def]
-    data = b""
-    while len(data) < n:
-        chunk = stream.read(n - len(data))
-        if not chunk:
-            break
-        data += chunk
-    return data
