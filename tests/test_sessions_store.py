@@ -25,6 +25,7 @@ from mlx_harmony_tui.sessions import (
     SessionNotFoundError,
     SessionStore,
 )
+from mlx_harmony_tui.sessions.maintenance import migrate_all
 from mlx_harmony_tui.sessions.migrations import SessionVersionError
 
 FIXTURES = Path(__file__).resolve().parents[1] / "sessions"
@@ -99,15 +100,15 @@ def test_migrate_all_dry_run_then_real(tmp_path: Path) -> None:
     for v in (1, 2, 3):
         shutil.copy(FIXTURES / f"v{v}-example.json", tmp_path / f"example-v{v}.json")
     store = SessionStore(tmp_path)
-    dry = store.migrate_all(dry_run=True)
-    assert len(dry) == 2 and not list(tmp_path.glob("*.bak"))
-    done = store.migrate_all()
-    assert len(done) == 2 and sorted(p.name for p in tmp_path.glob("*.bak")) == [
+    dry, failed = migrate_all(store, dry_run=True)
+    assert len(dry) == 2 and not failed and not list(tmp_path.glob("*.bak"))
+    done, failed = migrate_all(store)
+    assert len(done) == 2 and not failed and sorted(p.name for p in tmp_path.glob("*.bak")) == [
         "example-v1.v1.bak", "example-v2.v2.bak"]
-    assert store.migrate_all() == []
+    assert migrate_all(store) == ([], 0)
 
 
-def test_corrupt_files_are_quarantined_and_the_rest_still_load(tmp_path: Path) -> None:
+def test_damaged_files_are_reported_and_left_alone_and_the_rest_still_load(tmp_path: Path) -> None:
     store = SessionStore(tmp_path)
     good = _sample(store)
     (tmp_path / "bad-json.json").write_text('{"schema_version": 3, "id": "bad-j')
@@ -120,10 +121,10 @@ def test_corrupt_files_are_quarantined_and_the_rest_still_load(tmp_path: Path) -
     listed = fresh.list()
     assert [s.id for s in listed] == [good.id]
     assert len(fresh.problems) == 3
-    assert any("bad-json.json" in p and "moved aside" in p for p in fresh.problems)
+    assert any("bad-json.json" in p and "skipped" in p for p in fresh.problems)
     assert any("bad-schema.json" in p and "messages" in p for p in fresh.problems)
-    assert not (tmp_path / "bad-json.json").exists()
-    assert len(list(tmp_path.glob("bad-json.json.corrupt-*"))) == 1
+    assert (tmp_path / "bad-json.json").read_text() == '{"schema_version": 3, "id": "bad-j'  # reading moves nothing
+    assert not list(tmp_path.glob("*.corrupt-*"))
     assert json.loads((tmp_path / "newer.json").read_text()) == newer  # a newer app's file is left alone
     with pytest.raises(SessionVersionError, match="newer"):
         fresh.load("newer")
@@ -172,8 +173,7 @@ def _check_bytes(data: bytes) -> None:
         try:
             session = store.load("example-v3")
         except CorruptSessionError:
-            moved = list(root.glob("example-v3.json.corrupt-*"))
-            assert len(moved) == 1 and moved[0].read_bytes() == data
+            assert (root / "example-v3.json").read_bytes() == data  # reported, never moved by a read
             assert store.problems
         except SessionVersionError:
             assert (root / "example-v3.json").read_bytes() == data

@@ -1,4 +1,7 @@
-"""``mlx-harmony-tui sessions list|show|export|import|migrate|convert-dialogue``."""
+"""``mlx-harmony-tui sessions list|show|export|import|migrate|repair|convert-dialogue``.
+
+list/show/export only read: a damaged file is reported and skipped, never moved. migrate and repair are the
+commands that rewrite or move files (sessions/maintenance.py)."""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from mlx_harmony_tui.sessions import maintenance
 from mlx_harmony_tui.sessions.dialogue import (
     DialogueError,
     dialogue_to_examples,
@@ -44,9 +48,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("files", nargs="+", type=Path)
     a.set_defaults(func=cmd_import)
 
-    a = sub.add_parser("migrate", help="rewrite old-schema session files in the current schema")
+    a = sub.add_parser("migrate", help="rewrite old-schema session files in the current schema "
+                                       "(damaged files are moved aside)")
     a.add_argument("--dry-run", action="store_true", help="only say what would change")
     a.set_defaults(func=cmd_migrate)
+
+    a = sub.add_parser("repair", help="move damaged session files aside (<file>.corrupt-<time>)")
+    a.add_argument("--dry-run", action="store_true", help="only say what would be moved")
+    a.set_defaults(func=cmd_repair)
 
     a = sub.add_parser("convert-dialogue", help="turn 'user:/assistant:' text into a session or examples")
     a.add_argument("file", type=Path)
@@ -126,13 +135,22 @@ def cmd_import(args: argparse.Namespace) -> int:
 
 
 def cmd_migrate(args: argparse.Namespace) -> int:
-    store = _store(args)
-    report = store.migrate_all(dry_run=args.dry_run)
-    for line in report:
+    lines, failed = maintenance.migrate_all(_store(args), dry_run=args.dry_run)
+    for line in lines:
         print(line)
-    if not report:
+    if not lines:
         print("all sessions are at the current schema")
-    _report_problems(store)
+    if failed:
+        print(f"{failed} file(s) {'would not be' if args.dry_run else 'could not be'} migrated", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def cmd_repair(args: argparse.Namespace) -> int:
+    lines, _ = maintenance.migrate_all(_store(args), dry_run=args.dry_run, only=("damaged",))
+    for line in lines:
+        print(line)
+    if not lines:
+        print("no damaged session files")
     return 0
 
 

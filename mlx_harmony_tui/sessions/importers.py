@@ -209,5 +209,9 @@ def import_file(path: Path) -> ImportResult:
     except FileNotFoundError:
         raise ImportFormatError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:
-        raise ImportFormatError(f"{path}: cannot read JSON ({e})") from None
+        hint = ""
+        if isinstance(e, ValueError) and not isinstance(e, UnicodeDecodeError):
+            hint = (f"; for dialogue text ('user:' / 'assistant:' lines) use: mlx-harmony-tui sessions "
+                    f"convert-dialogue {path}")
+        raise ImportFormatError(f"{path}: cannot read JSON ({e}){hint}") from None
     return import_data(data, Path(path).name)

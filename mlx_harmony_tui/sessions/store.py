@@ -1,8 +1,9 @@
-"""One JSON file per session, written atomically; unreadable files are moved aside, never overwritten.
+"""One JSON file per session, written atomically; damaged files are reported, never overwritten.
 
 Layout of the sessions folder (``paths.sessions_dir()`` by default):
-``<id>.json`` the session (current schema), ``<id>.v<N>.bak`` the original of a migrated file (written once),
-``<id>.json.corrupt-<time>`` a quarantined file, ``<id>.lock`` the lock of the process that has it open,
+``<id>.json`` the session (current schema; the file name is the id), ``<id>.v<N>.bak`` the original of a
+migrated file (written once), ``<id>.json.corrupt-<time>`` a damaged file moved aside (only by ``migrate``,
+``sessions repair`` or a save over it: reading never moves a file), ``<id>.lock`` the lock of the process that has it open,
 ``.index.json`` the listing cache, ``.<name>.<pid>.<rand>.tmp`` a write in progress.
 """
 
@@ -43,7 +44,7 @@ class SessionNotFoundError(SessionError):
 
 
 class CorruptSessionError(SessionError):
-    """The file could not be parsed or failed validation; it has been moved aside."""
+    """The file could not be parsed or failed validation (left in place, or moved aside by a repair)."""
 
 
 def _fsync_dir(folder: Path) -> None:
@@ -77,6 +78,19 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 def encode_session(session: Session) -> bytes:
     return json.dumps(session_to_dict(session), ensure_ascii=False, indent=1).encode("utf-8")
+
+
+def parse_session(data: bytes) -> tuple[Session, int]:
+    """Bytes -> (validated current-version session, the file's schema version). Every kind of damage is a
+    SchemaError; a newer app's file is a SessionVersionError. Nothing is written."""
+    try:
+        doc = json.loads(data.decode("utf-8"))
+        current, original = migrate(doc)
+        return session_from_dict(current), original
+    except (SchemaError, SessionVersionError):
+        raise
+    except (UnicodeDecodeError, ValueError, RecursionError) as e:
+        raise SchemaError(f"not valid JSON ({type(e).__name__}: {e})") from None
 
 
 def decode_document(data: bytes) -> dict[str, Any]:
@@ -126,8 +140,10 @@ class SessionStore:
         return target
 
     # reading -----------------------------------------------------------------------------------------
-    def _read(self, path: Path) -> Session:
-        """Parse, migrate and validate one file; bad files are quarantined (CorruptSessionError)."""
+    def _read(self, path: Path, *, repair: bool = False) -> Session:
+        """Parse, migrate and validate one file. A damaged file raises CorruptSessionError and is left where
+        it is (reading never moves a user's file); with ``repair`` it is moved aside. The file name is the
+        session's id: a file copied in under another name opens under that name, it is not damage."""
         try:
             data = path.read_bytes()
         except FileNotFoundError:
@@ -135,18 +151,19 @@ class SessionStore:
         except OSError as e:
             raise SessionError(f"cannot read {path}: {e.strerror}") from None
         try:
-            doc = json.loads(data.decode("utf-8"))
-            current, original = migrate(doc)
-            session = session_from_dict(current)
-            if path.name != f"{session.id}.json":
-                raise SchemaError(f"id {session.id!r} does not match the file name")
+            session, original = parse_session(data)
         except SessionVersionError as e:
             self.problems.append(f"{path.name}: {e}")
             raise SessionVersionError(f"{path}: {e}") from None
-        except (SchemaError, UnicodeDecodeError, ValueError, RecursionError) as e:
-            reason = str(e) if isinstance(e, SchemaError) else f"not valid JSON ({type(e).__name__}: {e})"
-            target = self.quarantine(path, reason)
-            raise CorruptSessionError(f"{path.name} is damaged ({reason}); moved aside to {target}") from None
+        except SchemaError as e:
+            if repair:
+                target = self.quarantine(path, str(e))
+                raise CorruptSessionError(f"{path.name} is damaged ({e}); moved aside to {target}") from None
+            self.problems.append(f"{path.name}: damaged ({e}); skipped (`sessions repair` moves it aside)")
+            raise CorruptSessionError(f"{path.name} is damaged ({e}); left unchanged") from None
+        stem = path.name.removesuffix(".json")
+        if session.id != stem and valid_id(stem):
+            session.id = stem
         self._source_version[session.id] = original
         if original == SCHEMA_VERSION:
             self._checked.add(session.id)
@@ -240,34 +257,6 @@ class SessionStore:
         session.title = title
         self.save(session)
         return session
-
-    def migrate_all(self, dry_run: bool = False) -> builtins.list[str]:
-        """Rewrite every older-version file in the current schema (with its one-time backup)."""
-        report: builtins.list[str] = []
-        for path in sorted(self.root.glob("*.json")):
-            if path.name.startswith("."):
-                continue
-            try:
-                _, version = migrate(json.loads(path.read_bytes().decode("utf-8")))
-            except SessionVersionError as e:
-                report.append(f"{path.name}: skipped: {e}")
-                continue
-            except (SchemaError, UnicodeDecodeError, ValueError, RecursionError, OSError):
-                version = -1
-            if version == SCHEMA_VERSION:
-                continue
-            if dry_run:
-                what = "damaged, would be moved aside" if version < 0 else f"v{version} -> v{SCHEMA_VERSION}"
-                report.append(f"{path.name}: {what}")
-                continue
-            try:
-                session = self._read(path)
-            except SessionError as e:
-                report.append(f"{path.name}: {e}")
-                continue
-            self.save(session, touch=False)
-            report.append(f"{path.name}: migrated v{version} -> v{SCHEMA_VERSION} (backup {session.id}.v{version}.bak)")
-        return report
 
     # locking -----------------------------------------------------------------------------------------
     def lock(self, session_id: str) -> SessionLock:
