@@ -79,7 +79,7 @@ def test_migrate_dry_run_predicts_migrate_exactly(capsys: pytest.CaptureFixture[
     assert json.loads((root / "old-copy.json").read_text())["id"] == "old-copy"
     assert (root / "newer.json").exists() and not (root / "broken.json").exists()
     rc, again = _migrate([], capsys)
-    assert rc == 1 and again == [l for l in done if "newer.json" in l]  # the newer file still cannot be
+    assert rc == 1 and again == [line for line in done if "newer.json" in line]  # the newer file still cannot be
 
 
 def test_importing_dialogue_text_suggests_convert_dialogue(capsys: pytest.CaptureFixture[str]) -> None:
