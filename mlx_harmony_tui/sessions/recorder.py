@@ -93,6 +93,11 @@ class SessionRecorder:
     def _turn_messages(self) -> list[Message]:
         return self.session.messages[self._turn_start:]
 
+    def _turn_user(self) -> Message | None:
+        """The user message this turn answers (None for a turn that started without one)."""
+        before = self.session.messages[self._turn_start - 1] if self._turn_start > 0 else None
+        return before if before is not None and before.role == "user" else None
+
     # public ------------------------------------------------------------------------------------------
     def add_user(self, text: str) -> Message:
         """Append the user's message and save; the next events belong to the reply."""
@@ -143,7 +148,11 @@ class SessionRecorder:
                     and last.recipient == event.recipient and not last.incomplete):
                 return  # the ToolCall event already recorded this message
             if cur is None or cur.channel != event.channel or cur.recipient != event.recipient:
-                cur = self._assistant(event.channel, event.text, event.recipient)
+                # A backend may close its messages only at the end (the remote one closes the analysis after
+                # the answer streamed): complete the streamed message, never add a second copy of it.
+                streamed = [m for m in self.session.messages[self._attempt_start:] if m.role == "assistant"
+                            and m.incomplete and m.channel == event.channel and m.recipient == event.recipient]
+                cur = streamed[0] if streamed else self._assistant(event.channel, event.text, event.recipient)
             cur.content = event.text
             cur.content_type = event.content_type
             cur.created_at = now_iso()
@@ -205,6 +214,8 @@ class SessionRecorder:
         elif isinstance(event, TurnFinished):
             self._streaming = None
             replies = [m for m in self._turn_messages() if m.role == "assistant"]
+            if not replies and event.reason != "stop" and (user := self._turn_user()) is not None:
+                user.extra["finish_reason"] = event.reason  # stopped before any reply: the export marks it
             if replies:
                 target = next((m for m in reversed(replies) if m.channel == "final"), replies[-1])
                 target.metrics = {**metrics_dict(event.metrics), "finish_reason": event.reason}
@@ -221,6 +232,8 @@ class SessionRecorder:
             if self._pending_retries:  # no reply took them: the failure keeps what the attempts wrote
                 error["retries"], self._pending_retries = self._pending_retries, []
             self.session.extra.setdefault("errors", []).append(error)
+            if (user := self._turn_user()) is not None:
+                user.extra["error"] = event.error  # the export marks the turn failed
             # The failed turn's messages stay in the record (nothing is lost) but are marked, so the next
             # prompt does not feed a looping or broken answer back to the model.
             for m in reversed(self.session.messages):
