@@ -409,7 +409,8 @@ def create_app(
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return _SSEResponse(
-                _stream(backend, turn_request, gen_queue, stops, cid, now, name, include_usage, routes),
+                _stream(backend, turn_request, gen_queue, stops, cid, now, name, include_usage, routes,
+                        request.state),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
             )
@@ -482,6 +483,7 @@ async def _complete(
     except BaseException:
         turn.cancel()
         raise
+    request.state.usage = builder.usage()  # for the request log line (server/request_log.py)
     if builder.error and builder.finish_reason is None:
         raise APIError(500, f"generation failed: {builder.error}", "server_error")
     return JSONResponse({
@@ -506,6 +508,7 @@ async def _stream(
     name: str,
     include_usage: bool,
     routes: dict[str, ToolRoute],
+    state: Any = None,
 ) -> AsyncIterator[str]:
     def chunk(delta: dict[str, Any] | None, finish: str | None = None, usage: dict[str, Any] | None = None) -> str:
         doc: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": now, "model": name,
@@ -542,4 +545,6 @@ async def _stream(
                 yield chunk(None, usage=builder.usage())
         yield "data: [DONE]\n\n"
     finally:
+        if state is not None:
+            state.usage = builder.usage()  # for the request log line (server/request_log.py)
         turn.cancel()  # no-op when the turn ended; stops the model when the client went away

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import errno
 import os
 import socket
 import sys
@@ -13,6 +14,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from mlx_harmony_tui.errors import UserError
+from mlx_harmony_tui.server.request_log import LEVELS
 
 API_KEY_ENV = "MLX_HARMONY_TUI_API_KEY"
 
@@ -38,6 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="extra name clients may use for the model (repeatable)")
     p.add_argument("--max-body-mb", type=float, default=4.0, help="largest request body (default 4 MB)")
     p.add_argument("--max-queue", type=int, default=256, help="most requests waiting for the model")
+    p.add_argument("--log-level", choices=LEVELS, default="info",
+                   help="info (default): one line per request on stderr; warning: only problems; debug: more")
+    p.add_argument("--quiet", "-q", action="store_true", help="no request lines (same as --log-level warning)")
     p.set_defaults(func=run)
 
 
@@ -58,21 +63,48 @@ def build_app(args: argparse.Namespace) -> Any:
                       max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_waiting=args.max_queue)
 
 
+def listen(host: str, port: int) -> socket.socket:
+    """Bind the server's socket before the model loads, so a taken port is a clear error at once."""
+    if not 0 < port < 65536:
+        raise UserError(f"--port must be 1..65535, not {port}")
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as e:
+        raise UserError(f"--host {host!r}: {e.strerror}") from None
+    family, _, _, _, addr = infos[0]
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind(addr)
+        sock.listen(128)
+    except OSError as e:
+        sock.close()
+        hint = "; is another server running there? choose another with --port N" if e.errno in (
+            errno.EADDRINUSE, errno.EACCES) else ""
+        raise UserError(f"cannot listen on {host}:{port}: {e.strerror}{hint}") from None
+    sock.set_inheritable(True)
+    return sock
+
+
 def run(args: argparse.Namespace) -> int:
     _require_server_extra()
     import uvicorn
 
-    if not 0 < args.port < 65536:
-        raise UserError(f"--port must be 1..65535, not {args.port}")
-    app = build_app(args)
-    if args.host not in ("127.0.0.1", "localhost", "::1") and not (args.api_key or os.environ.get(API_KEY_ENV)):
-        print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use the model",
-              file=sys.stderr)
-    print(f"serving {', '.join(app.state.backends)} on http://{args.host}:{args.port}/v1", file=sys.stderr)
+    from mlx_harmony_tui.server.request_log import RequestLog, setup_logging
+
+    sock = listen(args.host, args.port)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
-    except OSError as e:
-        raise UserError(f"cannot listen on {args.host}:{args.port}: {e}") from None
+        app = build_app(args)
+        app.add_middleware(RequestLog)
+        setup_logging("warning" if args.quiet else args.log_level)
+        if args.host not in ("127.0.0.1", "localhost", "::1") and not (args.api_key or os.environ.get(API_KEY_ENV)):
+            print(f"warning: serving on {args.host} without --api-key: anyone who can reach it can use the model",
+                  file=sys.stderr)
+        print(f"serving {', '.join(app.state.backends)} on http://{args.host}:{args.port}/v1", file=sys.stderr)
+        uvicorn_level = "debug" if args.log_level == "debug" else "warning"
+        uvicorn.Server(uvicorn.Config(app, log_level=uvicorn_level)).run(sockets=[sock])
+    finally:
+        sock.close()
     return 0
 
 
