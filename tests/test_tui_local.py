@@ -36,7 +36,7 @@ async def test_local_tiny_model_turn_stop_and_cache_roundtrip() -> None:
         shown = msg.analysis_text + msg.commentary_text + msg.final_text
         assert shown  # the random model writes something on some channel
         bar = str(app.screen.query_one("#metrics-text").render())
-        assert "tok/s" in bar and "ctx " in bar and "/" in bar
+        assert "tok/s" in bar and "ctx " in bar and "/" in bar and "KV " in bar  # the cache's memory too
         sid = app.session_id
         recorded = SessionStore().load(sid).messages
         assert recorded[0].content == "hello" and len(recorded) >= 2

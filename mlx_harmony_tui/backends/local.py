@@ -78,7 +78,8 @@ class LocalBackend:
         self.app_config = app_config  # config.AppConfig: tool settings and [[tools.functions]]
         self._thread = thread or MlxThread()
         self._worker = self._thread.thread
-        self.engine = self._thread.call(lambda: Engine(model, config, model_id=str(path)))  # its stream: that thread's
+        kv_bits = getattr(app_config, "kv_bits", None)  # its stream: that thread's
+        self.engine = self._thread.call(lambda: Engine(model, config, model_id=str(path), kv_bits=kv_bits))
         self.encoding = load_encoding(str(path))
         self.tools = tools
         from mlx_harmony_tui.tools import RegistryCache

@@ -82,6 +82,7 @@ class AppConfig:
     tools: ToolsConfig = field(default_factory=ToolsConfig)
     mcp: McpConfig = field(default_factory=McpConfig)  # [[mcp.servers]]
     keymap: dict[str, str] = field(default_factory=dict)  # action id -> keys, e.g. "ctrl+s"
+    kv_bits: Literal[4, 8] | None = None  # quantize the local model's full-attention KV cache (off: unset)
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # raw [profiles.NAME] tables
     # filled by load_config:
     source: Path | None = field(default=None, metadata=INTERNAL)

@@ -11,6 +11,7 @@ import inspect
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any, Literal
 
 import mlx.core as mx
@@ -52,7 +53,11 @@ class GenerationResult:
 class Engine:
     """Runs one model; one generation at a time (a lock), callable from any thread."""
 
-    def __init__(self, model: Any, config: Any, *, model_id: str = "", optimize: bool = True) -> None:
+    def __init__(self, model: Any, config: Any, *, model_id: str = "", optimize: bool = True,
+                 kv_bits: int | None = None, kv_margin: int | None = None) -> None:
+        """``kv_bits``: quantize the full-attention layers' KV cache to 8 or 4 bits (None: the model's
+        dtype; model/kv_quant.py). ``kv_margin``: positions sliding layers keep beyond their window
+        (None: model/cache.py's default)."""
         if optimize and getattr(model, "decoder", False) is None and hasattr(model, "optimize"):
             model.optimize()  # fused QKV + compiled one-token step (model/fast.py)
         self.model = model
@@ -60,7 +65,12 @@ class Engine:
         self.model_id = model_id
         self.vocab_size = int(getattr(config, "vocab_size", 0))
         self.context_limit = int(getattr(config, "max_position_embeddings", 0) or 0)
-        self.prompt_cache = PromptCache(model.make_cache, model_fingerprint(model, config, model_id))
+        if kv_bits not in (None, 4, 8):
+            raise UserError(f"kv_bits must be 4 or 8 (or unset), not {kv_bits}")
+        self.kv_bits = kv_bits
+        kw = {k: v for k, v in (("kv_bits", kv_bits), ("margin", kv_margin)) if v is not None}
+        make_cache = partial(model.make_cache, **kw) if kw else model.make_cache
+        self.prompt_cache = PromptCache(make_cache, model_fingerprint(model, config, model_id))
         self.last_result: GenerationResult | None = None
         self._lock = threading.Lock()
         try:
@@ -132,7 +142,7 @@ class Engine:
     ) -> Iterator[int]:
         pc = self.prompt_cache
         reused = pc.prepare(prompt)
-        tracker = MetricsTracker(len(prompt), reused, self.context_limit)
+        tracker = MetricsTracker(len(prompt), reused, self.context_limit, pc.rebuilt, lambda: pc.nbytes)
         generated: list[int] = []
         reason: FinishReason = "length"
         detail = ""
@@ -167,7 +177,7 @@ class Engine:
             # The last prompt token gives the first logits.
             y = sampler(self._logits(rest[-1:]))
             pc.extend(rest[-1:])
-            mx.async_eval(y)
+            mx.async_eval(y, *pc.checkpoint())  # the sliding windows at the prompt's end (engine/cache.py)
             while True:
                 n = len(generated)
                 feed_next = n + 1 < max_tokens

@@ -7,6 +7,7 @@ import re
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 
@@ -17,6 +18,7 @@ class Metrics:
     prompt_tokens: int = 0
     reused_tokens: int = 0  # prompt tokens served from the prefix cache
     prefilled_tokens: int = 0  # prompt tokens actually computed
+    reprefilled_tokens: int = 0  # of those, tokens that matched the cache but had to be computed again
     generated_tokens: int = 0
     ttft_s: float | None = None
     prefill_tps: float | None = None
@@ -26,6 +28,7 @@ class Metrics:
     mlx_active_bytes: int = 0
     mlx_peak_bytes: int = 0
     mlx_cache_bytes: int = 0
+    kv_bytes: int = 0  # the prompt cache's KV memory (part of mlx_active_bytes)
     rss_bytes: int = 0
     wired_bytes: int | None = None  # macOS only
     final: bool = False
@@ -101,10 +104,13 @@ class MetricsTracker:
 
     LIVE_INTERVAL_S = 0.25
 
-    def __init__(self, prompt_tokens: int, reused_tokens: int, context_limit: int = 0) -> None:
+    def __init__(self, prompt_tokens: int, reused_tokens: int, context_limit: int = 0, reprefilled_tokens: int = 0,
+                 kv_bytes: Callable[[], int] | None = None) -> None:
         self.prompt_tokens = prompt_tokens
         self.reused_tokens = reused_tokens
         self.prefilled_tokens = prompt_tokens - reused_tokens
+        self.reprefilled_tokens = reprefilled_tokens
+        self.kv_bytes = kv_bytes
         self.context_limit = context_limit
         self.start = time.perf_counter()
         self.prefill_end: float | None = None  # when the first token is known (prefill + first token)
@@ -151,6 +157,7 @@ class MetricsTracker:
             prompt_tokens=self.prompt_tokens,
             reused_tokens=self.reused_tokens,
             prefilled_tokens=self.prefilled_tokens,
+            reprefilled_tokens=self.reprefilled_tokens,
             generated_tokens=self.generated,
             ttft_s=ttft,
             prefill_tps=prefill_tps,
@@ -160,6 +167,7 @@ class MetricsTracker:
             mlx_active_bytes=active,
             mlx_peak_bytes=peak,
             mlx_cache_bytes=cache,
+            kv_bytes=self.kv_bytes() if self.kv_bytes is not None else 0,
             rss_bytes=rss_bytes(),
             wired_bytes=self._wired_cache,
             final=final,

@@ -22,6 +22,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from mlx_harmony_tui.model.cache import KVCache
+from mlx_harmony_tui.model.kv_quant import quantized_attention
 
 
 def _fuse_linears(mods: list[Any]) -> nn.Module:
@@ -203,7 +204,10 @@ class CompiledDecoder:
         for i, (layer, c) in enumerate(zip(self.model.layers, cache, strict=True)):
             attn = layer.self_attn
             keys, values = c.update_and_fetch(k, v, keep=attn.window)
-            out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=attn.scale, sinks=sinks[i])
+            if c.quantized:
+                out = quantized_attention(q, keys, values, attn.scale, None, sinks[i], c.bits, c.group_size)
+            else:
+                out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=attn.scale, sinks=sinks[i])
             if i + 1 < self.n:
                 x, q, k, v = self._segments[i + 1](x, out, offset)
             else:

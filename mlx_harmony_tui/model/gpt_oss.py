@@ -16,7 +16,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 
-from mlx_harmony_tui.model.cache import KVCache
+from mlx_harmony_tui.model.cache import DEFAULT_MARGIN, KVCache, SlidingKVCache
 from mlx_harmony_tui.model.config import FULL, SLIDING, ModelConfig, QuantSpec
 from mlx_harmony_tui.model.cuda_moe import cuda_available
 
@@ -87,13 +87,16 @@ class Attention(nn.Module):
             mx.fast.rope, dims=self.head_dim, traditional=False, base=None, scale=1.0, offset=offset, freqs=self._freqs
         )
         q, k = rope(q), rope(k)
+        quant = None
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
+            if cache.quantized:  # model/kv_quant.py: full layers only
+                quant = (cache.bits, cache.group_size)
         if self.window is not None:
             keep = self.window - 1 + L
             if k.shape[2] > keep:
                 k, v = k[..., -keep:, :], v[..., -keep:, :]
-        out = _attend(q, k, v, self.scale, mask, self.sinks.astype(q.dtype), self.bounded_scores, self.window)
+        out = _attend(q, k, v, self.scale, mask, self.sinks.astype(q.dtype), self.bounded_scores, self.window, quant)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
@@ -116,8 +119,8 @@ def _cpu_backend() -> bool:
     return not mx.metal.is_available() and not cuda_available()
 
 
-def _attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: Mask, sinks: mx.array,
-            bounded: bool = False, window: int | None = None) -> mx.array:
+def _attend(q: mx.array, k: Any, v: Any, scale: float, mask: Mask, sinks: mx.array,
+            bounded: bool = False, window: int | None = None, quant: tuple[int, int] | None = None) -> mx.array:
     """sdpa, or (when `bounded`, i.e. inference, on a backend that materializes the scores) the same in
     query blocks, each over only the keys its queries can see.
 
@@ -128,17 +131,38 @@ def _attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: Mask, sin
     Work (CPU, where it was measured): the unfused path computes every masked score too, and its exp is
     most of a prefill there; blocks of QUERY_BLOCK rows stop at the diagonal (causal) and start at the
     window (sliding layers), about half the scores of a 512-token chunk on full layers and a quarter on
-    sliding ones."""
+    sliding ones.
+    `quant` (bits, group size): k and v are (packed, scales, biases) of a quantized cache
+    (model/kv_quant.py), always attended to unfused, with float32 scores."""
     B, H, L, _ = q.shape
-    T = k.shape[2]
-    per_row = B * H * T * q.dtype.size
-    unfused = bounded and L > 1 and not _fused_attention(q.dtype)
+    if quant is not None:
+        from mlx_harmony_tui.model.kv_quant import quantized_attention
+
+        T = k[0].shape[2]
+        per_row = B * H * T * 4
+        unfused = L > 1
+
+        def sdpa(q: mx.array, k: Any, v: Any, mask: Mask) -> mx.array:
+            return quantized_attention(q, k, v, scale, mask, sinks, *quant)
+
+        def cut(a: Any, lo: int, hi: int) -> Any:
+            return tuple(x[:, :, lo:hi] for x in a)
+    else:
+        T = k.shape[2]
+        per_row = B * H * T * q.dtype.size
+        unfused = bounded and L > 1 and not _fused_attention(q.dtype)
+
+        def sdpa(q: mx.array, k: Any, v: Any, mask: Mask) -> mx.array:
+            return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask, sinks=sinks)
+
+        def cut(a: Any, lo: int, hi: int) -> Any:
+            return a[:, :, lo:hi]
     over_budget = unfused and L * per_row > SCORES_BUDGET
     rows = max(16, SCORES_BUDGET // per_row) if over_budget else L
     if unfused and _cpu_backend():
         rows = min(rows, QUERY_BLOCK)
     if rows >= L:
-        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask, sinks=sinks)
+        return sdpa(q, k, v, mask)
     outs = []
     for s in range(0, L, rows):
         e = min(L, s + rows)
@@ -150,8 +174,7 @@ def _attend(q: mx.array, k: mx.array, v: mx.array, scale: float, mask: Mask, sin
             hi = T - L + e
             lo = max(0, hi - (e - s) - window + 1) if window is not None else 0
             part_mask = mask[..., s:e, lo:hi]
-        part = mx.fast.scaled_dot_product_attention(
-            q[:, :, s:e], k[:, :, lo:hi], v[:, :, lo:hi], scale=scale, mask=part_mask, sinks=sinks)
+        part = sdpa(q[:, :, s:e], cut(k, lo, hi), cut(v, lo, hi), part_mask)
         if over_budget:
             mx.eval(part)
         outs.append(part)
@@ -415,9 +438,21 @@ class GptOss(nn.Module):
     def layers(self) -> list[DecoderLayer]:
         return self.model.layers
 
-    def make_cache(self) -> list[KVCache]:
-        """One trimmable cache per layer (sliding layers too: see model/cache.py)."""
-        return [KVCache() for _ in self.model.layers]
+    def make_cache(self, kv_bits: int | None = None, kv_group_size: int = 64,
+                   margin: int = DEFAULT_MARGIN) -> list[KVCache]:
+        """One cache per layer: sliding layers keep their window + ``margin`` positions, full layers all of
+        them, quantized to ``kv_bits`` (4 or 8) if given (model/cache.py, model/kv_quant.py)."""
+        caches: list[KVCache] = []
+        for layer in self.model.layers:
+            if layer.layer_type == SLIDING:
+                caches.append(SlidingKVCache(self.window, margin))
+            elif kv_bits:
+                from mlx_harmony_tui.model.kv_quant import QuantizedKVCache, group_size_for
+
+                caches.append(QuantizedKVCache(kv_bits, group_size_for(self.config.head_dim, kv_group_size)))
+            else:
+                caches.append(KVCache())
+        return caches
 
     def _masks(self, L: int, offset: int) -> tuple[Mask, Mask]:
         """(full, sliding) masks for L queries after `offset` cached positions, built once per forward."""

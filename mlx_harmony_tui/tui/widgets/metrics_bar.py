@@ -1,4 +1,5 @@
-"""Live generation figures: tok/s (with a sparkline), TTFT, context used, MLX memory, wired memory (macOS)."""
+"""Live generation figures: tok/s (with a sparkline), TTFT, context used, MLX memory and the KV cache's share of
+it, wired memory (macOS)."""
 
 from __future__ import annotations
 
@@ -10,6 +11,8 @@ from mlx_harmony_tui.chat.events import Metrics
 
 
 def _gib(n: int) -> str:
+    if n < 2**20:
+        return f"{n / 2**10:.0f} KiB"
     return f"{n / 2**30:.2f} GiB" if n >= 2**28 else f"{n / 2**20:.0f} MiB"
 
 
@@ -21,8 +24,12 @@ def format_metrics(m: Metrics, context_limit: int = 0) -> str:
     parts.append(f"ctx {m.context_tokens}/{limit}" if limit else f"ctx {m.context_tokens}")
     if m.reused_tokens:
         parts.append(f"reused {m.reused_tokens}")
+    if m.reprefilled_tokens:
+        parts.append(f"recomputed {m.reprefilled_tokens}")
     if m.mlx_active_bytes or m.mlx_peak_bytes:
         parts.append(f"MLX {_gib(m.mlx_active_bytes)} (peak {_gib(m.mlx_peak_bytes)})")
+    if m.kv_bytes:
+        parts.append(f"KV {_gib(m.kv_bytes)}")
     if m.wired_bytes is not None:
         parts.append(f"wired {_gib(m.wired_bytes)}")
     return "  │  ".join(parts)
