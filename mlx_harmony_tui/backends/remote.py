@@ -29,6 +29,7 @@ from mlx_harmony_tui.chat.events import (
     TurnFinished,
     TurnStarted,
 )
+from mlx_harmony_tui.chat.openai_messages import to_openai
 from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.chat.turn import run_tool_call
 from mlx_harmony_tui.errors import UserError
@@ -75,51 +76,11 @@ def _error_message(response: Any) -> str:
 
 
 def to_openai_messages(messages: list[HMessage], settings: ChatSettings) -> list[dict[str, Any]]:
-    """HMessages -> chat-completions messages (the inverse of the server's mapping)."""
-    out: list[dict[str, Any]] = []
+    """HMessages -> chat-completions messages (the inverse of the server's mapping). The prompts go first as
+    one system message, and developer messages as system ones: not every server knows the developer role."""
     system = "\n\n".join(t for t in (settings.system_prompt, settings.instructions) if t)
-    if system:
-        out.append({"role": "system", "content": system})
-    pending_calls: dict[str, list[str]] = {}  # function name -> unanswered call ids
-    current: dict[str, Any] | None = None  # the assistant message being assembled
-    counter = 0
-
-    def assistant() -> dict[str, Any]:
-        nonlocal current
-        if current is None:
-            current = {"role": "assistant", "content": None}
-            out.append(current)
-        return current
-
-    for m in messages:
-        if m.role == "assistant":
-            a = assistant()
-            if m.channel == "analysis":
-                a["reasoning_content"] = (a.get("reasoning_content") or "") + m.text
-            elif m.recipient and m.recipient != "assistant":
-                counter += 1
-                call_id = f"call_{counter}"
-                name = m.recipient.removeprefix("functions.")
-                pending_calls.setdefault(name, []).append(call_id)
-                a.setdefault("tool_calls", []).append(
-                    {"id": call_id, "type": "function", "function": {"name": name, "arguments": m.text}}
-                )
-            else:
-                a["content"] = (a.get("content") or "") + m.text
-                if m.channel in (None, "final"):
-                    current = None
-            continue
-        current = None
-        if m.role == "tool":
-            name = (m.author or "").removeprefix("functions.")
-            ids = pending_calls.get(name) or []
-            call_id = ids.pop(0) if ids else f"call_{name}"
-            out.append({"role": "tool", "tool_call_id": call_id, "content": m.text})
-        elif m.role in ("system", "developer"):
-            out.append({"role": "system", "content": m.text})
-        else:
-            out.append({"role": "user", "content": m.text})
-    return out
+    prefix = [{"role": "system", "content": system}] if system else []
+    return prefix + to_openai(messages, developer_role="system")
 
 
 _PYTHON_PARAMETERS = {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}

@@ -13,11 +13,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+# PYTHON: a client function of this name is offered as Harmony's built-in python tool
+from mlx_harmony_tui.chat.openai_messages import PYTHON, OpenAIMessagesError, from_openai
 from mlx_harmony_tui.chat.settings import ChatSettings, FunctionTool
 from mlx_harmony_tui.harmony.messages import HMessage
 
 MAX_STOP_STRINGS = 4
-PYTHON = "python"  # a client function of this name is offered as Harmony's built-in python tool
 
 
 class APIError(Exception):
@@ -225,75 +226,20 @@ def _declares_python(req: ChatCompletionRequest) -> bool:
     return any(t.function.name == PYTHON for t in req.tools or [])
 
 
-def _unwrap_code(arguments: str) -> str:
-    """A python call's arguments as the client sends them back (``{"code": "..."}``) -> the plain code."""
-    try:
-        doc = json.loads(arguments)
-    except json.JSONDecodeError:
-        return arguments
-    if isinstance(doc, dict) and len(doc) == 1 and isinstance(next(iter(doc.values())), str):
-        return str(next(iter(doc.values())))
-    return arguments
-
-
 def to_hmessages(req: ChatCompletionRequest) -> list[HMessage]:
-    """OpenAI messages -> Harmony messages. System/developer text goes to settings.instructions instead.
-
-    Assistant messages carry their analysis (reasoning_content/reasoning), an optional preamble and their
-    tool calls; tool results find their function name through tool_call_id.
-    """
-    out: list[HMessage] = []
-    call_names: dict[str, str] = {}  # tool_call_id -> Harmony recipient
-    builtin_python = _declares_python(req)
-    for i, m in enumerate(req.messages):
-        if m.role in ("system", "developer"):
-            continue
-        if m.role == "user":
-            out.append(HMessage(role="user", text=m.text()))
-        elif m.role == "assistant":
-            reasoning = m.reasoning_content or m.reasoning
-            if reasoning:
-                out.append(HMessage(role="assistant", text=reasoning, channel="analysis"))
-            text = m.text()
-            if m.tool_calls:
-                if text:
-                    out.append(HMessage(role="assistant", text=text, channel="commentary"))
-                for tc in m.tool_calls:
-                    if builtin_python and tc.function.name == PYTHON:  # as the model wrote it: plain code
-                        call_names[tc.id] = PYTHON
-                        out.append(HMessage(role="assistant", text=_unwrap_code(tc.function.arguments),
-                                            channel="commentary", recipient=PYTHON))
-                        continue
-                    call_names[tc.id] = f"functions.{tc.function.name}"
-                    out.append(
-                        HMessage(
-                            role="assistant",
-                            text=tc.function.arguments,
-                            channel="commentary",
-                            recipient=f"functions.{tc.function.name}",
-                            content_type="<|constrain|>json",
-                        )
-                    )
-            elif text or not reasoning:
-                out.append(HMessage(role="assistant", text=text, channel="final"))
-        else:  # tool
-            by_name = (PYTHON if builtin_python and m.name == PYTHON else f"functions.{m.name}") if m.name else None
-            name = call_names.get(m.tool_call_id or "") or by_name
-            if not name:
-                raise APIError(
-                    400,
-                    f"messages[{i}]: tool message with tool_call_id {m.tool_call_id!r} answers no earlier tool call",
-                    param=f"messages[{i}].tool_call_id",
-                )
-            out.append(
-                HMessage(
-                    role="tool",
-                    text=m.text(),
-                    channel="commentary",
-                    recipient="assistant",
-                    author=name,
-                )
-            )
+    """OpenAI messages -> Harmony messages (chat/openai_messages.py). System/developer text goes to
+    settings.instructions instead; a tool result finds its function through tool_call_id (or its name)."""
+    docs = [
+        {"role": m.role, "content": m.text(), "name": m.name, "tool_call_id": m.tool_call_id,
+         "reasoning_content": m.reasoning_content, "reasoning": m.reasoning,
+         "tool_calls": [{"id": tc.id, "function": {"name": tc.function.name, "arguments": tc.function.arguments}}
+                        for tc in m.tool_calls or []]}
+        for m in req.messages
+    ]
+    try:
+        out = from_openai(docs, builtin_python=_declares_python(req))
+    except OpenAIMessagesError as e:
+        raise APIError(400, str(e), param=f"messages[{e.index}].tool_call_id") from None
     if not out:
         raise APIError(400, "messages must contain at least one user message", param="messages")
     return out

@@ -13,6 +13,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from mlx_harmony_tui.chat.openai_messages import to_openai
+from mlx_harmony_tui.harmony.messages import HMessage
 from mlx_harmony_tui.sessions.schema import Message, Session
 
 
@@ -24,11 +26,6 @@ def _fence(text: str, lang: str = "") -> str:
         longest = max(longest, run)
     fence = "`" * max(3, longest + 1)
     return f"{fence}{lang}\n{text}\n{fence}"
-
-
-def _tool_name(recipient: str | None) -> str:
-    name = recipient or ""
-    return name.split(".", 1)[1] if name.startswith("functions.") else name
 
 
 def to_markdown(session: Session) -> str:
@@ -108,60 +105,17 @@ def _part_md(m: Message) -> list[str]:
 
 
 def to_openai_messages(session: Session) -> list[dict[str, Any]]:
+    """The session's prompts (system, developer) and its conversation, as chat messages."""
     out: list[dict[str, Any]] = []
     if session.settings.get("system_prompt"):
         out.append({"role": "system", "content": str(session.settings["system_prompt"])})
     if session.settings.get("instructions"):
         out.append({"role": "developer", "content": str(session.settings["instructions"])})
-    current: dict[str, Any] | None = None  # the assistant message being assembled
-
-    def assistant() -> dict[str, Any]:
-        nonlocal current
-        if current is None:
-            current = {"role": "assistant", "content": None}
-            out.append(current)
-        return current
-
-    call_n = 0
-    for m in session.messages:
-        if m.extra.get("failed") or (m.incomplete and m.role == "assistant" and m.recipient):
-            continue
-        if m.role == "assistant":
-            if m.channel == "analysis":
-                if current is not None and (current.get("content") is not None or current.get("tool_calls")):
-                    current = None  # reasoning starts the next assistant message
-                a = assistant()
-                a["reasoning_content"] = (a.get("reasoning_content", "") + "\n\n" + m.content).lstrip("\n")
-            elif m.recipient:
-                call_n += 1
-                a = assistant()
-                a.setdefault("tool_calls", []).append({
-                    "id": m.call_id or f"call_{call_n}", "type": "function",
-                    "function": {"name": _tool_name(m.recipient), "arguments": _arguments(m)},
-                })
-            else:
-                a = assistant()
-                a["content"] = m.content if a["content"] is None else a["content"] + "\n\n" + m.content
-        else:
-            current = None
-            if m.role == "tool":
-                out.append({"role": "tool", "tool_call_id": m.call_id or "", "name": _tool_name(m.author),
-                            "content": m.content})
-            else:
-                out.append({"role": m.role, "content": m.content})
-    return out
-
-
-def _arguments(m: Message) -> str:
-    """A call's arguments as a JSON object string; built-in tools (python) take plain text, wrapped."""
-    if (m.recipient or "").startswith("functions."):
-        return m.content
-    try:
-        if isinstance(json.loads(m.content), dict):
-            return m.content
-    except ValueError:
-        pass
-    return json.dumps({"code" if m.recipient == "python" else "input": m.content}, ensure_ascii=False)
+    kept = [m for m in session.messages
+            if not (m.extra.get("failed") or (m.incomplete and m.role == "assistant" and m.recipient))]
+    messages = [HMessage(role=m.role, text=m.content, channel=m.channel, recipient=m.recipient,
+                         content_type=m.content_type, author=m.author) for m in kept]
+    return out + to_openai(messages, call_ids=[m.call_id for m in kept], tool_names=True)
 
 
 def to_json(session: Session) -> str:
