@@ -22,12 +22,18 @@ def test_mlx_lm_gets_the_same_weights() -> None:
     assert (mx.argmax(ours, -1) == mx.argmax(theirs, -1)).all().item()
 
 
-def test_bench_command_document(capsys: pytest.CaptureFixture[str]) -> None:
+def test_bench_command_prints_a_table_and_writes_json_on_request(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
+    target = tmp_path / "bench.json"
     rc = main(["bench", "--random", "tiny", "--prompt-lengths", "16,48", "--gen-tokens", "6", "--repeats", "1",
-               "--turns", "4", "--prefill-step", "16"])
+               "--turns", "4", "--prefill-step", "16", "--json-out", str(target)])
     assert rc == 0
     out = capsys.readouterr().out
-    doc = json.loads(out[: out.index("\nmodel:")])
+    assert out.startswith("model:") and "{" not in out  # the table only; the document goes to the file
+    lines = out.splitlines()
+    turn_head = next(i for i, line in enumerate(lines) if line.split()[:1] == ["turn"])
+    assert lines[turn_head].split()[-2:] == ["decode", "t/s"] and len(lines[turn_head + 1:]) == 4
+    assert all(float(row.split()[-1]) > 0 for row in lines[turn_head + 1:])
+    doc = json.loads(target.read_text())
     assert [r["prompt_tokens"] for r in doc["prompt_lengths"]] == [16, 48]
     for r in doc["prompt_lengths"]:
         assert r["ours"]["generated"] == 6 and r["ours"]["decode_tps"] > 0 and r["ours"]["peak_bytes"] > 0

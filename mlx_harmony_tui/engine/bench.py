@@ -315,8 +315,9 @@ def format_table(doc: dict[str, Any]) -> str:
         lines.append(line)
     if doc["multi_turn"]:
         lines.append("")
-        lines.append(f"{'turn':>4} {'prompt':>7} {'new':>5} {'reused':>7} {'prefilled':>9} {'TTFT ms':>8}")
+        lines.append(f"{'turn':>4} {'prompt':>7} {'new':>5} {'reused':>7} {'prefilled':>9} {'TTFT ms':>8}"
+                     f" {'decode t/s':>11}")
         for t in doc["multi_turn"]:
             lines.append(f"{t['turn']:>4} {t['prompt_tokens']:>7} {t['new_tokens']:>5} {t['reused_tokens']:>7}"
-                         f" {t['prefilled_tokens']:>9} {t['ttft_s'] * 1000:>8.1f}")
+                         f" {t['prefilled_tokens']:>9} {t['ttft_s'] * 1000:>8.1f} {t['decode_tps']:>11.1f}")
     return "\n".join(lines)

@@ -31,7 +31,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--turns", type=int, default=20, help="turns of the multi-turn scenario (0 = skip)")
     p.add_argument("--prefill-step", type=int, default=512)
     p.add_argument("--vs-mlx-lm", action="store_true", help="also run mlx-lm's generate_step, in alternation")
-    p.add_argument("--json-out", type=Path, help="also write the JSON document to this file")
+    p.add_argument("--json-out", type=Path, metavar="FILE",
+                   help="also write every figure as one JSON document to FILE (stdout gets the table)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
                    help="float parts (scales, norms, biases) of --random 20b/120b weights")
@@ -58,10 +59,14 @@ def run(args: argparse.Namespace) -> int:
     bc = BenchConfig(prompt_lengths=args.prompt_lengths, gen_tokens=args.gen_tokens, repeats=max(1, args.repeats),
                      turns=max(0, args.turns), prefill_step=max(1, args.prefill_step), vs_mlx_lm=args.vs_mlx_lm,
                      seed=args.seed, optimize=not args.eager)
+    if args.json_out and not args.json_out.parent.is_dir():
+        raise UserError(f"--json-out: folder {args.json_out.parent} does not exist")
     doc = run_bench(model, config, bc, label=label, log=lambda s: print(s, file=sys.stderr))
-    text = json.dumps(doc, indent=2)
-    print(text)
     print(format_table(doc))
     if args.json_out:
-        args.json_out.write_text(text + "\n")
+        try:
+            args.json_out.write_text(json.dumps(doc, indent=2) + "\n")
+        except OSError as e:
+            raise UserError(f"--json-out: cannot write {args.json_out}: {e.strerror}") from None
+        print(f"wrote {args.json_out}", file=sys.stderr)
     return 0
