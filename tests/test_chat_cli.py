@@ -63,7 +63,7 @@ def test_line_chat_commands_stream_and_record(monkeypatch: pytest.MonkeyPatch, c
     rc, out, err = _run(["chat", "--model", "tiny", "--max-tokens", "5", "--seed", "1"], script, monkeypatch, capsys)
     assert rc == 0, err
     assert "temperature=0.5" in out and "/models" in out
-    assert "--top-p" in err and "unknown command /bogus" in err
+    assert "top_p: invalid value 9.0" in err and "unknown command /bogus" in err  # named as typed
     sessions = SessionStore().list()
     assert len(sessions) == 1
     session = SessionStore().load(sessions[0].id)

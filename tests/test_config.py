@@ -109,6 +109,7 @@ def test_valid_file_from_xdg_config_home() -> None:
         "reasoning_effort": "high",
         "instructions": "Be brief.",
         "builtin_tools": ["browser", "python"],
+        "placeholders": {"name": "Ada"},
     }
     assert list_profiles(config) == ["fast"]
 

@@ -29,3 +29,6 @@ class ChatSettings:
     seed: int | None = None
     max_tool_rounds: int = 8
     max_retries: int = 2
+    placeholders: dict[str, str] = field(default_factory=dict)  # {name} values for system/developer/user text
+    examples: list[dict[str, str]] = field(default_factory=list)  # [{role, content}] shown in the developer message
+    greeting: str = ""  # the assistant's first message of a new conversation

@@ -57,9 +57,8 @@ def render_options_from_settings(settings: ChatSettings) -> RenderOptions:
         opts.response_format = rf
     elif isinstance(rf, dict) and "schema" in rf:
         opts.response_format = ResponseFormat(str(rf.get("name", "response")), rf["schema"], rf.get("description", ""))
-    ph = getattr(settings, "placeholders", None)
-    if isinstance(ph, dict):
-        opts.placeholders = {str(k): str(v) for k, v in ph.items()}
+    opts.placeholders = {str(k): str(v) for k, v in settings.placeholders.items()}
+    opts.examples = list(settings.examples)
     return opts
 
 

@@ -64,6 +64,8 @@ _SAMPLING_KEYS = (
     "top_k",
     "min_p",
     "repetition_penalty",
+    "repetition_context",
+    "logit_bias",
     "max_tokens",
     "seed",
     "context_limit",
@@ -73,9 +75,12 @@ _SAMPLING_KEYS = (
 def _flat_settings(clean: dict[str, Any], merged: dict[str, Any]) -> dict[str, Any]:
     """The generation settings one layer sets (only what it sets), in resolve_settings' flat keys."""
     out = {k: v for k, v in clean.get("sampling", {}).items() if k in _SAMPLING_KEYS}
-    for key in ("reasoning_effort", "system_prompt"):
+    for key in ("reasoning_effort", "system_prompt", "knowledge_cutoff", "conversation_date", "greeting",
+                "placeholders"):
         if key in clean:
             out[key] = clean[key]
+    if "examples" in clean:
+        out["examples"] = [{"role": e.get("role", "user"), "content": e.get("content", "")} for e in clean["examples"]]
     if "developer_prompt" in clean:
         out["instructions"] = clean["developer_prompt"]
     tools = clean.get("tools", {})

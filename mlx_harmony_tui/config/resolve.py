@@ -34,6 +34,9 @@ _SETTING_TYPES: dict[str, Any] = {
     "seed": int,
     "max_tool_rounds": int,
     "max_retries": int,
+    "placeholders": dict[str, str],
+    "examples": list[dict[str, str]],
+    "greeting": str,
 }
 _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 LEVELS = ("model_defaults", "config", "profile", "session", "cli")  # lowest to highest
@@ -76,13 +79,27 @@ def resolve_settings(
         **{k: v for k, v in merged.items() if k in _SAMPLING_FIELDS and k != "logit_bias"}
     )
     if "logit_bias" in merged:
-        sampling.logit_bias = {int(k): float(v) for k, v in merged["logit_bias"].items()}
+        sampling.logit_bias = logit_bias_from(merged["logit_bias"], "logit_bias")
     rest = {k: v for k, v in merged.items() if k not in _SAMPLING_FIELDS}
     if "function_tools" in rest:
         rest["function_tools"] = [
             t if isinstance(t, FunctionTool) else FunctionTool(**t) for t in rest["function_tools"]
         ]
     return ChatSettings(sampling=sampling, **rest)
+
+
+def logit_bias_from(table: dict[Any, Any], name: str) -> dict[int, float]:
+    """``{"token id": bias}`` (TOML/JSON keys are strings) -> ``{id: bias}``; ConfigError naming ``name``."""
+    out: dict[int, float] = {}
+    for k, v in table.items():
+        try:
+            tid, bias = int(k), float(v)
+        except (TypeError, ValueError):
+            raise ConfigError(f"{name}: {k!r}: expected a token id and a number, e.g. {{\"1234\": -100}}") from None
+        if tid < 0 or not -100 <= bias <= 100:
+            raise ConfigError(f"{name}: {k}={v}: token ids are >= 0 and biases -100..100")
+        out[tid] = bias
+    return out
 
 
 def read_model_defaults(model_dir: Path) -> dict[str, Any]:

@@ -51,9 +51,20 @@ class SamplingConfig:
     top_k: int | None = None
     min_p: float | None = None
     repetition_penalty: float | None = None
+    repetition_context: int | None = None  # tokens the repetition penalty looks back over
+    logit_bias: dict[str, float] = field(default_factory=dict)  # token id (as a string) -> bias, -100..100
     max_tokens: int | None = None
     seed: int | None = None
     context_limit: int | None = None
+
+
+@dataclass
+class Example:
+    """One message of an example dialogue (``[[examples]]``, as ``sessions convert-dialogue --examples``
+    writes them)."""
+
+    role: Literal["user", "assistant", "tool"] = "user"
+    content: str = ""
 
 
 @dataclass
@@ -76,6 +87,10 @@ class AppConfig:
     reasoning_effort: Literal["low", "medium", "high"] | None = None
     system_prompt: str | None = None
     developer_prompt: str | None = None  # becomes ChatSettings.instructions
+    knowledge_cutoff: str | None = None  # the system message's "Knowledge cutoff" (default 2024-06)
+    conversation_date: str | None = None  # the system message's "Current date" (default: today, per session)
+    greeting: str | None = None  # the assistant's first message of a new conversation
+    examples: list[Example] = field(default_factory=list)  # example dialogue, rendered into the developer message
     remote: RemoteConfig = field(default_factory=RemoteConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     placeholders: dict[str, str] = field(default_factory=dict)

@@ -29,6 +29,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "min_p": (0.0, 1.0),
     "top_k": (0, None),
     "repetition_penalty": (0.0, None),
+    "repetition_context": (0, None),
     "max_tokens": (1, None),
     "context_limit": (1, None),
     "timeout_s": (0.001, None),

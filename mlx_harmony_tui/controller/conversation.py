@@ -28,6 +28,7 @@ from mlx_harmony_tui.controller.session_settings import (
 )
 from mlx_harmony_tui.errors import UserError
 from mlx_harmony_tui.harmony.messages import HMessage
+from mlx_harmony_tui.harmony.placeholders import expand_placeholders
 from mlx_harmony_tui.sessions.recorder import SessionRecorder, to_hmessages
 from mlx_harmony_tui.sessions.schema import Session
 from mlx_harmony_tui.sessions.store import SessionStore
@@ -104,13 +105,28 @@ class ChatController:
         self._settings_dirty = True
 
     # ---- turns ----------------------------------------------------------------------------------------
+    @property
+    def greeting(self) -> str:
+        """The assistant's greeting of a new conversation (config ``greeting``, placeholders expanded), or ""."""
+        if not self.settings.greeting or any(m.role != "system" for m in self.history):
+            return ""
+        return expand_placeholders(self.settings.greeting, self.settings.placeholders)
+
     def add_user(self, text: str) -> None:
-        """Append the user's message to the conversation and its record (creating the session if needed)."""
+        """Append the user's message to the conversation and its record (creating the session if needed).
+        ``{name}`` placeholders are expanded here, once: the model and the record see the expanded text.
+        A new conversation starts with the configured greeting, as the assistant's first message."""
+        greeting = self.greeting
+        text = expand_placeholders(text, self.settings.placeholders)
+        if greeting:
+            self.history.append(HMessage(role="assistant", text=greeting, channel="final"))
         self.history.append(HMessage(role="user", text=text))
         if self.ensure_session():
             recorder = self.recorder
             assert recorder is not None
             recorder.set_params(settings_params(self.settings))
+            if greeting:
+                self._guard(recorder.add_assistant_text, greeting)
             self._guard(recorder.add_user, text)
             self._save_settings()
             self.history = to_hmessages(recorder.session)

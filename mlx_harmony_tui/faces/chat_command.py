@@ -1,7 +1,7 @@
-"""``mlx-harmony-tui chat``: line-mode chat for pipes and plain terminals.
+r"""``mlx-harmony-tui chat``: line-mode chat for pipes and plain terminals.
 
-Each input line is a user message (``//text`` sends text starting with ``/``); lines starting with ``/`` are
-commands. The answer streams to stdout as tokens arrive; analysis and tool calls are shown when asked. Every
+Each input line is a user message (``//text`` sends text starting with ``/``; a line ending in ``\`` continues
+on the next line); lines starting with ``/`` are commands. ``--session ID`` continues a saved session. The answer streams to stdout as tokens arrive; analysis and tool calls are shown when asked. Every
 turn is recorded in a session (SessionRecorder), so nothing is lost if the process dies mid-answer.
 """
 
@@ -34,15 +34,17 @@ from mlx_harmony_tui.faces.common import (
     release_mlx_streams,
 )
 
-HELP = """commands:
+HELP = r"""commands:
   /help               this help
   /set key=value      change a setting: temperature, top_p, top_k, min_p, repetition_penalty,
-                      max_tokens, seed, reasoning_effort, instructions, system
+                      repetition_context, logit_bias (id:bias,...), max_tokens, seed,
+                      reasoning_effort, instructions, system
   /set                show the current settings
   /models             list the models available
   /save [title]       name the session (recorded from the first message) and show where it is
   /quit               leave (also end of input)
-  //text             send text that starts with '/'"""
+  //text             send text that starts with '/'
+  text\               a line ending in a backslash continues on the next line"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -52,6 +54,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--show-analysis", action="store_true", help="print the model's reasoning")
     p.add_argument("--show-tools", action="store_true", help="print tool calls and results")
     p.add_argument("--yes", action="store_true", help="run tool calls without asking")
+    p.add_argument("--session", default=None, metavar="ID",
+                   help="continue a saved session (an id or a unique prefix; see 'sessions list')")
     p.set_defaults(func=run)
 
 
@@ -63,8 +67,12 @@ class LineChat:
                  stdin: TextIO, stdout: TextIO, stderr: TextIO) -> None:
         self.args = args
         self.stdin, self.out, self.err = stdin, stdout, stderr
-        # No prompt-cache files: the line chat resumes no session, so a saved cache would only cost time.
-        self.chat = ChatController(backend, settings, keep_prompt_cache=False, notify=self._notice)
+        # Prompt-cache files only for a resumed session: a new one is rarely reopened from the line chat.
+        resume = getattr(args, "session", None)
+        self.chat = ChatController(backend, settings, keep_prompt_cache=bool(resume), notify=self._notice)
+        if resume:
+            session = self.chat.open_session(resume)  # UserError (not found, damaged, open elsewhere): exit 2
+            stderr.write(f"continuing session {session.id} '{session.title}' ({len(session.messages)} messages)\n")
         self.failures = 0
         self.interactive = stdin.isatty()
 
@@ -79,15 +87,13 @@ class LineChat:
     def run(self) -> int:
         if self.interactive:
             self.err.write(f"chat with {self.backend.model_name} (/help for commands)\n")
+        if self.chat.greeting:
+            self.out.write(self.chat.greeting + "\n")
         try:
             while True:
-                if self.interactive:
-                    self.out.write("> ")
-                    self.out.flush()
-                line = self.stdin.readline()
-                if not line:
+                text = self._read_message()
+                if text is None:
                     break
-                text = line.rstrip("\r\n")
                 if not text.strip():
                     continue
                 if text.startswith("//"):
@@ -103,6 +109,23 @@ class LineChat:
         finally:
             self.chat.close()
         return 1 if self.failures else 0
+
+    def _read_message(self) -> str | None:
+        """One message: a line, or several joined where a line ends in a backslash. None at end of input."""
+        parts: list[str] = []
+        while True:
+            if self.interactive:
+                self.out.write("> " if not parts else ". ")
+                self.out.flush()
+            line = self.stdin.readline()
+            if not line:
+                return "\n".join(parts) if parts else None
+            line = line.rstrip("\r\n")
+            if line.endswith("\\") and not line.endswith("\\\\"):
+                parts.append(line[:-1])
+                continue
+            parts.append(line[:-1] if line.endswith("\\\\") else line)  # "\\" at the end: one literal "\"
+            return "\n".join(parts)
 
     def command(self, text: str) -> str | None:
         name, _, rest = text[1:].partition(" ")
@@ -130,15 +153,17 @@ class LineChat:
             s = self.settings
             sp = s.sampling
             self.out.write(f"temperature={sp.temperature} top_p={sp.top_p} top_k={sp.top_k} min_p={sp.min_p} "
-                           f"repetition_penalty={sp.repetition_penalty} max_tokens={s.max_tokens} seed={s.seed} "
-                           f"reasoning_effort={s.reasoning_effort}\n")
+                           f"repetition_penalty={sp.repetition_penalty} repetition_context={sp.repetition_context} "
+                           f"logit_bias={','.join(f'{k}:{v:g}' for k, v in sp.logit_bias.items()) or 'none'} "
+                           f"max_tokens={s.max_tokens} seed={s.seed} reasoning_effort={s.reasoning_effort}\n")
             return
         key, eq, value = rest.partition("=")
         if not eq:
             raise UserError("usage: /set key=value")
-        key = key.strip().replace("-", "_")
+        typed = key.strip()
+        key = typed.replace("-", "_")
         new = copy.deepcopy(self.settings)
-        apply_overrides(new, {key: parse_value(key, value)})
+        apply_overrides(new, {key: parse_value(key, value, typed)}, typed)
         self.chat.set_settings(new)  # recorded in the session with the next message
         self.out.write(f"{key} = {value.strip()}\n")
 

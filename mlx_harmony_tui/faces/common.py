@@ -13,11 +13,13 @@ import sys
 from pathlib import Path
 from typing import Any, TextIO
 
+from mlx_harmony_tui import paths
 from mlx_harmony_tui.chat.events import Delta
 from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.errors import UserError
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
+FLAG_KEYS = (*SAMPLING_KEYS, "repetition_context", "max_tokens", "seed", "reasoning_effort")
 EFFORTS = ("low", "medium", "high")
 
 
@@ -39,6 +41,7 @@ def add_settings_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, default=None)
     g.add_argument("--min-p", type=float, default=None)
     g.add_argument("--repetition-penalty", type=float, default=None)
+    g.add_argument("--repetition-context", type=int, default=None, help="tokens the repetition penalty looks back over")
     g.add_argument("--max-tokens", type=int, default=None, help="most tokens per generation")
     g.add_argument("--seed", type=int, default=None)
     g.add_argument("--reasoning-effort", choices=EFFORTS, default=None)
@@ -51,7 +54,7 @@ def add_settings_flags(p: argparse.ArgumentParser) -> None:
 def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     """The settings given on the command line, by ChatSettings key (sampling keys flat)."""
     out: dict[str, Any] = {}
-    for key in (*SAMPLING_KEYS, "max_tokens", "seed", "reasoning_effort"):
+    for key in FLAG_KEYS:
         value = getattr(args, key, None)
         if value is not None:
             out[key] = value
@@ -69,8 +72,14 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-def parse_value(key: str, text: str) -> Any:
-    """Text of `/set key=value` -> a checked value of the right type."""
+SET_KEYS = (*SAMPLING_KEYS, "repetition_context", "logit_bias", "max_tokens", "seed", "reasoning_effort",
+            "instructions", "system")
+
+
+def parse_value(key: str, text: str, typed: str | None = None) -> Any:
+    """Text of `/set key=value` -> a checked value of the right type; errors name ``typed`` (what the user
+    wrote), else the key."""
+    name = typed or key
     key = key.strip().replace("-", "_")
     text = text.strip()
     try:
@@ -80,30 +89,48 @@ def parse_value(key: str, text: str) -> Any:
             value = int(text)
         elif key == "seed":
             value = None if text.lower() in ("", "none", "off") else int(text)
+        elif key == "logit_bias":
+            value = parse_logit_bias(text, name)
         elif key in ("reasoning_effort", "instructions", "system_prompt", "system"):
             value = text
         else:
-            known = ", ".join((*SAMPLING_KEYS, "max_tokens", "seed", "reasoning_effort", "instructions", "system"))
-            raise UserError(f"unknown setting {key!r}; known: {known}")
+            raise UserError(f"unknown setting {name!r}; known: {', '.join(SET_KEYS)}")
     except ValueError:
-        raise UserError(f"{key}: {text!r} is not a valid number") from None
+        raise UserError(f"{name}: {text!r} is not a valid number") from None
     return value
 
 
-def apply_overrides(settings: ChatSettings, overrides: dict[str, Any]) -> ChatSettings:
-    """Apply flat overrides in place after checking their ranges (UserError naming the bad one)."""
+def parse_logit_bias(text: str, name: str = "logit_bias") -> dict[int, float]:
+    """``1234:-100,5678:2.5`` (token id: bias) -> dict; "" or "none" clears it."""
+    if text.strip().lower() in ("", "none", "off"):
+        return {}
+    out: dict[int, float] = {}
+    for item in text.split(","):
+        tid, sep, bias = item.partition(":")
+        try:
+            out[int(tid)] = float(bias)
+        except ValueError:
+            raise UserError(f"{name}: {item.strip()!r}: expected token_id:bias, e.g. 1234:-100") from None
+        if not sep or int(tid) < 0 or not -100 <= float(bias) <= 100:
+            raise UserError(f"{name}: {item.strip()!r}: token ids are >= 0 and biases -100..100")
+    return out
+
+
+def apply_overrides(settings: ChatSettings, overrides: dict[str, Any], typed: str | None = None) -> ChatSettings:
+    """Apply flat overrides in place after checking their ranges (UserError naming the bad one: ``typed``,
+    what the user wrote in `/set`, or else the command-line flag)."""
     for key, value in overrides.items():
         key = "system_prompt" if key == "system" else key
-        check(key, value)
-        if key in SAMPLING_KEYS or key == "repetition_context":
+        check(key, value, typed)
+        if key in SAMPLING_KEYS or key in ("repetition_context", "logit_bias"):
             setattr(settings.sampling, key, value)
         else:
             setattr(settings, key, value)
     return settings
 
 
-def check(key: str, value: Any) -> None:
-    flag = "--" + key.replace("_", "-")
+def check(key: str, value: Any, name: str | None = None) -> None:
+    flag = name or "--" + key.replace("_", "-")
     bad = {
         "temperature": lambda v: not 0 <= v <= 10,
         "top_p": lambda v: not 0 < v <= 1,
@@ -125,7 +152,12 @@ def load_app_config(args: argparse.Namespace) -> Any:
     from mlx_harmony_tui import config as config_mod
 
     path = getattr(args, "config", None)
-    cfg, problems = config_mod.load_config(Path(path) if path else None, getattr(args, "profile", None))
+    profile = getattr(args, "profile", None)
+    cfg, problems = config_mod.load_config(Path(path) if path else None, profile)
+    if profile and cfg.active_profile != profile:
+        known = config_mod.list_profiles(cfg)
+        raise UserError(f"--profile {profile}: no such profile (known: {', '.join(known) or 'none'}; profiles are "
+                        f"[profiles.NAME] tables in {cfg.source} or files in {paths.config_dir() / 'profiles'})")
     for problem in problems or []:
         print(f"mlx-harmony-tui: config: {problem}", file=sys.stderr)
     return cfg
@@ -138,7 +170,7 @@ def resolve_settings_from_args(args: argparse.Namespace, cfg: Any = None) -> tup
     cfg = cfg if cfg is not None else load_app_config(args)
     model = getattr(args, "model", None) or cfg.model or "demo"
     model_dir: Path | None = None
-    if not getattr(args, "remote", None):
+    if not remote_url(args, cfg):
         from mlx_harmony_tui.backends.local import resolve_model_path
 
         model_dir = resolve_model_path(model)
@@ -149,11 +181,23 @@ def resolve_settings_from_args(args: argparse.Namespace, cfg: Any = None) -> tup
     return settings, str(model)
 
 
+def remote_url(args: argparse.Namespace, cfg: Any) -> str | None:
+    """The server to talk to: ``--remote URL``, else the config's ``[remote] endpoint`` unless ``--model``
+    names a local model (``serve`` has no --remote: it always runs its model here)."""
+    if not hasattr(args, "remote"):
+        return None
+    if args.remote:
+        return str(args.remote)
+    if cfg.remote.endpoint and not getattr(args, "model", None):
+        return str(cfg.remote.endpoint)
+    return None
+
+
 def make_backend(args: argparse.Namespace, progress: Any = None) -> tuple[Any, ChatSettings]:
     """The backend the flags ask for (local model, or --remote URL / the config's remote) and the settings."""
     cfg = load_app_config(args)
     settings, model = resolve_settings_from_args(args, cfg)
-    url = getattr(args, "remote", None)
+    url = remote_url(args, cfg)
     if url:
         from mlx_harmony_tui.backends.remote import RemoteBackend
 

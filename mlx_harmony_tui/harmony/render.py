@@ -53,6 +53,7 @@ class RenderOptions:
     response_format: ResponseFormat | None = None
     system_prompt: str = ""  # extra system text, after the model identity
     placeholders: dict[str, str] = field(default_factory=dict)  # user-defined {name} values
+    examples: list[dict[str, str]] = field(default_factory=list)  # example dialogue [{role, content}]
     now: datetime | None = None  # for {date}/{time} placeholders; None = the current time
     # Per builtin tool, an openai_harmony.ToolNamespaceConfig replacing the stock description (the tools
     # layer describes its own python sandbox, which is not the Jupyter kernel of the stock text).
@@ -86,8 +87,17 @@ def _system_message(options: RenderOptions, extra_system: list[str]) -> oh.Messa
     return oh.Message.from_role_and_content(oh.Role.SYSTEM, content)
 
 
+def examples_text(examples: list[dict[str, str]]) -> str:
+    """Example dialogue as a section of the developer message (what the model should answer like)."""
+    if not examples:
+        return ""
+    lines = [f"{str(e.get('role', 'user')).capitalize()}: {e.get('content', '')}" for e in examples]
+    return "# Examples\n\nAnswer in the way these example exchanges do:\n\n" + "\n\n".join(lines)
+
+
 def _developer_message(options: RenderOptions, extra_dev: list[str]) -> oh.Message | None:
-    instructions = "\n\n".join(t for t in [options.instructions, *extra_dev] if t)
+    sections = [options.instructions, *extra_dev, examples_text(options.examples)]
+    instructions = "\n\n".join(t for t in sections if t)
     instructions = expand_placeholders(instructions, options.placeholders, options.now)
     tools: list[oh.ToolDescription] = []
     for ft in options.function_tools:

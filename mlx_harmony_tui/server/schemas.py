@@ -129,6 +129,8 @@ class ChatCompletionRequest(_Model):
     top_k: int | None = Field(default=None, ge=0)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(default=None, gt=0.0)
+    repetition_context: int | None = Field(default=None, ge=0)  # extension: tokens the penalty looks back over
+    logit_bias: dict[str, float] | None = None  # OpenAI's: token id (as a string) -> bias, -100..100
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
     seed: int | None = None
@@ -160,6 +162,16 @@ def to_settings(req: ChatCompletionRequest, base: ChatSettings) -> ChatSettings:
         sp.min_p = req.min_p
     if req.repetition_penalty is not None:
         sp.repetition_penalty = req.repetition_penalty
+    if req.repetition_context is not None:
+        sp.repetition_context = req.repetition_context
+    if req.logit_bias:
+        bias: dict[int, float] = {}
+        for key, value in req.logit_bias.items():
+            if not key.isdigit() or not -100 <= value <= 100:
+                raise APIError(400, f"logit_bias: {key!r}: {value}: keys are token ids, biases -100..100",
+                               param="logit_bias", code="invalid_value")
+            bias[int(key)] = value
+        sp.logit_bias = {**sp.logit_bias, **bias}
     limit = req.max_completion_tokens or req.max_tokens
     if limit is not None:
         s.max_tokens = limit

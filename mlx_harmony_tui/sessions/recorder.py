@@ -109,6 +109,13 @@ class SessionRecorder:
         self.save()
         return message
 
+    def add_assistant_text(self, text: str) -> Message:
+        """A complete assistant answer that no turn produced (the configured greeting)."""
+        self._close_streaming()
+        message = self._assistant("final", text, incomplete=False)
+        self.save()
+        return message
+
     def _close_streaming(self) -> None:
         self._streaming = None
 
