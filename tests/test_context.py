@@ -32,3 +32,45 @@ def test_never_drops_current_turn():
     msgs = _convo(2) + [HMessage("user", "x " * 500)]
     kept, dropped, n = fit_messages(msgs, _count, 50)
     assert kept == [msgs[-1]] and dropped == 4 and n > 50
+
+
+def test_fitting_a_long_conversation_renders_a_few_times_not_once_per_turn():
+    msgs = _convo(3000) + [HMessage("user", "now")]
+    calls = []
+
+    def count(m: list[HMessage]) -> int:
+        calls.append(len(m))
+        return _count(m)
+
+    budget = _count(msgs[-41:])  # the last 20 turns and the question fit
+    kept, dropped, n = fit_messages(msgs, count, budget)
+    assert n <= budget and dropped == len(msgs) - 41 and kept == msgs[-41:]
+    assert len(calls) <= 6  # was 2,981 renders (one per dropped turn), each of up to the whole conversation
+    # the fewest turns dropped: one more turn would not fit
+    assert _count(msgs[-43:]) > budget
+
+
+def test_fitting_stops_when_cancelled():
+    import pytest
+
+    from mlx_harmony_tui.chat.context import FitCancelled
+
+    msgs = _convo(50) + [HMessage("user", "now")]
+    calls = []
+
+    def count(m: list[HMessage]) -> int:
+        calls.append(1)
+        return _count(m)
+
+    with pytest.raises(FitCancelled):
+        fit_messages(msgs, count, 30, cancelled=lambda: len(calls) >= 1)
+    assert len(calls) == 1
+
+
+def test_first_true_finds_the_boundary_from_any_guess():
+    from mlx_harmony_tui.chat.context import first_true
+
+    for n in (1, 2, 7, 100):
+        for boundary in range(n + 1):
+            for guess in (0, boundary, n - 1, n // 2):
+                assert first_true(lambda i, b=boundary: i >= b, n, guess) == boundary

@@ -15,7 +15,7 @@ from collections.abc import Callable, Generator, Iterator
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from mlx_harmony_tui.chat.context import fit_messages
+from mlx_harmony_tui.chat.context import FitCancelled, fit_messages
 from mlx_harmony_tui.chat.events import (
     ContextTrimmed,
     Event,
@@ -123,7 +123,11 @@ def run_turn(ctx: TurnContext, messages: list[HMessage], settings: ChatSettings)
 
     while True:
         convo = history + new_messages
-        kept, dropped, n_tokens = fit_messages(convo, count, limit - reserve)
+        try:
+            kept, dropped, n_tokens = fit_messages(convo, count, limit - reserve, ctx.cancel.is_set)
+        except FitCancelled:  # the client left while a long conversation was being fitted
+            yield TurnFinished(reason="cancelled", metrics=last_metrics, retries=tuple(reports))
+            return
         if dropped:
             history = history[dropped:]
             yield ContextTrimmed(dropped_messages=dropped, prompt_tokens=n_tokens)

@@ -10,11 +10,11 @@ from __future__ import annotations
 import asyncio
 import inspect
 import json
-import secrets
 import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from typing import Any
 
 from fastapi import FastAPI, Request
@@ -36,6 +36,7 @@ from mlx_harmony_tui.chat.events import (
     TurnFinished,
 )
 from mlx_harmony_tui.chat.settings import ChatSettings
+from mlx_harmony_tui.server.guards import BearerAuth, check_counts, error_response, parse_json
 from mlx_harmony_tui.server.queue import GenerationQueue, QueueFull
 from mlx_harmony_tui.server.schemas import (
     APIError,
@@ -249,7 +250,9 @@ def _start_without_tools(backend: Backend, request: TurnRequest) -> Any:
 class _Turn:
     """Runs one turn on a pump thread and feeds its events into an asyncio queue as they come."""
 
-    def __init__(self, backend: Backend, request: TurnRequest, gen_queue: GenerationQueue) -> None:
+    def __init__(
+        self, backend: Backend, request: TurnRequest, gen_queue: GenerationQueue, running: set[_Turn]
+    ) -> None:
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[object] = asyncio.Queue()
         self._backend = backend
@@ -258,8 +261,10 @@ class _Turn:
         self._cancelled = threading.Event()
         self._handle: Any = None
         self.done = asyncio.Event()
+        self._running = running
 
     def start(self) -> None:
+        self._running.add(self)
         threading.Thread(target=self._run, name="mhtui-server-turn", daemon=True).start()
 
     def cancel(self) -> None:
@@ -295,6 +300,7 @@ class _Turn:
                 pass
 
     def _finish(self) -> None:
+        self._running.discard(self)
         self.events.put_nowait(_END)
         self.done.set()
         self._gen_queue.release()
@@ -321,13 +327,22 @@ def create_app(
     base = settings or ChatSettings()
     gen_queue = GenerationQueue(max_waiting)
     created = int(time.time())
-    app = FastAPI(title="mlx-harmony-tui", docs_url=None, redoc_url=None, openapi_url=None)
+    turns: set[_Turn] = set()  # running now: cancelled when the server shuts down
+
+    @asynccontextmanager
+    async def lifespan(_: FastAPI) -> AsyncIterator[None]:
+        yield
+        for turn in list(turns):
+            turn.cancel()
+
+    app = FastAPI(title="mlx-harmony-tui", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.queue = gen_queue
     app.state.backends = backends
 
-    def envelope(err: APIError) -> JSONResponse:
-        headers = {"WWW-Authenticate": "Bearer"} if err.status == 401 else None
-        return JSONResponse(err.body(), status_code=err.status, headers=headers)
+    envelope = error_response
+    app.state.turns = turns
+    if api_key:
+        app.add_middleware(BearerAuth, api_key=api_key)
 
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
@@ -341,16 +356,6 @@ def create_app(
     @app.exception_handler(Exception)
     async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
         return envelope(APIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error"))
-
-    @app.middleware("http")
-    async def _auth(request: Request, call_next: Any) -> Any:
-        if api_key and request.url.path.startswith("/v1"):
-            given = request.headers.get("authorization", "")
-            scheme, _, token = given.partition(" ")
-            if scheme.lower() != "bearer" or not secrets.compare_digest(token.strip().encode(), api_key.encode()):
-                return envelope(APIError(401, "invalid or missing API key (send 'Authorization: Bearer KEY')",
-                                         code="invalid_api_key"))
-        return await call_next(request)
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
@@ -378,10 +383,7 @@ def create_app(
             body += part
             if len(body) > max_body_bytes:
                 raise APIError(413, f"request body is larger than {max_body_bytes} bytes", code="request_too_large")
-        try:
-            return json.loads(body)
-        except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise APIError(400, f"request body is not valid JSON: {e}", code="invalid_json") from None
+        return parse_json(bytes(body))
 
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
@@ -395,6 +397,7 @@ def create_app(
             loc = ".".join(str(p) for p in first["loc"])
             raise APIError(400, f"{loc}: {first['msg']}" if loc else first["msg"], param=loc or None,
                            code="invalid_value") from None
+        check_counts(len(req.messages), len(req.tools or []))
         name = req.model or next(iter(backends))
         backend = backends.get(name)
         if backend is None:
@@ -406,48 +409,80 @@ def create_app(
         stops = req.stop_strings()
         cid = f"chatcmpl-{uuid.uuid4().hex[:24]}"
         now = int(time.time())
+        await _check_fits(request, backend, turn_request)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            place = _join(gen_queue)  # a full line is a 429 before the stream's 200 goes out
+            claimed: list[bool] = []
             return _SSEResponse(
-                _stream(backend, turn_request, gen_queue, stops, cid, now, name, include_usage, routes,
-                        request.state),
+                _stream(backend, turn_request, gen_queue, place, claimed, turns, stops, cid, now, name,
+                        include_usage, routes, request.state),
                 media_type="text/event-stream",
                 headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                on_close=lambda: None if claimed else gen_queue.leave(place),
             )
-        return await _complete(request, backend, turn_request, gen_queue, stops, cid, now, name, routes)
+        return await _complete(request, backend, turn_request, gen_queue, turns, stops, cid, now, name, routes)
 
     return app
 
 
 class _SSEResponse(StreamingResponse):
-    """Always watch for the client's disconnect while streaming (also while waiting in the queue)."""
+    """Always watch for the client's disconnect while streaming (also while waiting in the queue); on the
+    way out, ``on_close`` gives back a place in line the stream never got to use."""
+
+    def __init__(self, *args: Any, on_close: Callable[[], Any], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._on_close = on_close
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         scope = dict(scope)
         scope["asgi"] = {**scope.get("asgi", {}), "spec_version": "2.0"}
-        await super().__call__(scope, receive, send)
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self._on_close()
 
 
-async def _acquire(gen_queue: GenerationQueue) -> None:
+def _join(gen_queue: GenerationQueue) -> asyncio.Future[None]:
     try:
-        await gen_queue.acquire()
+        return gen_queue.join()
     except QueueFull as e:
         raise APIError(429, f"server busy: {e}", "rate_limit_error", code="queue_full") from None
 
 
-async def _until_done(
-    fut: asyncio.Future[Any], request: Request, on_disconnect: Callable[[], Any], keep_waiting: bool = False
-) -> bool:
+async def _check_fits(request: Request, backend: Backend, turn_request: TurnRequest) -> None:
+    """400 for a request whose current turn (the last user message on, with the system and developer
+    messages and tools: what is never dropped) cannot fit the context, before it waits in line."""
+    msgs = turn_request.messages
+    last_user = max((i for i, m in enumerate(msgs) if m.role == "user"), default=0)
+    probe = TurnRequest(messages=msgs[last_user:], settings=turn_request.settings)
+    limits = [x for x in (backend.context_limit, turn_request.settings.context_limit) if x]
+    counting = asyncio.ensure_future(asyncio.to_thread(backend.count_tokens, probe))
+    if not await _until_done(counting, request, lambda: None):
+        raise APIError(499, "client disconnected")
+    n = counting.result()
+    if n is not None and limits and n > min(limits) - 1:
+        raise APIError(400, f"the prompt ({n} tokens) does not fit the context ({min(limits)} tokens)",
+                       param="messages", code="context_length_exceeded")
+
+
+async def _until_done(fut: asyncio.Future[Any], request: Request, on_disconnect: Callable[[], Any]) -> bool:
     """Wait for ``fut``, checking every 0.25 s whether the client hung up; on a hang-up call
-    ``on_disconnect`` and return False at once (or, with keep_waiting, let ``fut`` finish: a cancelled turn
-    still ends its event stream). True when ``fut`` finished with the client still there."""
+    ``on_disconnect`` and return False at once. True when ``fut`` finished with the client still there."""
     while not fut.done():
         await asyncio.wait({fut}, timeout=0.25)
         if not fut.done() and await request.is_disconnected():
             on_disconnect()
-            if not keep_waiting:
-                return False
+            return False
     return True
+
+
+async def _watch_disconnect(request: Request, on_disconnect: Callable[[], Any]) -> None:
+    """Every 0.25 s, whether the client hung up (events may arrive faster than that all along, so this is
+    not tied to waiting for the next one); on a hang-up call ``on_disconnect`` (the turn then ends)."""
+    while not await request.is_disconnected():
+        await asyncio.sleep(0.25)
+    on_disconnect()
 
 
 async def _complete(
@@ -455,34 +490,32 @@ async def _complete(
     backend: Backend,
     turn_request: TurnRequest,
     gen_queue: GenerationQueue,
+    turns: set[_Turn],
     stops: list[str],
     cid: str,
     now: int,
     name: str,
     routes: dict[str, ToolRoute],
 ) -> JSONResponse:
-    waiter = asyncio.ensure_future(_acquire(gen_queue))
+    place = _join(gen_queue)
+    waiter = asyncio.ensure_future(gen_queue.wait(place))
     if not await _until_done(waiter, request, waiter.cancel):  # left the line: the client hung up
         return JSONResponse(error_body("client disconnected", "invalid_request_error"), status_code=499)
     waiter.result()
-    turn = _Turn(backend, turn_request, gen_queue)
+    turn = _Turn(backend, turn_request, gen_queue, turns)
     turn.start()
     builder = ReplyBuilder(stops, routes)
-    it = turn.__aiter__()
+    watch = asyncio.ensure_future(_watch_disconnect(request, turn.cancel))
     try:
-        while True:
-            nxt = asyncio.ensure_future(it.__anext__())
-            await _until_done(nxt, request, turn.cancel, keep_waiting=True)
-            try:
-                ev = nxt.result()
-            except StopAsyncIteration:
-                break
+        async for ev in turn:
             builder.feed(ev)
             if builder.stopped:
                 turn.cancel()
     except BaseException:
         turn.cancel()
         raise
+    finally:
+        watch.cancel()
     request.state.usage = builder.usage()  # for the request log line (server/request_log.py)
     if builder.error and builder.finish_reason is None:
         raise APIError(500, f"generation failed: {builder.error}", "server_error")
@@ -502,6 +535,9 @@ async def _stream(
     backend: Backend,
     turn_request: TurnRequest,
     gen_queue: GenerationQueue,
+    place: asyncio.Future[None],
+    claimed: list[bool],
+    turns: set[_Turn],
     stops: list[str],
     cid: str,
     now: int,
@@ -519,13 +555,9 @@ async def _stream(
             doc["usage"] = usage
         return f"data: {json.dumps(doc, ensure_ascii=False)}\n\n"
 
-    try:
-        await _acquire(gen_queue)
-    except APIError as e:
-        yield f"data: {json.dumps(e.body())}\n\n"
-        yield "data: [DONE]\n\n"
-        return
-    turn = _Turn(backend, turn_request, gen_queue)
+    await gen_queue.wait(place)
+    claimed.append(True)  # from here the turn releases the slot when it ends
+    turn = _Turn(backend, turn_request, gen_queue, turns)
     turn.start()
     builder = ReplyBuilder(stops, routes)
     try:

@@ -102,7 +102,9 @@ def run(args: argparse.Namespace) -> int:
                   file=sys.stderr)
         print(f"serving {', '.join(app.state.backends)} on http://{args.host}:{args.port}/v1", file=sys.stderr)
         uvicorn_level = "debug" if args.log_level == "debug" else "warning"
-        uvicorn.Server(uvicorn.Config(app, log_level=uvicorn_level)).run(sockets=[sock])
+        # SIGTERM: open requests get 3 s, then are cancelled (their turns stop; docs/server.md)
+        config = uvicorn.Config(app, log_level=uvicorn_level, timeout_graceful_shutdown=3)
+        uvicorn.Server(config).run(sockets=[sock])
     finally:
         sock.close()
     return 0

@@ -30,26 +30,41 @@ class GenerationQueue:
     def busy(self) -> bool:
         return self._busy
 
-    async def acquire(self) -> None:
-        """Wait for the model. Raises QueueFull at once when the line is too long."""
+    def join(self) -> asyncio.Future[None]:
+        """Take a place in line now (raises QueueFull at once when the line is too long), so that a streaming
+        request can still be answered 429 before its 200 headers go out; await the future with ``wait``."""
+        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         if not self._busy and not self._waiters:
             self._busy = True
-            return
+            fut.set_result(None)
+            return fut
         if self.waiting >= self.max_waiting:
             raise QueueFull(f"{self.waiting} requests are already waiting")
-        fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         self._waiters.append(fut)
+        return fut
+
+    async def wait(self, fut: asyncio.Future[None]) -> None:
+        """Wait for the place taken by ``join``; a caller that gives up leaves the line (or passes the slot on)."""
         try:
             await fut
         except asyncio.CancelledError:
-            if fut.done() and not fut.cancelled():
-                self.release()  # the slot was handed to us just as we gave up: pass it on
-            else:
-                try:
-                    self._waiters.remove(fut)
-                except ValueError:
-                    pass
+            self.leave(fut)
             raise
+
+    def leave(self, fut: asyncio.Future[None]) -> None:
+        """Give up a place taken by ``join`` and not used: pass the slot on if it was ours already."""
+        if fut.done() and not fut.cancelled():
+            self.release()
+            return
+        fut.cancel()
+        try:
+            self._waiters.remove(fut)
+        except ValueError:
+            pass
+
+    async def acquire(self) -> None:
+        """Wait for the model. Raises QueueFull at once when the line is too long."""
+        await self.wait(self.join())
 
     def release(self) -> None:
         """Hand the slot to the next waiter in arrival order (must run on the loop's thread)."""

@@ -48,7 +48,7 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False)  # json.loads accepts NaN and Infinity
 
 
 class ContentPart(_Model):
@@ -133,7 +133,7 @@ class ChatCompletionRequest(_Model):
     logit_bias: dict[str, float] | None = None  # OpenAI's: token id (as a string) -> bias, -100..100
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, lt=2**64)  # the sampler's seed is an unsigned 64-bit int
     stop: str | list[str] | None = None
     reasoning_effort: Literal["low", "medium", "high"] | None = None
     tools: list[ToolDef] | None = None
