@@ -87,6 +87,7 @@ class LocalBackend:
         self._registries = RegistryCache(app_config)
         self._handles: weakref.WeakSet[TurnHandle] = weakref.WeakSet()  # turns not yet finished
         self._thread.interrupt = self._cancel_turns
+        self.trace: Any | None = None  # chat.trace.TurnTrace (--debug-file / --metrics-log), set by the face
         self._thread.submit(self.engine.warm_up)  # trace the compiled step on the thread that will use it
 
     @classmethod
@@ -153,12 +154,15 @@ class LocalBackend:
             tools=self._tools_for(request) if run_tools else None,
             confirm=confirm,
             cancel=handle.cancel_event,
+            trace=self.trace,
         )
 
         def work() -> None:
             try:
                 for event in run_turn(ctx, request.messages, request.settings):
                     handle.put(event)
+                    if ctx.trace is not None:
+                        ctx.trace.observe(event)
             except Exception as e:  # noqa: BLE001 - a worker must always close its handle
                 handle.put(TurnFailed(f"{type(e).__name__}: {e}"))
             finally:

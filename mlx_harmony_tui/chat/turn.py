@@ -10,9 +10,10 @@ session record keeps it; ``TurnFinished``/``TurnFailed`` carry each retry's reas
 from __future__ import annotations
 
 import threading
+import time
 import uuid
 from collections.abc import Callable, Generator, Iterator
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from mlx_harmony_tui.chat.context import FitCancelled, fit_messages
@@ -73,10 +74,34 @@ class TurnContext:
     tools: Any | None = None
     confirm: ConfirmFn | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
+    trace: Any | None = None  # chat.trace.TurnTrace: one debug record per attempt (--debug-file)
 
 
 def _attempt_text(stream: HarmonyStream) -> str:
     return "\n".join(f"[{m.channel or '?'}] {m.text}" for m in stream.messages if m.text)
+
+
+def _attempt_record(ctx: TurnContext, turn_id: str, attempt: int, rounds: int, current: Any, prompt: list[int],
+                    result: Any, stream: HarmonyStream, finish: str, problem: tuple[str, str] | None,
+                    retrying: bool, seconds: float) -> dict[str, Any]:
+    """What --debug-file keeps of one attempt: enough to see why a model misbehaved."""
+    tokens = list(result.tokens) if result is not None else []
+    if problem is None:
+        decision = "tool call" if stream.tool_call is not None and finish == "stop" else f"done ({finish})"
+    else:
+        decision = f"retry: {problem[0]} ({problem[1]})" if retrying else f"give up: {problem[0]} ({problem[1]})"
+    return {
+        "turn_id": turn_id, "attempt": attempt, "tool_round": rounds,
+        "sampling": asdict(current.sampling), "seed": current.seed, "change": current.change,
+        "prompt_tokens": len(prompt), "prompt": ctx.encoding.decode(prompt),
+        "completion_tokens": len(tokens), "completion": ctx.encoding.decode(tokens) if tokens else "",
+        "finish": finish,
+        "parsed": [{"channel": m.channel, "recipient": m.recipient, "content_type": m.content_type, "text": m.text}
+                   for m in stream.messages],
+        "recoveries": [{"kind": r.kind, "detail": r.detail} for r in stream.recoveries],
+        "errors": list(stream.errors), "decision": decision, "seconds": round(seconds, 4),
+        "metrics": asdict(result.metrics) if result is not None else None,
+    }
 
 
 def _merge_functions(a: list, b: list) -> list:
@@ -143,6 +168,7 @@ def run_turn(ctx: TurnContext, messages: list[HMessage], settings: ChatSettings)
         stream = HarmonyStream(ctx.encoding)
         pending.clear()
         call_event: ToolCall | None = None
+        started = time.perf_counter()
 
         try:
             for token in ctx.engine.generate(prompt, gen_opts, cancel=ctx.cancel, on_progress=on_progress):
@@ -168,6 +194,10 @@ def run_turn(ctx: TurnContext, messages: list[HMessage], settings: ChatSettings)
             yield event
 
         problem = failure_reason(stream, finish)
+        if ctx.trace is not None:
+            retrying = problem is not None and attempt < settings.max_retries and not ctx.cancel.is_set()
+            ctx.trace.attempt(_attempt_record(ctx, turn_id, attempt, rounds, current, prompt, result, stream,
+                                              finish, problem, retrying, time.perf_counter() - started))
         if reports and reports[-1].outcome == "":
             outcome = f"failed: {problem[0]}" if problem else ("ok" if finish == "stop" else finish)
             reports[-1] = replace(reports[-1], outcome=outcome)

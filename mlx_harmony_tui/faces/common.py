@@ -32,6 +32,7 @@ def add_model_flags(p: argparse.ArgumentParser, remote: bool = True) -> None:
                        help="bearer token for --remote (default: config, then $OPENAI_API_KEY)")
     p.add_argument("--profile", default=None, help="settings profile from the config file")
     p.add_argument("--config", default=None, metavar="PATH", help="config file (default: the user's config.toml)")
+    add_trace_flags(p)
 
 
 def add_settings_flags(p: argparse.ArgumentParser) -> None:
@@ -154,13 +155,43 @@ def load_app_config(args: argparse.Namespace) -> Any:
     path = getattr(args, "config", None)
     profile = getattr(args, "profile", None)
     cfg, problems = config_mod.load_config(Path(path) if path else None, profile)
+    check_profile(cfg, profile)
+    for problem in problems or []:
+        print(f"mlx-harmony-tui: config: {problem}", file=sys.stderr)
+    return cfg
+
+
+def check_profile(cfg: Any, profile: str | None) -> None:
+    """A profile named on the command line must exist (a typo would silently run without it)."""
+    from mlx_harmony_tui import config as config_mod
+
     if profile and cfg.active_profile != profile:
         known = config_mod.list_profiles(cfg)
         raise UserError(f"--profile {profile}: no such profile (known: {', '.join(known) or 'none'}; profiles are "
                         f"[profiles.NAME] tables in {cfg.source} or files in {paths.config_dir() / 'profiles'})")
-    for problem in problems or []:
-        print(f"mlx-harmony-tui: config: {problem}", file=sys.stderr)
-    return cfg
+
+
+def add_trace_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug-file", default=None, metavar="PATH",
+                   help="append a JSON line per generation attempt: prompt with special tokens, raw completion, "
+                        "parse and repairs, retry decision, timings (local model)")
+    p.add_argument("--metrics-log", default=None, metavar="PATH",
+                   help="append one line of figures per turn (JSON lines; TSV if PATH ends in .tsv)")
+
+
+def attach_trace(backend: Any, args: argparse.Namespace) -> None:
+    """Give a local backend the trace files the flags name (a remote backend has no prompt to show)."""
+    debug, metrics = getattr(args, "debug_file", None), getattr(args, "metrics_log", None)
+    if not (debug or metrics):
+        return
+    if not hasattr(backend, "trace"):
+        print("mlx-harmony-tui: --debug-file/--metrics-log apply to a local model; ignored with a remote one",
+              file=sys.stderr)
+        return
+    from mlx_harmony_tui.chat.trace import TurnTrace
+
+    backend.trace = TurnTrace(Path(debug) if debug else None, Path(metrics) if metrics else None,
+                              model=backend.model_name)
 
 
 def resolve_settings_from_args(args: argparse.Namespace, cfg: Any = None) -> tuple[ChatSettings, str]:
@@ -182,15 +213,11 @@ def resolve_settings_from_args(args: argparse.Namespace, cfg: Any = None) -> tup
 
 
 def remote_url(args: argparse.Namespace, cfg: Any) -> str | None:
-    """The server to talk to: ``--remote URL``, else the config's ``[remote] endpoint`` unless ``--model``
-    names a local model (``serve`` has no --remote: it always runs its model here)."""
+    """The server to talk to: ``--remote URL``, else the config's ``[remote] endpoint`` (as in the TUI; --model
+    then picks the server's model). ``serve`` has no --remote: it always runs its model here."""
     if not hasattr(args, "remote"):
         return None
-    if args.remote:
-        return str(args.remote)
-    if cfg.remote.endpoint and not getattr(args, "model", None):
-        return str(cfg.remote.endpoint)
-    return None
+    return str(args.remote or cfg.remote.endpoint) or None
 
 
 def make_backend(args: argparse.Namespace, progress: Any = None) -> tuple[Any, ChatSettings]:
@@ -210,7 +237,9 @@ def make_backend(args: argparse.Namespace, progress: Any = None) -> tuple[Any, C
         return RemoteBackend(url, api_key=key, model=remote_model, app_config=cfg), settings
     from mlx_harmony_tui.backends.local import LocalBackend
 
-    return LocalBackend.load(model, progress=progress, app_config=cfg), settings
+    backend = LocalBackend.load(model, progress=progress, app_config=cfg)
+    attach_trace(backend, args)
+    return backend, settings
 
 
 class StreamPrinter:

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from mlx_harmony_tui.faces.common import add_trace_flags, attach_trace, check_profile
+
 
 def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("tui", help="full-screen chat (the default)", description="Full-screen chat.")
@@ -17,6 +19,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", help="config profile to use")
     p.add_argument("--config", metavar="PATH", help="config file (default: the user config file)")
     p.add_argument("--theme", help="theme name (built-in or from a themes folder)")
+    add_trace_flags(p)
     p.set_defaults(func=run)
 
 
@@ -27,6 +30,7 @@ def build_app(args: argparse.Namespace) -> Any:
 
     config_path = Path(args.config).expanduser() if getattr(args, "config", None) else None
     config, problems = cfg.load_config(config_path, getattr(args, "profile", None))
+    check_profile(config, getattr(args, "profile", None))
     model = getattr(args, "model", None) or config.model or "demo"
     if model == "demo":  # the shipped demo folder holds its generation_config.json defaults
         from mlx_harmony_tui.demo import demo_model_path
@@ -57,7 +61,9 @@ def build_app(args: argparse.Namespace) -> Any:
         def loader(model_name: str, progress: Any) -> Any:
             from mlx_harmony_tui.backends.local import LocalBackend
 
-            return LocalBackend.load(model_name, progress=progress, app_config=config)  # config's tools too
+            backend = LocalBackend.load(model_name, progress=progress, app_config=config)  # config's tools too
+            attach_trace(backend, args)
+            return backend
 
     def save_theme(name: str) -> None:
         try:
