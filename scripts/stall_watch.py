@@ -9,6 +9,7 @@ be traced to the code that held the loop. Used by `scripts/ui_latency.py --stall
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import sys
 import threading
@@ -48,7 +49,12 @@ def watch(loop: asyncio.AbstractEventLoop, log_path: str, main_id: int) -> None:
 
 
 def main() -> int:
-    log_path = sys.argv.pop(1)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("log", help="file the stalls are appended to")
+    ap.add_argument("app_args", nargs=argparse.REMAINDER, help="arguments of mlx-harmony-tui")
+    args = ap.parse_args()
+    log_path = args.log
+    sys.argv[1:] = args.app_args
     original = HarmonyApp.on_mount
 
     def on_mount(self: HarmonyApp) -> None:

@@ -48,7 +48,7 @@ def test_decode_logits_within_tolerance(tiny_model_dir):
 
 
 @pytest.mark.xfail(_CUDA, reason="MLX 0.32.4's CUDA gather_mm over sorted rows gives wrong logits for the tiny "
-                   "float model (scripts/check_cuda_prefill.py); the per-expert path agrees with the CPU",
+                   "float model (scripts/lab/check_cuda_prefill.py); the per-expert path agrees with the CPU",
                    strict=False)
 def test_per_expert_prefill_matches_gather(tiny_model_dir, tmp_path, monkeypatch):
     """The CUDA prefill MoE path (one matmul per expert) gives the gather path's logits, float and MXFP4."""
@@ -143,7 +143,7 @@ def test_fused_moe_only_where_it_applies(tiny_model_dir, tmp_path, monkeypatch):
 def test_fused_moe_matches_portable_on_cuda(tmp_path):
     """On a CUDA machine: the kernels' one-token MoE equals the portable one, the 8-bit matvec equals the
     dequantized matmul, and greedy decoding with and without the MoE kernels agrees.
-    (CI has no GPU; scripts/check_cuda_moe.py runs the same comparison at gpt-oss-20b/120b shapes.)"""
+    (CI has no GPU; scripts/lab/check_cuda_moe.py runs the same comparison at gpt-oss-20b/120b shapes.)"""
     if not _CUDA:
         pytest.skip("needs CUDA")
     from mlx_harmony_tui.model import cuda_matvec, cuda_moe, write_tiny_checkpoint

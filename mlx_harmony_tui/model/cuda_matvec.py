@@ -5,7 +5,7 @@ the attention takes them.
 A decoded token multiplies one activation row by the QKV, o_proj and LM-head weights. MLX's 8-bit
 ``quantized_matmul`` reads them at ~0.6 TB/s on an H200 with float32 scales (the LM head, 579 MB, took
 639 us per token) and adds the bias as a second kernel; this kernel reads at 0.7-3.5 TB/s (LM head
-185 us) and adds the bias itself (scripts/cuda_kernel_lab.py, docs/benchmarks.md). Other backends and
+185 us) and adds the bias itself (scripts/lab/cuda_kernel_lab.py, docs/benchmarks.md). Other backends and
 other formats keep MLX's kernel.
 
 y[n] = sum over groups g of scale[n, g] * (q[n, g] . x[g]) + bias_q[n, g] * sum(x[g]), + b[n]
@@ -224,7 +224,7 @@ _QKV_SOURCE = r"""
   }
 """
 
-# Rows per warp and warps per block: the best of scripts/cuda_kernel_lab.py's sweep on an H200 (QKV,
+# Rows per warp and warps per block: the best of scripts/lab/cuda_kernel_lab.py's sweep on an H200 (QKV,
 # o_proj and LM head all within 5% of their best with these).
 _ROWS, _WARPS = 4, 8
 _PRE = 1  # the first weights requested before the staging (lab: LM head 185 against 212 us without)
@@ -281,7 +281,7 @@ class DecodeMatvec:
         """``layer(norm(x))`` (+ ``residual``): ``norm`` an nn.RMSNorm applied first, in the same kernel.
         x is read as its D values in memory order, so any contiguous shape does (the attention output of one
         token is already in o_proj's order); the result has the residual's shape, else x's with D -> N.
-        ``rows``/``warps``: the launch shape (scripts/cuda_kernel_lab.py sweeps them; rows must divide N)."""
+        ``rows``/``warps``: the launch shape (scripts/lab/cuda_kernel_lab.py sweeps them; rows must divide N)."""
         shape = residual.shape if residual is not None else (*x.shape[:-1], self.n)
         (y,) = _kernel("matvec")(
             inputs=[*self._inputs(x, norm), residual if residual is not None else x],

@@ -15,7 +15,7 @@ gather_qmm, SwiGLU, weighting, sum, residual) after the RMSNorm. Here it is thre
 
 Both read the packed weights 16 bytes (one 32-value scale group) per lane at a time and decode e2m1 without
 a lookup table (the shared-memory table was what bound the first version: docs/benchmarks.md). Same math as
-the portable path (scripts/check_cuda_moe.py compares both on the GPU); float32 accumulation.
+the portable path (scripts/lab/check_cuda_moe.py compares both on the GPU); float32 accumulation.
 """
 
 from __future__ import annotations
@@ -274,7 +274,7 @@ _DOWN = r"""
   }
 """
 
-# Rows per warp and warps per block: the fastest of scripts/cuda_kernel_lab.py's sweep on an H200.
+# Rows per warp and warps per block: the fastest of scripts/lab/cuda_kernel_lab.py's sweep on an H200.
 _GATE_UP_ROWS, _GATE_UP_WARPS = 2, 8
 _DOWN_ROWS = 8
 _ROUTER_WARPS = 8

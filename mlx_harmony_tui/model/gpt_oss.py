@@ -127,7 +127,7 @@ def _attend(q: mx.array, k: Any, v: Any, scale: float, mask: Mask, sinks: mx.arr
     Memory: a 512-token chunk over 4096 keys with 64 heads is 0.5 GB of float32 scores, plus probabilities
     and mask, per layer: that set the peak memory of a long prefill on CUDA. Blocks of at most
     SCORES_BUDGET bytes, each evaluated before the next is built (blocks only queued together stay in memory
-    together: scripts/probe_memory.py); the eval also makes this unusable under mx.grad/compile.
+    together: scripts/lab/probe_memory.py); the eval also makes this unusable under mx.grad/compile.
     Work (CPU, where it was measured): the unfused path computes every masked score too, and its exp is
     most of a prefill there; blocks of QUERY_BLOCK rows stop at the diagonal (causal) and start at the
     window (sliding layers), about half the scores of a 512-token chunk on full layers and a quarter on
@@ -259,14 +259,14 @@ def _swiglu(h: mx.array, alpha: mx.array, limit: mx.array) -> mx.array:
 def _row_bucket(n: int) -> int:
     """Rows padded to a power of two from 64 up to 256, then to a multiple of 256. On CUDA each new
     quantized-matmul kernel variant costs a ~28 s JIT compile the first time (measured on an H100,
-    scripts/probe_shapes.py); at least 64 rows keeps every call on the large-M variant."""
+    scripts/lab/probe_shapes.py); at least 64 rows keeps every call on the large-M variant."""
     return max(64, 1 << (n - 1).bit_length()) if n <= 256 else -(-n // 256) * 256
 
 
 class Experts(nn.Module):
     # From 16 rows per expert on average (128 tokens of gpt-oss-20b): one matmul per expert over its sorted
     # rows instead of one gather_(q)mm. Measured on an H100 (CUDA, MXFP4 experts, 20b shapes, one MoE layer,
-    # scripts/probe_memory.py): 12.0 vs 52.6 ms at 512 tokens, 9.8 vs 13.9 ms at 128, but 10.2 vs 5.0 ms at
+    # scripts/lab/probe_memory.py): 12.0 vs 52.6 ms at 512 tokens, 9.8 vs 13.9 ms at 128, but 10.2 vs 5.0 ms at
     # 41 and 6.8 vs 1.4 ms at 8 (every expert's matmul runs on at least 64 padded rows). It costs one host
     # sync per layer and chunk (the per-expert counts). Off on Metal and CPU, where gather_qmm on sorted rows
     # is the tuned path and this was not measured.
@@ -288,7 +288,7 @@ class Experts(nn.Module):
                                         or (indices.size >= 64 and self.gate_up.quant is None)):
             # Float experts on CUDA always take this path for prefill: MLX 0.32.4's CUDA gather_mm over
             # sorted rows gave wrong logits for the tiny float model (argmax agreeing with the CPU on 1.5% of
-            # positions; this path: 100%; scripts/check_cuda_prefill.py).
+            # positions; this path: 100%; scripts/lab/check_cuda_prefill.py).
             return self._per_expert(x, indices)
         if indices.size >= 64:
             # Many tokens (prefill): sort rows by expert so each expert's weights are read once.

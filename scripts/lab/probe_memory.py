@@ -5,7 +5,7 @@ then a whole 4096-token prefill per chunk size. Run on the GPU machine (shared/g
 
 from __future__ import annotations
 
-import sys
+import argparse
 import time
 
 import mlx.core as mx
@@ -19,7 +19,9 @@ M = 2**20
 
 
 def main() -> None:
-    model, config = build_random(sys.argv[1] if len(sys.argv) > 1 else "20b")
+    ap = argparse.ArgumentParser(description=__doc__)
+    ap.add_argument("kind", nargs="?", default="20b", help="random model shape (bench's --random kinds; default 20b)")
+    model, config = build_random(ap.parse_args().kind)
     model.optimize()
     mx.synchronize()
     w = mx.get_active_memory()

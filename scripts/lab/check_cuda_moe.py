@@ -1,7 +1,7 @@
 """GPU check of model/cuda_moe.py and model/cuda_matvec.py against MLX's own kernels: outputs, timings,
 greedy decode.
 
-Run on the GPU machine (shared/gpu.md): ``python scripts/check_cuda_moe.py --kind tiny --kind 20b``.
+Run on the GPU machine (shared/gpu.md): ``python scripts/lab/check_cuda_moe.py --kind tiny --kind 20b``.
 Prints, per model: the largest difference of one MoE layer (fused vs portable, same inputs), the time of
 24 chained one-token MoE layers each way (compiled, like the decoder), and for a whole-model greedy decode
 after a 512-token prompt: tokens equal or not, first-step logits difference, tok/s of both decoders in

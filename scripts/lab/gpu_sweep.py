@@ -4,7 +4,7 @@ MLX reads some settings once per process (e.g. MLX_USE_CUDA_GRAPHS, MLX_MAX_OPS_
 variant is its own subprocess; ours and mlx-lm still alternate inside each one, so every ratio comes from
 one process. Usage (GPU machine, see shared/gpu.md):
 
-    python scripts/gpu_sweep.py --out $OUT --variant base: --variant nographs:MLX_USE_CUDA_GRAPHS=0 \
+    python scripts/lab/gpu_sweep.py --out $OUT --variant base: --variant nographs:MLX_USE_CUDA_GRAPHS=0 \
         -- --random 20b --prompt-lengths 512,4096 --gen-tokens 64 --repeats 1 --turns 0 --vs-mlx-lm
 """
 

@@ -1,9 +1,9 @@
 """Where a decoded token's time goes on the GPU: kernel durations (ncu) against the token's wall time.
 
-    python scripts/profile_decode.py --kind 20b                       # wall time per token
+    python scripts/lab/profile_decode.py --kind 20b                       # wall time per token
     ncu --profile-from-start off --metrics gpu__time_duration.sum --csv --print-units base \
-        python scripts/profile_decode.py --kind 20b --profile > ncu.csv  # every kernel of 2 tokens
-    python scripts/profile_decode.py --summarize ncu.csv              # sum by kernel name
+        python scripts/lab/profile_decode.py --kind 20b --profile > ncu.csv  # every kernel of 2 tokens
+    python scripts/lab/profile_decode.py --summarize ncu.csv              # sum by kernel name
 
 If the kernels' summed durations are well under the wall time, decode is bound by launches/host work,
 not by the kernels; otherwise the biggest kernels are the ones to make faster.

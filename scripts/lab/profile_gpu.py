@@ -1,12 +1,13 @@
 # ruff: noqa: B023  (the timing lambdas run inside their own loop iteration)
 """Where the time and memory of gpt-oss-20b go, per part, on the current device (random weights).
 
-Run: python scripts/profile_gpu.py. Prints per-part timings and peak memory deltas; used to decide which
+Run: python scripts/lab/profile_gpu.py. Prints per-part timings and peak memory deltas; used to decide which
 optimization to write next (docs/benchmarks.md keeps the figures and the predictions they fed).
 """
 
 from __future__ import annotations
 
+import argparse
 import time
 
 import mlx.core as mx
@@ -66,6 +67,7 @@ def moe_per_expert(moe, x):
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__).parse_args()
     t0 = time.perf_counter()
     model, config = build_random("20b")
     print(f"built in {time.perf_counter() - t0:.1f}s, active {mx.get_active_memory() / 2**30:.2f} GiB", flush=True)

@@ -1,6 +1,6 @@
 """GPU lab for the one-token decode kernels: how fast can a layer read its weights?
 
-Run on the GPU machine (shared/gpu.md): ``python scripts/cuda_kernel_lab.py``. Builds 24 layers of random
+Run on the GPU machine (shared/gpu.md): ``python scripts/lab/cuda_kernel_lab.py``. Builds 24 layers of random
 gpt-oss-20b-shaped weights (so the chain cannot run from the L2 cache, as the real decode cannot) and
 times, per layer (24 chained calls, best of several rounds):
 

@@ -1,9 +1,10 @@
 """GPU check of the prefill MoE paths against the CPU: the per-expert path (used on CUDA for long chunks) and
 the gather path, float and MXFP4 tiny models and two layers of gpt-oss-20b's shapes, each against the same model's logits computed on the CPU
-stream. Prints max |difference| and NaN counts. ``python scripts/check_cuda_prefill.py``."""
+stream. Prints max |difference| and NaN counts. ``python scripts/lab/check_cuda_prefill.py``."""
 
 from __future__ import annotations
 
+import argparse
 import tempfile
 from pathlib import Path
 
@@ -24,6 +25,7 @@ def models():
 
 
 def main() -> None:
+    argparse.ArgumentParser(description=__doc__).parse_args()
     tokens = mx.array([list(range(1000, 1200))], dtype=mx.int32)
     for layout, model in models():
         with mx.stream(mx.cpu):
