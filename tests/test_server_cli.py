@@ -105,3 +105,25 @@ def test_serve_logs_one_line_per_request(quiet: bool) -> None:
     finally:
         proc.terminate()
         proc.wait(timeout=30)
+
+
+def test_serve_tools_python_runs_the_sandbox_for_clients_that_declare_no_python() -> None:
+    """`serve --tools python`: the server runs the model's python calls itself and the client gets the answer;
+    without the flag no tool is offered and nothing runs."""
+    question = [{"role": "user", "content": "What is 37*12?"}]
+    app = build_app(cli.build_parser().parse_args(["serve", "--model", "demo", "--tools", "python",
+                                                    "--temperature", "0"]))
+    with serve_in_thread(app) as url:
+        c = openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=120)
+        r = c.chat.completions.create(model="demo", messages=question)
+        msg = r.choices[0].message
+        assert r.choices[0].finish_reason == "stop" and not msg.tool_calls
+        assert "444" in (msg.content or "") and "did not declare" not in (msg.content or "")
+        streamed = "".join(ch.choices[0].delta.content or "" for ch in c.chat.completions.create(
+            model="demo", messages=question, stream=True) if ch.choices)
+        assert "444" in streamed
+    app = build_app(cli.build_parser().parse_args(["serve", "--model", "demo", "--temperature", "0"]))
+    with serve_in_thread(app) as url:
+        c = openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=120)
+        content = c.chat.completions.create(model="demo", messages=question).choices[0].message.content or ""
+        assert "444" not in content  # no tool offered: the demo says it needs the python tool

@@ -8,12 +8,13 @@ generation on the model at a time in arrival order; a disconnecting client cance
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import inspect
 import json
 import threading
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from contextlib import asynccontextmanager
 from typing import Any
 
@@ -43,6 +44,7 @@ from mlx_harmony_tui.server.schemas import (
     ChatCompletionRequest,
     ToolRoute,
     error_body,
+    server_tools,
     to_hmessages,
     to_settings,
     tool_routes,
@@ -63,7 +65,10 @@ class ReplyBuilder:
     every call on under its own name.
     """
 
-    def __init__(self, stops: list[str] | None = None, routes: dict[str, ToolRoute] | None = None) -> None:
+    def __init__(self, stops: list[str] | None = None, routes: dict[str, ToolRoute] | None = None,
+                 runs_here: frozenset[str] = frozenset()) -> None:
+        self.runs_here = runs_here  # built-in tools the server runs itself: their calls are not the client's
+        self._hidden: set[str] = set()  # call ids of those
         self.stops = stops or []
         self.routes = routes
         self._undeclared: dict[str, str] = {}  # call id -> recipient the request did not offer
@@ -92,6 +97,10 @@ class ReplyBuilder:
             if ev.recipient is None:  # final answer, or a preamble before tool calls
                 return self._content(ev.text)
             return []  # tool-call arguments: sent as tool_calls below
+        if isinstance(ev, ToolCallStarted | ToolCall) and _tool_root(ev.recipient) in self.runs_here:
+            self._hidden.add(ev.call_id)
+        if isinstance(ev, ToolCallStarted | ToolCallArgs | ToolCall) and ev.call_id in self._hidden:
+            return []
         if isinstance(ev, ToolCallStarted):
             if self.stopped:
                 return []
@@ -223,6 +232,11 @@ class ReplyBuilder:
         return msg
 
 
+def _tool_root(recipient: str) -> str:
+    """``browser.search`` -> ``browser``; ``python`` -> ``python``."""
+    return recipient.split(".", 1)[0]
+
+
 def _call_id(call_id: str) -> str:
     return call_id if call_id.startswith("call_") else f"call_{call_id}"
 
@@ -236,8 +250,11 @@ def _wrap(route: ToolRoute, text: str) -> str:
     return json.dumps({route.wrap: text})
 
 
-def _start_without_tools(backend: Backend, request: TurnRequest) -> Any:
-    """Start a turn that ends at a tool call instead of running it (the client runs its own functions)."""
+def _start_without_tools(backend: Backend, request: TurnRequest, runs_here: frozenset[str] = frozenset()) -> Any:
+    """Start a turn that ends at a tool call instead of running it (the client runs its own functions), unless
+    the server runs built-in tools itself (``serve --tools``)."""
+    if runs_here:
+        return backend.start_turn(request)
     try:
         accepts = "run_tools" in inspect.signature(backend.start_turn).parameters
     except (TypeError, ValueError):
@@ -251,8 +268,10 @@ class _Turn:
     """Runs one turn on a pump thread and feeds its events into an asyncio queue as they come."""
 
     def __init__(
-        self, backend: Backend, request: TurnRequest, gen_queue: GenerationQueue, running: set[_Turn]
+        self, backend: Backend, request: TurnRequest, gen_queue: GenerationQueue, running: set[_Turn],
+        runs_here: frozenset[str] = frozenset(),
     ) -> None:
+        self._runs_here = runs_here
         self.loop = asyncio.get_running_loop()
         self.events: asyncio.Queue[object] = asyncio.Queue()
         self._backend = backend
@@ -282,13 +301,13 @@ class _Turn:
 
     def _run(self) -> None:
         try:
-            handle = _start_without_tools(self._backend, self._request)
+            handle = _start_without_tools(self._backend, self._request, self._runs_here)
             self._handle = handle
             if self._cancelled.is_set():
                 handle.cancel()
             for ev in handle.events():
-                if isinstance(ev, ToolConfirmation):  # a client's functions never run here; refuse anything else
-                    handle.confirm(ev.call_id, False)
+                if isinstance(ev, ToolConfirmation):  # only the tools `serve --tools` enabled run here
+                    handle.confirm(ev.call_id, _tool_root(ev.recipient) in self._runs_here)
                     continue
                 self._post(ev)
         except Exception as e:  # the backend failed: the client gets the message, the server keeps going
@@ -319,12 +338,15 @@ def create_app(
     api_key: str | None = None,
     max_body_bytes: int = DEFAULT_MAX_BODY,
     max_waiting: int = 256,
+    run_tools: Sequence[str] = (),
 ) -> FastAPI:
-    """The app. ``models`` maps the names clients may ask for to loaded backends; nothing else is ever loaded."""
+    """The app. ``models`` maps the names clients may ask for to loaded backends; nothing else is ever loaded.
+    ``run_tools``: built-in tools ("python", "browser") the server runs itself (``serve --tools``); none by
+    default, whatever ``settings.builtin_tools`` says: a client runs its own functions."""
     backends: dict[str, Backend] = dict(models) if isinstance(models, Mapping) else {models.model_name: models}
     if not backends:
         raise ValueError("the server needs at least one model")
-    base = settings or ChatSettings()
+    base = dataclasses.replace(settings or ChatSettings(), builtin_tools=list(run_tools))
     gen_queue = GenerationQueue(max_waiting)
     created = int(time.time())
     turns: set[_Turn] = set()  # running now: cancelled when the server shuts down
@@ -502,9 +524,10 @@ async def _complete(
     if not await _until_done(waiter, request, waiter.cancel):  # left the line: the client hung up
         return JSONResponse(error_body("client disconnected", "invalid_request_error"), status_code=499)
     waiter.result()
-    turn = _Turn(backend, turn_request, gen_queue, turns)
+    here = server_tools(turn_request.settings, routes)
+    turn = _Turn(backend, turn_request, gen_queue, turns, here)
     turn.start()
-    builder = ReplyBuilder(stops, routes)
+    builder = ReplyBuilder(stops, routes, here)
     watch = asyncio.ensure_future(_watch_disconnect(request, turn.cancel))
     try:
         async for ev in turn:
@@ -557,9 +580,10 @@ async def _stream(
 
     await gen_queue.wait(place)
     claimed.append(True)  # from here the turn releases the slot when it ends
-    turn = _Turn(backend, turn_request, gen_queue, turns)
+    here = server_tools(turn_request.settings, routes)
+    turn = _Turn(backend, turn_request, gen_queue, turns, here)
     turn.start()
-    builder = ReplyBuilder(stops, routes)
+    builder = ReplyBuilder(stops, routes, here)
     try:
         yield chunk({"role": "assistant", "content": ""})
         async for ev in turn:

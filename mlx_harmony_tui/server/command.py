@@ -60,8 +60,10 @@ def build_app(args: argparse.Namespace) -> Any:
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     if args.max_body_mb <= 0 or args.max_queue < 1:
         raise UserError("--max-body-mb and --max-queue must be positive")
+    run_tools = settings.builtin_tools if getattr(args, "tools", None) is not None else []  # only when asked
     return create_app({n: backend for n in names}, settings, api_key=api_key,
-                      max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_waiting=args.max_queue)
+                      max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_waiting=args.max_queue,
+                      run_tools=run_tools)
 
 
 def listen(host: str, port: int) -> socket.socket:

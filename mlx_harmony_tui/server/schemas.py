@@ -182,7 +182,7 @@ def to_settings(req: ChatCompletionRequest, base: ChatSettings) -> ChatSettings:
     instructions = [m.text() for m in req.messages if m.role in ("system", "developer")]
     if instructions:
         s.instructions = "\n\n".join(t for t in [s.instructions, *instructions] if t)
-    s.builtin_tools = []  # a client never gets the server's python/browser tools
+    s.builtin_tools = list(base.builtin_tools)  # only what `serve --tools` runs here (none by default)
     s.function_tools = []
     choice = req.tool_choice
     if req.tools and choice != "none":
@@ -200,7 +200,7 @@ def to_settings(req: ChatCompletionRequest, base: ChatSettings) -> ChatSettings:
                 raise APIError(400, f"tool_choice names unknown function {choice.function.name!r}", param="tool_choice")
         if any(t.name == PYTHON for t in tools):
             # GPT-OSS is trained to call `python` as a built-in tool with plain code, not as functions.python.
-            s.builtin_tools = [PYTHON]
+            s.builtin_tools = sorted({*s.builtin_tools, PYTHON})
             tools = [t for t in tools if t.name != PYTHON]
         s.function_tools = tools
     return s
@@ -229,9 +229,14 @@ def tool_routes(req: ChatCompletionRequest, settings: ChatSettings) -> dict[str,
     """Harmony recipient -> client function, for exactly the tools this request offered the model; a call to
     any other recipient is one the client cannot run."""
     routes = {f"functions.{t.name}": ToolRoute(t.name) for t in settings.function_tools}
-    if PYTHON in settings.builtin_tools:
+    if PYTHON in settings.builtin_tools and _declares_python(req):
         routes[PYTHON] = ToolRoute(PYTHON, wrap=_python_key(req))
     return routes
+
+
+def server_tools(settings: ChatSettings, routes: dict[str, ToolRoute]) -> frozenset[str]:
+    """The built-in tools the server runs itself (``serve --tools``), less any the client declared."""
+    return frozenset(t for t in settings.builtin_tools if t not in routes)
 
 
 def _declares_python(req: ChatCompletionRequest) -> bool:
