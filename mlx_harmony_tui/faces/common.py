@@ -1,4 +1,5 @@
-"""Flags shared by `chat`, `generate` and `serve`, and their resolution into settings and a backend.
+"""Flags shared by every face (the TUI, `chat`, `generate`, `serve`), and their resolution into settings and
+a backend loader, so each flag means the same and falls back the same way everywhere.
 
 Precedence is command line > profile > config file > model defaults (config.py does the layering; the flags
 given here are applied last). Bad values are UserErrors with the flag's name, never a traceback.
@@ -10,6 +11,7 @@ import argparse
 import atexit
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -24,12 +26,14 @@ EFFORTS = ("low", "medium", "high")
 
 
 def add_model_flags(p: argparse.ArgumentParser, remote: bool = True) -> None:
-    p.add_argument("--model", "-m", default=None, help="model folder, or 'demo' (the default)")
+    p.add_argument("--model", "-m", default=None,
+                   help="model folder, or 'demo' (default: the config's model, else demo); with --remote: the server's model")
     if remote:
         p.add_argument("--remote", default=None, metavar="URL",
                        help="use an OpenAI-compatible server instead of a local model (e.g. http://127.0.0.1:8000/v1)")
         p.add_argument("--api-key", default=None,
-                       help="bearer token for --remote (default: config, then $OPENAI_API_KEY)")
+                       help="bearer token for --remote (default: the variable the config's [remote] api_key_env "
+                            "names, then $OPENAI_API_KEY)")
     p.add_argument("--profile", default=None, help="settings profile from the config file")
     p.add_argument("--config", default=None, metavar="PATH", help="config file (default: the user's config.toml)")
     add_trace_flags(p)
@@ -150,15 +154,21 @@ def check(key: str, value: Any, name: str | None = None) -> None:
 
 def load_app_config(args: argparse.Namespace) -> Any:
     """The config file (and profile) the flags name; problems are printed as warnings, not fatal."""
+    cfg, problems = load_app_config_quietly(args)
+    for problem in problems:
+        print(f"mlx-harmony-tui: config: {problem}", file=sys.stderr)
+    return cfg
+
+
+def load_app_config_quietly(args: argparse.Namespace) -> tuple[Any, list[str]]:
+    """(config, its problems as text) for a face that shows them itself (the TUI, once its screen is up)."""
     from mlx_harmony_tui import config as config_mod
 
     path = getattr(args, "config", None)
     profile = getattr(args, "profile", None)
-    cfg, problems = config_mod.load_config(Path(path) if path else None, profile)
+    cfg, problems = config_mod.load_config(Path(path).expanduser() if path else None, profile)
     check_profile(cfg, profile)
-    for problem in problems or []:
-        print(f"mlx-harmony-tui: config: {problem}", file=sys.stderr)
-    return cfg
+    return cfg, [str(p) for p in problems or []]
 
 
 def check_profile(cfg: Any, profile: str | None) -> None:
@@ -194,8 +204,11 @@ def attach_trace(backend: Any, args: argparse.Namespace) -> None:
                               model=backend.model_name)
 
 
-def resolve_settings_from_args(args: argparse.Namespace, cfg: Any = None) -> tuple[ChatSettings, str]:
-    """(settings: CLI > profile > config file > model defaults, model name or path)."""
+def resolve_settings_from_args(args: argparse.Namespace, cfg: Any = None, *,
+                               strict: bool = True) -> tuple[ChatSettings, str]:
+    """(settings: CLI > profile > config file > model defaults, model name or path). ``strict``: a model
+    that cannot be found is an error now (line faces); else its defaults are skipped and the loader reports
+    it (the TUI, where the user can pick another)."""
     from mlx_harmony_tui import config as config_mod
 
     cfg = cfg if cfg is not None else load_app_config(args)
@@ -204,42 +217,73 @@ def resolve_settings_from_args(args: argparse.Namespace, cfg: Any = None) -> tup
     if not remote_url(args, cfg):
         from mlx_harmony_tui.backends.local import resolve_model_path
 
-        model_dir = resolve_model_path(model)
+        try:
+            model_dir = resolve_model_path(model)
+        except UserError:
+            if strict:
+                raise
     cli = cli_overrides(args)
     for key, value in cli.items():
         check(key, value)
-    settings = config_mod.settings_from_config(cfg, cli=cli, model_dir=model_dir)
+    settings = config_mod.settings_from_config(
+        cfg, cli=cli, model_dir=model_dir if model_dir is not None and model_dir.is_dir() else None
+    )
     return settings, str(model)
 
 
 def remote_url(args: argparse.Namespace, cfg: Any) -> str | None:
-    """The server to talk to: ``--remote URL``, else the config's ``[remote] endpoint`` (as in the TUI; --model
-    then picks the server's model). ``serve`` has no --remote: it always runs its model here."""
+    """The server to talk to: ``--remote URL``, else the config's ``[remote] endpoint`` (--model then picks the
+    server's model). ``serve`` has no --remote: it always runs its model here."""
     if not hasattr(args, "remote"):
         return None
     return str(args.remote or cfg.remote.endpoint) or None
+
+
+def remote_api_key(args: argparse.Namespace, cfg: Any) -> str | None:
+    """--api-key, else the variable the config's ``[remote] api_key_env`` names, else $OPENAI_API_KEY."""
+    return (
+        getattr(args, "api_key", None)
+        or (os.environ.get(cfg.remote.api_key_env) if cfg.remote.api_key_env else None)
+        or os.environ.get("OPENAI_API_KEY")
+    )
+
+
+BackendLoader = Callable[[str, Any], Any]  # (model name or path, progress callback or None) -> Backend
+
+
+def backend_loader(args: argparse.Namespace, cfg: Any) -> BackendLoader:
+    """How every face gets its backend: the server the flags or config name (checked to answer, so a wrong
+    URL fails at once), else a local model by name or path (the TUI's model picker passes another one)."""
+    url = remote_url(args, cfg)
+    if url:
+        key, remote_model = remote_api_key(args, cfg), getattr(args, "model", None) or cfg.remote.model or None
+
+        def remote(_model: str, progress: Any = None) -> Any:
+            from mlx_harmony_tui.backends.remote import RemoteBackend
+
+            if progress:
+                progress(0.2, f"connecting to {url}")
+            backend = RemoteBackend(url, api_key=key, model=remote_model, app_config=cfg)  # declares its tools
+            _ = backend.model_name  # fails here, clearly, if the server cannot be reached
+            return backend
+
+        return remote
+
+    def local(model: str, progress: Any = None) -> Any:
+        from mlx_harmony_tui.backends.local import LocalBackend
+
+        backend = LocalBackend.load(model, progress=progress, app_config=cfg)  # the config's tools too
+        attach_trace(backend, args)
+        return backend
+
+    return local
 
 
 def make_backend(args: argparse.Namespace, progress: Any = None) -> tuple[Any, ChatSettings]:
     """The backend the flags ask for (local model, or --remote URL / the config's remote) and the settings."""
     cfg = load_app_config(args)
     settings, model = resolve_settings_from_args(args, cfg)
-    url = remote_url(args, cfg)
-    if url:
-        from mlx_harmony_tui.backends.remote import RemoteBackend
-
-        key = (
-            getattr(args, "api_key", None)
-            or (os.environ.get(cfg.remote.api_key_env) if cfg.remote.api_key_env else None)
-            or os.environ.get("OPENAI_API_KEY")
-        )
-        remote_model = getattr(args, "model", None) or cfg.remote.model or None
-        return RemoteBackend(url, api_key=key, model=remote_model, app_config=cfg), settings
-    from mlx_harmony_tui.backends.local import LocalBackend
-
-    backend = LocalBackend.load(model, progress=progress, app_config=cfg)
-    attach_trace(backend, args)
-    return backend, settings
+    return backend_loader(args, cfg)(model, progress), settings
 
 
 class StreamPrinter:
