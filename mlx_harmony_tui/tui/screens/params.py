@@ -7,7 +7,7 @@ from dataclasses import replace
 
 from textual.app import ComposeResult
 from textual.binding import Binding
-from textual.containers import Horizontal, VerticalScroll
+from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TextArea
 
@@ -26,17 +26,11 @@ NUMERIC = [
 
 
 class ParamsScreen(ModalScreen[ChatSettings | None]):
-    """Dismisses with new settings (ctrl+s / Apply) or None (Esc); invalid numbers keep the panel open."""
+    """Dismisses with new settings (Enter in a field, ctrl+s or Apply) or None (Esc or Cancel); an invalid
+    number keeps the panel open and names the field. The first field has the focus, so typing edits it."""
 
-    DEFAULT_CSS = """
-    ParamsScreen { align: center middle; }
-    ParamsScreen > VerticalScroll { width: 80; height: 90%; border: thick $primary; background: $surface; padding: 0 2; }
-    ParamsScreen Horizontal.row { height: 3; }
-    ParamsScreen Horizontal.row > Label { width: 32; padding-top: 1; }
-    ParamsScreen Horizontal.row > Input, ParamsScreen Horizontal.row > Select { width: 1fr; }
-    ParamsScreen TextArea { height: 5; }
-    ParamsScreen Static#params-error { color: $error; }
-    """
+    CSS_PATH = "params.tcss"
+    AUTO_FOCUS = "#p-temperature"
     BINDINGS = [
         Binding("ctrl+s", "apply", "Apply", id="params.apply", priority=True),
         Binding("escape", "cancel", "Cancel", id="params.cancel"),
@@ -48,35 +42,46 @@ class ParamsScreen(ModalScreen[ChatSettings | None]):
 
     def compose(self) -> ComposeResult:
         s = self.settings
-        with VerticalScroll():
-            yield Static("[b]Parameters[/b] (apply to the next turn; ctrl+s applies, esc cancels)")
-            for name, label, _typ, where in NUMERIC:
-                value = getattr(s.sampling if where == "sampling" else s, name)
+        with Vertical(id="params-box"):
+            yield Static("[b]Parameters[/b] for the next turn · enter applies · esc cancels")
+            with VerticalScroll(id="params-fields"):
+                for name, label, _typ, where in NUMERIC:
+                    value = getattr(s.sampling if where == "sampling" else s, name)
+                    with Horizontal(classes="row"):
+                        yield Label(label)
+                        yield Input("" if value is None else str(value), id=f"p-{name}", compact=True)
                 with Horizontal(classes="row"):
-                    yield Label(label)
-                    yield Input("" if value is None else str(value), id=f"p-{name}")
-            with Horizontal(classes="row"):
-                yield Label("Reasoning effort")
-                yield Select(
-                    [(x, x) for x in ("low", "medium", "high")],
-                    value=s.reasoning_effort,
-                    allow_blank=False,
-                    id="p-reasoning_effort",
-                )
-            with Horizontal(classes="row"):
-                yield Label("Built-in tools")
-                yield Checkbox("python", "python" in s.builtin_tools, id="p-tool-python")
-                yield Checkbox("browser", "browser" in s.builtin_tools, id="p-tool-browser")
-            yield Label("Developer instructions")
-            yield TextArea(s.instructions, id="p-instructions")
-            yield Label("System prompt (extra system text)")
-            yield TextArea(s.system_prompt, id="p-system_prompt")
+                    yield Label("Reasoning effort")
+                    yield Select(
+                        [(x, x) for x in ("low", "medium", "high")],
+                        value=s.reasoning_effort,
+                        allow_blank=False,
+                        id="p-reasoning_effort",
+                        compact=True,
+                    )
+                with Horizontal(classes="row"):
+                    yield Label("Built-in tools")
+                    yield Checkbox("python", "python" in s.builtin_tools, id="p-tool-python", compact=True)
+                    yield Checkbox("browser", "browser" in s.builtin_tools, id="p-tool-browser", compact=True)
+                yield Label("Developer instructions")
+                yield TextArea(s.instructions, id="p-instructions")
+                yield Label("System prompt (extra system text)")
+                yield TextArea(s.system_prompt, id="p-system_prompt")
             yield Static("", id="params-error")
-            yield Button("Apply (ctrl+s)", variant="primary", id="apply")
+            with Horizontal(id="params-buttons"):
+                yield Button("Apply (ctrl+s)", variant="primary", id="apply", compact=True)
+                yield Button("Cancel (esc)", id="cancel", compact=True)
 
     def on_button_pressed(self, event: Button.Pressed) -> None:
         if event.button.id == "apply":
             self.action_apply()
+        elif event.button.id == "cancel":
+            self.action_cancel()
+
+    def on_input_submitted(self, event: Input.Submitted) -> None:
+        """Enter in a field applies the panel, as in any form."""
+        event.stop()
+        self.action_apply()
 
     def read(self) -> ChatSettings:
         """The panel's values as new settings; ValueError names the bad field."""
