@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import pytest
 from textual.widgets import Button, Input
-
 from tui_fakes import ScriptedBackend, simple_reply
 
 from mlx_harmony_tui.tui.app import HarmonyApp
@@ -53,3 +52,31 @@ async def test_params_panel_esc_cancels() -> None:
         await pilot.press("escape")
         assert app.screen.__class__.__name__ != "ParamsScreen"
         assert app.settings.sampling.temperature == 1.0
+
+
+async def test_bad_keymap_entries_warn_and_help_shows_what_works() -> None:
+    from textual.widgets import DataTable
+
+    keymap = {
+        "app.quit": "ctrl+zz",  # not a key
+        "chat.no_such_action": "f5",  # not an action id
+        "chat.regenerate": "ctrl+s",  # already Sessions
+        "chat.copy_reply": ["f9", "ctrl+alt+ctrl+c"],  # one good, one with a doubled modifier
+    }
+    app = make_app(keymap=keymap)
+    async with app.run_test(size=LARGE) as pilot:
+        notes = "\n".join(app.startup_notes)
+        assert "'app.quit' = 'ctrl+zz'" in notes and "not a key name" in notes
+        assert "'chat.no_such_action'" in notes and "no such action id" in notes
+        assert "'chat.regenerate' = 'ctrl+s'" in notes and "'chat.sessions'" in notes
+        assert "ctrl+alt+ctrl+c" in notes
+        shown = " ".join(str(n.message) for n in app._notifications)
+        assert "ctrl+zz" in shown  # warned on screen at start, not only logged
+        await pilot.press("f1")
+        table = app.screen.query_one(DataTable)
+        rows = {table.get_row_at(i)[2]: table.get_row_at(i)[0] for i in range(table.row_count)}
+        assert rows["app.quit"] == "ctrl+q" and rows["chat.regenerate"] == "ctrl+r"
+        assert rows["chat.copy_reply"] == "f9"
+        await pilot.press("escape")
+        await pilot.press("ctrl+s")  # still opens the sessions browser
+        assert app.screen.__class__.__name__ == "SessionBrowserScreen"

@@ -30,7 +30,7 @@ from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.controller import ChatController
 from mlx_harmony_tui.errors import UserError
 from mlx_harmony_tui.harmony.messages import HMessage
-from mlx_harmony_tui.tui.keymap import CHAT_BINDINGS, normalize
+from mlx_harmony_tui.tui.keymap import CHAT_BINDINGS, validate_keymap
 from mlx_harmony_tui.tui.latency import LatencyProbe
 from mlx_harmony_tui.tui.screens.chat import ChatScreen
 from mlx_harmony_tui.tui.screens.dialogs import ConfirmScreen
@@ -99,13 +99,13 @@ class HarmonyApp(App[None]):
         self.loading = False
         self.models_dirs = list(models_dirs)
         self._resume_id = session_id
-        self._keymap = normalize(keymap)
+        self._keymap, keymap_problems = validate_keymap(keymap)
         self._theme_name = theme
         self._show_welcome = show_welcome
         self._on_theme_change = on_theme_change
         self.pump_count = 0  # batches applied (measured by scripts/ui_latency.py)
         self.theme_problems: list[str] = []
-        self.startup_notes = list(startup_notes)  # config problems, shown once the screen is up
+        self.startup_notes = [*startup_notes, *keymap_problems]  # config problems, shown once the screen is up
         self.config_file = config_file or paths.config_file()
         self.latency_probe = LatencyProbe.from_env()  # key-to-frame timing for scripts/ui_latency.py
 

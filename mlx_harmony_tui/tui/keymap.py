@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import unicodedata
+from collections.abc import Mapping, Sequence
 
 from textual.binding import Binding
+from textual.keys import Keys
 
 # (id, default keys, action, description, shown in footer)
 CHAT_BINDINGS: list[Binding] = [
@@ -27,12 +29,83 @@ CHAT_BINDINGS: list[Binding] = [
 NEWLINE_HELP = "shift+enter / ctrl+j / alt+enter"
 
 
-def normalize(keymap: Mapping[str, object] | None) -> dict[str, str]:
-    """Config values may be a string ("ctrl+x") or a list of keys; Textual wants one comma-joined string."""
-    out: dict[str, str] = {}
-    for binding_id, keys in (keymap or {}).items():
-        if isinstance(keys, str):
-            out[binding_id] = keys
-        elif isinstance(keys, list | tuple) and all(isinstance(k, str) for k in keys):
-            out[binding_id] = ",".join(keys)
-    return out
+MODIFIERS = frozenset({"ctrl", "shift", "alt", "meta", "super", "hyper"})
+_NAMED_KEYS = frozenset(k.value.split("+")[-1] for k in Keys) | {"space", "tab", "enter", "backspace"} | {
+    f"f{i}" for i in range(1, 25)
+}
+
+
+def valid_key(key: str) -> bool:
+    """A key Textual can deliver: modifiers (each once) + one key, a character or a named key ("f1",
+    "pageup", "question_mark"); "ctrl+zz" is not one."""
+    *mods, base = key.split("+")
+    if not base or any(m not in MODIFIERS for m in mods) or len(set(mods)) != len(mods):
+        return False
+    if len(base) == 1 or base in _NAMED_KEYS:
+        return True
+    try:
+        unicodedata.lookup(base.replace("_", " "))  # Textual names characters by their Unicode name
+    except KeyError:
+        return False
+    return True
+
+
+def screen_bindings() -> dict[str, list[Binding]]:
+    """The bindings of each screen, by screen name: ids must be known, and keys unique within a screen."""
+    from mlx_harmony_tui.tui.screens import dialogs, help, models, params, sessions
+
+    return {
+        "chat": CHAT_BINDINGS,
+        "confirm": dialogs.ConfirmScreen.BINDINGS,
+        "prompt": dialogs.PromptScreen.BINDINGS,
+        "help": help.HelpScreen.BINDINGS,
+        "models": models.ModelPickerScreen.BINDINGS,
+        "params": params.ParamsScreen.BINDINGS,
+        "sessions": sessions.SessionBrowserScreen.BINDINGS,
+    }  # type: ignore[return-value]
+
+
+def validate_keymap(keymap: Mapping[str, object] | None) -> tuple[dict[str, str], list[str]]:
+    """The ``[keymap]`` entries that work, and a warning naming each one that does not: an unknown action
+    id, a key Textual cannot deliver, or a key the same screen already uses for another action (the
+    default stays). Dropping them keeps the footer and F1 showing only keys that work."""
+    scopes = screen_bindings()
+    by_id: dict[str, tuple[str, Binding]] = {
+        b.id: (scope, b) for scope, bindings in scopes.items() for b in bindings if b.id  # type: ignore[union-attr]
+    }
+    problems: list[str] = []
+    accepted: dict[str, list[str]] = {}
+    for binding_id, value in (keymap or {}).items():
+        where = f"[keymap] {binding_id!r}"
+        if binding_id not in by_id:
+            problems.append(f"{where}: no such action id (F1 lists them); ignored")
+            continue
+        keys = [value] if isinstance(value, str) else value if isinstance(value, list | tuple) else None
+        if keys is None or not all(isinstance(k, str) for k in keys):
+            problems.append(f"{where}: give a key as text, e.g. \"ctrl+x\", or a list of them; ignored")
+            continue
+        good = [k.strip() for k in keys if valid_key(k.strip())]
+        for bad in (k for k in keys if not valid_key(k.strip())):
+            problems.append(f"{where} = {bad!r}: not a key name (e.g. ctrl+x, f5, pageup); ignored")
+        if good:
+            accepted[binding_id] = good
+    # a key bound twice in one screen: the entry that caused it is dropped, the default binding stays
+    for scope, bindings in scopes.items():
+        owner: dict[str, str] = {}
+        ordered = sorted((b for b in bindings if b.id), key=lambda b: b.id not in accepted)  # type: ignore[arg-type]
+        for b in ordered[::-1]:  # defaults claim their keys first, then remapped entries
+            for key in _effective(b, accepted):
+                if key in owner and owner[key] != b.id:
+                    problems.append(
+                        f"[keymap] {b.id!r} = {key!r}: {key} is already bound to {owner[key]!r} in the {scope} "
+                        "screen; ignored"
+                    )
+                    accepted[b.id] = [k for k in accepted.get(b.id, []) if k != key]  # type: ignore[index]
+                    continue
+                owner[key] = b.id  # type: ignore[assignment]
+    return {k: ",".join(v) for k, v in accepted.items() if v}, problems
+
+
+def _effective(binding: Binding, accepted: Mapping[str, Sequence[str]]) -> list[str]:
+    keys = accepted.get(binding.id or "")
+    return list(keys) if keys else [k.strip() for k in binding.key.split(",")]
