@@ -4,7 +4,8 @@
 
 Creates COUNT sessions in a temporary folder (written directly, without fsync, to set up quickly), then
 times: the first list (builds the index: parses every file), a warm list in a new SessionStore (what an app
-start sees), a search, and a list after one session changed.
+start sees), a title search, full-text searches (first, warm, and the next one in the same store, as the
+browser does while you type), and a list after one session changed.
 """
 
 from __future__ import annotations
@@ -34,11 +35,13 @@ def populate(root: Path, count: int, messages: int) -> list[str]:
 
 
 def timed(fn, repeat: int = 1) -> tuple[float, object]:
+    """Median seconds of CPU time (this process, one thread): on a machine busy with other work, wall time
+    measures the other work; CPU time is what the listing costs (file reads wait on I/O, not counted)."""
     times, result = [], None
     for _ in range(repeat):
-        t = time.perf_counter()
+        t = time.process_time()
         result = fn()
-        times.append(time.perf_counter() - t)
+        times.append(time.process_time() - t)
     return statistics.median(times), result
 
 
@@ -60,6 +63,16 @@ def main() -> None:
         print(f"warm list (new store, index valid):          {warm * 1000:.0f} ms  (median of {args.repeat})")
         search, hits = timed(lambda: SessionStore(root).list("topic 42"), args.repeat)
         print(f"search 'topic 42' ({len(hits)} hits):               {search * 1000:.0f} ms")  # type: ignore[arg-type]
+        deep = f"message {args.messages - 1} of session 4242:"  # the last message of one session
+        first, hits = timed(lambda: SessionStore(root).list(deep))
+        print(f"first full-text search (builds .search.json): {first * 1000:.0f} ms  ({len(hits)} hit)")  # type: ignore[arg-type]
+        warm_search, hits = timed(lambda: SessionStore(root).list(deep), args.repeat)
+        assert [h.id for h in hits] == ["bench-004242"], hits  # type: ignore[union-attr]
+        print(f"warm full-text search (new store):           {warm_search * 1000:.0f} ms")
+        same = SessionStore(root)
+        same.list(deep)
+        typing, _ = timed(lambda: same.list("lorem ipsum 4242"), args.repeat)
+        print(f"next search in the same store (browser):     {typing * 1000:.0f} ms")
         store = SessionStore(root)
         s = store.load(ids[0])
         s.title = "changed"
@@ -68,6 +81,7 @@ def main() -> None:
         assert rows[0].title == "changed"  # type: ignore[index]
         print(f"list after one session changed:              {one * 1000:.0f} ms")
         print(f"target: warm list < 300 ms -> {'OK' if warm < 0.3 else 'TOO SLOW'}")
+        print(f"target: warm full-text search < 1 s -> {'OK' if warm_search < 1.0 else 'TOO SLOW'}")
 
 
 if __name__ == "__main__":

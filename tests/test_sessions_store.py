@@ -147,6 +147,7 @@ def test_index_is_rebuilt_when_stale_or_missing(tmp_path: Path) -> None:
     store.save(a)  # changes mtime/size: the next list re-reads only this file
     listed = store.list()
     assert listed[0].id == a.id and listed[0].title == "Roma antica" and listed[0].message_count == 5
+    assert listed[0].exchanges == sum(m.role == "user" for m in a.messages)
     assert [s.id for s in store.list("roma")] == [a.id]
     assert [s.id for s in store.list("colosseum")] == [a.id]  # searches the conversation's start
     assert store.list("nothing-like-this") == []
@@ -268,3 +269,46 @@ def test_lock_of_a_killed_process_is_stale_not_blocking(tmp_path: Path) -> None:
     assert lock.held
     store.save(s)
     store.unlock(s.id)
+
+
+def test_search_finds_words_anywhere_in_any_message_and_counts_exchanges(tmp_path: Path) -> None:
+    """Search reads the whole text of every message (not the first 160 characters); the count is of
+    exchanges (user messages), not of Harmony records; the CLI and the browser share it (store.list)."""
+    store = SessionStore(tmp_path)
+    s = store.create(title="Long chat")
+    for i in range(6):
+        s.messages += [
+            Message(id=f"u{i}", role="user", content=f"question {i} " + "filler " * 40),
+            Message(id=f"a{i}", role="assistant", channel="analysis", content=f"thinking {i}"),
+            Message(id=f"f{i}", role="assistant", channel="final", content=f"answer {i} " + "more " * 40),
+        ]
+    s.messages[-1].content += " the word zanzibar sits far past the start"
+    s.messages[4].content = "analysis mentions quokka"
+    store.save(s)
+    other = store.create(title="Other")
+    other.messages.append(Message(id="u", role="user", content="nothing here"))
+    store.save(other)
+    assert [x.id for x in store.list("zanzibar")] == [s.id]
+    assert [x.id for x in SessionStore(tmp_path).list("ZANZIBAR far")] == [s.id]  # a new store: from the index
+    assert [x.id for x in store.list("quokka")] == [s.id]
+    assert store.list("zanzibar nothing") == []
+    rows = {x.id: x for x in store.list()}
+    assert rows[s.id].exchanges == 6 and rows[s.id].message_count == 18
+    s.messages[0].content = "now about wombats"
+    store.save(s)
+    assert [x.id for x in store.list("wombats")] == [s.id]  # a changed file's text is re-read
+
+
+def test_sessions_list_cli_searches_text_and_shows_turns(tmp_path: Path, capsys) -> None:
+    from mlx_harmony_tui.cli import main
+
+    store = SessionStore(tmp_path)
+    s = store.create(title="Plain title")
+    s.messages += [Message(id="u", role="user", content="x " * 200 + "platypus"),
+                   Message(id="f", role="assistant", channel="final", content="ok")]
+    store.save(s)
+    assert main(["sessions", "--dir", str(tmp_path), "list", "platypus"]) == 0
+    out = capsys.readouterr().out
+    assert s.id in out and "TURNS" in out
+    assert main(["sessions", "--dir", str(tmp_path), "list", "echidna"]) == 0
+    assert "no sessions matching 'echidna'" in capsys.readouterr().out

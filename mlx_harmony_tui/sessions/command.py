@@ -30,7 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION")
 
     a = sub.add_parser("list", help="list sessions, newest first")
-    a.add_argument("query", nargs="?", default=None, help="only sessions containing these words")
+    a.add_argument("query", nargs="?", default=None,
+                   help="only sessions whose title or messages contain all these words")
     a.add_argument("--json", action="store_true", help="machine-readable output")
     a.set_defaults(func=cmd_list)
 
@@ -92,16 +93,17 @@ def cmd_list(args: argparse.Namespace) -> int:
     _report_problems(store)
     if args.json:
         print(json.dumps([{"id": s.id, "title": s.title, "created_at": s.created_at, "updated_at": s.updated_at,
-                           "model": s.model, "message_count": s.message_count, "path": str(s.path)}
+                           "model": s.model, "exchanges": s.exchanges, "message_count": s.message_count,
+                           "path": str(s.path)}
                           for s in rows], ensure_ascii=False, indent=2))
         return 0
     if not rows:
         print("no sessions" + (f" matching {args.query!r}" if args.query else ""))
         return 0
     width = max(len(s.id) for s in rows)
-    print(f"{'ID':<{width}}  {'UPDATED':<16}  {'MSGS':>4}  TITLE")
+    print(f"{'ID':<{width}}  {'UPDATED':<16}  {'TURNS':>5}  TITLE")  # turns: a message and its reply
     for s in rows:
-        print(f"{s.id:<{width}}  {s.updated_at[:16].replace('T', ' '):<16}  {s.message_count:>4}  {s.title}")
+        print(f"{s.id:<{width}}  {s.updated_at[:16].replace('T', ' '):<16}  {s.exchanges:>5}  {s.title}")
     return 0
 
 

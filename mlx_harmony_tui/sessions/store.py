@@ -4,7 +4,7 @@ Layout of the sessions folder (``paths.sessions_dir()`` by default):
 ``<id>.json`` the session (current schema; the file name is the id), ``<id>.v<N>.bak`` the original of a
 migrated file (written once), ``<id>.json.corrupt-<time>`` a damaged file moved aside (only by ``migrate``,
 ``sessions repair`` or a save over it: reading never moves a file), ``<id>.lock`` the lock of the process that has it open,
-``.index.json`` the listing cache, ``.<name>.<pid>.<rand>.tmp`` a write in progress.
+``.index.json`` the listing cache, ``.search.json`` the search text cache, ``.<name>.<pid>.<rand>.tmp`` a write in progress.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from mlx_harmony_tui import paths
-from mlx_harmony_tui.sessions.index import SessionSummary, scan
+from mlx_harmony_tui.sessions.index import SessionIndex, SessionSummary
 from mlx_harmony_tui.sessions.lock import SessionLock, SessionLockedError, lock_owner
 from mlx_harmony_tui.sessions.migrations import SessionVersionError, migrate
 from mlx_harmony_tui.sessions.schema import (
@@ -115,6 +115,7 @@ class SessionStore:
         self._locks: dict[str, SessionLock] = {}
         self._checked: set[str] = set()  # ids whose file on disk we know is ours at the current version
         self._source_version: dict[str, int] = {}
+        self._index = SessionIndex(self.root)
 
     # paths -------------------------------------------------------------------------------------------
     def path(self, session_id: str) -> Path:
@@ -185,7 +186,8 @@ class SessionStore:
         raise SessionNotFoundError(f"{id_or_prefix!r} matches {len(hits)} sessions: {', '.join(sorted(hits)[:5])}")
 
     def list(self, query: str | None = None) -> builtins.list[SessionSummary]:
-        """All sessions (newest first) via the index; ``query`` keeps those containing every word."""
+        """All sessions (newest first) via the index; ``query`` keeps those whose title or message text
+        contains every word (sessions/index.py)."""
 
         def load(path: Path) -> Session | None:
             try:
@@ -193,9 +195,7 @@ class SessionStore:
             except SessionError:
                 return None  # reported in self.problems
 
-        summaries = scan(self.root, load, atomic_write)
-        terms = query.lower().split() if query else []
-        return [s for s in summaries if s.matches(terms)] if terms else summaries
+        return self._index.list(load, atomic_write, query)
 
     # writing -----------------------------------------------------------------------------------------
     def _check_not_locked_elsewhere(self, session_id: str) -> None:
