@@ -80,3 +80,49 @@ async def test_bad_keymap_entries_warn_and_help_shows_what_works() -> None:
         await pilot.press("escape")
         await pilot.press("ctrl+s")  # still opens the sessions browser
         assert app.screen.__class__.__name__ == "SessionBrowserScreen"
+
+
+def _saved_sessions(n: int = 3) -> list[str]:
+    from mlx_harmony_tui.sessions.schema import Message, Session
+    from mlx_harmony_tui.sessions.store import SessionStore
+
+    store, ids = SessionStore(), []
+    for i in range(n):
+        when = f"2025-0{i + 1}-1{i}T09:30:00.000Z"
+        s = Session(id=f"2025010{i}-093000-abcde{i}", title=f"A rather long session title number {i} " * 2,
+                    model="gpt-oss-20b-mlx-q4", created_at=when, updated_at=when)
+        for k in range(i + 1):
+            s.messages += [Message(id=f"u{k}", role="user", content=f"question {k}" + " filler" * 50),
+                           Message(id=f"a{k}", role="assistant", channel="analysis", content="hmm"),
+                           Message(id=f"f{k}", role="assistant", channel="final", content=f"answer {k}")]
+        s.messages[-1].content += " mentions okapi"
+        store.save(s, touch=False)
+        ids.append(s.id)
+    return ids
+
+
+@pytest.mark.parametrize("size", [SMALL, (140, 40), LARGE])
+async def test_session_browser_fits_counts_turns_and_says_no_matches(size) -> None:
+    from textual.widgets import DataTable, Static
+
+    ids = _saved_sessions()
+    app = make_app()
+    async with app.run_test(size=size) as pilot:
+        await pilot.press("ctrl+s")
+        screen = app.screen
+        box, table = screen.query_one("#browser-box"), screen.query_one(DataTable)
+        assert box.region.right <= size[0] and box.region.x >= 0
+        # every column, the turn count included, ends inside the table (nothing cut off at the right edge)
+        assert sum(c.get_render_width(table) for c in table.columns.values()) <= table.scrollable_content_region.width
+        labels = [str(c.label) for c in table.columns.values()]
+        assert labels[-1] == "Turns"
+        turns = {str(table.get_row(i)[-1]) for i in ids}
+        assert turns == {"1", "2", "3"}  # exchanges, not the 3/6/9 Harmony records
+        await pilot.press(*"okapi")
+        await pilot.pause()
+        assert table.row_count == 3  # found in the last reply, past the first 160 characters
+        await pilot.press(*" zebra")
+        await pilot.pause()
+        assert table.row_count == 0
+        empty = screen.query_one("#session-empty", Static)
+        assert empty.display and "No sessions match 'okapi zebra'" in str(empty.render())

@@ -21,13 +21,14 @@ def _when(iso: str) -> str:
     return iso[:16].replace("T", " ")
 
 
+def _fit(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(1, width - 1)] + "…"
+
+
 class SessionBrowserScreen(ModalScreen[BrowserResult]):
-    DEFAULT_CSS = """
-    SessionBrowserScreen { align: center middle; }
-    SessionBrowserScreen > Vertical { width: 110; height: 85%; border: thick $primary; background: $surface; padding: 0 1; }
-    SessionBrowserScreen DataTable { height: 1fr; }
-    SessionBrowserScreen Static.hint { color: $text-muted; }
-    """
+    """Search (the whole text of every message, sessions/index.py), open, rename, delete, new."""
+
+    CSS_PATH = "sessions.tcss"
     BINDINGS = [
         Binding("escape", "close", "Close", id="sessions.close"),
         Binding("f2", "rename", "Rename", id="sessions.rename", priority=True),
@@ -41,28 +42,64 @@ class SessionBrowserScreen(ModalScreen[BrowserResult]):
         self.store = store
         self.current_id = current_id
         self.ids: list[str] = []
+        self._rows: list[Any] = []
+        self._widths: tuple[int, ...] = ()
 
     def compose(self) -> ComposeResult:
-        with Vertical():
+        with Vertical(id="browser-box"):
             yield Static("[b]Sessions[/b]")
-            yield Input(placeholder="search titles and text…", id="session-search")
-            table: DataTable[str] = DataTable(cursor_type="row", zebra_stripes=True, id="session-table")
-            table.add_columns("Title", "Updated", "Created", "Model", "Msgs")
-            yield table
+            yield Input(placeholder="search titles and messages…", id="session-search")
+            yield DataTable(cursor_type="row", zebra_stripes=True, id="session-table")
+            yield Static("", id="session-empty", classes="hidden", markup=False)
             yield Static("enter open · f2 rename · ctrl+d delete · ctrl+n new · esc close", classes="hint")
 
     def on_mount(self) -> None:
         self.refresh_list()
 
+    def on_resize(self) -> None:
+        self._fill(self.selected_id())
+
     def refresh_list(self, query: str | None = None) -> None:
+        keep = self.selected_id()
+        self._rows = self.store.list(query or None)
+        self.ids = [s.id for s in self._rows]
+        empty = self.query_one("#session-empty", Static)
+        if not self._rows:
+            empty.update(f"No sessions match {query!r}." if query else
+                         "No saved sessions yet: a session is saved from its first message.")
+        empty.set_class(bool(self._rows), "hidden")
+        self._fill(keep)
+
+    def _column_widths(self, width: int) -> tuple[int, ...]:
+        """(title, updated, created, model, turns): fixed columns first, the title takes the rest; the
+        created date only where there is room. DataTable pads each cell by one on both sides."""
+        usable = max(width - 2, 40)  # the scrollbar
+        model = min(18, max((len(s.model) for s in self._rows), default=5), max(8, usable // 6))
+        fixed = [16, 16 if usable >= 110 else 0, model, 5]
+        pads = 2 * (1 + sum(1 for f in fixed if f))
+        return (max(12, usable - sum(fixed) - pads), *fixed)
+
+    def _fill(self, keep: str | None = None) -> None:
         table = self.query_one(DataTable)
-        table.clear()
-        self.ids = []
-        for s in self.store.list(query or None):
+        widths = self._column_widths(table.size.width or self.size.width)
+        if widths != self._widths:
+            self._widths = widths
+            table.clear(columns=True)
+            for label, w in zip(("Title", "Updated", "Created", "Model", "Turns"), widths, strict=True):
+                if w:
+                    table.add_column(label, width=w, key=label.lower())
+        else:
+            table.clear()
+        title_w, _u, created_w, model_w, _t = widths
+        for s in self._rows:
             mark = "● " if s.id == self.current_id else ""
-            table.add_row(mark + (s.title or "(untitled)"), _when(s.updated_at), _when(s.created_at),
-                          s.model, str(s.message_count), key=s.id)
-            self.ids.append(s.id)
+            cells = [_fit(mark + (s.title or "(untitled)"), title_w), _when(s.updated_at)]
+            if created_w:
+                cells.append(_when(s.created_at))
+            cells += [_fit(s.model, model_w), str(s.exchanges)]
+            table.add_row(*cells, key=s.id)
+        if keep in self.ids:
+            table.move_cursor(row=self.ids.index(keep))
 
     def on_input_changed(self, event: Input.Changed) -> None:
         self.refresh_list(event.value.strip())
@@ -73,7 +110,7 @@ class SessionBrowserScreen(ModalScreen[BrowserResult]):
 
     def selected_id(self) -> str | None:
         table = self.query_one(DataTable)
-        if not self.ids:
+        if not self.ids or table.row_count == 0:
             return None
         return self.ids[min(table.cursor_row, len(self.ids) - 1)]
 
@@ -102,7 +139,7 @@ class SessionBrowserScreen(ModalScreen[BrowserResult]):
                     self.notify(str(e), severity="error")
                 self.refresh_list(self.query_one(Input).value.strip())
 
-        current = self.query_one(DataTable).get_row(sid)[0].removeprefix("● ")
+        current = next((s.title for s in self._rows if s.id == sid), "")
         self.app.push_screen(PromptScreen("New title", current), done)
 
     def action_delete(self) -> None:
@@ -121,5 +158,5 @@ class SessionBrowserScreen(ModalScreen[BrowserResult]):
                     self.notify(str(e), severity="error")
                 self.refresh_list(self.query_one(Input).value.strip())
 
-        title = self.query_one(DataTable).get_row(sid)[0]
+        title = next((s.title for s in self._rows if s.id == sid), sid)
         self.app.push_screen(ConfirmScreen(f"Delete session {title!r}?", yes="Delete", no="Keep"), done)
