@@ -1,8 +1,9 @@
-"""Snapshots of the main screens at 120x40. Deterministic: scripted replies with fixed metrics, fixed
-session dates, no welcome text (it shows per-test temporary paths)."""
+"""Snapshots of the main screens at 80x24 (the smallest usual terminal) and 200x60. Deterministic: scripted
+replies with fixed metrics, fixed session dates, no welcome text (it shows per-test temporary paths)."""
 
 from __future__ import annotations
 
+import pytest
 from tui_fakes import ScriptedBackend, simple_reply
 
 from mlx_harmony_tui.sessions.schema import Session
@@ -10,7 +11,7 @@ from mlx_harmony_tui.sessions.store import SessionStore
 from mlx_harmony_tui.tui.app import HarmonyApp
 from mlx_harmony_tui.tui.widgets.chat_input import ChatInput
 
-SIZE = (120, 40)
+SIZES = [pytest.param((80, 24), id="80x24"), pytest.param((200, 60), id="200x60")]
 REPLY = "Here is a function:\n\n```python\ndef add(a, b):\n    return a + b\n```\n\nIt **adds** two numbers."
 
 
@@ -34,8 +35,9 @@ async def send(pilot, text: str = "write add") -> None:
     await pilot.pause(0.2)
 
 
-def test_snapshot_chat_after_reply(snap_compare) -> None:
-    assert snap_compare(make_app(), terminal_size=SIZE, run_before=send)
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_chat_after_reply(snap_compare, size) -> None:
+    assert snap_compare(make_app(), terminal_size=size, run_before=send)
 
 
 def test_snapshot_chat_analysis_open(snap_compare) -> None:
@@ -44,17 +46,31 @@ def test_snapshot_chat_analysis_open(snap_compare) -> None:
         await pilot.press("ctrl+t")
         await pilot.pause(0.2)
 
-    assert snap_compare(make_app(), terminal_size=SIZE, run_before=run)
+    assert snap_compare(make_app(), terminal_size=(120, 40), run_before=run)
 
 
-def test_snapshot_params(snap_compare) -> None:
-    assert snap_compare(make_app(), terminal_size=SIZE, press=["ctrl+g"], run_before=no_blink)
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_params(snap_compare, size) -> None:
+    assert snap_compare(make_app(), terminal_size=size, press=["ctrl+g"], run_before=no_blink)
 
 
-def test_snapshot_session_browser(snap_compare) -> None:
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_help(snap_compare, size) -> None:
+    async def run(pilot) -> None:
+        await no_blink(pilot)
+        await pilot.press("f1")
+        where = "Config: /home/user/.config/mlx-harmony-tui/config.toml\nSessions: /home/user/.local/share/mlx-harmony-tui/sessions"
+        pilot.app.screen.query_one("#help-where").update(where)  # not the test's temporary paths
+        await pilot.pause()
+
+    assert snap_compare(make_app(), terminal_size=size, run_before=run)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_session_browser(snap_compare, size) -> None:
     store = SessionStore()
     for i, title in enumerate(["Weather in Paris", "Sorting algorithms", "Trip planning"]):
         when = f"2025-0{i + 1}-1{i}T09:30:00.000Z"
         store.save(Session(id=f"2025010{i}-093000-abcde{i}", title=title, model="gpt-oss-20b",
                            created_at=when, updated_at=when), touch=False)
-    assert snap_compare(make_app(), terminal_size=SIZE, press=["ctrl+s"], run_before=no_blink)
+    assert snap_compare(make_app(), terminal_size=size, press=["ctrl+s"], run_before=no_blink)

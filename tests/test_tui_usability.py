@@ -126,3 +126,80 @@ async def test_session_browser_fits_counts_turns_and_says_no_matches(size) -> No
         assert table.row_count == 0
         empty = screen.query_one("#session-empty", Static)
         assert empty.display and "No sessions match 'okapi zebra'" in str(empty.render())
+
+
+async def _long_chat(pilot, n: int = 8) -> None:
+    from mlx_harmony_tui.tui.widgets.chat_input import ChatInput
+
+    box = pilot.app.screen.query_one(ChatInput)
+    for i in range(n):
+        box.focus()
+        await pilot.press(*f"m{i}", "enter")
+        await pilot.app.wait_idle(10)
+    await pilot.pause()
+
+
+async def test_page_keys_scroll_the_conversation_from_the_message_box() -> None:
+    from mlx_harmony_tui.tui.widgets.chat_input import ChatInput
+
+    app = HarmonyApp(backend=ScriptedBackend(simple_reply("", "line\n\n" * 12)), show_welcome=False)
+    async with app.run_test(size=SMALL) as pilot:
+        await _long_chat(pilot, 4)
+        conv = app.conversation
+        assert conv.max_scroll_y > 0 and app.screen.focused is app.screen.query_one(ChatInput)
+        bottom = conv.scroll_y
+        await pilot.press("pageup")
+        await pilot.pause(0.3)
+        assert conv.scroll_y < bottom
+        await pilot.press("pagedown")
+        await pilot.pause(0.3)
+        assert conv.scroll_y > bottom - 1 - conv.size.height // 2
+
+
+async def test_80x24_footer_header_metrics_tool_pane_and_toasts() -> None:
+    from textual.widgets import Footer
+
+    from mlx_harmony_tui.chat.events import Metrics
+    from mlx_harmony_tui.tui.widgets.chat_input import ChatInput
+    from mlx_harmony_tui.tui.widgets.metrics_bar import MetricsBar
+    from mlx_harmony_tui.tui.widgets.tool_log import ToolLog
+
+    app = make_app()
+    app.settings.builtin_tools = ["python"]
+    async with app.run_test(size=SMALL) as pilot:
+        app._update_header()
+        await pilot.pause()
+        footer = app.screen.query_one(Footer)
+        shown = {k.key for k in footer.query("FooterKey") if k.region.right <= SMALL[0] and k.region.width}
+        assert {"ctrl+s", "ctrl+o", "ctrl+g", "f1", "ctrl+q"} <= shown, shown
+        assert "tools=python" in app.sub_title.split(" · ")[1]  # right after the model name
+        bar = app.screen.query_one(MetricsBar)
+        bar.context_limit = 131072
+        bar.show(Metrics(decode_tps=12.3, context_tokens=2048, context_limit=131072, ttft_s=0.5,
+                         mlx_active_bytes=12 * 2**30, mlx_peak_bytes=13 * 2**30))
+        await pilot.pause()
+        text = str(bar.query_one("#metrics-text").render())
+        assert "12.3 tok/s" in text and "ctx 2048/131072" in text and "MLX 12.00 GiB" in text, text
+        assert not bar.query_one("#tps-spark").display  # the sparkline goes before memory
+        assert str(bar.query_one("#status").render()).strip()
+        tools = app.screen.query_one(ToolLog)
+        tools.remove_class("hidden")
+        await pilot.pause()
+        assert tools.region.width <= 30  # was 40 of 80
+        app.notify("a toast")
+        await pilot.pause(0.3)
+        box = app.screen.query_one(ChatInput).region
+        for toast in app.screen.query("Toast"):
+            assert not toast.region.overlaps(box)
+
+
+async def test_help_fits_80x24() -> None:
+    from textual.widgets import DataTable
+
+    app = make_app()
+    async with app.run_test(size=SMALL) as pilot:
+        await pilot.press("f1")
+        box = app.screen.query_one("#help-box")
+        assert box.region.right <= SMALL[0]
+        table = app.screen.query_one(DataTable)
+        assert sum(c.get_render_width(table) for c in table.columns.values()) <= table.scrollable_content_region.width

@@ -199,17 +199,18 @@ class HarmonyApp(App[None]):
     def _update_header(self) -> None:
         s = self.settings
         sp = s.sampling
-        bits = [self.backend.model_name if self.backend else "no model", f"T={sp.temperature:g}",
-                f"top_p={sp.top_p:g}"]
+        # most telling first: a narrow terminal cuts the end (tools= came last and was the first to go)
+        bits = [self.backend.model_name if self.backend else "no model"]
+        if s.builtin_tools:
+            bits.append("tools=" + ",".join(s.builtin_tools))
+        bits += [f"effort={s.reasoning_effort}", f"T={sp.temperature:g}", f"top_p={sp.top_p:g}"]
         if sp.top_k:
             bits.append(f"top_k={sp.top_k}")
         if sp.min_p:
             bits.append(f"min_p={sp.min_p:g}")
         if sp.repetition_penalty != 1.0:
             bits.append(f"rep={sp.repetition_penalty:g}")
-        bits += [f"effort={s.reasoning_effort}", f"max={s.max_tokens}"]
-        if s.builtin_tools:
-            bits.append("tools=" + ",".join(s.builtin_tools))
+        bits.append(f"max={s.max_tokens}")
         self.sub_title = " · ".join(bits)
 
     # ---- model loading --------------------------------------------------------------------------------

@@ -8,21 +8,21 @@ from collections.abc import Mapping, Sequence
 from textual.binding import Binding
 from textual.keys import Keys
 
-# (id, default keys, action, description, shown in footer)
 CHAT_BINDINGS: list[Binding] = [
+    # the footer shows them in this order, as many as fit: at 80 columns, quit to stop
     Binding("ctrl+q", "app.quit", "Quit", id="app.quit", priority=True),
+    Binding("f1", "app.help", "Help", id="app.help"),
+    Binding("ctrl+s", "app.sessions", "Sessions", id="chat.sessions"),
+    Binding("ctrl+o", "app.models", "Model", id="chat.models"),
+    Binding("ctrl+g", "app.params", "Params", id="chat.params"),
     Binding("escape", "app.stop", "Stop", id="chat.stop"),
     Binding("ctrl+r", "app.regenerate", "Regenerate", id="chat.regenerate"),
     Binding("f2", "app.edit_last", "Edit last", id="chat.edit_last"),
     Binding("ctrl+t", "app.toggle_analysis", "Thinking", id="chat.toggle_analysis"),
     Binding("f3", "app.copy_reply", "Copy reply", id="chat.copy_reply"),
     Binding("f4", "app.copy_code", "Copy code", id="chat.copy_code"),
-    Binding("ctrl+s", "app.sessions", "Sessions", id="chat.sessions"),
     Binding("ctrl+n", "app.new_session", "New", id="chat.new_session"),
-    Binding("ctrl+o", "app.models", "Model", id="chat.models"),
-    Binding("ctrl+g", "app.params", "Params", id="chat.params"),
     Binding("ctrl+l", "toggle_tools", "Tools pane", id="chat.toggle_tools", show=False),
-    Binding("f1", "app.help", "Help", id="app.help"),
     Binding("ctrl+p", "app.command_palette", "Commands", id="app.command_palette", show=False),
 ]
 

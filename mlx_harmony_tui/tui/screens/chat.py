@@ -35,7 +35,7 @@ class ChatScreen(Screen[None]):
             yield ProgressBar(total=1.0, show_eta=False, id="load-progress")
         yield MetricsBar(id="metrics-bar")
         yield ChatInput(id="input")
-        yield Footer()
+        yield Footer(compact=True)  # one cell between keys: at 80 columns quit to stop fit
 
     def action_toggle_tools(self) -> None:
         self.query_one(ToolLog).toggle_class("hidden")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from textual import events
+from textual.binding import Binding
 from textual.message import Message
 from textual.widgets import TextArea
 
@@ -16,6 +17,18 @@ class ChatInput(TextArea):
         def __init__(self, text: str) -> None:
             self.text = text
             super().__init__()
+
+    BINDINGS = [  # the conversation, not the few lines of the message box, is what a user pages through
+        Binding("pageup", "page_conversation(-1)", "Page up", show=False),
+        Binding("pagedown", "page_conversation(1)", "Page down", show=False),
+    ]
+
+    def action_page_conversation(self, direction: int) -> None:
+        for conv in self.screen.query("#conversation"):
+            if direction < 0:
+                conv.scroll_page_up()
+            else:
+                conv.scroll_page_down()
 
     def __init__(self, **kwargs: object) -> None:
         super().__init__(soft_wrap=True, show_line_numbers=False, tab_behavior="focus", **kwargs)  # type: ignore[arg-type]

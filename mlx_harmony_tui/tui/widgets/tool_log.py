@@ -42,7 +42,7 @@ class ToolEntry(Collapsible):
 
 class ToolLog(VerticalScroll):
     DEFAULT_CSS = """
-    ToolLog { width: 40; border-left: solid $panel; padding: 0 1; }
+    ToolLog { width: 35%; min-width: 26; max-width: 56; border-left: solid $panel; padding: 0 1; }
     ToolLog.hidden { display: none; }
     ToolLog > Static.title { text-style: bold; }
     """
