@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import io
 import sys
 from typing import Any, TextIO
 
@@ -250,6 +251,8 @@ class LineChat:
 
 
 def run(args: argparse.Namespace) -> int:
+    if isinstance(sys.stdin, io.TextIOWrapper):  # invalid UTF-8 in a pipe: U+FFFD, never a crash at save
+        sys.stdin.reconfigure(errors="replace")
     backend, settings = make_backend(args, progress=_progress)
     try:
         return LineChat(backend, settings, args, sys.stdin, sys.stdout, sys.stderr).run()

@@ -15,6 +15,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from mlx_harmony_tui.sessions import jsontext
 from mlx_harmony_tui.sessions.migrations import migrate
 from mlx_harmony_tui.sessions.schema import (
     ROLES,
@@ -205,7 +206,7 @@ def import_data(data: Any, name: str = "chat") -> ImportResult:
 
 def import_file(path: Path) -> ImportResult:
     try:
-        data = json.loads(Path(path).read_text(encoding="utf-8"))
+        data = jsontext.loads(Path(path).read_bytes())
     except FileNotFoundError:
         raise ImportFormatError(f"{path}: no such file") from None
     except (OSError, UnicodeDecodeError, ValueError) as e:

@@ -11,7 +11,7 @@ from pathlib import Path
 
 from mlx_harmony_tui.sessions.migrations import SessionVersionError
 from mlx_harmony_tui.sessions.schema import SCHEMA_VERSION, SchemaError, SessionError
-from mlx_harmony_tui.sessions.store import SessionStore, parse_session
+from mlx_harmony_tui.sessions.store import NotRegularFileError, SessionStore, parse_session, read_regular
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,10 @@ def plan(store: SessionStore) -> list[Step]:
         if path.name.startswith("."):
             continue
         try:
-            data = path.read_bytes()
+            data = read_regular(path)
+        except NotRegularFileError as e:
+            steps.append(Step(path, "unreadable", str(e)))
+            continue
         except OSError as e:
             steps.append(Step(path, "unreadable", e.strerror or str(e)))
             continue

@@ -14,12 +14,14 @@ import contextlib
 import json
 import os
 import secrets
+import stat
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from mlx_harmony_tui import paths
+from mlx_harmony_tui.sessions import jsontext
 from mlx_harmony_tui.sessions.index import SessionIndex, SessionSummary
 from mlx_harmony_tui.sessions.lock import SessionLock, SessionLockedError, lock_owner
 from mlx_harmony_tui.sessions.migrations import SessionVersionError, migrate
@@ -55,13 +57,39 @@ def _fsync_dir(folder: Path) -> None:
         os.close(fd)
 
 
+class NotRegularFileError(SessionError):
+    """A session name that is a FIFO, a device or a folder: never opened (a FIFO would block forever)."""
+
+
+def read_regular(path: Path) -> bytes:
+    """The bytes of a regular file (symlinks followed); anything else is refused without blocking."""
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    try:
+        if not stat.S_ISREG(os.fstat(fd).st_mode):
+            raise NotRegularFileError(f"{path.name} is not a regular file; skipped")
+        os.set_blocking(fd, True)
+        with os.fdopen(os.dup(fd), "rb") as f:
+            return f.read()
+    finally:
+        os.close(fd)
+
+
 def atomic_write(path: Path, data: bytes) -> None:
     """Temp file in the same folder, fsync, rename over the target, fsync the folder: the file is always
-    either the old or the new complete version, even after a crash or power loss."""
+    either the old or the new complete version, even after a crash or power loss. A symlinked file is
+    written at its target (the link stays), and an existing file keeps its permission bits."""
+    if path.is_symlink():
+        path = Path(os.path.realpath(path))
+    try:
+        mode: int | None = stat.S_IMODE(os.stat(path).st_mode)
+    except OSError:
+        mode = None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
     fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
     try:
         try:
+            if mode is not None:
+                os.fchmod(fd, mode)
             view = memoryview(data)
             while view:
                 view = view[os.write(fd, view):]
@@ -77,14 +105,14 @@ def atomic_write(path: Path, data: bytes) -> None:
 
 
 def encode_session(session: Session) -> bytes:
-    return json.dumps(session_to_dict(session), ensure_ascii=False, indent=1).encode("utf-8")
+    return jsontext.dumps(session_to_dict(session), indent=1)
 
 
 def parse_session(data: bytes) -> tuple[Session, int]:
     """Bytes -> (validated current-version session, the file's schema version). Every kind of damage is a
     SchemaError; a newer app's file is a SessionVersionError. Nothing is written."""
     try:
-        doc = json.loads(data.decode("utf-8"))
+        doc = jsontext.loads(data)
         current, original = migrate(doc)
         return session_from_dict(current), original
     except (SchemaError, SessionVersionError):
@@ -96,7 +124,7 @@ def parse_session(data: bytes) -> tuple[Session, int]:
 def decode_document(data: bytes) -> dict[str, Any]:
     """Bytes -> current-version document (migrated in memory). Raises SchemaError / SessionVersionError."""
     try:
-        doc = json.loads(data.decode("utf-8"))
+        doc = jsontext.loads(data)
     except (UnicodeDecodeError, ValueError) as e:
         raise SchemaError(f"not valid JSON ({e})") from None
     except RecursionError:
@@ -146,9 +174,12 @@ class SessionStore:
         it is (reading never moves a user's file); with ``repair`` it is moved aside. The file name is the
         session's id: a file copied in under another name opens under that name, it is not damage."""
         try:
-            data = path.read_bytes()
+            data = read_regular(path)
         except FileNotFoundError:
             raise SessionNotFoundError(f"no session file {path}") from None
+        except NotRegularFileError as e:
+            self.problems.append(str(e))
+            raise
         except OSError as e:
             raise SessionError(f"cannot read {path}: {e.strerror}") from None
         try:
@@ -211,7 +242,7 @@ class SessionStore:
             self._checked.add(session_id)
             return
         try:
-            original = path.read_bytes()
+            original = read_regular(path)
         except FileNotFoundError:
             return
         try:
