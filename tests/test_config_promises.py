@@ -161,3 +161,25 @@ def test_docs_python_tool_defaults_are_the_code_defaults() -> None:
     for key, text in rows.items():
         value = getattr(defaults, key)
         assert str(value).lower() == text.lower() or (isinstance(value, float) and float(text) == value), key
+
+
+async def test_tui_opens_a_new_conversation_with_the_greeting_and_expands_placeholders() -> None:
+    from mlx_harmony_tui.chat.settings import ChatSettings
+    from mlx_harmony_tui.tui.app import HarmonyApp
+    from mlx_harmony_tui.tui.widgets.chat_input import ChatInput
+    from mlx_harmony_tui.tui.widgets.messages import AssistantMessage, UserMessage
+
+    settings = ChatSettings(max_tokens=3, greeting="Hello {name}!", placeholders={"name": "Ada"})
+    app = HarmonyApp(model="tiny", settings=settings)
+    async with app.run_test(size=(100, 30)) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        app.screen.query_one(ChatInput).focus()
+        await pilot.press(*"hi {name}", "enter")
+        await app.wait_idle(60)
+        await pilot.pause()
+        greeting, *_ = app.screen.query(AssistantMessage)
+        assert greeting.final_text == "Hello Ada!"
+        assert app.screen.query_one(UserMessage).text == "hi Ada"
+        messages = SessionStore().load(app.session_id).messages
+        assert [(m.role, m.content) for m in messages[:2]] == [("assistant", "Hello Ada!"), ("user", "hi Ada")]

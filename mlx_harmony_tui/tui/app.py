@@ -285,8 +285,11 @@ class HarmonyApp(App[None]):
             return
         for w in self.conversation.query("#welcome"):
             await w.remove()
+        greeting = self.chat.greeting  # the config's greeting opens a new conversation
         self.chat.add_user(text)
-        await self.conversation.mount(UserMessage(text))
+        if greeting:
+            await self.conversation.mount(AssistantMessage(done=[("final", greeting)]))
+        await self.conversation.mount(UserMessage(self.chat.history[-1].text))
         await self.start_turn()
 
     async def start_turn(self) -> None:
