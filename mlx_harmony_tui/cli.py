@@ -19,6 +19,7 @@ COMMANDS: list[str] = [
     "mlx_harmony_tui.engine.bench_command",
     "mlx_harmony_tui.server.command",
     "mlx_harmony_tui.faces.mcp_command",
+    "mlx_harmony_tui.faces.models_command",
 ]
 
 

@@ -32,6 +32,10 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
         d.mkdir(parents=True)
         monkeypatch.setenv(var, str(d))
     monkeypatch.setenv("TIKTOKEN_ENCODINGS_BASE", str(_VOCAB_DIR))
+    # The Hugging Face cache then follows XDG_CACHE_HOME; nothing reaches the user's cache, token or Hub.
+    for var in ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_TOKEN",
+                "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
     return tmp_path / "xdg"
 
 

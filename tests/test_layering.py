@@ -29,6 +29,7 @@ RANKS: dict[str, float] = {
     "tools": 3,
     "sessions": 3.5,  # aside: built on chat/harmony types, used by backends and faces
     "config": 3.5,  # aside: resolves settings and tool configs, used by backends and faces
+    "catalog": 3.5,  # aside: model names, the hub cache, downloads, verification and fit; used by backends and faces
     "backends": 4,
     "controller": 4.5,  # one conversation (backend, session record, prompt cache) for the faces to drive
     "faces": 5,

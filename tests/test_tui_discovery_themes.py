@@ -1,46 +1,14 @@
-"""Model discovery (folders and the HF cache) and theme files (package, repo, user config dir)."""
+"""Theme files (package, repo, user config dir); model discovery is tested in test_catalog.py."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import pytest
 
 from mlx_harmony_tui import paths
-from mlx_harmony_tui.backends.discovery import find_models, hf_hub_dir
 from mlx_harmony_tui.tui.app import HarmonyApp
 from mlx_harmony_tui.tui.themes import load_theme_file, load_themes
-
-
-def fake_model(folder: Path, model_type: str = "gpt_oss", quant: dict | None = None) -> Path:
-    folder.mkdir(parents=True)
-    cfg = {"model_type": model_type}
-    if quant:
-        cfg["quantization_config"] = quant
-    (folder / "config.json").write_text(json.dumps(cfg))
-    (folder / "model.safetensors").write_bytes(b"x" * 1000)
-    return folder
-
-
-def test_find_models_in_folders_and_hf_cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("HF_HUB_CACHE", raising=False)
-    monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
-    models = tmp_path / "models"
-    fake_model(models / "gpt-oss-20b", quant={"quant_method": "mxfp4"})
-    fake_model(models / "openai" / "gpt-oss-120b")
-    fake_model(models / "llama", model_type="llama")
-    (models / "broken").mkdir()
-    (models / "broken" / "config.json").write_text("{not json")
-    snap = hf_hub_dir() / "models--openai--gpt-oss-20b" / "snapshots" / "abc123"
-    fake_model(snap)
-    found = find_models([models])
-    by_name = {e.name: e for e in found}
-    assert set(by_name) == {"gpt-oss-20b", "gpt-oss-120b", "openai/gpt-oss-20b"}
-    assert by_name["gpt-oss-20b"].quantization == "mxfp4" and by_name["gpt-oss-20b"].size_bytes == 1000
-    assert by_name["openai/gpt-oss-20b"].source == "hf-cache" and by_name["openai/gpt-oss-20b"].path == snap
-    assert [e.name for e in find_models([models], include_hf_cache=False)] == ["gpt-oss-20b", "gpt-oss-120b"]
-    assert find_models([tmp_path / "missing"], include_hf_cache=False) == []
 
 
 def test_theme_files_load_and_bad_ones_are_reported(tmp_path: Path) -> None:

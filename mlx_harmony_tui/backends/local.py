@@ -8,14 +8,11 @@ load, instead of on every turn, and its cache entries die with the thread that m
 
 from __future__ import annotations
 
-import os
-import shutil
 import threading
 import weakref
 from pathlib import Path
 from typing import Any
 
-from mlx_harmony_tui import paths
 from mlx_harmony_tui.backends.base import ProgressCallback, TurnHandle, TurnRequest
 from mlx_harmony_tui.backends.mlx_thread import MlxThread
 from mlx_harmony_tui.chat.events import ToolConfirmation, TurnFailed
@@ -25,36 +22,20 @@ from mlx_harmony_tui.errors import UserError
 BUILTIN_NAMES = ("demo", "tiny")
 
 
-def resolve_model_path(model: str | Path | None) -> Path:
-    """``demo`` -> the model shipped in the package (or, before it exists, a tiny generated one);
-    ``tiny`` -> a tiny random model generated once into the cache; anything else is a folder."""
-    name = str(model) if model else "demo"
-    if name == "demo":
-        try:
-            from mlx_harmony_tui.demo import demo_model_path
+def resolve_model_path(model: str | Path | None, models_dirs: Any = ()) -> Path:
+    """The folder a model name stands for (catalog.resolve: built-ins, paths, models_dirs, the hub cache)."""
+    from mlx_harmony_tui.catalog.resolve import resolve
 
-            path = demo_model_path()
-            if (path / "config.json").is_file():
-                return path
-        except ImportError:
-            pass
-        name = "tiny"
-    if name == "tiny":
-        from mlx_harmony_tui.model.tiny import write_tiny_checkpoint
+    return resolve(model, models_dirs).path
 
-        target = paths.cache_dir() / "models" / "tiny"
-        if not (target / "config.json").is_file():
-            tmp = target.with_name(f"tiny.tmp{os.getpid()}-{threading.get_ident()}")
-            write_tiny_checkpoint(tmp, layout="float", seed=0)
-            try:
-                tmp.rename(target)  # atomic; loses harmlessly to a concurrent writer
-            except OSError:
-                shutil.rmtree(tmp, ignore_errors=True)
-        return target
-    path = Path(name).expanduser()
-    if not path.exists():
-        raise UserError(f"model not found: {path} (give a model folder, or 'demo')")
-    return path
+
+def _configured_context(app_config: Any) -> int | None:
+    """context_limit from the config's profile or file, the context the memory check plans for."""
+    if app_config is None:
+        return None
+    profile, base = app_config.settings_layers()
+    value = profile.get("context_limit") or base.get("context_limit")
+    return int(value) if isinstance(value, int) else None
 
 
 class LoadCancelled(UserError):
@@ -98,9 +79,13 @@ class LocalBackend:
         tools: Any | None = None,
         app_config: Any | None = None,
         cancel: threading.Event | None = None,
+        force: bool = False,
+        context: int | None = None,
     ) -> LocalBackend:
-        """Load on a new MlxThread (the caller only waits). Setting ``cancel`` stops the load at the next
-        layer with LoadCancelled, and the thread is ended: nothing is left inside MLX."""
+        """Resolve ``model``, verify its files, check it fits in memory (unless ``force``), load it on a new
+        MlxThread (the caller only waits). Setting ``cancel`` stops the load at the next layer with
+        LoadCancelled, and the thread is ended: nothing is left inside MLX. ``context``: the context length
+        to plan memory for (default: the config's context_limit, else the model's own)."""
 
         def report(frac: float, msg: str) -> None:
             if cancel is not None and cancel.is_set():
@@ -109,20 +94,26 @@ class LocalBackend:
                 progress(frac, msg)
 
         def load_here() -> LocalBackend:
-            from mlx_harmony_tui.engine.memory import check_fits, files_nbytes, set_wired_limit_for
+            from mlx_harmony_tui.catalog.fit import check_fit
+            from mlx_harmony_tui.catalog.resolve import resolve
+            from mlx_harmony_tui.catalog.verify import verify
+            from mlx_harmony_tui.engine.memory import set_wired_limit_for
             from mlx_harmony_tui.harmony.vocab import ensure_vocabulary
             from mlx_harmony_tui.model import load_model
 
-            path = resolve_model_path(model)
+            found = resolve(model, getattr(app_config, "models_dirs", ()) or ())
+            path = found.path
+            report(0.0, f"checking {found.name}")
+            summary = verify(path, found.name, found.fix)  # every shard there and whole, before any tensor is read
+            # A clear sentence with numbers instead of a swap storm or a crash:
+            planned = context if context is not None else _configured_context(app_config)
+            check_fit(found.name, summary, planned, force)
             report(0.0, f"loading {path}")
             ensure_vocabulary(path)
-            nbytes = files_nbytes(path.glob("*.safetensors")) if path.is_dir() else 0
-            check_fits(nbytes, f"the model in {path}")  # a clear sentence instead of a swap storm or a crash
             loaded, config = load_model(path, progress=report)
-            set_wired_limit_for(nbytes)  # macOS: keep the weights wired; a no-op elsewhere
-            name = str(model) if str(model) in BUILTIN_NAMES else path.name
+            set_wired_limit_for(summary.weight_bytes)  # macOS: keep the weights wired; a no-op elsewhere
             report(1.0, "ready")
-            return cls(loaded, config, path, name, tools=tools, app_config=app_config, thread=thread)
+            return cls(loaded, config, path, found.name, tools=tools, app_config=app_config, thread=thread)
 
         thread = MlxThread()
         try:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 
 import mlx.core as mx
@@ -23,18 +24,55 @@ def weights_nbytes(model: Any) -> int:
     return sum(int(a.nbytes) for _, a in tree_flatten(model.parameters()))
 
 
-def available_memory() -> int | None:
-    """Memory the model may use: Metal's recommended working set on Apple GPUs, else physical RAM."""
+@dataclass(frozen=True)
+class MemoryBudget:
+    """How much memory MLX can have for a model here, where that number comes from, and how to raise it."""
+
+    nbytes: int | None  # None: unknown (the fit check is skipped)
+    source: str
+    hint: str = ""
+
+
+def _ram_available() -> int | None:
+    """Linux: MemAvailable (what can be had without swapping); elsewhere: physical RAM."""
     try:
-        if mx.metal.is_available():
-            info = mx.metal.device_info()
-            return int(info["max_recommended_working_set_size"])
-    except (AttributeError, KeyError, RuntimeError):
+        with open("/proc/meminfo", encoding="ascii") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
         pass
     try:
         return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def memory_budget() -> MemoryBudget:
+    """Apple GPU: Metal's recommended working set (the wired limit); CUDA: the device's free memory; CPU: RAM."""
+    try:
+        on_gpu = mx.default_device() == mx.gpu
+        info = mx.device_info() if on_gpu else {}
+    except (AttributeError, RuntimeError, ValueError):
+        on_gpu, info = False, {}
+    if "max_recommended_working_set_size" in info:
+        gib = int(info.get("memory_size", 0) or 0) / (1 << 30)
+        return MemoryBudget(
+            int(info["max_recommended_working_set_size"]),
+            "the Metal working-set limit",
+            "macOS lets the GPU wire at most this much; raise it (until reboot) with "
+            f"`sudo sysctl iogpu.wired_limit_mb=N`, N in MiB below this Mac's {gib:.0f} GiB",
+        )
+    for key in ("free_memory", "total_memory", "memory_size"):
+        if key in info:
+            name = info.get("device_name", "the GPU")
+            return MemoryBudget(int(info[key]), f"{'free' if key == 'free_memory' else 'total'} memory of {name}")
+    return MemoryBudget(_ram_available(), "available RAM")
+
+
+def available_memory() -> int | None:
+    """Memory the model may use (``memory_budget().nbytes``)."""
+    return memory_budget().nbytes
 
 
 def check_fits(nbytes: int, what: str = "the model", headroom: float = 0.9, available: int | None = None) -> None:

@@ -27,7 +27,9 @@ EFFORTS = ("low", "medium", "high")
 
 def add_model_flags(p: argparse.ArgumentParser, remote: bool = True) -> None:
     p.add_argument("--model", "-m", default=None,
-                   help="model folder, or 'demo' (default: the config's model, else demo); with --remote: the server's model")
+                   help="a folder, a name in models_dirs, a downloaded Hugging Face repo (OWNER/NAME[@REV]), or 'demo' "
+                   "(default: the config's model, else demo); with --remote: the server's model")
+    p.add_argument("--force", action="store_true", help="load even if the model does not seem to fit in memory")
     if remote:
         p.add_argument("--remote", default=None, metavar="URL",
                        help="use an OpenAI-compatible server instead of a local model (e.g. http://127.0.0.1:8000/v1)")
@@ -218,7 +220,7 @@ def resolve_settings_from_args(args: argparse.Namespace, cfg: Any = None, *,
         from mlx_harmony_tui.backends.local import resolve_model_path
 
         try:
-            model_dir = resolve_model_path(model)
+            model_dir = resolve_model_path(model, cfg.models_dirs)
         except UserError:
             if strict:
                 raise
@@ -272,7 +274,9 @@ def backend_loader(args: argparse.Namespace, cfg: Any) -> BackendLoader:
     def local(model: str, progress: Any = None) -> Any:
         from mlx_harmony_tui.backends.local import LocalBackend
 
-        backend = LocalBackend.load(model, progress=progress, app_config=cfg)  # the config's tools too
+        backend = LocalBackend.load(  # the config's tools, models_dirs and context_limit too
+            model, progress=progress, app_config=cfg, force=getattr(args, "force", False)
+        )
         attach_trace(backend, args)
         return backend
 

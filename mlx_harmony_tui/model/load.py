@@ -78,22 +78,57 @@ def _read_header(file: Path) -> dict[str, Any]:
     return header
 
 
-def _weight_files(folder: Path) -> list[Path]:
+def _listed_weight_files(folder: Path) -> list[Path]:
+    """The shards the index names (present or not), else the folder's *.safetensors."""
     index = folder / "model.safetensors.index.json"
     if index.exists():
         try:
             weight_map = json.loads(index.read_text())["weight_map"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            return [folder / name for name in sorted(set(weight_map.values()))]
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise ModelLoadError(f"{index}: unreadable shard index ({e})") from e
-        files = [folder / name for name in sorted(set(weight_map.values()))]
-        missing = [f.name for f in files if not f.exists()]
-        if missing:
-            raise ModelLoadError(f"{folder}: missing weight shard(s) listed in {index.name}: {', '.join(missing)}")
-        return files
     files = sorted(folder.glob("*.safetensors"))
     if not files:
         raise ModelLoadError(f"{folder}: no *.safetensors weight files found")
     return files
+
+
+def _weight_files(folder: Path) -> list[Path]:
+    files = _listed_weight_files(folder)
+    missing = [f.name for f in files if not f.exists()]
+    if missing:
+        raise ModelLoadError(
+            f"{folder}: missing weight shard(s) listed in model.safetensors.index.json: {', '.join(missing)}"
+        )
+    return files
+
+
+def weight_problems(folder: str | Path) -> list[tuple[Path, str]]:
+    """(file, problem) for every shard that is missing or whose safetensors header does not fit its size.
+
+    Reads only headers, so checking a 60 GB model takes milliseconds; an empty list means every tensor's
+    bytes are on disk (their values are not checked: that would mean reading everything).
+    """
+    out: list[tuple[Path, str]] = []
+    for file in _listed_weight_files(Path(folder)):
+        if not file.exists():
+            out.append((file, f"{file}: missing (listed in model.safetensors.index.json)"))
+            continue
+        try:
+            _read_header(file)
+        except ModelLoadError as e:
+            out.append((file, str(e)))
+    return out
+
+
+def weight_files(folder: str | Path) -> list[Path]:
+    """The checkpoint's safetensors files (the index's shards if it has one); ModelLoadError if one is missing."""
+    return _weight_files(Path(folder))
+
+
+def read_header(file: str | Path) -> dict[str, Any]:
+    """A checked safetensors header: tensor name -> {dtype, shape, data_offsets}."""
+    return _read_header(Path(file))
 
 
 def _deinterleave(a: mx.array, axis: int) -> mx.array:

@@ -50,13 +50,16 @@ def build_app(args: argparse.Namespace) -> Any:
     """Load the configured model and build the app (separate from run() so tests can use it)."""
     _require_server_extra()
     from mlx_harmony_tui.backends.local import LocalBackend
-    from mlx_harmony_tui.faces.common import attach_trace, resolve_settings_from_args
+    from mlx_harmony_tui.faces.common import attach_trace, load_app_config, resolve_settings_from_args
     from mlx_harmony_tui.server.app import create_app
 
-    settings, model = resolve_settings_from_args(args)
-    backend = LocalBackend.load(model, progress=lambda f, msg: print(f"[{f:4.0%}] {msg}", file=sys.stderr))
+    cfg = load_app_config(args)
+    settings, model = resolve_settings_from_args(args, cfg)
+    backend = LocalBackend.load(model, progress=lambda f, msg: print(f"[{f:4.0%}] {msg}", file=sys.stderr),
+                                app_config=cfg, force=args.force, context=settings.context_limit)
     attach_trace(backend, args)
-    names = [backend.model_name, *args.name]
+    # clients may use the name the model was given by (e.g. a repo id) as well as its resolved name
+    names = list(dict.fromkeys([backend.model_name, model, *args.name]))
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
     if args.max_body_mb <= 0 or args.max_queue < 1:
         raise UserError("--max-body-mb and --max-queue must be positive")

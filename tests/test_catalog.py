@@ -1,0 +1,194 @@
+"""Models by name without a network: the resolver's order and errors, the listing (models_dirs and the hub
+cache, scanned by huggingface_hub), verification of shards and headers, and the memory fit, all on real tiny
+checkpoints placed where a user (or huggingface_hub) would put them."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from pathlib import Path
+
+import pytest
+
+from mlx_harmony_tui.catalog import hub
+from mlx_harmony_tui.catalog.fit import check_fit, memory_need
+from mlx_harmony_tui.catalog.listing import find_models
+from mlx_harmony_tui.catalog.resolve import ModelNotFoundError, resolve
+from mlx_harmony_tui.catalog.summary import summarize
+from mlx_harmony_tui.catalog.verify import ModelVerifyError, verify
+from mlx_harmony_tui.engine import memory
+from mlx_harmony_tui.model import write_tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny mlx-community-layout checkpoint in two shards with an index (29 MB)."""
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("sharded") / "m", layout="mlx", shards=2)
+
+
+def copy_model(src: Path, dst: Path) -> Path:
+    shutil.copytree(src, dst)
+    return dst
+
+
+def fake_snapshot(src: Path, repo: str, commit: str, refs: tuple[str, ...] = ("main",)) -> Path:
+    """A hub-cache snapshot laid out like huggingface_hub writes it: blobs, symlinks, refs."""
+    folder = hub.repo_folder(repo)
+    snap = folder / "snapshots" / commit
+    snap.mkdir(parents=True)
+    (folder / "blobs").mkdir(exist_ok=True)
+    for f in src.iterdir():
+        blob = folder / "blobs" / f"{commit[:8]}-{f.name}"
+        shutil.copyfile(f, blob)
+        (snap / f.name).symlink_to(os.path.relpath(blob, snap))
+    for ref in refs:
+        (folder / "refs").mkdir(exist_ok=True)
+        (folder / "refs" / ref).write_text(commit)
+    return snap
+
+
+def test_resolution_order_and_names(tmp_path: Path, sharded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    models = tmp_path / "models"
+    copy_model(sharded, models / "gpt-oss-mine")
+    copy_model(sharded, models / "acme" / "gpt-oss-nested")
+    snap = fake_snapshot(sharded, "acme/tiny-oss", "a" * 40)
+    # 1. built-ins
+    assert resolve("demo").source == "built-in" and resolve(None).name == "demo"
+    # 2. an existing path wins over everything
+    monkeypatch.chdir(tmp_path)
+    assert resolve("models/gpt-oss-mine").source == "path"
+    assert resolve(str(models / "gpt-oss-mine")).path == models / "gpt-oss-mine"
+    # 3. a name under models_dirs, nested or by its folder name one level down
+    assert resolve("gpt-oss-mine", [models]).path == models / "gpt-oss-mine"
+    assert resolve("acme/gpt-oss-nested", [models]).source == "models_dirs"
+    assert resolve("gpt-oss-nested", [models]).path == models / "acme" / "gpt-oss-nested"
+    # 4. a repo id in the hub cache, with or without a revision
+    r = resolve("acme/tiny-oss")
+    assert (r.path, r.source, r.repo, r.name) == (snap, "hf-cache", "acme/tiny-oss", "acme/tiny-oss")
+    assert resolve("acme/tiny-oss@main").path == snap and resolve("acme/tiny-oss@aaaaaaa").path == snap
+    # 5. a bare name that is the last part of exactly one cached repo
+    assert resolve("tiny-oss").path == snap
+
+
+def test_what_was_tried_is_listed(tmp_path: Path) -> None:
+    with pytest.raises(ModelNotFoundError) as e:
+        resolve("no-such-model", [tmp_path / "models"])
+    msg = str(e.value)
+    assert (
+        "path " in msg and str(tmp_path / "models" / "no-such-model") in msg and "Hugging Face cache" in msg
+    )
+    assert "models pull OWNER/NAME" in msg
+    with pytest.raises(
+        ModelNotFoundError,
+        match=r"^openai/gpt-oss-20b is not downloaded; run: mlx-harmony-tui "
+        r"models pull openai/gpt-oss-20b \(also tried: path .*models_dirs: none configured\)$",
+    ):
+        resolve("openai/gpt-oss-20b")
+    with pytest.raises(ModelNotFoundError, match="models pull openai/gpt-oss-20b@v2"):
+        resolve("openai/gpt-oss-20b@v2")
+
+
+def test_a_bare_name_of_two_cached_repos_is_ambiguous(sharded: Path) -> None:
+    fake_snapshot(sharded, "one/tiny-oss", "b" * 40)
+    fake_snapshot(sharded, "two/tiny-oss", "c" * 40)
+    with pytest.raises(ModelNotFoundError, match="several cached models: one/tiny-oss, two/tiny-oss"):
+        resolve("tiny-oss")
+
+
+def test_listing_models_dirs_and_cache_with_several_revisions(tmp_path: Path, sharded: Path) -> None:
+    models = tmp_path / "models"
+    copy_model(sharded, models / "gpt-oss-mine")
+    copy_model(sharded, models / "acme" / "gpt-oss-nested")
+    (models / "llama").mkdir()
+    (models / "llama" / "config.json").write_text(json.dumps({"model_type": "llama"}))
+    (models / "junk").mkdir()
+    (models / "junk" / "config.json").write_text("{not json")
+    fake_snapshot(sharded, "acme/tiny-oss", "1" * 40, refs=("v1",))
+    fake_snapshot(sharded, "acme/tiny-oss", "2" * 40, refs=("main",))
+    entries = {e.name: e for e in find_models([models])}
+    assert set(entries) == {"gpt-oss-mine", "gpt-oss-nested", "acme/tiny-oss", "acme/tiny-oss@v1"}
+    main = entries["acme/tiny-oss"]
+    assert main.source == "hf-cache" and main.path.name == "2" * 40 and main.layout == "mlx"
+    assert main.size_bytes == sum(f.stat().st_size for f in sharded.iterdir()) and main.fits is True
+    assert entries["acme/tiny-oss@v1"].path.name == "1" * 40
+    assert resolve("acme/tiny-oss@v1").path == entries["acme/tiny-oss@v1"].path  # listed names resolve
+    assert [e.name for e in find_models([models], include_hf_cache=False)] == [
+        "gpt-oss-nested",
+        "gpt-oss-mine",
+    ]
+
+
+def test_a_broken_model_is_listed_with_its_problem(tmp_path: Path, sharded: Path) -> None:
+    broken = copy_model(sharded, tmp_path / "models" / "cut")
+    (broken / "model-00002-of-00002.safetensors").unlink()
+    [entry] = find_models([tmp_path / "models"], include_hf_cache=False)
+    assert (
+        entry.problem and "model-00002-of-00002.safetensors: missing" in entry.problem and entry.fits is None
+    )
+
+
+def test_verification_names_the_bad_file_and_the_fix(tmp_path: Path, sharded: Path) -> None:
+    snap = fake_snapshot(sharded, "acme/tiny-oss", "d" * 40)
+    found = resolve("acme/tiny-oss")
+    assert verify(found.path, found.name, found.fix).layers == 4
+    shard = snap / "model-00001-of-00002.safetensors"
+    blob = shard.resolve()
+    with blob.open("r+b") as f:
+        f.truncate(blob.stat().st_size // 2)
+    with pytest.raises(ModelVerifyError) as e:
+        verify(found.path, found.name, found.fix)
+    msg = str(e.value)
+    assert msg.startswith("acme/tiny-oss: ") and "model-00001-of-00002.safetensors: truncated" in msg
+    assert msg.endswith(
+        "To fix it: run `mlx-harmony-tui models pull acme/tiny-oss` to fetch the bad file(s) again"
+    )
+    blob.unlink()  # a shard the index lists but the cache lost
+    with pytest.raises(ModelVerifyError, match="model-00001-of-00002.safetensors: missing"):
+        verify(found.path, found.name, found.fix)
+
+
+def test_a_model_that_is_not_gpt_oss_is_refused_by_name(tmp_path: Path) -> None:
+    folder = tmp_path / "llama"
+    folder.mkdir()
+    (folder / "config.json").write_text(
+        json.dumps({"model_type": "llama", "architectures": ["LlamaForCausalLM"]})
+    )
+    with pytest.raises(ModelVerifyError, match=r"llama is a llama model \(LlamaForCausalLM\), not GPT-OSS"):
+        verify(folder, "llama", "n/a")
+
+
+def test_summary_counts_the_same_parameters_in_every_layout(tmp_path: Path, sharded: Path) -> None:
+    sizes = {}
+    for layout in ("float", "hf"):
+        s = summarize(write_tiny_checkpoint(tmp_path / layout, layout=layout))
+        sizes[layout] = s
+    mlx = summarize(sharded)
+    assert sizes["float"].parameters == sizes["hf"].parameters == mlx.parameters > 20_000_000
+    assert (sizes["float"].layout, sizes["hf"].layout, mlx.layout) == ("hf-float", "hf-mxfp4", "mlx")
+    assert mlx.weight_bytes < sizes["hf"].weight_bytes  # 8-bit embeddings against f32
+    # K and V, 4 layers, 2 KV heads of 16 at f32: every layer keeps every position today
+    assert sizes["float"].kv_bytes_per_token == 4 * 2 * 2 * 16 * 4
+
+
+def test_fit_refuses_with_numbers_and_force_overrides(sharded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    s = summarize(sharded)
+    monkeypatch.setattr(
+        memory, "memory_budget",
+        lambda: memory.MemoryBudget(int(0.6e9), "the Metal working-set limit", "raise it with `sudo sysctl iogpu.wired_limit_mb=N`"),
+    )  # fmt: skip
+    need = memory_need(s, None)
+    assert need.context == 131072 and need.kv == 131072 * s.kv_bytes_per_token
+    with pytest.raises(memory.ModelTooLargeError) as e:
+        check_fit("acme/tiny-oss", s)
+    msg = str(e.value)
+    assert msg.startswith(
+        "acme/tiny-oss needs ~0.7 GB (weights 0.0 + KV cache for 131072 tokens 0.1 + working"
+    )
+    assert (
+        "this machine can give MLX ~0.6 GB, the Metal working-set limit" in msg
+        and "iogpu.wired_limit_mb" in msg
+    )
+    assert "lower context_limit" in msg and "--force" in msg
+    assert check_fit("acme/tiny-oss", s, force=True).total == need.total
+    assert check_fit("acme/tiny-oss", s, context=4096).context == 4096  # a smaller context fits
