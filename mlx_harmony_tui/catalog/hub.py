@@ -183,12 +183,25 @@ def find_cached(repo: str, revision: str | None = None) -> Path:
 
 
 def _bounded_client() -> Any:
-    """huggingface_hub's own HTTP client with short API timeouts (its default waits forever)."""
+    """huggingface_hub's HTTP client, but a request that asks for no timeout gets API_TIMEOUT_S.
+
+    huggingface_hub passes ``timeout=None`` (wait forever) for its API calls (repo info, file list), so a
+    Hub that accepts connections and never answers would hang a pull; downloads pass their own timeout.
+    """
     import httpx2
     from huggingface_hub.utils._http import default_client_factory
 
-    client = default_client_factory()
-    client.timeout = httpx2.Timeout(API_TIMEOUT_S)
+    class BoundedClient(httpx2.Client):
+        def build_request(self, *args: Any, **kwargs: Any) -> httpx2.Request:
+            if kwargs.get("timeout", httpx2.USE_CLIENT_DEFAULT) is None:
+                kwargs["timeout"] = httpx2.Timeout(API_TIMEOUT_S)
+            return super().build_request(*args, **kwargs)
+
+    template = default_client_factory()  # for its event hooks (offline mode, request ids)
+    client = BoundedClient(
+        event_hooks=template.event_hooks, follow_redirects=True, timeout=httpx2.Timeout(API_TIMEOUT_S)
+    )
+    template.close()
     return client
 
 

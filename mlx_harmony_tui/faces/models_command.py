@@ -107,7 +107,8 @@ def cmd_pull(args: argparse.Namespace) -> int:
         raise UserError(f"{args.repo!r} is not a Hugging Face repo id (OWNER/NAME or OWNER/NAME@REVISION)")
     repo, revision = parsed
     _, context = _config(args)
-    print(f"pulling {args.repo} from {hub.endpoint()} into {hub.cache_dir()}", file=sys.stderr)
+    if not hub.offline():  # (offline, pull says so in one line)
+        print(f"pulling {args.repo} from {hub.endpoint()} into {hub.cache_dir()}", file=sys.stderr)
     try:
         path = hub.pull(repo, revision, verify=bad_files)
     except KeyboardInterrupt:
