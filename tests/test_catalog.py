@@ -167,28 +167,35 @@ def test_summary_counts_the_same_parameters_in_every_layout(tmp_path: Path, shar
     assert sizes["float"].parameters == sizes["hf"].parameters == mlx.parameters > 20_000_000
     assert (sizes["float"].layout, sizes["hf"].layout, mlx.layout) == ("hf-float", "hf-mxfp4", "mlx")
     assert mlx.weight_bytes < sizes["hf"].weight_bytes  # 8-bit embeddings against f32
-    # K and V, 4 layers, 2 KV heads of 16 at f32: every layer keeps every position today
-    assert sizes["float"].kv_bytes_per_token == 4 * 2 * 2 * 16 * 4
+    f = sizes["float"]  # K and V of 2 KV heads of 16 at f32, per layer and position
+    assert f.kv_bytes_per_token == 2 * 2 * 16 * 4 and (f.full_layers, f.sliding_window) == (2, 8)
+    # full layers keep every position; the sliding ones their window + the 256-position rollback margin
+    assert f.kv_bytes(10_000) == f.kv_bytes_per_token * (2 * 10_000 + 2 * (8 + 256))
+    assert f.kv_bytes(100) == f.kv_bytes_per_token * 4 * 100
+    # 8-bit KV for the full layers: a byte per value plus a 4-byte scale and bias per 64 values (f32 here)
+    assert (
+        f.kv_bytes(10_000, kv_bits=8) == 2 * 10_000 * 64 * (1 + 8 / 64) + 2 * (8 + 256) * f.kv_bytes_per_token
+    )
 
 
 def test_fit_refuses_with_numbers_and_force_overrides(sharded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     s = summarize(sharded)
-    monkeypatch.setattr(
-        memory, "memory_budget",
-        lambda: memory.MemoryBudget(int(0.6e9), "the Metal working-set limit", "raise it with `sudo sysctl iogpu.wired_limit_mb=N`"),
-    )  # fmt: skip
     need = memory_need(s, None)
-    assert need.context == 131072 and need.kv == 131072 * s.kv_bytes_per_token
+    assert need.context == 131072 and need.kv == (2 * 131072 + 2 * (8 + 256)) * s.kv_bytes_per_token
+    hint = "raise it with `sudo sysctl iogpu.wired_limit_mb=N`"
+    budget = memory.MemoryBudget(need.total - 1, "the Metal working-set limit", hint)
+    monkeypatch.setattr(memory, "memory_budget", lambda: budget)
     with pytest.raises(memory.ModelTooLargeError) as e:
         check_fit("acme/tiny-oss", s)
     msg = str(e.value)
     assert msg.startswith(
-        "acme/tiny-oss needs ~0.7 GB (weights 0.0 + KV cache for 131072 tokens 0.1 + working"
+        f"acme/tiny-oss needs ~{need.total / 1e9:.1f} GB (weights 0.0 + KV cache for 131072 tokens"
     )
     assert (
-        "this machine can give MLX ~0.6 GB, the Metal working-set limit" in msg
-        and "iogpu.wired_limit_mb" in msg
+        f"this machine can give MLX ~{budget.nbytes / 1e9:.1f} GB, the Metal working-set limit ({hint})"
+        in msg
     )
     assert "lower context_limit" in msg and "--force" in msg
     assert check_fit("acme/tiny-oss", s, force=True).total == need.total
     assert check_fit("acme/tiny-oss", s, context=4096).context == 4096  # a smaller context fits
+    assert check_fit("acme/tiny-oss", s, kv_bits=8).kv < need.kv  # and so does a quantized KV cache

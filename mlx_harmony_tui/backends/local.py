@@ -107,7 +107,7 @@ class LocalBackend:
             summary = verify(path, found.name, found.fix)  # every shard there and whole, before any tensor is read
             # A clear sentence with numbers instead of a swap storm or a crash:
             planned = context if context is not None else _configured_context(app_config)
-            check_fit(found.name, summary, planned, force)
+            check_fit(found.name, summary, planned, force, getattr(app_config, "kv_bits", None))
             report(0.0, f"loading {path}")
             ensure_vocabulary(path)
             loaded, config = load_model(path, progress=report)

@@ -38,12 +38,13 @@ class MemoryNeed:
         )
 
 
-def memory_need(summary: ModelSummary, context: int | None = None) -> MemoryNeed:
-    """``context``: the configured context_limit (None or larger than the model's: the model's own)."""
+def memory_need(summary: ModelSummary, context: int | None = None, kv_bits: int | None = None) -> MemoryNeed:
+    """``context``: the configured context_limit (None or larger than the model's: the model's own);
+    ``kv_bits``: the config's KV cache quantization."""
     tokens = min(context, summary.context) if context else summary.context
     return MemoryNeed(
         weights=summary.weight_bytes,
-        kv=summary.kv_bytes(tokens),
+        kv=summary.kv_bytes(tokens, kv_bits),
         working=working_bytes(summary.weight_bytes),
         context=tokens,
     )
@@ -56,16 +57,24 @@ def fits(need: MemoryNeed, budget: MemoryBudget | None = None) -> bool | None:
 
 
 def check_fit(
-    name: str, summary: ModelSummary, context: int | None = None, force: bool = False
+    name: str,
+    summary: ModelSummary,
+    context: int | None = None,
+    force: bool = False,
+    kv_bits: int | None = None,
 ) -> MemoryNeed:
     """Raise ModelTooLargeError with the numbers and the ways out, unless it fits or ``force``."""
-    need = memory_need(summary, context)
+    need = memory_need(summary, context, kv_bits)
     budget = memory.memory_budget()
     if force or fits(need, budget) is not False:
         return need
     assert budget.nbytes is not None
-    ways = ["lower context_limit in the config" if need.context > 4096 else "", "use a smaller or more "
-            "quantized model", "pass --force to try anyway"]  # fmt: skip
+    ways = [
+        "lower context_limit in the config" if need.context > 4096 else "",
+        "set kv_bits = 8 in the config" if not kv_bits and need.kv > 0.1 * need.total else "",
+        "use a smaller or more quantized model",
+        "pass --force to try anyway",
+    ]
     hint = f" ({budget.hint})" if budget.hint else ""
     raise ModelTooLargeError(
         f"{name} needs ~{need.total / GB:.1f} GB ({need.words()}); this machine can give MLX "

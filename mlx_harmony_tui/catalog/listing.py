@@ -71,7 +71,7 @@ def _candidates(root: Path) -> Iterator[Path]:
 
 def _entry(
     folder: Path, name: str, source: str, size: int, context: int | None, budget: MemoryBudget,
-    repo: str | None = None,
+    repo: str | None = None, kv_bits: int | None = None,
 ) -> ModelEntry:  # fmt: skip
     try:
         summary = summarize(folder)
@@ -79,14 +79,24 @@ def _entry(
         fix = hub.pull_command(*hub.parse_repo(name)) if repo and hub.parse_repo(name) else "copy it again"
         return ModelEntry(name, folder, source, size, problem=f"{e} (fix: {fix})", repo=repo)
     return ModelEntry(
-        name, folder, source, size, summary, fits=fits(memory_need(summary, context), budget), repo=repo
+        name,
+        folder,
+        source,
+        size,
+        summary,
+        fits=fits(memory_need(summary, context, kv_bits), budget),
+        repo=repo,
     )
 
 
 def find_models(
-    dirs: Iterable[str | Path] = (), include_hf_cache: bool = True, context: int | None = None
+    dirs: Iterable[str | Path] = (),
+    include_hf_cache: bool = True,
+    context: int | None = None,
+    kv_bits: int | None = None,
 ) -> list[ModelEntry]:
-    """GPT-OSS models in ``dirs`` (and the hub cache), deduplicated by resolved path."""
+    """GPT-OSS models in ``dirs`` (and the hub cache), deduplicated by resolved path; ``context`` and
+    ``kv_bits`` (the config's) size the KV cache for the fit column."""
     budget = memory.memory_budget()
     seen: set[Path] = set()
     out: list[ModelEntry] = []
@@ -96,7 +106,11 @@ def find_models(
             if key in seen or not _is_gpt_oss(folder):
                 continue
             seen.add(key)
-            out.append(_entry(folder, folder.name, "models_dirs", _folder_size(folder), context, budget))
+            out.append(
+                _entry(
+                    folder, folder.name, "models_dirs", _folder_size(folder), context, budget, kv_bits=kv_bits
+                )
+            )
     if include_hf_cache:
         for rev in hub.cached_revisions():
             key = rev.path.resolve()
@@ -104,7 +118,7 @@ def find_models(
                 continue
             seen.add(key)
             out.append(
-                _entry(rev.path, rev.name, "hf-cache", rev.size_bytes, context, budget, repo=rev.repo_id)
+                _entry(rev.path, rev.name, "hf-cache", rev.size_bytes, context, budget, rev.repo_id, kv_bits)
             )
     return out
 

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from mlx_harmony_tui.model.cache import DEFAULT_MARGIN
 from mlx_harmony_tui.model.config import FULL, ModelConfig, ModelLoadError
 from mlx_harmony_tui.model.load import read_header, weight_files, weight_problems
 
@@ -28,13 +29,20 @@ class ModelSummary:
     context: int  # max_position_embeddings
     parameters: int  # logical weights (a 4-bit value counts as one)
     weight_bytes: int  # on disk, which is what the loaded weights take in memory
-    kv_bytes_per_token: int  # keys + values over all layers at the compute dtype
+    kv_bytes_per_token: int  # keys + values of one position on one layer, at the compute dtype
     layout: str  # "hf-mxfp4", "hf-float" or "mlx"
     quantization: str  # human words: "mxfp4 experts", "mxfp4 4-bit, 8-bit affine", "bf16"
+    dtype_bytes: int = 2  # of the compute dtype (the KV cache's)
 
-    def kv_bytes(self, tokens: int) -> int:
-        """KV cache bytes for ``tokens`` of context (the engine keeps every position on every layer)."""
-        return self.kv_bytes_per_token * tokens
+    def kv_bytes(self, tokens: int, kv_bits: int | None = None) -> int:
+        """KV cache bytes for ``tokens`` of context, as model/cache.py keeps it: full layers every position
+        (``kv_bits``: quantized, plus a scale and bias per 64 values), sliding layers their window + margin."""
+        sliding = self.layers - self.full_layers
+        kept = min(tokens, self.sliding_window + DEFAULT_MARGIN)
+        full = self.kv_bytes_per_token * tokens
+        if kv_bits:
+            full = int(full * (kv_bits / 8 + 2 * self.dtype_bytes / 64) / self.dtype_bytes)
+        return self.full_layers * full + sliding * self.kv_bytes_per_token * kept
 
 
 def read_config(folder: Path) -> dict[str, Any]:
@@ -91,7 +99,7 @@ def summarize(folder: str | Path) -> ModelSummary:
             if key == "model.norm.weight":
                 compute = str(info.get("dtype", compute))
     layout, quant = _layout_and_quant(cfg, compute)
-    per_token = len(cfg.layer_types) * 2 * cfg.num_key_value_heads * cfg.head_dim * _BYTES.get(compute, 2)
+    per_token = 2 * cfg.num_key_value_heads * cfg.head_dim * _BYTES.get(compute, 2)
     return ModelSummary(
         layers=cfg.num_hidden_layers,
         full_layers=sum(t == FULL for t in cfg.layer_types),
@@ -104,4 +112,5 @@ def summarize(folder: str | Path) -> ModelSummary:
         kv_bytes_per_token=per_token,
         layout=layout,
         quantization=quant,
+        dtype_bytes=_BYTES.get(compute, 2),
     )

@@ -53,14 +53,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.set_defaults(func=cmd_rm)
 
 
-def _config(args: argparse.Namespace) -> tuple[list[str], int | None]:
-    """(models_dirs, context_limit) from the config file and profile."""
+def _config(args: argparse.Namespace) -> tuple[list[str], int | None, int | None]:
+    """(models_dirs, context_limit, kv_bits) from the config file and profile."""
     from mlx_harmony_tui.faces.common import load_app_config
 
     cfg = load_app_config(args)
     profile, base = cfg.settings_layers()
     context = profile.get("context_limit") or base.get("context_limit")
-    return list(cfg.models_dirs), context if isinstance(context, int) else None
+    return list(cfg.models_dirs), context if isinstance(context, int) else None, cfg.kv_bits
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -68,8 +68,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     from mlx_harmony_tui.catalog.listing import columns, find_models
     from mlx_harmony_tui.engine.memory import memory_budget
 
-    dirs, context = _config(args)
-    entries = find_models(dirs, context=context)
+    dirs, context, kv_bits = _config(args)
+    entries = find_models(dirs, context=context, kv_bits=kv_bits)
     budget = memory_budget()
     if args.json:
         rows = [dict(zip([h.lower() for h in HEADERS], columns(e), strict=True)) | {
@@ -106,7 +106,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if not parsed:
         raise UserError(f"{args.repo!r} is not a Hugging Face repo id (OWNER/NAME or OWNER/NAME@REVISION)")
     repo, revision = parsed
-    _, context = _config(args)
+    _, context, kv_bits = _config(args)
     if not hub.offline():  # (offline, pull says so in one line)
         print(f"pulling {args.repo} from {hub.endpoint()} into {hub.cache_dir()}", file=sys.stderr)
     try:
@@ -116,18 +116,20 @@ def cmd_pull(args: argparse.Namespace) -> int:
               "(finished files are kept)", file=sys.stderr)  # fmt: skip
         return 130
     summary = verify(path, args.repo, f"run `{hub.pull_command(repo, revision)}` again")
-    ok = fits(memory_need(summary, context))
+    ok = fits(memory_need(summary, context, kv_bits))
     verdict = {True: "fits this machine's memory", False: "does NOT fit this machine's memory", None: ""}[ok]
     print(f"ready: {args.repo} ({human_bytes(summary.weight_bytes)}, {summary.quantization}){', ' if verdict else ''}"
           f"{verdict}\nrun it: mlx-harmony-tui --model {args.repo}")  # fmt: skip
     return 0
 
 
-def info_dict(name: str, found: Any, summary: Any, context: int | None) -> dict[str, Any]:
+def info_dict(
+    name: str, found: Any, summary: Any, context: int | None, kv_bits: int | None
+) -> dict[str, Any]:
     from mlx_harmony_tui.catalog.fit import memory_need
     from mlx_harmony_tui.engine.memory import memory_budget
 
-    need = memory_need(summary, context)
+    need = memory_need(summary, context, kv_bits)
     budget = memory_budget()
     return {
         "name": name, "path": str(found.path), "source": found.source, "layout": summary.layout,
@@ -135,7 +137,8 @@ def info_dict(name: str, found: Any, summary: Any, context: int | None) -> dict[
         "sliding_window": summary.sliding_window, "experts": summary.experts,
         "experts_per_token": summary.experts_per_token, "context": summary.context,
         "parameters": summary.parameters, "weight_bytes": summary.weight_bytes,
-        "kv_bytes_per_token": summary.kv_bytes_per_token, "planned_context": need.context,
+        "kv_bytes_per_token": summary.kv_bytes(2, kv_bits) - summary.kv_bytes(1, kv_bits),
+        "planned_context": need.context, "kv_bits": kv_bits,
         "memory_need_bytes": need.total, "memory_bytes": budget.nbytes, "memory_source": budget.source,
         "fits": None if not budget.nbytes else need.total <= budget.nbytes,
     }  # fmt: skip
@@ -146,25 +149,32 @@ def cmd_info(args: argparse.Namespace) -> int:
     from mlx_harmony_tui.catalog.listing import human_bytes, human_count
     from mlx_harmony_tui.catalog.resolve import resolve
     from mlx_harmony_tui.catalog.verify import verify
+    from mlx_harmony_tui.model.cache import DEFAULT_MARGIN
 
-    dirs, context = _config(args)
+    dirs, context, kv_bits = _config(args)
     found = resolve(args.name, dirs)
     summary = verify(found.path, found.name, found.fix)
-    d = info_dict(found.name, found, summary, context)
+    d = info_dict(found.name, found, summary, context, kv_bits)
     if args.json:
         print(json.dumps(d))
         return 0
-    need = memory_need(summary, context)
+    need = memory_need(summary, context, kv_bits)
     fit = {True: "fits", False: "does NOT fit", None: "unknown"}[d["fits"]]
     budget = f"{d['memory_bytes'] / 1e9:.1f} GB, {d['memory_source']}" if d["memory_bytes"] else "unknown"
     print(f"""{found.name}  ({found.source}: {found.path})
   layout        {summary.layout}, {summary.quantization}
-  layers        {summary.layers} ({summary.full_layers} full attention, the rest a {summary.sliding_window}-token window)
+  layers        {summary.layers} ({summary.full_layers} full attention, the rest a {
+        summary.sliding_window
+    }-token window)
   experts       {summary.experts}, {summary.experts_per_token} per token
   context       {summary.context} tokens
   parameters    {human_count(summary.parameters)}
   weights       {human_bytes(summary.weight_bytes)}
-  KV cache      {summary.kv_bytes_per_token / 1024:.1f} KiB per token
+  KV cache      {summary.kv_bytes(2, kv_bits) - summary.kv_bytes(1, kv_bits)} bytes per token of context{
+        f" ({kv_bits}-bit)" if kv_bits else ""
+    } (full-attention layers; the window layers hold at most {summary.sliding_window} + {
+        DEFAULT_MARGIN
+    } positions)
   memory        ~{need.total / 1e9:.1f} GB ({need.words()}): {fit} ({budget})""")
     return 0
 
@@ -174,7 +184,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     from mlx_harmony_tui.catalog.listing import human_bytes
     from mlx_harmony_tui.catalog.resolve import resolve
 
-    dirs, _ = _config(args)
+    dirs, _, _ = _config(args)
     found = resolve(args.name, dirs)
     if found.source != "hf-cache":
         raise UserError(
