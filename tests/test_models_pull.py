@@ -5,7 +5,6 @@ and a repo that is not GPT-OSS; and the same from the command line and the TUI."
 
 from __future__ import annotations
 
-import argparse
 import os
 import signal
 import socket
@@ -244,13 +243,13 @@ def test_cli_pull_then_generate_then_the_tui(fake_hub: FakeHub) -> None:
 
 
 async def test_the_tui_starts_with_a_pulled_repo(fake_hub: FakeHub) -> None:
+    from mlx_harmony_tui.cli import build_parser
     from mlx_harmony_tui.tui.command import build_app
 
     await_pull = threading.Thread(target=hub.pull, args=(REPO,))
     await_pull.start()
     await_pull.join(120)
-    app = build_app(argparse.Namespace(model=REPO, config=None, profile=None, session=None, theme=None,
-                                       remote=None, api_key=None, force=False))  # fmt: skip
+    app = build_app(build_parser().parse_args(["tui", "--model", REPO]))
     async with app.run_test(size=(100, 30)) as pilot:
         await app.workers.wait_for_complete()
         await pilot.pause()
