@@ -128,10 +128,11 @@ async def test_tool_calls_confirmation_and_notices() -> None:
         entry = app.screen.query_one("ToolEntry")
         assert entry.args == '{"city": "Paris"}'
         assert "get_weather" in str(entry.title) and "0.50s" in str(entry.title)
-        msg = app.screen.query_one(AssistantMessage)
+        msg, retried = app.screen.query(AssistantMessage)  # the retry writes a reply of its own
         assert msg.commentary_text == "Let me check the weather."
         notices = " ".join(str(s.render()) for s in msg.query(".notice"))
         assert "repaired" in notices and "retrying (parse" in notices
+        assert retried.final_text == "It is 20 degrees." and "20 degrees" not in msg.final_text
         assert app.history[-1].role == "tool" or any(m.role == "tool" for m in app.history)
 
 

@@ -128,6 +128,13 @@ class TurnView:
             (await tools.entry(e.call_id, e.recipient)).set_result(e.output, e.error, e.duration_s)
         elif isinstance(e, ev.ToolConfirmation):
             self.app.confirm_tool(e)
+        elif isinstance(e, ev.Retry) and msg is not None:
+            # The failed attempt stays on screen, marked; the retry writes a reply of its own, so no text of
+            # the failed attempt ends up inside the answer (the session record drops it the same way).
+            await msg.notice(notice_for(e))
+            self.current = AssistantMessage()
+            self.analysis_break = False
+            await self.app.conversation.mount(self.current)
         elif isinstance(e, ev.TurnFinished):
             bar.show(e.metrics)
             if msg is not None and e.reason != "stop":
@@ -143,7 +150,8 @@ def notice_for(e: Any) -> str:
     if isinstance(e, ev.Recovery):
         return f"repaired model output: {e.kind} {e.detail}".strip()
     if isinstance(e, ev.Retry):
-        return f"↻ retrying ({e.reason}{': ' + e.detail if e.detail else ''})"
+        about = "; ".join(t for t in (e.detail, e.change) if t)
+        return f"↻ retrying ({e.reason}{': ' + about if about else ''})"
     if isinstance(e, ev.ContextTrimmed):
         return f"context full: dropped {e.dropped_messages} old message(s)"
     if isinstance(e, ev.TurnFailed):
