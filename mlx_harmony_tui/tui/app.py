@@ -8,7 +8,6 @@ the model and the model never waits for the UI.
 
 from __future__ import annotations
 
-import gc
 import os
 import sys
 import time
@@ -16,12 +15,10 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Any
 
-from textual import work
-from textual.app import App, SystemCommand
+from textual.app import App
 from textual.containers import VerticalScroll
 from textual.css.query import NoMatches
 from textual.screen import Screen
-from textual.widgets import Collapsible, ProgressBar, Static
 
 from mlx_harmony_tui import paths
 from mlx_harmony_tui.backends.base import Backend, TurnHandle
@@ -30,14 +27,12 @@ from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.controller import ChatController
 from mlx_harmony_tui.errors import UserError
 from mlx_harmony_tui.harmony.messages import HMessage
-from mlx_harmony_tui.tui.keymap import CHAT_BINDINGS, validate_keymap
+from mlx_harmony_tui.tui.actions import ScreenActions
+from mlx_harmony_tui.tui.keymap import validate_keymap
 from mlx_harmony_tui.tui.latency import LatencyProbe
+from mlx_harmony_tui.tui.loading import ModelLoading
 from mlx_harmony_tui.tui.screens.chat import ChatScreen
 from mlx_harmony_tui.tui.screens.dialogs import ConfirmScreen
-from mlx_harmony_tui.tui.screens.help import HelpScreen
-from mlx_harmony_tui.tui.screens.models import ModelPickerScreen
-from mlx_harmony_tui.tui.screens.params import ParamsScreen
-from mlx_harmony_tui.tui.screens.sessions import SessionBrowserScreen
 from mlx_harmony_tui.tui.session_view import clear_tool_log, show_session
 from mlx_harmony_tui.tui.textual_patch import one_layout_pass_per_change
 from mlx_harmony_tui.tui.themes import load_themes
@@ -71,7 +66,7 @@ def welcome_text(model: str, config_file: Path | None = None) -> str:
     )
 
 
-class HarmonyApp(App[None]):
+class HarmonyApp(ModelLoading, ScreenActions, App[None]):
     TITLE = "mlx-harmony-tui"
     CSS_PATH = ["screens/chat.tcss"]  # app-level: a default screen's own CSS_PATH is not loaded in time
 
@@ -213,53 +208,6 @@ class HarmonyApp(App[None]):
         bits.append(f"max={s.max_tokens}")
         self.sub_title = " · ".join(bits)
 
-    # ---- model loading --------------------------------------------------------------------------------
-    @work(thread=True, exclusive=True, group="load")
-    def load_model(self, model: str) -> None:
-        """Slow (reads GBs): runs on a thread; a failure keeps the previous model."""
-        self.loading = True
-        self.call_from_thread(self._show_progress, 0.0, f"loading {model}")
-
-        def progress(frac: float, msg: str) -> None:
-            self.call_from_thread(self._show_progress, frac, msg)
-
-        try:
-            backend = self.loader(model, progress)
-        except UserError as e:
-            self.call_from_thread(self._load_failed, str(e))
-            return
-        except Exception as e:  # noqa: BLE001 - show it, keep the previous model
-            self.call_from_thread(self._load_failed, f"{type(e).__name__}: {e}")
-            return
-        self.call_from_thread(self._load_done, backend)
-
-    def _show_progress(self, frac: float, msg: str) -> None:
-        screen = self.screen_chat
-        screen.query_one("#load-bar").remove_class("hidden")
-        screen.query_one("#load-text", Static).update(f"{msg} ")
-        screen.query_one("#load-progress", ProgressBar).update(progress=max(0.0, min(1.0, frac)))
-        screen.query_one(MetricsBar).set_status("loading")
-
-    def _load_failed(self, message: str) -> None:
-        self.loading = False
-        self.screen_chat.query_one("#load-bar").add_class("hidden")
-        self.notify(message, title="Model not loaded", severity="error", timeout=10)
-        self.screen_chat.query_one(MetricsBar).set_status("ready" if self.backend else "no model")
-
-    def _load_done(self, backend: Backend) -> None:
-        self.loading = False
-        if self.chat.use_backend(backend):
-            gc.unfreeze()  # the previous model's objects may be in the frozen generation: let them go
-            gc.collect()
-        # Python's full collections walked every object of the app and the model: 30-60 ms pauses of the
-        # UI, several per streamed reply. What exists once the model is loaded lives for the session;
-        # frozen, those pauses measured 7-15 ms (headless, tiny model).
-        gc.freeze()
-        self.screen_chat.query_one("#load-bar").add_class("hidden")
-        self.screen_chat.query_one(MetricsBar).set_status("ready")
-        self._backend_ready()
-        self.notify(f"Model ready: {backend.model_name}")
-
     @property
     def screen_chat(self) -> ChatScreen:
         for s in self.screen_stack:
@@ -377,71 +325,6 @@ class HarmonyApp(App[None]):
         box.text = text
         box.focus()
 
-    def action_toggle_analysis(self) -> None:
-        boxes = [b for b in self.conversation.query(Collapsible) if b.has_class("analysis")]
-        if not boxes:
-            return
-        collapse = not all(b.collapsed for b in boxes)
-        for b in boxes:
-            b.collapsed = collapse
-        for m in self.conversation.query(AssistantMessage):
-            m.user_toggled = True
-
-    def action_copy_reply(self) -> None:
-        msgs = [m for m in self.conversation.query(AssistantMessage) if m.final_text]
-        if not msgs:
-            self.notify("No reply to copy")
-            return
-        self.copy_to_clipboard(msgs[-1].final_text)
-        self.notify("Reply copied to the clipboard")
-
-    def action_copy_code(self) -> None:
-        for m in reversed(list(self.conversation.query(AssistantMessage))):
-            blocks = m.code_blocks()
-            if blocks:
-                self.copy_to_clipboard(blocks[-1])
-                self.notify("Code block copied to the clipboard")
-                return
-        self.notify("No code block to copy")
-
-    def action_help(self) -> None:
-        rows = [(self._keymap.get(b.id or "", b.key), b.description, b.id or "") for b in CHAT_BINDINGS]
-        self.push_screen(HelpScreen(rows))
-
-    def action_params(self) -> None:
-        def done(new: ChatSettings | None) -> None:
-            if new is not None:
-                self.chat.set_settings(new)
-                self._update_header()
-                self.notify("Parameters apply from the next turn")
-
-        self.push_screen(ParamsScreen(self.settings), done)
-
-    def action_models(self) -> None:
-        from mlx_harmony_tui.backends.discovery import find_models
-
-        if self.loading:
-            self.notify("A model is already loading")
-            return
-
-        def done(choice: str | None) -> None:
-            if choice:
-                self.load_model(choice)
-
-        self.push_screen(ModelPickerScreen(find_models(self.models_dirs), self.model_ref), done)
-
-    def action_sessions(self) -> None:
-        async def done(result: tuple[str, str] | None) -> None:
-            if result is None:
-                return
-            what, sid = result
-            if what == "new":
-                await self.action_new_session()
-            elif sid != self.session_id:
-                await self.open_session(sid)
-
-        self.push_screen(SessionBrowserScreen(self.chat.store, self.session_id), done)
-
     async def _stop_and_wait(self) -> None:
         if self.generating:
             self.action_stop()
@@ -466,19 +349,6 @@ class HarmonyApp(App[None]):
         await show_session(self.conversation, self.screen_chat.query_one(ToolLog), session)
         self._update_header()
         return True
-
-    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
-        """Every bound action is also in the command palette (ctrl+p)."""
-        yield from super().get_system_commands(screen)
-        for b in CHAT_BINDINGS:
-            name = b.action.removeprefix("app.")
-            if name in ("quit", "command_palette"):
-                continue
-            if name == "toggle_tools":
-                yield SystemCommand(b.description, f"toggle the tool-call pane ({b.key})",
-                                    self.screen_chat.action_toggle_tools)
-                continue
-            yield SystemCommand(b.description, f"{b.id} ({b.key})", getattr(self, f"action_{name}"))
 
     # ---- shutting down --------------------------------------------------------------------------------
     def on_unmount(self) -> None:

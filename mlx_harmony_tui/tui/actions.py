@@ -1,0 +1,106 @@
+"""The chat screen's actions that open a dialog or act on what is shown (analysis, clipboard, help,
+parameters, models, sessions), and the command palette's list of them. A mixin of HarmonyApp (tui/app.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
+
+from textual.app import SystemCommand
+from textual.screen import Screen
+from textual.widgets import Collapsible
+
+from mlx_harmony_tui.chat.settings import ChatSettings
+from mlx_harmony_tui.tui.keymap import CHAT_BINDINGS
+from mlx_harmony_tui.tui.screens.help import HelpScreen
+from mlx_harmony_tui.tui.screens.models import ModelPickerScreen
+from mlx_harmony_tui.tui.screens.params import ParamsScreen
+from mlx_harmony_tui.tui.screens.sessions import SessionBrowserScreen
+from mlx_harmony_tui.tui.widgets.messages import AssistantMessage
+
+if TYPE_CHECKING:
+    from mlx_harmony_tui.tui.app import HarmonyApp
+
+    _Base = HarmonyApp
+else:
+    _Base = object
+
+
+class ScreenActions(_Base):
+    def action_toggle_analysis(self) -> None:
+        boxes = [b for b in self.conversation.query(Collapsible) if b.has_class("analysis")]
+        if not boxes:
+            return
+        collapse = not all(b.collapsed for b in boxes)
+        for b in boxes:
+            b.collapsed = collapse
+        for m in self.conversation.query(AssistantMessage):
+            m.user_toggled = True
+
+    def action_copy_reply(self) -> None:
+        msgs = [m for m in self.conversation.query(AssistantMessage) if m.final_text]
+        if not msgs:
+            self.notify("No reply to copy")
+            return
+        self.copy_to_clipboard(msgs[-1].final_text)
+        self.notify("Reply copied to the clipboard")
+
+    def action_copy_code(self) -> None:
+        for m in reversed(list(self.conversation.query(AssistantMessage))):
+            blocks = m.code_blocks()
+            if blocks:
+                self.copy_to_clipboard(blocks[-1])
+                self.notify("Code block copied to the clipboard")
+                return
+        self.notify("No code block to copy")
+
+    def action_help(self) -> None:
+        rows = [(self._keymap.get(b.id or "", b.key), b.description, b.id or "") for b in CHAT_BINDINGS]
+        self.push_screen(HelpScreen(rows))
+
+    def action_params(self) -> None:
+        def done(new: ChatSettings | None) -> None:
+            if new is not None:
+                self.chat.set_settings(new)
+                self._update_header()
+                self.notify("Parameters apply from the next turn")
+
+        self.push_screen(ParamsScreen(self.settings), done)
+
+    def action_models(self) -> None:
+        from mlx_harmony_tui.backends.discovery import find_models
+
+        if self.loading:
+            self.notify("A model is already loading")
+            return
+
+        def done(choice: str | None) -> None:
+            if choice:
+                self.load_model(choice)
+
+        self.push_screen(ModelPickerScreen(find_models(self.models_dirs), self.model_ref), done)
+
+    def action_sessions(self) -> None:
+        async def done(result: tuple[str, str] | None) -> None:
+            if result is None:
+                return
+            what, sid = result
+            if what == "new":
+                await self.action_new_session()
+            elif sid != self.session_id:
+                await self.open_session(sid)
+
+        self.push_screen(SessionBrowserScreen(self.chat.store, self.session_id), done)
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        """Every bound action is also in the command palette (ctrl+p)."""
+        yield from super().get_system_commands(screen)
+        for b in CHAT_BINDINGS:
+            name = b.action.removeprefix("app.")
+            if name in ("quit", "command_palette"):
+                continue
+            if name == "toggle_tools":
+                yield SystemCommand(b.description, f"toggle the tool-call pane ({b.key})",
+                                    self.screen_chat.action_toggle_tools)
+                continue
+            yield SystemCommand(b.description, f"{b.id} ({b.key})", getattr(self, f"action_{name}"))
