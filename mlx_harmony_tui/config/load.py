@@ -10,9 +10,11 @@ from pathlib import Path
 from typing import Any
 
 from mlx_harmony_tui import paths
-from mlx_harmony_tui.config.lines import find_line
+from mlx_harmony_tui.config.lines import dotted, find_line
 from mlx_harmony_tui.config.schema import AppConfig, ConfigError, ConfigProblem
 from mlx_harmony_tui.config.validate import Validator, toml_fields
+
+MAX_DEPTH = 32  # nesting of arrays/tables in a config file
 
 
 def _deep_merge(base: dict[str, Any], over: dict[str, Any]) -> dict[str, Any]:
@@ -46,7 +48,10 @@ def _read_toml(path: Path, problems: list[ConfigProblem]) -> tuple[dict[str, Any
         problems.append(ConfigProblem(path, None, None, f"cannot read: {e.strerror}; ignoring the file"))
         return {}, ""
     try:
-        return tomllib.loads(text), text
+        data = tomllib.loads(text)
+    except RecursionError:
+        problems.append(ConfigProblem(path, None, None, "nested too deeply to read; using defaults for the whole file"))
+        return {}, text
     except tomllib.TOMLDecodeError as e:
         m = re.search(r"\(at line (\d+), column (\d+)\)", str(e))
         line = int(m.group(1)) if m else None
@@ -56,6 +61,27 @@ def _read_toml(path: Path, problems: list[ConfigProblem]) -> tuple[dict[str, Any
             ConfigProblem(path, line, None, f"invalid TOML: {msg}{col}; using defaults for the whole file")
         )
         return {}, text
+    _prune_deep(data, path, text, problems)
+    return data, text
+
+
+def _prune_deep(data: dict[str, Any], path: Path, text: str, problems: list[ConfigProblem]) -> None:
+    """Drop arrays/tables nested deeper than MAX_DEPTH (no setting is), so that nothing later (validation,
+    merging, JSON schemas of tools) recurses into them; iterative, so this check cannot overflow itself."""
+    stack: list[tuple[tuple[str | int, ...], Any]] = [((), data)]
+    while stack:
+        keys, node = stack.pop()
+        items = list(node.items()) if isinstance(node, dict) else list(enumerate(node))
+        for k, v in reversed(items):  # from the end, so deleting from a list keeps earlier indices valid
+            if not isinstance(v, dict | list):
+                continue
+            if len(keys) + 1 >= MAX_DEPTH:
+                del node[k]
+                where = (*keys, k)
+                problems.append(ConfigProblem(path, find_line(text, where), dotted(where),
+                                              f"nested more than {MAX_DEPTH} levels deep; ignored"))
+            else:
+                stack.append(((*keys, k), v))
 
 
 _SAMPLING_KEYS = (

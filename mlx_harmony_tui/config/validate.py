@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import re
 import types
 import typing
@@ -29,6 +30,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "min_p": (0.0, 1.0),
     "top_k": (0, None),
     "repetition_penalty": (0.0, None),
+    "seed": (0, 2**64 - 1),  # the sampler's seed is an unsigned 64-bit integer
     "repetition_context": (0, None),
     "max_tokens": (1, None),
     "context_limit": (1, None),
@@ -64,6 +66,9 @@ def check(value: Any, tp: Any) -> Any:
     if origin in (Union, types.UnionType):
         if value is None and type(None) in typing.get_args(tp):
             return None
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        if len(options) == 1:  # X | None: X's own message ("expected a finite number, got nan")
+            return check(value, options[0])
         for arg in typing.get_args(tp):
             if arg is type(None):
                 continue
@@ -92,6 +97,8 @@ def check(value: Any, tp: Any) -> Any:
             return value
     elif tp is float:
         if isinstance(value, int | float) and not isinstance(value, bool):
+            if not math.isfinite(value):  # TOML has nan and inf: e.g. timeout_s = inf would mean no timeout
+                raise Bad(f"expected a finite number, got {value}")
             return float(value)
     elif tp is str:
         if isinstance(value, str):

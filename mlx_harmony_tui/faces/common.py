@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import math
 import os
 import sys
 from collections.abc import Callable
@@ -41,16 +42,38 @@ def add_model_flags(p: argparse.ArgumentParser, remote: bool = True) -> None:
     add_trace_flags(p)
 
 
+def finite_float(text: str) -> float:
+    """argparse type: a number, not nan or inf (which float() accepts and sampling cannot use)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a finite number")
+    return value
+
+
+def seed_int(text: str) -> int:
+    """argparse type: a seed is 0 .. 2**64-1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 0 <= value < 2**64:
+        raise argparse.ArgumentTypeError(f"{text!r}: a seed is between 0 and 2**64-1")
+    return value
+
+
 def add_settings_flags(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("generation")
-    g.add_argument("--temperature", type=float, default=None)
-    g.add_argument("--top-p", type=float, default=None)
+    g.add_argument("--temperature", type=finite_float, default=None)
+    g.add_argument("--top-p", type=finite_float, default=None)
     g.add_argument("--top-k", type=int, default=None)
-    g.add_argument("--min-p", type=float, default=None)
-    g.add_argument("--repetition-penalty", type=float, default=None)
+    g.add_argument("--min-p", type=finite_float, default=None)
+    g.add_argument("--repetition-penalty", type=finite_float, default=None)
     g.add_argument("--repetition-context", type=int, default=None, help="tokens the repetition penalty looks back over")
     g.add_argument("--max-tokens", type=int, default=None, help="most tokens per generation")
-    g.add_argument("--seed", type=int, default=None)
+    g.add_argument("--seed", type=seed_int, default=None)
     g.add_argument("--reasoning-effort", choices=EFFORTS, default=None)
     g.add_argument("--system", default=None, help="system prompt text (model identity)")
     g.add_argument("--instructions", default=None, help="developer instructions")
@@ -91,18 +114,18 @@ def parse_value(key: str, text: str, typed: str | None = None) -> Any:
     text = text.strip()
     try:
         if key in ("temperature", "top_p", "min_p", "repetition_penalty"):
-            value: Any = float(text)
+            value: Any = finite_float(text)
         elif key in ("top_k", "max_tokens", "repetition_context"):
             value = int(text)
         elif key == "seed":
-            value = None if text.lower() in ("", "none", "off") else int(text)
+            value = None if text.lower() in ("", "none", "off") else seed_int(text)
         elif key == "logit_bias":
             value = parse_logit_bias(text, name)
         elif key in ("reasoning_effort", "instructions", "system_prompt", "system"):
             value = text
         else:
             raise UserError(f"unknown setting {name!r}; known: {', '.join(SET_KEYS)}")
-    except ValueError:
+    except (ValueError, argparse.ArgumentTypeError):
         raise UserError(f"{name}: {text!r} is not a valid number") from None
     return value
 
