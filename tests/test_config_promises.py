@@ -183,3 +183,19 @@ async def test_tui_opens_a_new_conversation_with_the_greeting_and_expands_placeh
         assert app.screen.query_one(UserMessage).text == "hi Ada"
         messages = SessionStore().load(app.session_id).messages
         assert [(m.role, m.content) for m in messages[:2]] == [("assistant", "Hello Ada!"), ("user", "hi Ada")]
+
+
+def test_the_docs_example_model_name_in_models_dirs_runs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                         capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/config.md's own example: model = "gpt-oss-20b" with models_dirs = ["~/models"]."""
+    from mlx_harmony_tui.model import write_tiny_checkpoint
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    write_tiny_checkpoint(tmp_path / "models" / "gpt-oss-20b", layout="float")
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('model = "gpt-oss-20b"\nmodels_dirs = ["~/models"]\n')
+    rc, out, err = _run(["generate", "--config", str(cfg), "--prompt", "hi", "--max-tokens", "2", "--json"], "",
+                        monkeypatch, capsys)
+    assert rc == 0, err
+    doc = __import__("json").loads(out)
+    assert doc["finish_reason"] == "length" and "gpt-oss-20b" in doc["model"]

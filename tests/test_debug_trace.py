@@ -74,3 +74,23 @@ def test_chat_and_serve_take_the_flags(tmp_path: Path, monkeypatch: pytest.Monke
     assert turn["model"] == "tiny" and turn["prompt_tokens"] > 0
     assert cli.main(["generate", "--model", "tiny", "--prompt", "x", "--debug-file", str(tmp_path)]) == 2
     assert "--debug-file" in capsys.readouterr().err
+
+
+def test_a_remote_model_traces_its_requests_and_replies(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    from mlx_harmony_tui.chat.events import Delta, TurnFinished
+    from mlx_harmony_tui.server.app import create_app
+    from tests.test_server_protocol import ScriptedBackend
+
+    scripted = ScriptedBackend()
+    scripted.scripts.append([Delta("analysis", "thinking"), Delta("final", "remote answer"), TurnFinished("stop")])
+    debug, metrics = tmp_path / "remote.jsonl", tmp_path / "remote-turns.jsonl"
+    with serve_in_thread(create_app(scripted)) as url:
+        rc = cli.main(["generate", "--remote", url, "--prompt", "hi there", "--debug-file", str(debug),
+                       "--metrics-log", str(metrics)])
+    assert rc == 0, capsys.readouterr().err
+    (record,) = _lines(debug)
+    assert record["request"]["messages"][-1]["content"] == "hi there"
+    assert record["content"] == "remote answer" and record["reasoning"] == "thinking"
+    assert record["decision"] == "done (stop)"
+    (turn,) = _lines(metrics)
+    assert turn["finish_reason"] == "stop"

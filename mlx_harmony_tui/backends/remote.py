@@ -139,6 +139,7 @@ class RemoteBackend:
         self._model = model
         self._threads: list[threading.Thread] = []
         self._registries = RegistryCache(app_config)
+        self.trace: Any | None = None  # chat.trace.TurnTrace (--debug-file / --metrics-log), set by the face
 
     def _headers(self) -> dict[str, str]:
         h = {"Accept": "text/event-stream"}
@@ -192,7 +193,10 @@ class RemoteBackend:
     def _run(self, handle: TurnHandle, request: TurnRequest, model: str) -> None:
         """One turn: a request per model reply, with the tools it calls run in between."""
         httpx = _httpx()
-        handle.put(TurnStarted(uuid.uuid4().hex[:12]))
+        if self.trace is not None:
+            handle = _Traced(handle, self.trace)  # type: ignore[assignment]
+        turn_id = uuid.uuid4().hex[:12]
+        handle.put(TurnStarted(turn_id))
         tools = self._registries.get(request.settings)
         messages = list(request.messages)
         rounds = 0
@@ -207,10 +211,13 @@ class RemoteBackend:
                     state = _StreamState(handle, builtin_python=tools.python is not None)
                     t0 = time.perf_counter()
                     if not self._stream(client, body, handle, state, t0):
+                        self._trace_round(turn_id, rounds, body, state, t0, "failed or cancelled")
                         return  # failed or cancelled: the state has said so
                     metrics = state.finish_reply(t0)
                     calls = list(state.calls.values())
                     runnable = bool(calls) and all(tools.can_run(state.recipient(c["name"])) for c in calls)
+                    self._trace_round(turn_id, rounds, body, state, t0, "run the tool calls" if runnable
+                                      else f"done ({state.finish_reason or 'stop'})")
                     if not runnable:
                         handle.put(TurnFinished(_FINISH.get(state.finish_reason or "stop", "stop"), metrics))  # type: ignore[arg-type]
                         return
@@ -234,6 +241,19 @@ class RemoteBackend:
         finally:
             handle.close()
 
+    def _trace_round(self, turn_id: str, rounds: int, body: dict[str, Any], state: _StreamState, t0: float,
+                     decision: str) -> None:
+        """--debug-file for a remote model: the request as sent and the reply as received (the server
+        renders the prompt, so there are no special tokens to show)."""
+        if self.trace is None:
+            return
+        self.trace.attempt({
+            "turn_id": turn_id, "attempt": 0, "tool_round": rounds, "url": self.url, "request": body,
+            "reasoning": state.reasoning, "content": state.content, "tool_calls": list(state.calls.values()),
+            "finish": state.finish_reason, "usage": state.usage, "server_notes": state.comments,
+            "decision": decision, "seconds": round(time.perf_counter() - t0, 4),
+        })
+
     def _stream(self, client: Any, body: dict[str, Any], handle: TurnHandle, state: _StreamState, t0: float) -> bool:
         """One streamed reply into ``state``; False when it failed or was cancelled (already reported)."""
         with client.stream("POST", f"{self.url}/chat/completions", json=body, headers=self._headers()) as response:
@@ -244,6 +264,8 @@ class RemoteBackend:
                 if handle.cancel_event.is_set():
                     handle.put(TurnFinished("cancelled", state.finish_reply(t0)))
                     return False
+                if line.startswith(":") and line[1:].strip():  # our server reports its retries this way
+                    state.comments.append(line[1:].strip())
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -267,6 +289,20 @@ def _drive(step: Any, handle: TurnHandle) -> HMessage | None:
             return done.value
 
 
+class _Traced:
+    """A turn's handle whose events the trace also sees (the per-turn metrics line)."""
+
+    def __init__(self, handle: TurnHandle, trace: Any) -> None:
+        self._handle, self._trace = handle, trace
+
+    def put(self, event: Any) -> None:
+        self._handle.put(event)
+        self._trace.observe(event)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+
 class _StreamState:
     """Chunks -> events for one streamed reply."""
 
@@ -276,6 +312,7 @@ class _StreamState:
         self.reasoning = ""
         self.content = ""
         self.calls: dict[int, dict[str, str]] = {}
+        self.comments: list[str] = []  # SSE comment lines (the server's retries)
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
         self.first_token: float | None = None

@@ -215,7 +215,7 @@ def add_trace_flags(p: argparse.ArgumentParser) -> None:
 
 
 def attach_trace(backend: Any, args: argparse.Namespace) -> None:
-    """Give a local backend the trace files the flags name (a remote backend has no prompt to show)."""
+    """Give the backend the trace files the flags name (a remote one traces its requests and replies)."""
     debug, metrics = getattr(args, "debug_file", None), getattr(args, "metrics_log", None)
     if not (debug or metrics):
         return
@@ -290,6 +290,7 @@ def backend_loader(args: argparse.Namespace, cfg: Any) -> BackendLoader:
                 progress(0.2, f"connecting to {url}")
             backend = RemoteBackend(url, api_key=key, model=remote_model, app_config=cfg)  # declares its tools
             _ = backend.model_name  # fails here, clearly, if the server cannot be reached
+            attach_trace(backend, args)
             return backend
 
         return remote
