@@ -255,9 +255,15 @@ def run(args: argparse.Namespace) -> int:
         sys.stdin.reconfigure(errors="replace")
     backend, settings = make_backend(args, progress=_progress)
     try:
-        return LineChat(backend, settings, args, sys.stdin, sys.stdout, sys.stderr).run()
+        line_chat = LineChat(backend, settings, args, sys.stdin, sys.stdout, sys.stderr)
+    except BaseException:
+        backend.close()  # e.g. --session names a session that cannot be opened
+        release_mlx_streams()
+        raise
+    try:
+        return line_chat.run()
     finally:
-        backend.close()  # a no-op when the chat closed it
+        line_chat.chat.close()  # the session and the backend (a no-op when run() got to close them)
         release_mlx_streams()
 
 
