@@ -43,6 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    from mlx_harmony_tui.faces import distributed
+
+    argv, backend = distributed.take_flag(argv)
     parser = build_parser()
     known = set(parser._subparsers._group_actions[0].choices) if parser._subparsers else set()  # type: ignore[union-attr]
     if not argv or (argv[0].startswith("-") and argv[0] not in ("-h", "--help", "--version")):
@@ -53,6 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         parser.print_help()
         return 0
     try:
+        if backend is not None and distributed.start(backend) != 0:
+            return distributed.follow(args)
         return int(args.func(args) or 0)
     except UserError as e:
         print(f"mlx-harmony-tui: {e}", file=sys.stderr)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import threading
 import weakref
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -20,6 +21,18 @@ from mlx_harmony_tui.chat.turn import TurnContext, run_turn
 from mlx_harmony_tui.errors import UserError
 
 BUILTIN_NAMES = ("demo", "tiny")
+
+
+def shard_for_group() -> Callable[[Any], Any] | None:
+    """The loader's ``shard`` hook when this process is one rank of a distributed run, else None."""
+    from mlx_harmony_tui.engine import distributed
+
+    group = distributed.group()
+    if group is None:
+        return None
+    from mlx_harmony_tui.model.shard import shard_model
+
+    return lambda model: shard_model(model, group)
 
 
 def resolve_model_path(model: str | Path | None, models_dirs: Any = ()) -> Path:
@@ -60,7 +73,16 @@ class LocalBackend:
         self._thread = thread or MlxThread()
         self._worker = self._thread.thread
         kv_bits = getattr(app_config, "kv_bits", None)  # its stream: that thread's
-        self.engine = self._thread.call(lambda: Engine(model, config, model_id=str(path), kv_bits=kv_bits))
+        from mlx_harmony_tui.engine import distributed
+
+        group = distributed.group()
+
+        def make_engine() -> Engine:
+            if group is not None:  # --distributed: this rank drives; the others follow (faces/distributed.py)
+                return distributed.DistributedEngine(model, config, group, model_id=str(path), kv_bits=kv_bits)
+            return Engine(model, config, model_id=str(path), kv_bits=kv_bits)
+
+        self.engine = self._thread.call(make_engine)
         self.encoding = load_encoding(str(path))
         self.tools = tools
         from mlx_harmony_tui.tools import RegistryCache
@@ -110,7 +132,7 @@ class LocalBackend:
             check_fit(found.name, summary, planned, force, getattr(app_config, "kv_bits", None))
             report(0.0, f"loading {path}")
             ensure_vocabulary(path)
-            loaded, config = load_model(path, progress=report)
+            loaded, config = load_model(path, progress=report, shard=shard_for_group())
             set_wired_limit_for(summary.weight_bytes)  # macOS: keep the weights wired; a no-op elsewhere
             report(1.0, "ready")
             return cls(loaded, config, path, found.name, tools=tools, app_config=app_config, thread=thread)
@@ -189,3 +211,6 @@ class LocalBackend:
         """Finish queued turns, stop the worker, and stop tool processes (e.g. a persistent kernel)."""
         self._thread.stop()
         self._registries.close()
+        close_engine = getattr(self.engine, "close", None)
+        if close_engine is not None:  # a distributed engine releases the other ranks
+            close_engine()

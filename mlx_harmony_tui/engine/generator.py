@@ -157,7 +157,7 @@ class Engine:
             # its graph (the logits are never computed), so peak memory is bounded by one chunk.
             done = 0
             while total - done > 1:
-                if cancel.is_set():
+                if self._agree_stop(cancel.is_set()):
                     reason = "cancelled"
                     return
                 chunk = rest[done : min(done + step, total - 1)]
@@ -175,7 +175,7 @@ class Engine:
             stop_ids = opt.stop_ids
 
             # The last prompt token gives the first logits.
-            y = sampler(self._logits(rest[-1:]))
+            y = self._share(sampler(self._logits(rest[-1:])), cancel)
             pc.extend(rest[-1:])
             mx.async_eval(y, *pc.checkpoint())  # the sliding windows at the prompt's end (engine/cache.py)
             while True:
@@ -183,9 +183,12 @@ class Engine:
                 feed_next = n + 1 < max_tokens
                 if feed_next:
                     # Queue token n+1 before reading token n: the host never waits on the device in between.
-                    next_y = sampler(self._logits_from(y))
+                    next_y = self._share(sampler(self._logits_from(y)), cancel)
                     mx.async_eval(next_y)
                 tok = int(y.item())
+                if tok < 0:  # a stop marker shared by the first rank (engine/distributed.py)
+                    reason = "cancelled"
+                    return
                 if n == 0:
                     tracker.prefill_done()
                     if on_progress is not None and total > step:
@@ -206,7 +209,7 @@ class Engine:
                 if not feed_next:
                     reason = "length"
                     return
-                if cancel.is_set():
+                if cancel.is_set() and not self.stops_by_token:
                     reason = "cancelled"
                     return
                 if on_progress is not None and tracker.due():
@@ -234,6 +237,18 @@ class Engine:
                     on_progress(final)
                 except Exception:  # noqa: BLE001 - a failing callback must not mask the generation's outcome
                     pass
+
+    # --- hooks for generation over several ranks (engine/distributed.py) ------------------------------
+
+    stops_by_token = False  # True: a cancel travels inside the token stream (see _share), not by returning
+
+    def _share(self, y: mx.array, cancel: threading.Event) -> mx.array:
+        """The sampled token as every rank uses it (one process: itself)."""
+        return y
+
+    def _agree_stop(self, stop: bool) -> bool:
+        """Whether every rank stops the prefill here (one process: this one's wish)."""
+        return stop
 
     def _logits_from(self, y: mx.array) -> mx.array:
         """Like ``_logits`` for a token still on the device (no host sync to read it first)."""

@@ -227,7 +227,9 @@ def _convert_experts(w: _Weights, cfg: ModelConfig, i: int, quant: dict[str, Qua
     return out
 
 
-def _build(folder: Path, dtype: str | mx.Dtype | None, progress: Progress | None) -> tuple[GptOss, ModelConfig]:
+def _build(
+    folder: Path, dtype: str | mx.Dtype | None, progress: Progress | None, shard: Callable[[GptOss], Any] | None = None
+) -> tuple[GptOss, ModelConfig]:
     report = progress or (lambda fraction, message: None)
     compute = parse_dtype(dtype)
     if not folder.exists():
@@ -290,6 +292,11 @@ def _build(folder: Path, dtype: str | mx.Dtype | None, progress: Progress | None
             raise ModelLoadError(f"{w.where(key)}: tensor {key!r} has dtype {got.dtype}, expected {param.dtype}")
     model.load_weights([(k, converted[k]) for k in expected], strict=True)
     del converted, w
+    if shard is not None:  # split over ranks before anything is read: each rank reads only its part
+        try:
+            shard(model)
+        except ValueError as e:
+            raise ModelLoadError(f"{folder}: {e}") from e
 
     # Materialize layer by layer: bounded transient memory and a meaningful progress bar.
     parts: list[tuple[str, Any]] = [("embeddings", model.model.embed_tokens.parameters())]
@@ -307,10 +314,14 @@ def _build(folder: Path, dtype: str | mx.Dtype | None, progress: Progress | None
 
 
 def load_model(
-    path: str | Path, dtype: str | mx.Dtype | None = None, progress: Progress | None = None
+    path: str | Path,
+    dtype: str | mx.Dtype | None = None,
+    progress: Progress | None = None,
+    shard: Callable[[GptOss], Any] | None = None,
 ) -> tuple[GptOss, ModelConfig]:
-    """Load a GPT-OSS model folder; `dtype` overrides the compute dtype of unquantized weights.
+    """Load a GPT-OSS model folder; `dtype` overrides the compute dtype of unquantized weights; `shard`
+    (model/shard.py) splits the model over ranks before its weights are read.
 
     Raises ModelLoadError (a UserError) naming the file and the problem for anything a user can cause.
     """
-    return _build(Path(path).expanduser(), dtype, progress)
+    return _build(Path(path).expanduser(), dtype, progress, shard)
