@@ -93,8 +93,10 @@ def run(args: argparse.Namespace) -> int:
                     doc["retries"].append({"attempt": ev.attempt, "reason": ev.reason, "detail": ev.detail,
                                            "change": ev.change, "outcome": None})
                     doc["analysis"], doc["final"] = "", ""  # the document holds the attempt that counts
-                    if printer is not None:
+                    if printer is not None:  # the retry's text starts on a line of its own
                         print(f"\n(retry {ev.attempt}: {ev.reason}; {ev.change})", file=sys.stderr)
+                        sys.stdout.write("\n")
+                        printer.new_line()
                 elif isinstance(ev, Metrics) and ev.final:
                     last_metrics = ev
                 elif isinstance(ev, TurnFinished | TurnFailed) and ev.retries:
