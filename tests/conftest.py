@@ -61,3 +61,25 @@ def tiny_engine(tiny_model_dir: Path):
 
     model, config = load_model(tiny_model_dir)
     return Engine(model, config, model_id="tiny")
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny model in the mlx-community layout, two shards and an index (29 MB), as a repo's files."""
+    from mlx_harmony_tui.model import write_tiny_checkpoint
+
+    return write_tiny_checkpoint(tmp_path_factory.mktemp("repo") / "m", layout="mlx", shards=2)
+
+
+@pytest.fixture
+def fake_hub(checkpoint: Path, monkeypatch: pytest.MonkeyPatch):
+    """hub_server.REPO (plus files the loader does not need) on a local Hub-layout server; HF_ENDPOINT
+    points to it, so the real huggingface_hub client (and `models pull` in a child process) uses it."""
+    from hub_server import NOT_NEEDED, REPO, FakeHub
+
+    server = FakeHub()
+    server.add_folder(REPO, checkpoint, extra=NOT_NEEDED)
+    monkeypatch.setenv("HF_ENDPOINT", server.start())
+    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    yield server
+    server.stop()

@@ -195,3 +195,13 @@ class _Handler(BaseHTTPRequestHandler):
             self.close_connection = True
             return
         self.wfile.write(body)
+
+
+# What the tests that pull serve (fixtures ``checkpoint`` and ``fake_hub`` in conftest.py).
+REPO = "acme/tiny-oss"
+SHARD1, SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
+NOT_NEEDED = {
+    "README.md": b"# tiny\n",
+    "original/model.safetensors": b"x" * 1000,
+    "metal/model.bin": b"y" * 1000,
+}

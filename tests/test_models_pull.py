@@ -12,11 +12,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from hub_server import FakeHub, Hold
+from hub_server import REPO, SHARD1, SHARD2, FakeHub, Hold
 
 from mlx_harmony_tui.backends.base import TurnRequest
 from mlx_harmony_tui.backends.local import LocalBackend
@@ -29,30 +28,6 @@ from mlx_harmony_tui.chat.events import Delta, TurnFinished
 from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.harmony.messages import HMessage
 from mlx_harmony_tui.model import write_tiny_checkpoint
-
-REPO = "acme/tiny-oss"
-SHARD1, SHARD2 = "model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors"
-NOT_NEEDED = {
-    "README.md": b"# tiny\n",
-    "original/model.safetensors": b"x" * 1000,
-    "metal/model.bin": b"y" * 1000,
-}
-
-
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The tiny model in the mlx-community layout, two shards and an index (29 MB)."""
-    return write_tiny_checkpoint(tmp_path_factory.mktemp("repo") / "m", layout="mlx", shards=2)
-
-
-@pytest.fixture
-def fake_hub(checkpoint: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeHub]:
-    server = FakeHub()
-    server.add_folder(REPO, checkpoint, extra=NOT_NEEDED)
-    monkeypatch.setenv("HF_ENDPOINT", server.start())
-    monkeypatch.setenv("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-    yield server
-    server.stop()
 
 
 def chat_once(backend: LocalBackend) -> str:

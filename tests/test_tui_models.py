@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 from pathlib import Path
 
 from tui_fakes import ScriptedBackend, simple_reply
@@ -15,10 +14,10 @@ from mlx_harmony_tui.tui.command import build_app, register
 SIZE = (120, 40)
 
 
-async def test_model_picker_lists_found_models_and_loads_choice(tmp_path: Path) -> None:
+async def test_model_picker_lists_found_models_and_loads_choice(tmp_path: Path, tiny_model_dir: Path) -> None:
     models = tmp_path / "models"
-    (models / "gpt-oss-20b").mkdir(parents=True)
-    (models / "gpt-oss-20b" / "config.json").write_text(json.dumps({"model_type": "gpt_oss"}))
+    models.mkdir()
+    (models / "gpt-oss-20b").symlink_to(tiny_model_dir)
     loaded: list[str] = []
 
     def loader(model: str, progress) -> ScriptedBackend:
@@ -35,7 +34,7 @@ async def test_model_picker_lists_found_models_and_loads_choice(tmp_path: Path) 
         assert picker.__class__.__name__ == "ModelPickerScreen"
         labels = [str(picker.query_one("OptionList").get_option_at_index(i).prompt)
                   for i in range(picker.query_one("OptionList").option_count)]
-        assert labels[0].startswith("demo") and "gpt-oss-20b" in labels[1]
+        assert labels[0].startswith("● demo") and "gpt-oss-20b" in labels[1]  # ● marks the current one
         picker.query_one("OptionList").focus()
         await pilot.press("down", "enter")
         await app.workers.wait_for_complete()

@@ -173,11 +173,12 @@ class LineChat:
         if callable(list_models):
             names = list_models()
         else:
-            from mlx_harmony_tui.backends.discovery import find_models
+            from mlx_harmony_tui.catalog.listing import columns, find_models
             from mlx_harmony_tui.faces.common import load_app_config
 
-            cfg = load_app_config(self.args)
-            names = [f"{e.name}  ({e.path})" for e in find_models(cfg.models_dirs)]
+            cfg = load_app_config(self.args)  # the same rows as `models list`
+            found = find_models(cfg.models_dirs, context=self.settings.context_limit, kv_bits=cfg.kv_bits)
+            names = ["  ".join(columns(e)[:-1]) + f"  fits: {columns(e)[-1]}" for e in found]
         self.out.write(f"current: {self.backend.model_name}\n")
         for n in names:
             self.out.write(f"  {n}\n")

@@ -37,6 +37,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
 
     a = sub.add_parser("pull", help="download a Hugging Face repo (OWNER/NAME[@REVISION]) and verify it")
     a.add_argument("repo", help="e.g. openai/gpt-oss-20b or mlx-community/gpt-oss-20b-MXFP4-Q8@main")
+    a.add_argument("--progress-lines", action="store_true", help=argparse.SUPPRESS)  # the TUI reads these
     common(a)
     a.set_defaults(func=cmd_pull)
 
@@ -109,8 +110,14 @@ def cmd_pull(args: argparse.Namespace) -> int:
     _, context, kv_bits = _config(args)
     if not hub.offline():  # (offline, pull says so in one line)
         print(f"pulling {args.repo} from {hub.endpoint()} into {hub.cache_dir()}", file=sys.stderr)
+    progress = None
+    if args.progress_lines:  # "done total" byte counts, one line each, for a parent process (tui/pull.py)
+
+        def progress(done: int, total: int) -> None:
+            print(f"progress {done} {total}", flush=True)
+
     try:
-        path = hub.pull(repo, revision, verify=bad_files)
+        path = hub.pull(repo, revision, progress=progress, verify=bad_files)
     except KeyboardInterrupt:
         print(f"\ninterrupted: run `{hub.pull_command(repo, revision)}` again to continue "
               "(finished files are kept)", file=sys.stderr)  # fmt: skip

@@ -68,7 +68,7 @@ class ScreenActions(_Base):
         self.push_screen(ParamsScreen(self.settings), done)
 
     def action_models(self) -> None:
-        from mlx_harmony_tui.backends.discovery import find_models
+        from mlx_harmony_tui.catalog.listing import find_models
 
         if self.loading:
             self.notify("A model is already loading")
@@ -78,7 +78,8 @@ class ScreenActions(_Base):
             if choice:
                 self.load_model(choice)
 
-        self.push_screen(ModelPickerScreen(find_models(self.models_dirs), self.model_ref), done)
+        found = find_models(self.models_dirs, context=self.settings.context_limit)
+        self.push_screen(ModelPickerScreen(found, self.model_ref, self.models_dirs), done)
 
     def action_sessions(self) -> None:
         async def done(result: tuple[str, str] | None) -> None:
