@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import sys
 import threading
 import time
 from pathlib import Path
@@ -129,3 +130,32 @@ def test_with_the_os_sandbox_python_runs_without_asking() -> None:
     registry = ToolRegistry(python=PythonToolConfig(confirm=False))
     assert not registry.needs_confirmation("python") and registry.confirmation_note("python") == ""
     assert registry.run("python", "print(37*12)").output == "444\n"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="the reaper is Linux-only")
+def test_without_an_os_sandbox_the_kernel_still_works_and_ends_its_children(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(sandbox, "detect", lambda: sandbox.Sandbox(sandbox.NONE, reason="none here"))
+    marker = f"mht-kernel-child-{time.monotonic_ns()}"
+    tool = PythonTool(PythonToolConfig(persistent=True, timeout_s=10))
+    try:
+        assert tool.run("x = 2").output == ""
+        code = f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(60)', {marker!r}], start_new_session=True)\nx * 21"
+        assert tool.run(code).output == "42\n"
+    finally:
+        tool.close()
+    deadline = time.monotonic() + 10
+    while _alive(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(marker)
+
+
+def _alive(marker: str) -> bool:
+    for p in Path("/proc").iterdir():
+        try:
+            if p.name.isdigit() and marker.encode() in (p / "cmdline").read_bytes():
+                return True
+        except OSError:
+            pass
+    return False

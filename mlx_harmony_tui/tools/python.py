@@ -25,7 +25,7 @@ from pathlib import Path
 
 from mlx_harmony_tui.tools import sandbox
 from mlx_harmony_tui.tools.python_child import MAGIC, read_exact
-from mlx_harmony_tui.tools.runner import kill_group, run_process, truncate_text
+from mlx_harmony_tui.tools.runner import kill_group, reaped, run_process, truncate_text
 
 # Runs inside the child; read as text so the child imports nothing from this package.
 _CHILD = (Path(__file__).parent / "python_child.py").read_text(encoding="utf-8")
@@ -170,6 +170,8 @@ class PythonTool:
     def _start_kernel(self) -> subprocess.Popen[bytes]:
         self._kernel_dir = tempfile.mkdtemp(prefix="mht-kernel-")
         argv, _, env = self._command("kernel", self._kernel_dir)
+        if not self.sandbox.available:  # no pid namespace to end its children: the reaper does
+            argv = reaped(argv)
         self._kernel = _SPAWNER.submit(
             subprocess.Popen,
             argv,
