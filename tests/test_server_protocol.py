@@ -345,3 +345,26 @@ def test_api_key_required() -> None:
         assert r.choices[0].message.content == "ok"
         assert httpx.get(url.removesuffix("/v1") + "/health").status_code == 200
     assert len(backend.requests) == 1
+
+
+def test_a_streamed_retry_is_an_sse_comment_and_never_text(server: tuple[str, ScriptedBackend]) -> None:
+    import httpx
+
+    from mlx_harmony_tui.chat.events import Retry
+
+    url, backend = server
+    backend.scripts.append([Delta("analysis", "first try"), Retry(1, "loop", "the model repeated itself",
+                                                                  change="repetition_penalty 1 -> 1.15, seed 7 -> 8"),
+                            Delta("analysis", "second try"), Delta("final", "done"), TurnFinished("stop")])
+    body = {"model": "scripted", "stream": True, "messages": [{"role": "user", "content": "hi"}]}
+    with httpx.stream("POST", f"{url}/chat/completions", json=body, timeout=20) as r:
+        lines = list(r.iter_lines())
+    assert ": retry 1 (loop): repetition_penalty 1 -> 1.15, seed 7 -> 8" in lines
+    deltas = [json.loads(x[5:]) for x in lines if x.startswith("data: {")]
+    text = "".join(str(c["delta"].get("reasoning_content", "")) + str(c["delta"].get("content") or "")
+                   for d in deltas for c in d["choices"])
+    assert "retry" not in text and "repeated" not in text
+    backend.scripts.append([Delta("final", "a"), Retry(1, "parse", "x"), Delta("final", "b"), TurnFinished("stop")])
+    streamed = "".join(ch.choices[0].delta.content or "" for ch in client(url).chat.completions.create(
+        model="scripted", messages=[{"role": "user", "content": "hi"}], stream=True) if ch.choices)
+    assert streamed == "ab"  # the SDK skips the comment line
