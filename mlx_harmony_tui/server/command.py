@@ -33,6 +33,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("serve", help="serve an OpenAI-compatible API (POST /v1/chat/completions)")
     add_model_flags(p, remote=False)
     add_settings_flags(p)
+    for action in p._actions:  # the server's own default differs from the other faces'
+        if "--tools" in action.option_strings:
+            action.help = ("built-in tools the server runs itself for clients that do not declare them: python,"
+                           "browser (default: none; clients run their own functions)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None, help=f"require this bearer token (or set {API_KEY_ENV})")
