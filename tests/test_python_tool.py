@@ -159,3 +159,15 @@ def _alive(marker: str) -> bool:
         except OSError:
             pass
     return False
+
+
+def test_generate_says_why_python_did_not_run_without_a_sandbox(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlx_harmony_tui import cli
+
+    monkeypatch.setattr(sandbox, "detect", lambda: sandbox.Sandbox(sandbox.NONE, reason="bwrap is missing"))
+    argv = ["generate", "--temperature", "0", "--max-tokens", "200", "--prompt", "What is 37*12?"]
+    assert cli.main(argv) == 0
+    err = capsys.readouterr().err
+    assert "tool call python refused (No OS sandbox: bwrap is missing." in err and "--yes allows it" in err

@@ -88,6 +88,9 @@ def run(args: argparse.Namespace) -> int:
                     doc["tool_results"].append({"id": ev.call_id, "recipient": ev.recipient, "output": ev.output,
                                                 "error": ev.error})
                 elif isinstance(ev, ToolConfirmation):
+                    if not args.yes:  # e.g. python with no OS sandbox: say why it did not run
+                        why = f" ({ev.note})" if ev.note else ""
+                        print(f"tool call {ev.recipient} refused{why}: --yes allows it", file=sys.stderr)
                     chat.confirmation(ev)(bool(args.yes))
                 elif isinstance(ev, Retry):
                     doc["retries"].append({"attempt": ev.attempt, "reason": ev.reason, "detail": ev.detail,
