@@ -49,7 +49,7 @@ async def test_first_run_shows_paths_and_how_to_use_a_real_model() -> None:
     async with app.run_test(size=SIZE):
         text = str(app.screen.query_one("#welcome").render())
         assert str(paths.sessions_dir()) in text and str(paths.config_file()) in text
-        assert "--model PATH" in text and "model = " in text
+        assert "models pull openai/gpt-oss-20b" in text and "--model openai/gpt-oss-20b" in text and "model = " in text
 
 
 async def test_remote_mode_unreachable_server_is_a_clear_error() -> None:

@@ -60,8 +60,8 @@ def welcome_text(model: str, config_file: Path | None = None) -> str:
         f"Model: {model}\n"
         f"Sessions: {paths.sessions_dir()}\n"
         f"Config:   {config_file or paths.config_file()}\n"
-        "To chat with gpt-oss-20b: start with --model PATH (a folder with config.json and *.safetensors),\n"
-        "or set  model = \"PATH\"  in the config file, or pick one with ctrl+o.\n"
+        "To chat with gpt-oss-20b: mlx-harmony-tui models pull openai/gpt-oss-20b, then start with\n"
+        "--model openai/gpt-oss-20b (or a folder), or set  model = \"...\"  in the config, or press ctrl+o.\n"
         "Enter sends, shift+enter / ctrl+j adds a line, esc stops, F1 lists every key."
     )
 

@@ -24,15 +24,32 @@ _FITS_STYLE = {"yes": "green", "no": "bold red", "broken": "yellow", "?": "dim"}
 _FITS_WORD = {"yes": "fits", "no": "too big", "broken": "broken", "?": "fit ?"}
 
 
-def entry_label(entry: ModelEntry, widths: list[int], current: bool) -> Text:
-    """One aligned row: name, source, size, layout, quantization, and whether it fits (coloured)."""
+def entry_label(entry: ModelEntry, widths: dict[int, int], current: bool) -> Text:
+    """One aligned row of the columns in ``widths`` (index into ``columns``), then whether it fits (coloured)."""
     cells = columns(entry)
-    fit = cells.pop()
+    fit = cells[-1]
     text = Text("● " if current else "  ")
-    text.append("  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=False)))
+    text.append("  ".join(cells[i][:w].ljust(w) for i, w in widths.items()))
     text.append("  ")
     text.append(_FITS_WORD[fit], style=_FITS_STYLE[fit])
     return text
+
+
+def fit_columns(entries: list[ModelEntry], room: int) -> dict[int, int]:
+    """Which of name, source, size, layout, quantization fit in ``room`` cells, by priority, with widths:
+    a narrow terminal keeps name, size and the fit word on one line and drops the rest."""
+    widths = {i: max([len(columns(e)[i]) for e in entries] + [0]) for i in range(5)}
+    room -= 2 + 2 + len("too big")  # the current mark, the gap before the fit word, the fit word
+    chosen: dict[int, int] = {}
+    for i in (0, 2, 4, 3, 1):  # name, size, quantization, layout, source
+        need = widths[i] + (2 if chosen else 0)
+        if need <= room:
+            chosen[i] = widths[i]
+            room -= need
+        elif i == 0:
+            chosen[i] = max(8, room)  # a long name is cut rather than wrapped
+            room = 0
+    return dict(sorted(chosen.items()))
 
 
 class ModelPickerScreen(ModalScreen[str | None]):
@@ -57,7 +74,8 @@ class ModelPickerScreen(ModalScreen[str | None]):
         self.models_dirs = list(models_dirs)
 
     def compose(self) -> ComposeResult:
-        widths = [max([len(columns(e)[i]) for e in self.entries] + [0]) for i in range(5)]
+        # the dialog is 90% of the screen (at most 130) minus its border, padding and the list's gutter
+        widths = fit_columns(self.entries, min(130, int(self.app.size.width * 0.9)) - 6)
         with Vertical():
             yield Static(f"[b]Choose a model[/b]  (current: {self.current or 'none'})")
             options = [
