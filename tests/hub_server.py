@@ -49,6 +49,7 @@ class FakeHub:
         self.log: list[tuple[str, str, str | None]] = []  # (method, path, Range header)
         self.cut_once: dict[str, int] = {}  # file -> byte count after which the connection drops, once
         self.hold: Hold | None = None
+        self.gated: dict[str, str] = {}  # repo -> the token it wants (else 401 GatedRepo, as the Hub answers)
         self._server: ThreadingHTTPServer | None = None
 
     # -- content --------------------------------------------------------------------------------------
@@ -145,6 +146,9 @@ class _Handler(BaseHTTPRequestHandler):
         repo, commit = self.fake._resolve(m.group(1), m.group(2))
         if repo is None:
             return self._error(404, "RepoNotFound")
+        token = self.fake.gated.get(m.group(1))
+        if token and self.headers.get("Authorization") != f"Bearer {token}":
+            return self._error(401, "GatedRepo")
         if commit is None:
             return self._error(404, "RevisionNotFound")
         files = repo.commits[commit]

@@ -5,6 +5,7 @@ and a repo that is not GPT-OSS; and the same from the command line and the TUI."
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -120,6 +121,25 @@ def test_a_killed_pull_continues_where_it_stopped(fake_hub: FakeHub, checkpoint:
     verify(resolve(REPO).path, REPO, "n/a")
 
 
+def test_ctrl_c_stops_a_pull_at_once(fake_hub: FakeHub) -> None:
+    fake_hub.hold = hold = Hold(SHARD2, at=3_000_000)  # a file that is half way
+    proc = subprocess.Popen([sys.executable, "-m", "mlx_harmony_tui", "models", "pull", REPO], env=dict(os.environ),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)  # fmt: skip
+    try:
+        assert hold.reached.wait(120), "the pull never got going"
+        start = time.monotonic()
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=30)  # huggingface_hub's download threads would keep it alive
+        assert time.monotonic() - start < 10
+    finally:
+        hold.release.set()
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130
+    assert f"interrupted: run `mlx-harmony-tui models pull {REPO}` again to continue" in err
+
+
 def test_a_truncated_shard_is_caught_before_loading_and_pull_repairs_it(fake_hub: FakeHub) -> None:
     path = hub.pull(REPO, verify=bad_files)
     blob = (path / SHARD2).resolve()
@@ -207,12 +227,30 @@ def test_a_repo_that_is_not_gpt_oss_is_refused_before_its_weights_move(fake_hub:
         hub.pull(REPO, "v9")
 
 
+def test_a_gated_repo_needs_hf_token(
+    fake_hub: FakeHub, checkpoint: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    fake_hub.add_folder("acme/gated-oss", checkpoint)
+    fake_hub.gated["acme/gated-oss"] = "hf_test_token"
+    with pytest.raises(HubError, match="acme/gated-oss is gated: accept its terms at http://127.0.0.1:.*/acme/gated-oss"
+                       " and set HF_TOKEN"):  # fmt: skip
+        hub.pull("acme/gated-oss")
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token")
+    verify(hub.pull("acme/gated-oss"), "acme/gated-oss", "n/a")
+
+
 def test_cli_pull_then_generate_then_the_tui(fake_hub: FakeHub) -> None:
     env = dict(os.environ)
     pulled = _cli("models", "pull", REPO, env=env)
     assert pulled.returncode == 0, pulled.stderr
     listed = _cli("models", "list", env=env)
     assert listed.returncode == 0 and REPO in listed.stdout and "hf-cache" in listed.stdout, listed.stderr
+    info = _cli("models", "info", REPO, "--json", env=env)
+    assert info.returncode == 0, info.stderr
+    doc = json.loads(info.stdout)
+    assert (doc["layers"], doc["experts"], doc["experts_per_token"], doc["context"]) == (4, 4, 2, 131072)
+    assert doc["parameters"] > 20_000_000 and doc["weight_bytes"] > 20_000_000 and doc["fits"] is True
+    assert doc["layout"] == "mlx" and doc["kv_bytes_per_token"] > 0 and doc["source"] == "hf-cache"
     gen = _cli("generate", "--model", REPO, "--prompt", "hi", "--max-tokens", "4", "--seed", "1", env=env)
     assert gen.returncode == 0, gen.stderr
 

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import signal
 import sys
 from typing import Any
 
@@ -116,12 +118,19 @@ def cmd_pull(args: argparse.Namespace) -> int:
         def progress(done: int, total: int) -> None:
             print(f"progress {done} {total}", flush=True)
 
+    def interrupted(_sig: int, _frame: Any) -> None:
+        print(f"\ninterrupted: run `{hub.pull_command(repo, revision)}` again to continue "
+              "(finished files are kept)", file=sys.stderr, flush=True)  # fmt: skip
+        sys.stdout.flush()
+        # Straight out: huggingface_hub's download threads cannot be stopped, and a KeyboardInterrupt would
+        # wait for every file in flight (gigabytes) on its way out; the next pull removes their partial files.
+        os._exit(130)
+
+    previous = signal.signal(signal.SIGINT, interrupted)
     try:
         path = hub.pull(repo, revision, progress=progress, verify=bad_files)
-    except KeyboardInterrupt:
-        print(f"\ninterrupted: run `{hub.pull_command(repo, revision)}` again to continue "
-              "(finished files are kept)", file=sys.stderr)  # fmt: skip
-        return 130
+    finally:
+        signal.signal(signal.SIGINT, previous)
     summary = verify(path, args.repo, f"run `{hub.pull_command(repo, revision)}` again")
     ok = fits(memory_need(summary, context, kv_bits))
     verdict = {True: "fits this machine's memory", False: "does NOT fit this machine's memory", None: ""}[ok]
