@@ -199,3 +199,5 @@ def test_fit_refuses_with_numbers_and_force_overrides(sharded: Path, monkeypatch
     assert check_fit("acme/tiny-oss", s, force=True).total == need.total
     assert check_fit("acme/tiny-oss", s, context=4096).context == 4096  # a smaller context fits
     assert check_fit("acme/tiny-oss", s, kv_bits=8).kv < need.kv  # and so does a quantized KV cache
+    two = check_fit("acme/tiny-oss", s, ranks=2)  # and a share of it on each of two ranks
+    assert two.weights == int(s.weight_bytes * 0.55) and two.kv == need.kv // 2

@@ -128,12 +128,16 @@ class LocalBackend:
             report(0.0, f"checking {found.name}")
             summary = verify(path, found.name, found.fix)  # every shard there and whole, before any tensor is read
             # A clear sentence with numbers instead of a swap storm or a crash:
+            from mlx_harmony_tui.engine import distributed
+
             planned = context if context is not None else _configured_context(app_config)
-            check_fit(found.name, summary, planned, force, getattr(app_config, "kv_bits", None))
+            group = distributed.group()
+            ranks = group.size() if group is not None else 1  # each rank holds its share
+            need = check_fit(found.name, summary, planned, force, getattr(app_config, "kv_bits", None), ranks)
             report(0.0, f"loading {path}")
             ensure_vocabulary(path)
             loaded, config = load_model(path, progress=report, shard=shard_for_group())
-            set_wired_limit_for(summary.weight_bytes)  # macOS: keep the weights wired; a no-op elsewhere
+            set_wired_limit_for(need.weights)  # macOS: keep the weights wired; a no-op elsewhere
             report(1.0, "ready")
             return cls(loaded, config, path, found.name, tools=tools, app_config=app_config, thread=thread)
 

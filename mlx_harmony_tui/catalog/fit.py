@@ -38,13 +38,17 @@ class MemoryNeed:
         )
 
 
-def memory_need(summary: ModelSummary, context: int | None = None, kv_bits: int | None = None) -> MemoryNeed:
+def memory_need(
+    summary: ModelSummary, context: int | None = None, kv_bits: int | None = None, ranks: int = 1
+) -> MemoryNeed:
     """``context``: the configured context_limit (None or larger than the model's: the model's own);
-    ``kv_bits``: the config's KV cache quantization."""
+    ``kv_bits``: the config's KV cache quantization; ``ranks``: processes of a distributed run, each of
+    which holds its share of the heads and experts (plus ~5% of the weights that every rank keeps)."""
     tokens = min(context, summary.context) if context else summary.context
+    share = 1.0 if ranks <= 1 else 1 / ranks + 0.05
     return MemoryNeed(
-        weights=summary.weight_bytes,
-        kv=summary.kv_bytes(tokens, kv_bits),
+        weights=int(summary.weight_bytes * share),
+        kv=summary.kv_bytes(tokens, kv_bits) // max(1, ranks),
         working=working_bytes(summary.weight_bytes),
         context=tokens,
     )
@@ -62,9 +66,10 @@ def check_fit(
     context: int | None = None,
     force: bool = False,
     kv_bits: int | None = None,
+    ranks: int = 1,
 ) -> MemoryNeed:
     """Raise ModelTooLargeError with the numbers and the ways out, unless it fits or ``force``."""
-    need = memory_need(summary, context, kv_bits)
+    need = memory_need(summary, context, kv_bits, ranks)
     budget = memory.memory_budget()
     if force or fits(need, budget) is not False:
         return need
@@ -77,6 +82,7 @@ def check_fit(
     ]
     hint = f" ({budget.hint})" if budget.hint else ""
     raise ModelTooLargeError(
-        f"{name} needs ~{need.total / GB:.1f} GB ({need.words()}); this machine can give MLX "
+        f"{name} needs ~{need.total / GB:.1f} GB{f' per rank of {ranks}' if ranks > 1 else ''} ({need.words()}); "
+        "this machine can give MLX "
         f"~{budget.nbytes / GB:.1f} GB, {budget.source}{hint}. To go on: {'; '.join(w for w in ways if w)}"
     )
