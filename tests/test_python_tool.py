@@ -171,3 +171,38 @@ def test_generate_says_why_python_did_not_run_without_a_sandbox(
     assert cli.main(argv) == 0
     err = capsys.readouterr().err
     assert "tool call python refused (No OS sandbox: bwrap is missing." in err and "--yes allows it" in err
+
+
+async def test_the_tui_confirmation_says_there_is_no_sandbox() -> None:
+    from textual.widgets import Static
+    from tui_fakes import ScriptedBackend
+
+    from mlx_harmony_tui.backends.base import TurnHandle, TurnRequest
+    from mlx_harmony_tui.chat import events as ev
+    from mlx_harmony_tui.tui.app import HarmonyApp
+    from mlx_harmony_tui.tui.widgets.chat_input import ChatInput
+
+    answers: list[bool] = []
+    note = "No OS sandbox: bwrap is missing. The code will run with your permissions and can read your files."
+
+    def script(request: TurnRequest, handle: TurnHandle) -> None:
+        handle.put(ev.TurnStarted("t"))
+        handle.put(ev.ToolCall("c1", "python", "print(37*12)"))
+        handle.put(ev.ToolConfirmation("c1", "python", "print(37*12)", note=note))
+        answers.append(handle.wait_confirmation("c1", timeout=10))
+        handle.put(ev.TurnFinished("stop"))
+
+    app = HarmonyApp(backend=ScriptedBackend(script))
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.screen.query_one(ChatInput).focus()
+        await pilot.press(*"compute", "enter")
+        for _ in range(200):
+            await pilot.pause(0.02)
+            if app.screen.__class__.__name__ == "ConfirmScreen":
+                break
+        assert app.screen.__class__.__name__ == "ConfirmScreen"
+        detail = str(app.screen.query_one(".detail", Static).render())
+        assert detail.startswith("No OS sandbox: bwrap is missing.") and "print(37*12)" in detail
+        await pilot.press("n")
+        await app.wait_idle(10)
+    assert answers == [False]
