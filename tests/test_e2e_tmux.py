@@ -71,7 +71,7 @@ def test_chat_in_tmux_and_find_session_after_restart(isolated_dirs: Path, tmp_pa
     try:
         t.start(*args)
         screen = t.wait_for("Model ready", 120)
-        assert "Sessions:" in screen and "--model PATH" in screen  # the first-run hints
+        assert "Sessions:" in screen and "models pull" in screen  # the first-run hints
         t.keys("-l", "hello from tmux")
         t.keys("Enter")
         t.wait_for("You", 30)
