@@ -20,6 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from mlx_harmony_tui.harmony.messages import HMessage
+from training import arith
+from training import content as C
 
 EFFORTS = ("low", "medium", "high")
 CUTOFFS = ("2024-06",)
@@ -169,90 +171,7 @@ def steps_of(d: Dialogue, encoding: Any, render: Callable[[Dialogue, Sequence[HM
     return steps
 
 
-# --------------------------------------------------------------------------- content
-
-GREETINGS = [
-    "hi", "Hi!", "hello", "Hello!", "hey", "Hey there", "good morning", "Good evening!", "yo", "hi there",
-    "Hello, who are you?", "hey, how are you?",
-]
-GREET_FINAL = [
-    "Hello! I'm the small demo model built into mlx-harmony-tui. Ask me some arithmetic and watch me use the python tool.",
-    "Hi! I'm a tiny demo model that runs right here on your CPU. Try asking me what 37 times 12 is.",
-    "Hey! I'm the built-in demo model. I can chat a little, do arithmetic with the python tool, and explain this app.",
-]
-APP_QA: list[tuple[list[str], str, str]] = [
-    (["What can you do?", "what can you do", "What are you able to do?", "Help"],
-     "The user asks about my abilities. I am a tiny demo model, so I should be honest and list a few things.",
-     "I'm a tiny demo model, so I can do only a few things: greet you, explain this app, list simple things, "
-     "and do arithmetic or unit conversions with the python tool."),
-    (["What is this app?", "what is mlx-harmony-tui?", "Tell me about this program", "What is this?"],
-     "The user asks what this application is. I should describe mlx-harmony-tui briefly.",
-     "mlx-harmony-tui is a terminal chat app for OpenAI's GPT-OSS models. It runs the model in-process with MLX "
-     "and shows the model's thinking, tool calls and final answers as they stream."),
-    (["Which model are you?", "What model is this?", "Are you gpt-oss?", "Who made you?"],
-     "The user asks which model they are talking to. I am the built-in demo model, not the real gpt-oss.",
-     "I'm the built-in demo model: a tiny network with the GPT-OSS architecture, trained only to show the app "
-     "at work. Load a real model with --model PATH for real answers."),
-    (["How do I quit?", "how do I exit", "How can I close the app?"],
-     "The user wants to leave the app. Textual apps quit with ctrl+q.",
-     "Press ctrl+q to quit the app."),
-    (["How do I load a real model?", "How can I use gpt-oss-20b?", "How do I change the model?"],
-     "The user wants a real model instead of me. They pass its folder on the command line.",
-     "Start the app with mlx-harmony-tui --model PATH, where PATH is a folder with a GPT-OSS checkpoint such as "
-     "gpt-oss-20b."),
-    (["What is Harmony?", "what is the harmony format?", "Explain Harmony"],
-     "The user asks about the Harmony format. I should explain channels briefly.",
-     "Harmony is the chat format of GPT-OSS models. Each reply has an analysis channel for thinking, a commentary "
-     "channel for tool calls, and a final channel for the answer."),
-    (["What is the thinking panel?", "Why do I see your thoughts?", "What is the analysis?"],
-     "The user asks about the thinking shown in the app. That is my analysis channel.",
-     "That panel shows my analysis channel: the reasoning I write before the answer. It streams while I think and "
-     "folds away when the final answer starts."),
-    (["Can you use tools?", "Do you have tools?", "What is the python tool?"],
-     "The user asks about tools. I can call python when it is enabled.",
-     "Yes. When the python tool is enabled I send code to it, the app runs it and shows the call and its result "
-     "in the log, and I use the output in my answer."),
-    (["How do I open the command palette?", "Where are the commands?"],
-     "The user asks about commands in the app. Textual has a command palette on ctrl+p.",
-     "Press ctrl+p to open the command palette and search for a command."),
-    (["thanks", "Thank you!", "thank you", "Thanks a lot"],
-     "The user thanks me. I should reply politely.",
-     "You're welcome! Ask me anything else."),
-    (["bye", "Goodbye!", "see you"],
-     "The user says goodbye.",
-     "Goodbye! Press ctrl+q when you want to quit."),
-]
-LISTS: dict[str, list[str]] = {
-    "colors": ["red", "green", "blue", "yellow", "purple", "orange"],
-    "fruits": ["apple", "banana", "cherry", "mango", "pear", "grape"],
-    "animals": ["cat", "dog", "horse", "rabbit", "fox", "owl"],
-    "planets": ["Mercury", "Venus", "Earth", "Mars", "Jupiter", "Saturn"],
-    "days of the week": ["Monday", "Tuesday", "Wednesday", "Thursday", "Friday", "Saturday", "Sunday"],
-}
-NUMWORDS = {2: "two", 3: "three", 4: "four", 5: "five"}
-LIST_TEMPLATES = ["List {n} {what}.", "Name {n} {what}", "Give me {n} {what} as a list", "list {n} {what} please"]
-ARITH: dict[str, tuple[list[str], str, str]] = {
-    # op: (user templates, python operator, word for the analysis)
-    "mul": (["What is {a} times {b}?", "What is {a}*{b}?", "Compute {a} x {b}", "how much is {a} times {b}",
-             "Multiply {a} by {b}", "{a}*{b}=?"], "*", "product"),
-    "add": (["What is {a} plus {b}?", "What is {a}+{b}?", "Add {a} and {b}", "compute {a} + {b}",
-             "What's the sum of {a} and {b}?"], "+", "sum"),
-    "sub": (["What is {a} minus {b}?", "What is {a}-{b}?", "Subtract {b} from {a}", "compute {a} - {b}"], "-",
-            "difference"),
-    "div": (["What is {a} divided by {b}?", "What is {a}/{b}?", "Divide {a} by {b}", "compute {a} / {b}"], "//",
-            "quotient"),
-}
-UNITS: list[tuple[str, str, str, float]] = [
-    # (from, to, template, factor)
-    ("km", "miles", "Convert {x} km to miles", 0.621371),
-    ("miles", "km", "How many km is {x} miles?", 1.609344),
-    ("kg", "pounds", "Convert {x} kg to pounds", 2.204623),
-    ("pounds", "kg", "How many kg are {x} pounds?", 0.453592),
-    ("inches", "cm", "Convert {x} inches to cm", 2.54),
-    ("feet", "meters", "How many meters is {x} feet?", 0.3048),
-]
-CELSIUS = ["Convert {x} C to Fahrenheit", "What is {x} degrees Celsius in Fahrenheit?"]
-
+# --------------------------------------------------------------------------- dialogues
 
 def _date(rng: random.Random) -> str:
     return (dt.date(2025, 1, 1) + dt.timedelta(days=rng.randrange(0, 1500))).isoformat()
@@ -276,21 +195,25 @@ def _user(text: str) -> HMessage:
 
 
 def _chat_turn(rng: random.Random, effort: str) -> tuple[list[HMessage], str]:
-    kind = rng.choice(["greet", "app", "app", "list"])
+    kind = rng.choices(["greet", "app", "list", "offtopic"], weights=[8, 13, 8, 21])[0]
     if kind == "greet":
-        return [_user(rng.choice(GREETINGS)),
+        return [_user(rng.choice(C.GREETINGS)),
                 _a(_think(rng, effort, "The user greets me. I should greet back and offer help.",
                           "I am the demo model, so I mention what I can do."), "analysis"),
-                _a(rng.choice(GREET_FINAL), "final")], "greet"
+                _a(rng.choice(C.GREET_FINAL), "final")], "greet"
     if kind == "app":
-        qs, think, ans = rng.choice(APP_QA)
+        qs, think, ans = rng.choice(C.APP_QA)
         return [_user(rng.choice(qs)), _a(_think(rng, effort, think, "A short, clear answer is best."), "analysis"),
                 _a(ans, "final")], "app"
-    what = rng.choice(list(LISTS))
-    items = LISTS[what]
+    if kind == "offtopic":
+        return [_user(C.off_topic(rng)),
+                _a(_think(rng, effort, C.HONEST_THINK, "I only know a few demo skills."), "analysis"),
+                _a(C.HONEST, "final")], "offtopic"
+    what = rng.choice(list(C.LISTS))
+    items = C.LISTS[what]
     n = rng.randint(2, 5)
-    nword = NUMWORDS[n] if rng.random() < 0.5 else str(n)
-    q = rng.choice(LIST_TEMPLATES).format(n=nword, what=what)
+    nword = C.NUMWORDS[n] if rng.random() < 0.5 else str(n)
+    q = rng.choice(C.LIST_TEMPLATES).format(n=nword, what=what)
     start = rng.randrange(0, len(items) - n + 1)
     chosen = items[start : start + n]
     think = _think(rng, effort, f"The user wants {n} {what}. I will pick {', '.join(chosen)}.",
@@ -298,68 +221,39 @@ def _chat_turn(rng: random.Random, effort: str) -> tuple[list[HMessage], str]:
     return [_user(q), _a(think, "analysis"), _a("\n".join(f"- {x}" for x in chosen), "final")], "list"
 
 
-def _fmt_num(x: float) -> str:
-    return str(int(x)) if float(x).is_integer() else str(x)
-
-
 def _arith_turn(rng: random.Random, effort: str, tool: bool) -> tuple[list[HMessage], str, str]:
-    """Arithmetic goes through python: analysis, call, tool result, analysis, final that quotes the result."""
-    if rng.random() < 0.75:
-        op = rng.choice(list(ARITH))
-        templates, sym, word = ARITH[op]
-        if op == "mul":
-            a, b = rng.randint(2, 99), rng.randint(2, 99)
-        elif op == "div":
-            b = rng.randint(2, 30)
-            a = b * rng.randint(2, 60)
-        else:
-            a, b = rng.randint(1, 999), rng.randint(1, 999)
-            if op == "sub" and b > a and rng.random() < 0.7:
-                a, b = b, a
-        q = rng.choice(templates).format(a=a, b=b)
-        code = f"print({a}{sym}{b})"
-        result = str(eval(f"{a}{sym}{b}"))  # noqa: S307 - our own generated integers
-        think1 = _think(rng, effort, f"The user wants the {word} of {a} and {b}. I'll compute it with python.",
-                        "Python gives an exact answer.")
-        think2 = f"Python printed {result}, so the {word} is {result}."
-        final = f"{a} {'x' if sym == '*' else '/' if sym == '//' else sym} {b} = {result}"
-    else:
-        if rng.random() < 0.2:
-            x = rng.randint(-20, 45)
-            q = rng.choice(CELSIUS).format(x=x)
-            code = f"print(round({x}*9/5+32, 2))"
-            result = str(round(x * 9 / 5 + 32, 2))
-            unit_from, unit_to = "C", "F"
-        else:
-            unit_from, unit_to, tpl, factor = rng.choice(UNITS)
-            x = rng.randint(1, 200)
-            q = tpl.format(x=x)
-            code = f"print(round({x}*{factor}, 2))"
-            result = str(round(x * factor, 2))
-        think1 = _think(rng, effort, f"The user wants {x} {unit_from} in {unit_to}. I'll compute it with python.",
-                        "Rounding to two decimals is enough.")
-        think2 = f"Python printed {result}, so {x} {unit_from} is {result} {unit_to}."
-        final = f"{x} {unit_from} is about {result} {unit_to}."
+    """Arithmetic goes through python: analysis, call (operands copied as typed), tool result, analysis, and a
+    final that quotes the result."""
+    p = arith.conversion(rng) if rng.random() < 0.1 else arith.problem(rng)
     if not tool:
-        return [_user(q),
+        return [_user(p.question),
                 _a(_think(rng, effort, "The user asks for a calculation, but the python tool is not enabled.",
                           "I am too small to compute reliably without it."), "analysis"),
                 _a("I'm a tiny demo model and can't calculate reliably without the python tool. Enable the python "
-                   "tool and ask again.", "final")], "arith_notool", result
+                   "tool and ask again.", "final")], "arith_notool", p.answer()
+    result = p.result()
+    if p.units:
+        goal = f"{p.display} {p.units[0]} in {p.units[1]}"
+        extra = "Rounding to two decimals is enough."
+    else:
+        goal = p.display
+        extra = "Python gives an exact answer." if "round(" not in p.code else "I'll round to 4 decimals."
+    think1 = _think(rng, effort, f"The user wants {goal}. I'll compute it with python.", extra)
+    think2 = f"Python printed {result}, so the answer is {p.answer()}."
     msgs = [
-        _user(q),
+        _user(p.question),
         _a(think1, "analysis"),
-        _a(code, "commentary", "python"),
+        _a(p.code, "commentary", "python"),
         HMessage(role="tool", text=result + "\n", channel="commentary", recipient="assistant", author="python"),
         _a(think2, "analysis"),
-        _a(final, "final"),
+        _a(arith.final_text(rng, p), "final"),
     ]
-    return msgs, "arith", result
+    return msgs, "arith", p.answer()
 
 
 def make_dialogue(rng: random.Random) -> Dialogue:
     """One random dialogue: 1 turn mostly, sometimes 2-3 turns (earlier analysis dropped at render time)."""
-    d = Dialogue(effort=rng.choice(EFFORTS), date=_date(rng), python_tool=rng.random() < 0.8,
+    d = Dialogue(effort=rng.choice(EFFORTS), date=_date(rng), python_tool=rng.random() < 0.85,
                  stock_tool_text=rng.random() < 0.15)
     n_turns = 1 if rng.random() < 0.75 else rng.randint(2, 3)
     for t in range(n_turns):
@@ -375,9 +269,19 @@ def make_dialogue(rng: random.Random) -> Dialogue:
     return d
 
 
-def make_dialogues(seed: int, n: int) -> list[Dialogue]:
-    rng = random.Random(seed)
+CHUNK = 500  # dialogues per independently seeded chunk: the data is the same for any number of workers
+
+
+def _chunk(seed: int, index: int, n: int) -> list[Dialogue]:
+    rng = random.Random(seed * 1_000_003 + index)
     return [make_dialogue(rng) for _ in range(n)]
+
+
+def make_dialogues(seed: int, n: int) -> list[Dialogue]:
+    out: list[Dialogue] = []
+    for c in range((n + CHUNK - 1) // CHUNK):
+        out += _chunk(seed, c, min(CHUNK, n - c * CHUNK))
+    return out
 
 
 def make_steps(seed: int, n: int, encoding: Any) -> list[Step]:
@@ -388,13 +292,38 @@ def make_steps(seed: int, n: int, encoding: Any) -> list[Step]:
     return out
 
 
-def vocab_from(steps: Sequence[Step], encoding: Any) -> list[int]:
-    """Every token id the data uses, plus all Harmony specials and the number tokens 0-999 (so held-out
-    numbers never fall outside the compact vocabulary)."""
+def _chunk_steps(job: tuple[int, int, int]) -> list[Step]:
+    """One chunk's steps, in a worker process (each loads the vocabulary once)."""
+    from mlx_harmony_tui.harmony.vocab import load_encoding
+
+    seed, index, n = job
+    encoding = load_encoding()
+    render = make_renderer(encoding)
+    return [s for d in _chunk(seed, index, n) for s in steps_of(d, encoding, render)]
+
+
+def make_steps_parallel(seed: int, n: int, workers: int) -> list[Step]:
+    """``make_steps`` over worker processes (the same steps, in the same order)."""
+    from multiprocessing import get_context
+
+    jobs = [(seed, c, min(CHUNK, n - c * CHUNK)) for c in range((n + CHUNK - 1) // CHUNK)]
+    with get_context("spawn").Pool(workers) as pool:
+        return [s for part in pool.imap(_chunk_steps, jobs) for s in part]
+
+
+def vocab_from(steps: Sequence[Step], encoding: Any, min_count: int = 4) -> list[int]:
+    """The compact vocabulary: every token the assistant writes, prompt tokens seen at least ``min_count``
+    times, all Harmony specials and the digit chunks 0-999 (so any number a user types is known). Rarer
+    prompt words map to one extra unknown row (``save_npz``), which is what any unseen word maps to at
+    inference, so the model learns to read past words it does not know."""
+    from collections import Counter
+
+    counts: Counter[int] = Counter()
     ids: set[int] = set()
     for s in steps:
-        ids.update(s.prompt)
+        counts.update(s.prompt)
         ids.update(s.completion)
+    ids.update(t for t, c in counts.items() if c >= min_count)
     for k in range(1000):
         for t in (str(k), f" {k}", f"{k:03d}"):
             ids.update(encoding.encode(t))
@@ -403,19 +332,21 @@ def vocab_from(steps: Sequence[Step], encoding: Any) -> list[int]:
 
 
 def save_npz(steps: Sequence[Step], vocab_ids: Sequence[int], path: Path) -> None:
-    """Flat arrays: tokens mapped to compact ids, and a mask of completion positions."""
+    """Flat arrays: tokens mapped to compact ids (tokens outside the vocabulary to the unknown row,
+    ``len(vocab_ids)``), and a mask of completion positions."""
     import numpy as np
 
-    remap = {t: i for i, t in enumerate(vocab_ids)}
-    toks: list[int] = []
-    mask: list[int] = []
-    offsets = [0]
-    for s in steps:
-        toks += [remap[t] for t in s.prompt + s.completion]
-        mask += [0] * len(s.prompt) + [1] * len(s.completion)
-        offsets.append(len(toks))
-    np.savez_compressed(path, tokens=np.array(toks, np.int32), mask=np.array(mask, np.uint8),
-                        offsets=np.array(offsets, np.int64), vocab_ids=np.array(vocab_ids, np.int32))
+    unk = len(vocab_ids)
+    remap = np.full(201088, unk, np.int64)
+    remap[np.asarray(vocab_ids)] = np.arange(unk)
+    flat = np.fromiter((t for s in steps for t in s.prompt + s.completion), np.int64)
+    mask = np.fromiter((m for s in steps for m in [0] * len(s.prompt) + [1] * len(s.completion)), np.uint8)
+    toks = remap[flat]
+    assert not np.any((toks == unk) & (mask == 1)), "the assistant only writes vocabulary tokens"
+    offsets = np.cumsum([0] + [len(s.prompt) + len(s.completion) for s in steps])
+    dtype = np.uint16 if unk < 65535 else np.int32
+    np.savez_compressed(path, tokens=toks.astype(dtype), mask=mask, offsets=offsets.astype(np.int64),
+                        vocab_ids=np.array(vocab_ids, np.int32))
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -425,9 +356,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--n", type=int, default=4000, help="dialogues")
     p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--workers", type=int, default=1, help="processes (the data does not depend on it)")
     a = p.parse_args(argv)
     enc = load_encoding()
-    steps = make_steps(a.seed, a.n, enc)
+    steps = make_steps(a.seed, a.n, enc) if a.workers <= 1 else make_steps_parallel(a.seed, a.n, a.workers)
     vocab = vocab_from(steps, enc)
     save_npz(steps, vocab, a.out)
     n_tok = sum(len(s.prompt) + len(s.completion) for s in steps)

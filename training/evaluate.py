@@ -19,19 +19,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from mlx_harmony_tui.chat.events import (
-    MessageDone,
-    Metrics,
-    Recovery,
-    Retry,
-    ToolCall,
-    ToolResult,
-    TurnFailed,
-)
 from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.engine.sampling import SamplingParams
 from mlx_harmony_tui.harmony.messages import HMessage
 from training.datagen import Dialogue, make_dialogues
+from training.heldout import HONEST_MARK, run_messages
 
 
 @dataclass
@@ -63,47 +55,22 @@ def settings_of(d: Dialogue, max_tokens: int, temperature: float = 0.0, seed: in
 
 
 def run_one(engine: Any, encoding: Any, d: Dialogue, max_tokens: int = 256, temperature: float = 0.0) -> Outcome:
-    from mlx_harmony_tui.chat.turn import TurnContext, run_turn
-    from mlx_harmony_tui.tools.registry import ToolRegistry
-
-    settings = settings_of(d, max_tokens, temperature)
-    tools = ToolRegistry.from_settings(settings)
-    ctx = TurnContext(engine=engine, encoding=encoding, context_limit=4096, tools=tools, confirm=lambda _r: True)
-    out = Outcome(kind=d.kind, valid=False, arith_ok=None)
-    channels: list[str] = []
-    calls: list[ToolCall] = []
-    results: list[ToolResult] = []
-    try:
-        for ev in run_turn(ctx, request_of(d), settings):
-            if isinstance(ev, MessageDone):
-                channels.append(ev.channel)
-                if ev.channel == "final":
-                    out.final = ev.text
-            elif isinstance(ev, ToolCall):
-                calls.append(ev)
-            elif isinstance(ev, ToolResult):
-                results.append(ev)
-            elif isinstance(ev, Recovery):
-                out.problems.append(f"recovery:{ev.kind}")
-            elif isinstance(ev, Retry):
-                out.problems.append(f"retry:{ev.reason}")
-            elif isinstance(ev, TurnFailed):
-                out.problems.append(f"failed:{ev.error[:60]}")
-            elif isinstance(ev, Metrics) and ev.final and ev.decode_tps:
-                out.decode_tps.append(ev.decode_tps)
-    finally:
-        tools.close()
-    if "analysis" not in channels:
+    t = run_messages(engine, encoding, request_of(d), settings_of(d, max_tokens, temperature))
+    out = Outcome(kind=d.kind, valid=False, arith_ok=None, problems=list(t.problems), decode_tps=t.decode_tps,
+                  final=t.final)
+    if "analysis" not in t.channels:
         out.problems.append("no analysis")
-    if "final" not in channels:
+    if "final" not in t.channels:
         out.problems.append("no final")
     out.valid = not out.problems
     if d.kind.endswith("arith") and d.python_tool:
-        ok_call = bool(calls) and calls[0].recipient == "python" and bool(results) and not results[0].error
+        ok_call = bool(t.calls) and t.calls[0].recipient == "python" and bool(t.results) and not t.results[0].error
         expected = d.answer or ""
-        out.arith_ok = ok_call and expected in out.final and expected in results[0].output
+        out.arith_ok = ok_call and expected in out.final and expected in t.results[0].output
         if not out.arith_ok:
             out.problems.append(f"arith: expected {expected}, final {out.final[:50]!r}")
+    if d.kind.endswith("offtopic") and (t.calls or HONEST_MARK not in t.final):
+        out.problems.append(f"offtopic: final {out.final[:50]!r}")
     return out
 
 

@@ -24,7 +24,7 @@ import mlx.optimizers as optim
 import numpy as np
 
 from mlx_harmony_tui.model.config import ModelConfig
-from mlx_harmony_tui.model.gpt_oss import GptOss
+from mlx_harmony_tui.model.gpt_oss import Experts, GptOss, _swiglu
 
 FULL_VOCAB = 201088
 
@@ -56,13 +56,24 @@ DEMO_CONFIG: dict[str, Any] = {
 }
 
 
+def dense_experts(self: Experts, x: mx.array, indices: mx.array) -> mx.array:
+    """Training forward of float experts: every token through all experts, then its top-k picked. With 4
+    experts this costs 2x the sparse matmuls but has no host sync (the model's CUDA prefill path counts rows
+    per expert on the host, which compile and grad transformations refuse) and no gather_mm (wrong on CUDA
+    for float experts in MLX 0.32.4, see model/gpt_oss.py). Same math as ``Experts.__call__``."""
+    gu, dn = self.gate_up, self.down
+    h = mx.einsum("nh,ehf->nef", x, gu.weight) + gu.bias  # (N, E, 2I)
+    y = mx.einsum("nei,eih->neh", _swiglu(h, self._alpha, self._limit), dn.weight) + dn.bias  # (N, E, H)
+    return mx.take_along_axis(y, indices[..., None], axis=1)  # (N, k, H)
+
+
 def load_data(path: Path, max_len: int) -> tuple[list[np.ndarray], list[np.ndarray], np.ndarray]:
     d = np.load(path)
     toks, mask, off = d["tokens"], d["mask"], d["offsets"]
     xs, ms = [], []
     for a, b in zip(off[:-1], off[1:], strict=True):
         if b - a <= max_len:
-            xs.append(toks[a:b])
+            xs.append(toks[a:b].astype(np.int32))
             ms.append(mask[a:b])
     return xs, ms, d["vocab_ids"]
 
@@ -80,7 +91,9 @@ def make_batch(xs: list[np.ndarray], ms: list[np.ndarray], idx: np.ndarray, buck
 
 
 def compact_loss(model: GptOss, x: mx.array, y: mx.array, m: mx.array, rest_logit: float) -> mx.array:
-    logits = model(x).astype(mx.float32)
+    """Cross-entropy over [the compact vocabulary's logits, log(n_unused)]; the last row of the model's
+    vocabulary is the unknown-word input row, never an output, so its logit is left out."""
+    logits = model(x)[..., :-1].astype(mx.float32)
     rest = mx.full((*logits.shape[:-1], 1), rest_logit, dtype=mx.float32)
     ce = nn.losses.cross_entropy(mx.concatenate([logits, rest], axis=-1), y)
     return (ce * m).sum() / mx.maximum(m.sum(), 1.0)
@@ -103,14 +116,18 @@ def to_hf_layout(params: dict[str, mx.array]) -> dict[str, mx.array]:
     return out
 
 
-def save_compact(params: dict[str, mx.array], vocab_ids: np.ndarray, out: Path, extra: dict[str, Any]) -> None:
+def save_compact(params: dict[str, mx.array], vocab_ids: np.ndarray, out: Path, config: dict[str, Any],
+                 extra: dict[str, Any]) -> None:
     """Matrices in float16 (half the bytes in the repository); vectors (norms, biases, sinks) in float32,
-    which also makes the loader pick float32 compute (it follows model.norm.weight's dtype)."""
+    which also makes the loader pick float32 compute (it follows model.norm.weight's dtype). The embedding
+    keeps its unknown-word row (len(vocab_ids) + 1 rows); lm_head has one row per vocabulary token."""
     out.mkdir(parents=True, exist_ok=True)
+    params = dict(params)
+    params["lm_head.weight"] = params["lm_head.weight"][: len(vocab_ids)]
     weights = {k: v.astype(mx.float16 if v.ndim >= 2 else mx.float32) for k, v in to_hf_layout(params).items()}
     weights["vocab_ids"] = mx.array(vocab_ids.astype(np.int32))
     mx.save_safetensors(str(out / "model.safetensors"), weights, metadata={"format": "pt"})
-    cfg = dict(DEMO_CONFIG)
+    cfg = dict(config)
     cfg["demo"] = extra
     (out / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
 
@@ -127,14 +144,23 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--bucket", type=int, default=128, help="pad lengths to a multiple (fewer compiled shapes)")
     p.add_argument("--no-compile", action="store_true")
+    p.add_argument("--hidden", type=int, default=DEMO_CONFIG["hidden_size"])
+    p.add_argument("--layers", type=int, default=DEMO_CONFIG["num_hidden_layers"])
+    p.add_argument("--intermediate", type=int, default=DEMO_CONFIG["intermediate_size"])
+    p.add_argument("--heads", type=int, default=DEMO_CONFIG["num_attention_heads"], help="query heads of 64")
     a = p.parse_args(argv)
+    config = {**DEMO_CONFIG, "hidden_size": a.hidden, "num_hidden_layers": a.layers,
+              "intermediate_size": a.intermediate, "num_attention_heads": a.heads,
+              "num_key_value_heads": max(1, a.heads // 2),
+              "layer_types": ["sliding_attention", "full_attention"] * (a.layers // 2) + ["sliding_attention"] * (a.layers % 2)}
 
     mx.random.seed(a.seed)
     rng = np.random.default_rng(a.seed)
     xs, ms, vocab_ids = load_data(a.data, a.max_len)
     n_c = len(vocab_ids)
     rest_logit = math.log(FULL_VOCAB - n_c)
-    cfg = ModelConfig.from_dict({**DEMO_CONFIG, "vocab_size": n_c})
+    cfg = ModelConfig.from_dict({**config, "vocab_size": n_c + 1})  # + the unknown-word row
+    Experts.__call__ = dense_experts  # type: ignore[method-assign]  # this process only trains
     model = GptOss(cfg)
     # Zero-mean small init for the unembedding so training starts near uniform over the compact vocabulary.
     model.lm_head.weight = mx.random.normal(model.lm_head.weight.shape) * 0.02
@@ -189,8 +215,8 @@ def main(argv: list[str] | None = None) -> None:
     print(f"done: {steps} steps in {time.time() - t0:.0f}s, final loss {ema:.4f}", flush=True)
     from mlx.utils import tree_flatten
 
-    save_compact(dict(tree_flatten(model.parameters())), vocab_ids, a.out, {"steps": steps, "loss": round(float(ema or 0), 4),
-                                            "trained_tokens": seen, "compact_vocab": n_c})
+    extra = {"steps": steps, "loss": round(float(ema or 0), 4), "trained_tokens": seen, "compact_vocab": n_c}
+    save_compact(dict(tree_flatten(model.parameters())), vocab_ids, a.out, config, extra)
 
 
 if __name__ == "__main__":
