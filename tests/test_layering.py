@@ -130,7 +130,7 @@ def test_the_check_catches_upward_imports(module: str, source: str) -> None:
     [
         ("mlx_harmony_tui.chat.turn", "from mlx_harmony_tui.harmony.render import render_prompt\nimport os"),
         ("mlx_harmony_tui.tools.registry", "from mlx_harmony_tui.chat.settings import ChatSettings"),
-        ("mlx_harmony_tui.model.load", "from mlx_harmony_tui.demo import expand_compact"),
+        ("mlx_harmony_tui.model.load", "from mlx_harmony_tui.demo.compact import install_compact"),
         ("mlx_harmony_tui.tui.app", "from mlx_harmony_tui.faces.common import parse_value"),
         ("mlx_harmony_tui.faces.chat_command", "from mlx_harmony_tui.controller import ChatController"),
         ("mlx_harmony_tui.controller.conversation", "from mlx_harmony_tui.backends.base import TurnRequest"),

@@ -130,7 +130,7 @@ def score(item: dict[str, Any], t: Trace) -> Score:
     kind, prompt, final = item["kind"], item["prompt"], t.final
     s = Score(kind, prompt, t.valid, False)
     if kind == "arith":
-        code = t.calls[0].text if t.calls else ""
+        code = t.calls[0].arguments if t.calls else ""
         if t.calls:
             s.copied = literals(code) == literals(item["expr"])
         ran = bool(t.results) and not t.results[0].error

@@ -247,13 +247,7 @@ def _build(
 
     report(0.0, "reading safetensors headers")
     w = _Weights(_weight_files(folder))
-    if "vocab_ids" in w.arrays:  # compact checkpoint (the built-in demo): expand to full vocabulary rows
-        from mlx_harmony_tui.demo import expand_compact
-
-        try:
-            w.arrays = expand_compact(w.arrays, config.vocab_size)
-        except ValueError as e:
-            raise ModelLoadError(f"{w.where('vocab_ids')}: {e}") from e
+    compact = w.arrays.pop("vocab_ids", None)  # compact checkpoint (the built-in demo): used rows only
 
     quant: dict[str, QuantSpec] = {}
     converted: dict[str, mx.array] = {}
@@ -278,6 +272,13 @@ def _build(
         converted[key] = value.astype(mx.float32 if (float_expert and cpu) else compute)
 
     model = GptOss(config, quant)
+    if compact is not None:
+        from mlx_harmony_tui.demo.compact import install_compact
+
+        try:
+            install_compact(model, {**converted, "vocab_ids": compact}, config.vocab_size)
+        except ValueError as e:
+            raise ModelLoadError(f"{w.where('vocab_ids')}: {e}") from e
     expected = dict(tree_flatten(model.parameters()))
     for key, param in expected.items():
         if key not in converted:
