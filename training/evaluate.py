@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import platform
 import statistics
-import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,7 +22,7 @@ from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.engine.sampling import SamplingParams
 from mlx_harmony_tui.harmony.messages import HMessage
 from training.datagen import Dialogue, make_dialogues
-from training.heldout import HONEST_MARK, run_messages
+from training.heldout import HONEST_MARK, load_engine, run_messages
 
 
 @dataclass
@@ -75,18 +74,7 @@ def run_one(engine: Any, encoding: Any, d: Dialogue, max_tokens: int = 256, temp
 
 
 def evaluate(model_path: Path, seed: int, n: int, n_arith: int, temperature: float = 0.0) -> dict[str, Any]:
-    import mlx.core as mx
-
-    from mlx_harmony_tui.engine.generator import Engine
-    from mlx_harmony_tui.harmony.vocab import load_encoding
-    from mlx_harmony_tui.model.load import load_model
-
-    encoding = load_encoding()
-    mx.set_default_device(mx.cpu)
-    t0 = time.perf_counter()
-    model, config = load_model(model_path)
-    load_s = time.perf_counter() - t0
-    engine = Engine(model, config, model_id="demo")
+    engine, encoding, load_s = load_engine(model_path)
 
     held = make_dialogues(seed, n)
     extra = [d for d in make_dialogues(seed + 1000, 20 * n_arith) if d.kind.endswith("arith") and d.python_tool]

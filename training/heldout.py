@@ -150,7 +150,8 @@ def score(item: dict[str, Any], t: Trace) -> Score:
     return s
 
 
-def evaluate(model_path: Path, temperature: float, seed: int, effort: str, limit: int = 0) -> dict[str, Any]:
+def load_engine(model_path: Path) -> tuple[Any, Any, float]:
+    """(engine, encoding, seconds load_model took) for a model on the CPU, as the app loads it."""
     import mlx.core as mx
 
     from mlx_harmony_tui.engine.generator import Engine
@@ -162,7 +163,11 @@ def evaluate(model_path: Path, temperature: float, seed: int, effort: str, limit
     t0 = time.perf_counter()
     model, config = load_model(model_path)
     load_s = time.perf_counter() - t0
-    engine = Engine(model, config, model_id="demo")
+    return Engine(model, config, model_id="demo"), encoding, load_s
+
+
+def evaluate(model_path: Path, temperature: float, seed: int, effort: str, limit: int = 0) -> dict[str, Any]:
+    engine, encoding, load_s = load_engine(model_path)
     items = [json.loads(line) for line in HELDOUT.read_text().splitlines() if line.strip()]
     items = items[:: max(1, len(items) // limit)][:limit] if limit else items
     scores, tps = [], []
