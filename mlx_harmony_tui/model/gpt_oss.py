@@ -338,6 +338,13 @@ class Experts(nn.Module):
         return mx.concatenate(outs)[mx.argsort(order)].reshape(N, k, H)
 
 
+def route(router: nn.Module, x: mx.array, k: int) -> tuple[mx.array, mx.array]:
+    """Each row's top-k experts and their weights: a softmax over the chosen logits only (as HF gpt-oss)."""
+    logits = router(x)
+    indices = mx.stop_gradient(mx.argpartition(logits, kth=-k, axis=-1)[..., -k:])
+    return indices, mx.softmax(mx.take_along_axis(logits, indices, axis=-1), axis=-1, precise=True)
+
+
 class MoE(nn.Module):
     def __init__(self, config: ModelConfig, gate_up_quant: QuantSpec | None, down_quant: QuantSpec | None) -> None:
         super().__init__()
@@ -348,10 +355,7 @@ class MoE(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         B, L, H = x.shape
         x = x.reshape(B * L, H)
-        logits = self.router(x)
-        k = self.top_k
-        indices = mx.stop_gradient(mx.argpartition(logits, kth=-k, axis=-1)[..., -k:])
-        weights = mx.softmax(mx.take_along_axis(logits, indices, axis=-1), axis=-1, precise=True)
+        indices, weights = route(self.router, x, self.top_k)
         y = self.experts(x, indices)
         return (y * weights[..., None].astype(y.dtype)).sum(axis=-2).reshape(B, L, H)
 

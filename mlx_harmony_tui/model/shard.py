@@ -17,7 +17,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from mlx_harmony_tui.model.gpt_oss import MoE
+from mlx_harmony_tui.model.gpt_oss import MoE, route
 
 VocabMode = Literal["auto", "split", "replicate"]
 
@@ -58,10 +58,7 @@ class ShardedMoE(nn.Module):
     def __call__(self, x: mx.array) -> mx.array:
         B, L, H = x.shape
         x = x.reshape(B * L, H)
-        logits = self.router(x)
-        k = self.top_k
-        indices = mx.stop_gradient(mx.argpartition(logits, kth=-k, axis=-1)[..., -k:])
-        weights = mx.softmax(mx.take_along_axis(logits, indices, axis=-1), axis=-1, precise=True)
+        indices, weights = route(self.router, x, self.top_k)
         local = indices - self._start
         mine = (local >= 0) & (local < self._count)
         y = self.experts(x, mx.clip(local, 0, self._count - 1))
