@@ -270,3 +270,24 @@ async def test_the_tui_starts_with_a_pulled_repo(fake_hub: FakeHub) -> None:
             n.message for n in app._notifications
         ]
         assert REPO in app.sub_title
+
+
+def test_serve_and_line_chat_by_repo_id(fake_hub: FakeHub) -> None:
+    import openai
+
+    from mlx_harmony_tui import cli
+    from mlx_harmony_tui.server.command import build_app as build_server
+    from mlx_harmony_tui.server.command import serve_in_thread
+
+    hub.pull(REPO)
+    app = build_server(cli.build_parser().parse_args(["serve", "--model", REPO, "--max-tokens", "4"]))
+    assert list(app.state.backends) == [REPO]  # the name it was asked for is the name it answers to
+    with serve_in_thread(app) as url:
+        c = openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=60)
+        assert [m.id for m in c.models.list()] == [REPO]
+        r = c.chat.completions.create(model=REPO, messages=[{"role": "user", "content": "hi"}])
+        assert r.model == REPO and r.usage.completion_tokens > 0
+    chat = subprocess.run([sys.executable, "-m", "mlx_harmony_tui", "chat", "--model", "demo"], input="/models\n/quit\n",
+                          capture_output=True, text=True, timeout=180, env=dict(os.environ))  # fmt: skip
+    row = next((line for line in chat.stdout.splitlines() if REPO in line), "")
+    assert "hf-cache" in row and "fits: yes" in row, chat.stdout + chat.stderr
