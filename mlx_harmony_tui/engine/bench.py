@@ -184,7 +184,9 @@ def run_mlx_lm(lm: Any, prompt: list[int], gen_tokens: int, prefill_step: int) -
         last = time.perf_counter()
         if n == 1:
             first = last
-    return _figures(len(prompt), first - start, n, last - first)
+    out = _figures(len(prompt), first - start, n, last - first)
+    out["kv_bytes"] = sum(int(getattr(c, "nbytes", 0)) for c in cache)
+    return out
 
 
 def _figures(prompt_len: int, ttft: float, n: int, decode_span: float) -> dict[str, float]:
@@ -208,7 +210,7 @@ def run_ours(engine: Engine, prompt: list[int], gen_tokens: int, prefill_step: i
     assert engine.last_result is not None
     m = engine.last_result.metrics
     return {"ttft_s": m.ttft_s or 0.0, "prefill_tps": m.prefill_tps or 0.0, "decode_tps": m.decode_tps or 0.0,
-            "generated": m.generated_tokens, "peak_bytes": m.mlx_peak_bytes}
+            "generated": m.generated_tokens, "peak_bytes": m.mlx_peak_bytes, "kv_bytes": m.kv_bytes}
 
 
 @dataclass
@@ -223,6 +225,7 @@ class BenchConfig:
     vs_mlx_lm: bool = False
     seed: int = 0
     optimize: bool = True  # False: our eager path (no fused QKV, no compiled decode), for comparison
+    kv_bits: int | None = None  # quantized full-layer KV cache (ours only)
 
 
 def _best(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -241,7 +244,7 @@ def run_bench(model: Any, config: Any, bc: BenchConfig, label: str = "",
     rng = random.Random(bc.seed)
     # mlx-lm first: it shares our arrays, and Engine's optimize() then fuses QKV into new ones.
     lm = to_mlx_lm(model, config) if bc.vs_mlx_lm else None
-    engine = Engine(model, config, model_id=label, optimize=bc.optimize)
+    engine = Engine(model, config, model_id=label, optimize=bc.optimize, kv_bits=bc.kv_bits)
     # Warm up both (compilation, allocator) so the first measured run is not penalised.
     warm = [rng.randrange(1000, 100_000) for _ in range(64)]
     run_ours(engine, warm, 8, bc.prefill_step)
@@ -291,7 +294,8 @@ def multi_turn(engine: Engine, bc: BenchConfig, rng: random.Random) -> list[dict
         assert res is not None
         m = res.metrics
         rows.append({"turn": turn, "prompt_tokens": m.prompt_tokens, "new_tokens": new, "reused_tokens": m.reused_tokens,
-                     "prefilled_tokens": m.prefilled_tokens, "ttft_s": m.ttft_s, "decode_tps": m.decode_tps})
+                     "prefilled_tokens": m.prefilled_tokens, "reprefilled_tokens": m.reprefilled_tokens,
+                     "ttft_s": m.ttft_s, "decode_tps": m.decode_tps, "kv_bytes": m.kv_bytes})
         prompt = prompt + reply + [rng.randrange(1000, 100_000) for _ in range(bc.turn_new_tokens)]
     return rows
 
@@ -299,7 +303,7 @@ def multi_turn(engine: Engine, bc: BenchConfig, rng: random.Random) -> list[dict
 def format_table(doc: dict[str, Any]) -> str:
     """Human-readable summary of ``run_bench``'s document."""
     lines = [f"model: {doc['model']}   machine: {doc['machine']['platform']}   mlx {doc['machine']['mlx']}"]
-    head = f"{'prompt':>7} {'TTFT ms':>9} {'prefill t/s':>12} {'decode t/s':>11} {'peak MiB':>9}"
+    head = f"{'prompt':>7} {'TTFT ms':>9} {'prefill t/s':>12} {'decode t/s':>11} {'peak MiB':>9} {'KV MiB':>8}"
     vs = any("mlx_lm" in r for r in doc["prompt_lengths"])
     if vs:
         head += f" | {'mlx-lm TTFT':>11} {'prefill':>9} {'decode':>8} | {'x prefill':>9} {'x decode':>8}"
@@ -307,7 +311,7 @@ def format_table(doc: dict[str, Any]) -> str:
     for r in doc["prompt_lengths"]:
         o = r["ours"]
         line = (f"{r['prompt_tokens']:>7} {o['ttft_s'] * 1000:>9.1f} {o['prefill_tps']:>12.0f} {o['decode_tps']:>11.1f}"
-                f" {o['peak_bytes'] / 2**20:>9.0f}")
+                f" {o['peak_bytes'] / 2**20:>9.0f} {o.get('kv_bytes', 0) / 2**20:>8.1f}")
         if "mlx_lm" in r:
             t, q = r["mlx_lm"], r["ratio"]
             line += (f" | {t['ttft_s'] * 1000:>11.1f} {t['prefill_tps']:>9.0f} {t['decode_tps']:>8.1f}"

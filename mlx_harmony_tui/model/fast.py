@@ -88,14 +88,25 @@ def _matvecs(model: Any) -> dict[int, Any]:
     return {id(m): cuda_matvec.DecodeMatvec(m) for m in mods if m is not None and cuda_matvec.supports(m)}
 
 
+def _flash_decode() -> Any:
+    """model/cuda_attention.py (the module) on CUDA unless MHT_FLASH_DECODE=0; else None."""
+    from mlx_harmony_tui.model import cuda_attention, cuda_moe
+
+    if os.environ.get("MHT_FLASH_DECODE", "1") == "0" or not cuda_moe.cuda_available():
+        return None
+    return cuda_attention
+
+
 class CompiledDecoder:
     """The one-token forward of ``model`` as per-layer-boundary compiled graphs. Same math as the eager
     path (the tests compare greedy outputs token for token)."""
 
-    def __init__(self, model: Any, fused_moe: bool | None = None, matvec: bool = True) -> None:
+    def __init__(self, model: Any, fused_moe: bool | None = None, matvec: bool = True, flash: bool = True) -> None:
         """``fused_moe``: None = the CUDA MoE kernels where they apply unless MHT_FUSED_MOE=0; True = them
         or a ValueError; False = the portable MoE. ``matvec``: the CUDA 8-bit matvec where it applies
-        (unless MHT_CUDA_MATVEC=0), or MLX's quantized_matmul."""
+        (unless MHT_CUDA_MATVEC=0), or MLX's quantized_matmul. ``flash``: model/cuda_attention.py's
+        split-K kernel for full layers from ``flash_min`` cached positions on (CUDA, unless
+        MHT_FLASH_DECODE=0; MHT_FLASH_DECODE_MIN sets the length), else MLX's sdpa."""
         self.model = model
         layers = model.layers
         self.n = len(layers)
@@ -104,6 +115,11 @@ class CompiledDecoder:
         if fused_moe and self.moe is None:
             raise ValueError("the fused MoE needs CUDA and MXFP4 experts")
         self.matvec = _matvecs(model) if matvec else {}
+        self.flash = _flash_decode() if flash else None
+        self.flash_min = int(os.environ.get("MHT_FLASH_DECODE_MIN", "0")) or (
+            self.flash.MIN_KEYS if self.flash is not None else 0
+        )
+        self._scales = [mx.array([layer.self_attn.scale], dtype=mx.float32) for layer in layers]
         self._segments = [mx.compile(self._make_segment(i)) for i in range(self.n + 1)]
         self._sinks: dict[mx.Dtype, list[mx.array]] = {}  # per activation dtype: no per-token astype
 
@@ -120,6 +136,24 @@ class CompiledDecoder:
             self.moe, self.matvec = None, {}
             self._segments = [mx.compile(self._make_segment(i)) for i in range(self.n + 1)]
             mx.eval(self(mx.zeros((1, 1), dtype=mx.int32), self.model.make_cache()))
+        if self.flash is not None:
+            try:  # build the kernel now (it runs only once a context is long)
+                attn = self.model.layers[0].self_attn
+                kv = mx.zeros((1, attn.n_kv, 256, attn.head_dim), dtype=self._sinks_dtype())
+                q = mx.zeros((1, attn.n_heads, 1, attn.head_dim), dtype=kv.dtype)
+                n = mx.array([256], dtype=mx.int32)
+                mx.eval(self.flash.decode_attention(q, kv, kv, n, 256, self._scales[0], q[0, :, 0, 0]))
+            except Exception as e:
+                warnings.warn(f"CUDA decode attention unavailable, using MLX's: {e}", RuntimeWarning, stacklevel=2)
+                self.flash = None
+
+    def _sinks_dtype(self) -> mx.Dtype:
+        return next(iter(self._sinks)) if self._sinks else mx.float32
+
+    def _flash_fits(self, q: mx.array) -> bool:
+        attn = self.model.layers[0].self_attn
+        assert self.flash is not None
+        return bool(self.flash.supports(attn.n_heads, attn.n_kv, attn.head_dim, q.dtype))
 
     def _linear(self, mod: Any, x: mx.array, norm: Any = None, residual: mx.array | None = None) -> mx.array:
         """``residual + mod(norm(x))`` (each part optional), as one CUDA matvec kernel where it applies to a
@@ -201,13 +235,22 @@ class CompiledDecoder:
         if sinks is None:
             sinks = self._sinks[q.dtype] = [layer.self_attn.sinks.astype(q.dtype) for layer in self.model.layers]
             mx.eval(sinks)
+        flash = self.flash is not None and q.shape[0] == 1 and self._flash_fits(q)
+        n_arr = None
         for i, (layer, c) in enumerate(zip(self.model.layers, cache, strict=True)):
             attn = layer.self_attn
-            keys, values = c.update_and_fetch(k, v, keep=attn.window)
-            if c.quantized:
-                out = quantized_attention(q, keys, values, attn.scale, None, sinks[i], c.bits, c.group_size)
+            if flash and attn.window is None and not c.quantized and c.offset + 1 >= self.flash_min:
+                c.update(k, v)  # the kernel reads the buffer in place, up to the valid length given as data
+                if n_arr is None:  # every full layer holds the same positions
+                    n_arr = mx.array([c.offset], dtype=mx.int32)
+                assert self.flash is not None and c.keys is not None and c.values is not None
+                out = self.flash.decode_attention(q, c.keys, c.values, n_arr, c.offset, self._scales[i], sinks[i])
             else:
-                out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=attn.scale, sinks=sinks[i])
+                keys, values = c.update_and_fetch(k, v, keep=attn.window)
+                if c.quantized:
+                    out = quantized_attention(q, keys, values, attn.scale, None, sinks[i], c.bits, c.group_size)
+                else:
+                    out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=attn.scale, sinks=sinks[i])
             if i + 1 < self.n:
                 x, q, k, v = self._segments[i + 1](x, out, offset)
             else:

@@ -1,0 +1,121 @@
+"""Long-context figures of issue 23 on the GPU, in one process: KV bytes at 131,072 tokens (float, 8-bit,
+4-bit), and for each prompt length ours against mlx-lm on the same random gpt-oss-20b arrays (prefill,
+decode, peak memory, KV bytes), our decode with the split-K attention kernel and with MLX's sdpa
+(alternated on the same cache), and the 8-bit KV cache's decode. Results are written after every step, so
+a run cut short still reports what it measured.
+
+    python scripts/long_context_gpu.py --out $OUT --lengths 4096,16384,32768,65536
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import random
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+
+from mlx_harmony_tui.engine.bench import build_random, run_mlx_lm, run_ours, to_mlx_lm
+from mlx_harmony_tui.engine.generator import Engine, GenerationOptions
+from mlx_harmony_tui.engine.memory import weights_nbytes
+from mlx_harmony_tui.engine.sampling import SamplingParams
+
+
+def kv_bytes_at(model: Any, tokens: int, bits: int | None, chunk: int = 4096) -> int:
+    """The caches' bytes after appending ``tokens`` positions of the model's shapes (bf16 keys/values)."""
+    attn = model.layers[0].self_attn
+    caches = model.make_cache(kv_bits=bits)
+    kv = mx.zeros((1, attn.n_kv, chunk, attn.head_dim), dtype=mx.bfloat16)
+    for _ in range(0, tokens, chunk):
+        for c in caches:
+            c.update(kv, kv)
+        mx.eval([c.state for c in caches])
+    n = sum(c.nbytes for c in caches)
+    del caches
+    mx.clear_cache()
+    return n
+
+
+def decode_only(engine: Engine, prompt: list[int], tokens: int) -> float:
+    """Decode tok/s going on from the cached prompt (one token re-run), greedy."""
+    opts = GenerationOptions(
+        SamplingParams(temperature=0), max_tokens=tokens, stop_ids=frozenset(), loop=None
+    )
+    for _ in engine.generate(prompt, opts):
+        pass
+    assert engine.last_result is not None
+    return float(engine.last_result.metrics.decode_tps or 0.0)
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--out", type=Path, default=Path("."))
+    ap.add_argument("--lengths", default="4096,16384,32768,65536")
+    ap.add_argument("--gen-tokens", type=int, default=64)
+    ap.add_argument("--no-mlx-lm", action="store_true")
+    ap.add_argument("--kind", default="20b", help="random model: 20b, 120b or tiny (a CPU smoke test)")
+    ap.add_argument("--kv-tokens", type=int, default=131072)
+    ap.add_argument(
+        "--kv8-length", type=int, default=16384, help="prompt length of the 8-bit KV run (0: skip)"
+    )
+    a = ap.parse_args()
+    a.out.mkdir(parents=True, exist_ok=True)
+    doc: dict[str, Any] = {"device": str(mx.default_device()), "mlx": mx.__version__, "rows": []}
+
+    def save(msg: str) -> None:
+        (a.out / "long_context.json").write_text(json.dumps(doc, indent=1) + "\n")
+        print(time.strftime("%H:%M:%S"), msg, flush=True)
+
+    t0 = time.perf_counter()
+    model, config = build_random(a.kind, dtype="bfloat16")
+    doc["weights_bytes"] = weights_nbytes(model)
+    save(f"model built in {time.perf_counter() - t0:.0f} s")
+    bits = (None, 8, 4) if model.layers[0].self_attn.head_dim % 32 == 0 else (None,)
+    doc["kv_bytes"] = {"tokens": a.kv_tokens, **{str(b): kv_bytes_at(model, a.kv_tokens, b) for b in bits}}
+    save(f"KV bytes: {doc['kv_bytes']}")
+    lm = None if a.no_mlx_lm else to_mlx_lm(model, config)
+    engine = Engine(model, config, model_id="random 20b")
+    decoder = engine.model.decoder
+    rng = random.Random(0)
+    warm = [rng.randrange(1000, 100_000) for _ in range(64)]
+    run_ours(engine, warm, 8, 512)
+    if lm is not None:
+        run_mlx_lm(lm, warm, 8, 512)
+    doc["flash_min_default"] = decoder.flash_min
+    doc["flash"] = decoder.flash is not None
+    save(f"warm; flash kernel {'on' if decoder.flash is not None else 'OFF'} from {decoder.flash_min} keys")
+    for plen in [int(x) for x in a.lengths.split(",")]:
+        prompt = [rng.randrange(1000, 100_000) for _ in range(plen)]
+        row: dict[str, Any] = {"prompt_tokens": plen, "ours": run_ours(engine, prompt, a.gen_tokens, 512)}
+        save(f"{plen}: ours {row['ours']}")
+        default_min = decoder.flash_min
+        kernel, sdpa = [], []
+        for _ in range(2):  # alternated on the same cache: kernel on every full layer, then MLX's sdpa
+            decoder.flash_min = 1
+            kernel.append(decode_only(engine, prompt, a.gen_tokens))
+            decoder.flash_min = 1 << 30
+            sdpa.append(decode_only(engine, prompt, a.gen_tokens))
+        decoder.flash_min = default_min
+        row["decode_kernel"], row["decode_sdpa"] = kernel, sdpa
+        save(f"{plen}: decode kernel {kernel} sdpa {sdpa}")
+        if lm is not None:
+            row["mlx_lm"] = t = run_mlx_lm(lm, prompt, a.gen_tokens, 512)
+            o = row["ours"]
+            row["ratio"] = {k: o[k] / t[k] if t[k] else None for k in ("prefill_tps", "decode_tps")}
+            save(f"{plen}: mlx-lm {t} ratio {row['ratio']}")
+        doc["rows"].append(row)
+        save(f"{plen} done")
+    if a.kv8_length and len(bits) > 1:
+        engine8 = Engine(model, config, model_id="random 20b", kv_bits=8)
+        prompt = [rng.randrange(1000, 100_000) for _ in range(a.kv8_length)]
+        doc["kv8"] = {"prompt_tokens": a.kv8_length, "ours": run_ours(engine8, prompt, a.gen_tokens, 512)}
+        save(f"kv8 {doc['kv8']}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
