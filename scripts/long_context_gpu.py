@@ -19,25 +19,44 @@ from typing import Any
 
 import mlx.core as mx
 
-from mlx_harmony_tui.engine.bench import build_random, run_mlx_lm, run_ours, to_mlx_lm
+from mlx_harmony_tui.engine.bench import build_random, real_config, run_mlx_lm, run_ours, to_mlx_lm
 from mlx_harmony_tui.engine.generator import Engine, GenerationOptions
 from mlx_harmony_tui.engine.memory import weights_nbytes
 from mlx_harmony_tui.engine.sampling import SamplingParams
+from mlx_harmony_tui.model import tiny_config
 
 
-def kv_bytes_at(model: Any, tokens: int, bits: int | None, chunk: int = 4096) -> int:
-    """The caches' bytes after appending ``tokens`` positions of the model's shapes (bf16 keys/values)."""
-    attn = model.layers[0].self_attn
-    caches = model.make_cache(kv_bits=bits)
-    kv = mx.zeros((1, attn.n_kv, chunk, attn.head_dim), dtype=mx.bfloat16)
-    for _ in range(0, tokens, chunk):
+def kv_bytes_at(kind: str, tokens: int, bits: int | None, step: int = 512) -> int:
+    """The caches' bytes after ``tokens`` positions of ``kind``'s shapes (bf16 keys/values), ending with a
+    chunk of the engine's prefill step (it sets the sliding layers' buffers; the earlier chunks are larger,
+    which leaves the same buffers and is faster on a CPU). Needs no weights."""
+    from mlx_harmony_tui.model import ModelConfig
+    from mlx_harmony_tui.model.cache import KVCache, SlidingKVCache
+    from mlx_harmony_tui.model.kv_quant import QuantizedKVCache
+
+    cfg = ModelConfig.from_dict(real_config(kind) if kind != "tiny" else tiny_config())
+    caches = [
+        SlidingKVCache(cfg.sliding_window)
+        if t == "sliding_attention"
+        else QuantizedKVCache(bits)
+        if bits
+        else KVCache()
+        for t in cfg.layer_types
+    ]
+    sizes = (
+        [8192] * ((tokens - step) // 8192)
+        + ([(tokens - step) % 8192] if (tokens - step) % 8192 else [])
+        + [step]
+    )
+    for n in sizes:
+        kv = mx.zeros((1, cfg.num_key_value_heads, n, cfg.head_dim), dtype=mx.bfloat16)
         for c in caches:
             c.update(kv, kv)
         mx.eval([c.state for c in caches])
-    n = sum(c.nbytes for c in caches)
+    total = sum(c.nbytes for c in caches)
     del caches
     mx.clear_cache()
-    return n
+    return total
 
 
 def decode_only(engine: Engine, prompt: list[int], tokens: int) -> float:
@@ -60,6 +79,9 @@ def main() -> int:
     ap.add_argument("--kind", default="20b", help="random model: 20b, 120b or tiny (a CPU smoke test)")
     ap.add_argument("--kv-tokens", type=int, default=131072)
     ap.add_argument(
+        "--kv-only", action="store_true", help="only the KV bytes (no weights: runs on a CPU too)"
+    )
+    ap.add_argument(
         "--kv8-length", type=int, default=16384, help="prompt length of the 8-bit KV run (0: skip)"
     )
     a = ap.parse_args()
@@ -70,12 +92,19 @@ def main() -> int:
         (a.out / "long_context.json").write_text(json.dumps(doc, indent=1) + "\n")
         print(time.strftime("%H:%M:%S"), msg, flush=True)
 
+    if a.kv_only:
+        doc["kv_bytes"] = {
+            "tokens": a.kv_tokens,
+            **{str(b): kv_bytes_at(a.kind, a.kv_tokens, b) for b in (None, 8, 4)},
+        }
+        save(f"KV bytes: {doc['kv_bytes']}")
+        return 0
     t0 = time.perf_counter()
     model, config = build_random(a.kind, dtype="bfloat16")
     doc["weights_bytes"] = weights_nbytes(model)
     save(f"model built in {time.perf_counter() - t0:.0f} s")
     bits = (None, 8, 4) if model.layers[0].self_attn.head_dim % 32 == 0 else (None,)
-    doc["kv_bytes"] = {"tokens": a.kv_tokens, **{str(b): kv_bytes_at(model, a.kv_tokens, b) for b in bits}}
+    doc["kv_bytes"] = {"tokens": a.kv_tokens, **{str(b): kv_bytes_at(a.kind, a.kv_tokens, b) for b in bits}}
     save(f"KV bytes: {doc['kv_bytes']}")
     lm = None if a.no_mlx_lm else to_mlx_lm(model, config)
     engine = Engine(model, config, model_id="random 20b")

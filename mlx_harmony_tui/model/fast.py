@@ -7,7 +7,8 @@ the two expert matmuls, SwiGLU and the next layer's QKV + RoPE, fused by ``mx.co
 ops per layer for the KV-cache write and the attention itself, whose key length changes every token.
 All of that is backend-neutral; on CUDA the MXFP4 MoE inside the graph (with its RMSNorm) is
 model/cuda_moe.py's three kernels and the 8-bit QKV (with its norm and RoPE), o_proj and LM head are
-model/cuda_matvec.py's (falling back to MLX's own kernels if they cannot be built). There decode is bound
+model/cuda_matvec.py's, and a full layer's attention at long contexts model/cuda_attention.py's split-K
+kernel (falling back to MLX's own kernels if they cannot be built). There decode is bound
 by the host's cost per operation (~3 us each when evaluated, docs/benchmarks.md), so the kernels take and
 return the shapes their neighbours use: no reshape, transpose or slice operations between them.
 """
