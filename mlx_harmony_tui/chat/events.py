@@ -80,6 +80,18 @@ class RetryReport:
 
 
 @dataclass(frozen=True)
+class TokenLogprob:
+    """A generated token's log-probability (settings.logprobs), just before the Delta it produced."""
+
+    channel: str | None
+    recipient: str | None
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float, bytes], ...] = ()  # the most likely tokens: text, log-probability, bytes
+    raw: bytes = b""  # the token's exact bytes (``token`` shows a split character as U+FFFD)
+
+
+@dataclass(frozen=True)
 class TurnFinished:
     reason: FinishReason
     metrics: Metrics = field(default_factory=Metrics)
@@ -105,6 +117,7 @@ Event = (
     | Retry
     | PrefillProgress
     | Metrics
+    | TokenLogprob
     | TurnFinished
     | TurnFailed
 )

@@ -7,6 +7,7 @@ from typing import Literal
 
 from mlx_harmony_tui.engine.sampling import SamplingParams
 from mlx_harmony_tui.harmony.messages import FunctionTool
+from mlx_harmony_tui.harmony.render import ResponseFormat
 
 __all__ = ["ChatSettings", "FunctionTool", "ReasoningEffort"]  # FunctionTool lives with the renderer's types
 
@@ -32,3 +33,8 @@ class ChatSettings:
     placeholders: dict[str, str] = field(default_factory=dict)  # {name} values for system/developer/user text
     examples: list[dict[str, str]] = field(default_factory=list)  # [{role, content}] shown in the developer message
     greeting: str = ""  # the assistant's first message of a new conversation
+    response_format: ResponseFormat | None = None  # the final answer follows this JSON schema (guaranteed)
+    logprobs: int | None = None  # None: off; N: each token's log-probability and the N best alternatives
+    # Enforced by constrained decoding: "required" = the reply calls one of the tools; "none" = it calls none
+    # (the tools stay described to the model, so the prompt and its cache stay the same); "auto" = its choice.
+    tool_choice: Literal["auto", "required", "none"] = "auto"

@@ -24,6 +24,7 @@ from mlx_harmony_tui.chat.events import (
     PrefillProgress,
     Retry,
     RetryReport,
+    TokenLogprob,
     ToolCall,
     ToolConfirmation,
     ToolResult,
@@ -33,10 +34,14 @@ from mlx_harmony_tui.chat.events import (
 )
 from mlx_harmony_tui.chat.retry import failure_reason, first_attempt, next_attempt
 from mlx_harmony_tui.chat.settings import ChatSettings
+from mlx_harmony_tui.engine.constraint import TokenLogprob as EngineLogprob
 from mlx_harmony_tui.engine.generator import Engine, GenerationOptions
+from mlx_harmony_tui.engine.sampling import FIRST_SPECIAL_ID
+from mlx_harmony_tui.harmony.constraint import constraint_for
 from mlx_harmony_tui.harmony.messages import HMessage
 from mlx_harmony_tui.harmony.render import RenderOptions, ResponseFormat, render_prompt
 from mlx_harmony_tui.harmony.stream import HarmonyStream
+from mlx_harmony_tui.harmony.vocab import token_bytes
 
 ConfirmFn = Callable[[ToolConfirmation], bool]
 
@@ -165,6 +170,12 @@ def run_turn(ctx: TurnContext, messages: list[HMessage], settings: ChatSettings)
             max_tokens=max(1, min(settings.max_tokens, limit - len(prompt))),
             seed=current.seed,
         )
+        if options.response_format is not None or settings.tool_choice != "auto":
+            gen_opts.constraint = constraint_for(options, ctx.encoding, ctx.engine.vocab_size, gen_opts.max_tokens,
+                                                 settings.tool_choice)
+        logprobs: list[EngineLogprob] = []
+        if settings.logprobs is not None:
+            gen_opts.on_logprob, gen_opts.top_logprobs = logprobs.append, settings.logprobs
         stream = HarmonyStream(ctx.encoding)
         pending.clear()
         call_event: ToolCall | None = None
@@ -175,7 +186,13 @@ def run_turn(ctx: TurnContext, messages: list[HMessage], settings: ChatSettings)
                 if pending:
                     yield from pending
                     pending.clear()
-                for event in stream.feed(token):
+                where = stream.open_message if logprobs else None
+                events = stream.feed(token)
+                if logprobs:  # before the text they belong to, so a face can send both in one piece
+                    if where is not None and token < FIRST_SPECIAL_ID:  # a content token, not a header's
+                        yield token_logprob(logprobs[-1], where[0], where[1], ctx.encoding)
+                    logprobs.clear()
+                for event in events:
                     if isinstance(event, ToolCall):
                         call_event = event
                     yield event
@@ -185,6 +202,8 @@ def run_turn(ctx: TurnContext, messages: list[HMessage], settings: ChatSettings)
         yield from pending
         result = ctx.engine.last_result
         finish = result.finish_reason if result else "stop"
+        if finish == "stop" and getattr(gen_opts.constraint, "steered", False):
+            finish = "length"  # the token limit closed the JSON early: complete, but its values may be cut short
         if result is not None:
             last_metrics = result.metrics
             yield result.metrics
@@ -236,6 +255,13 @@ def run_turn(ctx: TurnContext, messages: list[HMessage], settings: ChatSettings)
             yield TurnFinished(reason="cancelled", metrics=last_metrics, retries=done)
             return
         new_messages.append(reply)
+
+
+def token_logprob(lp: EngineLogprob, channel: str | None, recipient: str | None, encoding: Any) -> TokenLogprob:
+    """The engine's ids -> text and bytes for the faces."""
+    top = tuple((encoding.decode([t]), v, token_bytes(t, encoding)) for t, v in lp.top)
+    return TokenLogprob(channel, recipient, encoding.decode([lp.token]), lp.logprob, top,
+                        token_bytes(lp.token, encoding))
 
 
 def run_tool_call(

@@ -102,7 +102,7 @@ def _flat_settings(clean: dict[str, Any], merged: dict[str, Any]) -> dict[str, A
     """The generation settings one layer sets (only what it sets), in resolve_settings' flat keys."""
     out = {k: v for k, v in clean.get("sampling", {}).items() if k in _SAMPLING_KEYS}
     for key in ("reasoning_effort", "system_prompt", "knowledge_cutoff", "conversation_date", "greeting",
-                "placeholders"):
+                "placeholders", "response_format_file"):
         if key in clean:
             out[key] = clean[key]
     if "examples" in clean:

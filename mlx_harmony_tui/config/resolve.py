@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from pathlib import Path
 from typing import Any, Literal
 
@@ -13,6 +14,7 @@ from mlx_harmony_tui.chat.settings import ChatSettings, FunctionTool
 from mlx_harmony_tui.config.schema import AppConfig, ConfigError
 from mlx_harmony_tui.config.validate import RANGES, Bad, check
 from mlx_harmony_tui.engine.sampling import SamplingParams
+from mlx_harmony_tui.harmony.render import ResponseFormat
 
 _SETTING_TYPES: dict[str, Any] = {
     "temperature": float,
@@ -37,6 +39,7 @@ _SETTING_TYPES: dict[str, Any] = {
     "placeholders": dict[str, str],
     "examples": list[dict[str, str]],
     "greeting": str,
+    "response_format_file": str,
 }
 _SAMPLING_FIELDS = {f.name for f in dataclasses.fields(SamplingParams)}
 LEVELS = ("model_defaults", "config", "profile", "session", "cli")  # lowest to highest
@@ -85,6 +88,9 @@ def resolve_settings(
         rest["function_tools"] = [
             t if isinstance(t, FunctionTool) else FunctionTool(**t) for t in rest["function_tools"]
         ]
+    schema_file = rest.pop("response_format_file", None)
+    if schema_file:
+        rest["response_format"] = load_response_format(schema_file)
     return ChatSettings(sampling=sampling, **rest)
 
 
@@ -100,6 +106,28 @@ def logit_bias_from(table: dict[Any, Any], name: str) -> dict[int, float]:
             raise ConfigError(f"{name}: {k}={v}: token ids are >= 0 and biases -100..100")
         out[tid] = bias
     return out
+
+
+def load_response_format(path: str | Path) -> ResponseFormat:
+    """A JSON-schema file -> the response format final answers follow (its ``title`` names it). Checked with
+    llguidance here, so a schema that cannot be enforced is a clear error before any model is loaded."""
+    from mlx_harmony_tui.harmony.constraint import SchemaError, check_schema
+
+    file = Path(path).expanduser()
+    try:
+        schema = json.loads(file.read_text(encoding="utf-8"))
+    except OSError as e:
+        raise ConfigError(f"JSON schema {file}: cannot read it ({e.strerror or e})") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"JSON schema {file}: not JSON ({e})") from None
+    if isinstance(schema, dict) and "schema" in schema and isinstance(schema["schema"], dict):
+        schema = schema["schema"]  # an OpenAI json_schema object ({"name", "schema", ...}) works too
+    try:
+        check_schema(schema)
+    except SchemaError as e:
+        raise ConfigError(f"JSON schema {file}: {e}") from None
+    name = re.sub(r"[^A-Za-z0-9_\-]", "_", str(schema.get("title") or file.stem))[:64] or "response"
+    return ResponseFormat(name, schema, str(schema.get("description") or ""))
 
 
 def read_model_defaults(model_dir: Path) -> dict[str, Any]:

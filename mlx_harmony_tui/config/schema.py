@@ -91,6 +91,7 @@ class AppConfig:
     conversation_date: str | None = None  # the system message's "Current date" (default: today, per session)
     greeting: str | None = None  # the assistant's first message of a new conversation
     examples: list[Example] = field(default_factory=list)  # example dialogue, rendered into the developer message
+    response_format_file: str | None = None  # a JSON-schema file every final answer follows (structured output)
     remote: RemoteConfig = field(default_factory=RemoteConfig)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     placeholders: dict[str, str] = field(default_factory=dict)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import inspect
+import math
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ from typing import Any, Literal
 import mlx.core as mx
 
 from mlx_harmony_tui.engine.cache import PromptCache, model_fingerprint
+from mlx_harmony_tui.engine.constraint import LogprobCallback, TokenConstraint, TokenLogprob
 from mlx_harmony_tui.engine.metrics import Metrics, MetricsTracker, PrefillProgress
 from mlx_harmony_tui.engine.repetition import LoopConfig, LoopDetector
 from mlx_harmony_tui.engine.sampling import Sampler, SamplingParams
@@ -40,6 +42,9 @@ class GenerationOptions:
     seed: int | None = None
     prefill_step: int = 512
     loop: LoopConfig | None = field(default_factory=LoopConfig)
+    constraint: TokenConstraint | None = None  # masks the logits of every step (structured output)
+    on_logprob: LogprobCallback | None = None  # called with each token's log-probability before it is yielded
+    top_logprobs: int = 0  # alternatives per token given to on_logprob
 
 
 @dataclass
@@ -170,12 +175,21 @@ class Engine:
                     on_progress(PrefillProgress(done, total))
             if max_tokens <= 0:
                 return
-            sampler = Sampler(opt.sampling, self.vocab_size or 1 << 30, opt.seed, history=prompt)
+            constraint = opt.constraint
+            sampler = Sampler(opt.sampling, self.vocab_size or 1 << 30, opt.seed, history=prompt,
+                              masked=constraint is not None, logprobs=opt.on_logprob is not None)
             detector = LoopDetector(opt.loop) if opt.loop is not None else None
             stop_ids = opt.stop_ids
 
+            def draw(logits: mx.array) -> tuple[mx.array, Any]:
+                mask = constraint.allowed() if constraint is not None else None
+                tok = self._share(sampler(logits, None if mask is None else mx.array(mask)), cancel)
+                extra = self._top(sampler.last_logprobs, tok, opt.top_logprobs) if opt.on_logprob else None
+                mx.async_eval(tok, *(extra or ()))
+                return tok, extra
+
             # The last prompt token gives the first logits.
-            y = self._share(sampler(self._logits(rest[-1:])), cancel)
+            y, y_lp = draw(self._logits(rest[-1:]))
             pc.extend(rest[-1:])
             mx.async_eval(y, *pc.checkpoint())  # the sliding windows at the prompt's end (engine/cache.py)
             while True:
@@ -183,12 +197,21 @@ class Engine:
                 feed_next = n + 1 < max_tokens
                 if feed_next:
                     # Queue token n+1 before reading token n: the host never waits on the device in between.
-                    next_y = self._share(sampler(self._logits_from(y)), cancel)
-                    mx.async_eval(next_y)
+                    # A constraint needs token n before it can mask n+1: then only the forward pass is
+                    # queued ahead, and the (cheap) masked draw follows the read.
+                    next_logits = self._logits_from(y)
+                    if constraint is None:
+                        next_y, next_lp = draw(next_logits)
+                    else:
+                        mx.async_eval(next_logits)
                 tok = int(y.item())
                 if tok < 0:  # a stop marker shared by the first rank (engine/distributed.py)
                     reason = "cancelled"
                     return
+                if constraint is not None:
+                    constraint.accept(tok)
+                if y_lp is not None and opt.on_logprob is not None:
+                    opt.on_logprob(_logprob(tok, y_lp))
                 if n == 0:
                     tracker.prefill_done()
                     if on_progress is not None and total > step:
@@ -214,7 +237,9 @@ class Engine:
                     return
                 if on_progress is not None and tracker.due():
                     on_progress(tracker.snapshot())
-                y = next_y
+                if constraint is not None:
+                    next_y, next_lp = draw(next_logits)
+                y, y_lp = next_y, next_lp
         except GeneratorExit:
             reason = "cancelled"
             raise
@@ -250,9 +275,32 @@ class Engine:
         """Whether every rank stops the prefill here (one process: this one's wish)."""
         return stop
 
+    @staticmethod
+    def _top(row: mx.array | None, tok: mx.array, k: int) -> tuple[mx.array, ...] | None:
+        """The chosen token's log-probability and the k best (ids, values), lazily, from a log-softmax row."""
+        if row is None:
+            return None
+        chosen = row[tok.reshape(())]
+        if k <= 0:
+            return (chosen,)
+        ids = mx.argpartition(-row, kth=k - 1)[:k]
+        vals = row[ids]
+        order = mx.argsort(-vals)
+        return chosen, ids[order], vals[order]
+
     def _logits_from(self, y: mx.array) -> mx.array:
         """Like ``_logits`` for a token still on the device (no host sync to read it first)."""
         inputs = y.reshape(1, 1)
         if self._last_only:
             return self.model(inputs, cache=self.prompt_cache.caches, last_only=True)[:, -1, :]
         return self.model(inputs, cache=self.prompt_cache.caches)[:, -1, :]
+
+
+def _logprob(tok: int, extra: tuple[mx.array, ...]) -> TokenLogprob:
+    """Host values; tokens a mask ruled out (-inf) are no alternatives, and -inf itself is not JSON (-9999,
+    as OpenAI writes it)."""
+    chosen = float(extra[0].item())
+    top: tuple[tuple[int, float], ...] = ()
+    if len(extra) == 3:
+        top = tuple((t, v) for t, v in zip(extra[1].tolist(), extra[2].tolist(), strict=True) if math.isfinite(v))
+    return TokenLogprob(tok, chosen if math.isfinite(chosen) else -9999.0, top)

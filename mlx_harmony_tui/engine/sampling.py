@@ -6,6 +6,8 @@ Order of operations (one step, all in MLX on the device, no host round trip exce
    positive logits are divided by the penalty, negative ones multiplied. Harmony/special tokens
    (ids >= ``FIRST_SPECIAL_ID``) are never penalised: they repeat in every message by design.
 2. logit bias (added to the logits; +100 forces a token, -100 bans it).
+2b. a token mask (a constraint's allowed tokens, one bit per token id; see engine/constraint.py): every
+   other token gets -inf. The log-probabilities a client asks for are taken here, from exactly these logits.
 3. temperature 0 -> greedy argmax (steps 4-7 are skipped).
 4. temperature scaling (logits / T); log-softmax only when top_p needs real probabilities.
 5. top_k (keep the k most likely; 0 = off).
@@ -23,6 +25,7 @@ import math
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import mlx.core as mx
 
@@ -79,9 +82,13 @@ class Sampler:
     """
 
     def __init__(self, params: SamplingParams, vocab_size: int, seed: int | None = None,
-                 history: list[int] | None = None) -> None:
+                 history: list[int] | None = None, masked: bool = False, logprobs: bool = False) -> None:
         self.params = params
         self.vocab_size = vocab_size
+        self._masked = masked
+        self._want_logprobs = logprobs
+        self.last_logprobs: mx.array | None = None  # the last call's log-softmax row (lazy), with logprobs=True
+        self._full_mask: mx.array | None = None
         if params.temperature < 0:
             raise ValueError("temperature must be >= 0")
         if seed is None:
@@ -100,13 +107,13 @@ class Sampler:
         self._bias_val = mx.array(list(bias.values()), dtype=mx.float32) if bias else None
         self._greedy = params.temperature == 0
         sig = (params.temperature, params.top_k, params.top_p, params.min_p, params.repetition_penalty,
-               self._penalty, self._bias_idx is not None, vocab_size)
+               self._penalty, self._bias_idx is not None, vocab_size, masked, logprobs)
         fn = _COMPILED.get(sig)
         if fn is None:  # compiled once per distinct setting, not per generation (tracing costs TTFT)
             fn = _COMPILED[sig] = self._build()
         self._fn = fn
 
-    def _build(self) -> Callable[..., mx.array]:
+    def _build(self) -> Callable[..., Any]:
         p = self.params
         penalty = float(p.repetition_penalty)
         greedy = self._greedy
@@ -116,20 +123,11 @@ class Sampler:
         min_p = float(p.min_p)
         use_pen = self._penalty
         use_bias = self._bias_idx is not None
+        use_mask = self._masked
+        want_lp = self._want_logprobs
         limit = min(FIRST_SPECIAL_ID, self.vocab_size)
 
-        def step(logits: mx.array, key: mx.array, history: mx.array, bias_idx: mx.array,
-                 bias_val: mx.array) -> mx.array:
-            logits = logits.astype(mx.float32)
-            if use_pen:
-                valid = (history >= 0) & (history < limit)
-                ids = mx.where(valid, history, 0)
-                # A presence mask (max-scatter) is immune to duplicate ids in the window.
-                seen = mx.zeros((logits.shape[-1],), dtype=mx.float32).at[ids].maximum(valid.astype(mx.float32))
-                penalised = mx.where(logits > 0, logits / penalty, logits * penalty)
-                logits = mx.where(seen > 0, penalised, logits)
-            if use_bias:
-                logits = logits.at[:, bias_idx].add(bias_val)  # ids are unique (dict keys)
+        def _draw(logits: mx.array, key: mx.array) -> mx.array:
             if greedy:
                 return mx.argmax(logits, axis=-1).astype(mx.int32)
             logprobs = logits * inv_t if inv_t != 1.0 else logits
@@ -143,10 +141,32 @@ class Sampler:
                 logprobs = _apply_min_p(logprobs, min_p)
             return mx.random.categorical(logprobs, axis=-1, key=key).astype(mx.int32)
 
+        def step(logits: mx.array, key: mx.array, history: mx.array, bias_idx: mx.array,
+                 bias_val: mx.array, mask: mx.array) -> mx.array | tuple[mx.array, mx.array]:
+            logits = logits.astype(mx.float32)
+            if use_pen:
+                valid = (history >= 0) & (history < limit)
+                ids = mx.where(valid, history, 0)
+                # A presence mask (max-scatter) is immune to duplicate ids in the window.
+                seen = mx.zeros((logits.shape[-1],), dtype=mx.float32).at[ids].maximum(valid.astype(mx.float32))
+                penalised = mx.where(logits > 0, logits / penalty, logits * penalty)
+                logits = mx.where(seen > 0, penalised, logits)
+            if use_bias:
+                logits = logits.at[:, bias_idx].add(bias_val)  # ids are unique (dict keys)
+            if use_mask:
+                vocab = logits.shape[-1]
+                bits = mx.right_shift(mask[:, None], mx.arange(32, dtype=mx.int32)[None, :]) & 1
+                logits = mx.where(bits.reshape(1, -1)[:, :vocab] > 0, logits, -mx.inf)
+            lp = logits - mx.logsumexp(logits, axis=-1, keepdims=True) if want_lp else None
+            tok = _draw(logits, key)
+            return (tok, lp) if lp is not None else tok
+
         return mx.compile(step)
 
-    def __call__(self, logits: mx.array) -> mx.array:
-        """logits: (vocab,) or (1, vocab) -> token id array of shape (1,), lazy."""
+    def __call__(self, logits: mx.array, mask: mx.array | None = None) -> mx.array:
+        """logits: (vocab,) or (1, vocab) -> token id array of shape (1,), lazy. ``mask``: int32 words, bit
+        ``i % 32`` of word ``i // 32`` set for each allowed token (a sampler made with masked=True; None
+        allows every token). With logprobs=True, ``last_logprobs`` then holds this step's log-softmax row."""
         if logits.ndim == 1:
             logits = logits[None]
         if self._greedy:
@@ -154,13 +174,22 @@ class Sampler:
         else:
             self._key, sub = mx.random.split(self._key)
         empty = mx.zeros((1,), dtype=mx.int32)
-        tok = self._fn(
+        if self._masked and mask is None:
+            if self._full_mask is None:
+                self._full_mask = mx.full(((logits.shape[-1] + 31) // 32,), -1, dtype=mx.int32)
+            mask = self._full_mask
+        out = self._fn(
             logits,
             sub,
             self._history if self._history is not None else empty,
             self._bias_idx if self._bias_idx is not None else empty,
             self._bias_val if self._bias_val is not None else empty.astype(mx.float32),
+            mask if self._masked else empty,
         )
+        if self._want_logprobs:
+            tok, self.last_logprobs = out[0], out[1][0]
+        else:
+            tok = out
         tok = tok.reshape(1)
         if self._history is not None:
             self._history = mx.concatenate([self._history[1:], tok])

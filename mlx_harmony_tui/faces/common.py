@@ -92,6 +92,8 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
         out["system_prompt"] = args.system
     if getattr(args, "instructions", None) is not None:
         out["instructions"] = args.instructions
+    if getattr(args, "json_schema", None):
+        out["response_format_file"] = args.json_schema
     tools = getattr(args, "tools", None)
     if tools is not None:
         names = [] if tools.strip().lower() in ("", "none") else [t.strip() for t in tools.split(",") if t.strip()]

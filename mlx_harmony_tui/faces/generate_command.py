@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true",
                    help="print one JSON document: analysis, final, tool calls, finish reason, metrics")
     p.add_argument("--show-analysis", action="store_true", help="also print the reasoning (text mode)")
+    p.add_argument("--json-schema", default=None, metavar="FILE",
+                   help="the answer is JSON following this JSON schema (guaranteed by constrained decoding)")
     p.add_argument("--yes", action="store_true", help="run tool calls without asking")
     p.set_defaults(func=run)
 

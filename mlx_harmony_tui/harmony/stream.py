@@ -75,6 +75,13 @@ class HarmonyStream:
         return self._pending_call
 
     @property
+    def open_message(self) -> tuple[Channel, str | None] | None:
+        """(channel, recipient) of the message whose content the next token belongs to, or None in a header."""
+        if self._state != "content" or self._msg is None or self._msg.skip:
+            return None
+        return self._msg.channel, self._msg.recipient
+
+    @property
     def text_by_channel(self) -> dict[str, str]:
         """Text per channel of messages without a recipient (tool arguments excluded), incl. the open one."""
         out: dict[str, list[str]] = {}

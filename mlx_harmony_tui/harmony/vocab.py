@@ -17,6 +17,7 @@ import threading
 from collections.abc import Iterable
 from functools import lru_cache
 from pathlib import Path
+from typing import Any
 
 from mlx_harmony_tui import paths
 from mlx_harmony_tui.errors import UserError
@@ -167,3 +168,25 @@ def load_encoding(model_path: str | None = None):  # -> openai_harmony.HarmonyEn
         except Exception:  # noqa: BLE001 - openai-harmony raises its own types; ours explains better
             raise first from None
     return oh.load_harmony_encoding(oh.HarmonyEncodingName.HARMONY_GPT_OSS)
+
+
+@lru_cache(maxsize=1)
+def load_ranks() -> dict[bytes, int]:
+    """The verified o200k_base ranks (token bytes -> id) that openai-harmony's encoding is built from."""
+    ranks: dict[bytes, int] = {}
+    for line in (ensure_vocabulary() / FILENAME).read_bytes().splitlines():
+        token, rank = line.split()
+        ranks[base64.b64decode(token)] = int(rank)
+    return ranks
+
+
+@lru_cache(maxsize=1)
+def _id_to_bytes() -> dict[int, bytes]:
+    return {rank: tok for tok, rank in load_ranks().items()}
+
+
+def token_bytes(token: int, encoding: Any) -> bytes:
+    """A token's exact bytes (a character split over tokens has part of its bytes in each); special tokens
+    as their names."""
+    raw = _id_to_bytes().get(token)
+    return raw if raw is not None else encoding.decode([token]).encode()
