@@ -321,7 +321,15 @@ def test_bad_requests_get_openai_error_envelopes(server: tuple[str, ScriptedBack
     err = _assert_envelope(_post(url, json.dumps({"model": "/etc/passwd", "messages": [{"role": "user", "content": "x"}]})), 404)
     assert err["code"] == "model_not_found"
     _assert_envelope(httpx.get(f"{url}/nothing-here"), 404)
-    ok = _post(url, json.dumps({"model": "scripted", "messages": [{"role": "user", "content": "x"}], "vendor_x": {"a": 1}}))
+    err = _assert_envelope(_post(url, json.dumps({"model": "scripted", "messages": [{"role": "user", "content": "x"}],
+                                                  "vendor_x": {"a": 1}})), 400)
+    assert err["param"] == "vendor_x" and "vendor_x" in err["message"]  # unknown fields are named, not ignored
+    err = _assert_envelope(_post(url, json.dumps({"model": "scripted", "messages": [{"role": "user", "content": "x"}],
+                                                  "presence_penalty": 0.5})), 400)
+    assert err["param"] == "presence_penalty"
+    # Fields OpenAI clients send by habit are accepted and ignored (docs/server.md lists them).
+    ok = _post(url, json.dumps({"model": "scripted", "messages": [{"role": "user", "content": "x"}], "user": "u1",
+                                "parallel_tool_calls": True, "presence_penalty": 0, "metadata": {"k": "v"}}))
     assert ok.status_code == 200 and ok.json()["choices"][0]["message"]["content"] == "ok"
     assert len(backend.requests) == 1  # none of the bad requests reached the model
 

@@ -188,6 +188,11 @@ class LocalBackend:
         self._thread.submit(work)
         return handle
 
+    def submit(self, job: Callable[[], None]) -> None:
+        """Run ``job`` on the model's worker, after the turns queued before it (the server's raw completions
+        use the engine directly)."""
+        self._thread.submit(job)
+
     def _tools_for(self, request: TurnRequest) -> Any | None:
         """One registry per tool selection, kept across turns (a persistent python kernel lives on)."""
         if self.tools is not None:

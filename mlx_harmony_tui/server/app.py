@@ -20,7 +20,6 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, StreamingResponse
-from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from mlx_harmony_tui.backends.base import Backend, TurnRequest
@@ -29,6 +28,7 @@ from mlx_harmony_tui.chat.events import (
     Event,
     Metrics,
     Retry,
+    TokenLogprob,
     ToolCall,
     ToolCallArgs,
     ToolCallStarted,
@@ -38,16 +38,21 @@ from mlx_harmony_tui.chat.events import (
 )
 from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.server.guards import BearerAuth, check_counts, error_response, parse_json
+from mlx_harmony_tui.server.logprobs import entry as logprob_entry
+from mlx_harmony_tui.server.logprobs import visible as visible_logprob
 from mlx_harmony_tui.server.queue import GenerationQueue, QueueFull
 from mlx_harmony_tui.server.schemas import (
     APIError,
     ChatCompletionRequest,
     ToolRoute,
+    check_chat_fields,
     error_body,
+    pick,
     server_tools,
     to_hmessages,
     to_settings,
     tool_routes,
+    validated,
 )
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
@@ -85,6 +90,8 @@ class ReplyBuilder:
         self.error: str | None = None
         self.metrics: Metrics | None = None
         self.retries: list[dict[str, Any]] = []
+        self.logprobs: list[dict[str, Any]] | None = None  # the answer's token log-probabilities, when asked for
+        self._logprobs_pending: list[dict[str, Any]] = []
 
     def feed(self, ev: Event) -> list[dict[str, Any]]:
         """Deltas (``choices[0].delta`` objects) for one event; an empty list for events clients don't see."""
@@ -97,6 +104,12 @@ class ReplyBuilder:
             if ev.recipient is None:  # final answer, or a preamble before tool calls
                 return self._content(ev.text)
             return []  # tool-call arguments: sent as tool_calls below
+        if isinstance(ev, TokenLogprob):
+            if visible_logprob(ev) and not self.stopped:
+                e = logprob_entry(ev)
+                self.logprobs = [*(self.logprobs or []), e]
+                self._logprobs_pending.append(e)
+            return []
         if isinstance(ev, ToolCallStarted | ToolCall) and _tool_root(ev.recipient) in self.runs_here:
             self._hidden.add(ev.call_id)
         if isinstance(ev, ToolCallStarted | ToolCallArgs | ToolCall) and ev.call_id in self._hidden:
@@ -212,6 +225,13 @@ class ReplyBuilder:
             self.content += emit
             return [{"content": emit}]
         return []
+
+    def take_logprobs(self) -> dict[str, Any] | None:
+        """The log-probabilities of the text sent since the last call (for one streamed chunk)."""
+        if not self._logprobs_pending:
+            return None
+        out, self._logprobs_pending = self._logprobs_pending, []
+        return {"content": out, "refusal": None}
 
     def usage(self) -> dict[str, Any]:
         m = self.metrics or Metrics()
@@ -410,21 +430,11 @@ def create_app(
     @app.post("/v1/chat/completions")
     async def chat_completions(request: Request) -> Any:
         data = await read_json(request)
-        if not isinstance(data, dict):
-            raise APIError(400, "request body must be a JSON object")
-        try:
-            req = ChatCompletionRequest.model_validate(data)
-        except ValidationError as e:
-            first = e.errors()[0]
-            loc = ".".join(str(p) for p in first["loc"])
-            raise APIError(400, f"{loc}: {first['msg']}" if loc else first["msg"], param=loc or None,
-                           code="invalid_value") from None
+        if isinstance(data, dict):
+            check_chat_fields(data)
+        req = validated(ChatCompletionRequest, data)
         check_counts(len(req.messages), len(req.tools or []))
-        name = req.model or next(iter(backends))
-        backend = backends.get(name)
-        if backend is None:
-            raise APIError(404, f"model {name!r} does not exist; this server serves: {', '.join(backends)}",
-                           param="model", code="model_not_found")
+        name, backend = pick(backends, req.model)
         settings = to_settings(req, base)
         turn_request = TurnRequest(messages=to_hmessages(req), settings=settings)
         routes = tool_routes(req, settings)
@@ -445,6 +455,11 @@ def create_app(
             )
         return await _complete(request, backend, turn_request, gen_queue, turns, stops, cid, now, name, routes)
 
+    from mlx_harmony_tui.server.completions import register_completions
+    from mlx_harmony_tui.server.responses import register_responses
+
+    register_responses(app, backends, base, gen_queue, read_json, turns)
+    register_completions(app, backends, base, gen_queue, read_json, turns)
     return app
 
 
@@ -548,7 +563,8 @@ async def _complete(
         "created": now,
         "model": name,
         "system_fingerprint": None,
-        "choices": [{"index": 0, "message": builder.message(), "logprobs": None,
+        "choices": [{"index": 0, "message": builder.message(),
+                     "logprobs": None if builder.logprobs is None else {"content": builder.logprobs, "refusal": None},
                      "finish_reason": builder.finish_reason or "stop"}],
         "usage": builder.usage(),
     })
@@ -570,10 +586,11 @@ async def _stream(
     state: Any = None,
 ) -> AsyncIterator[str]:
     def chunk(delta: dict[str, Any] | None, finish: str | None = None, usage: dict[str, Any] | None = None) -> str:
+        logprobs = builder.take_logprobs() if delta else None
         doc: dict[str, Any] = {"id": cid, "object": "chat.completion.chunk", "created": now, "model": name,
                                "system_fingerprint": None,
                                "choices": [] if delta is None else
-                               [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}]}
+                               [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
         if usage is not None:
             doc["usage"] = usage
         return f"data: {json.dumps(doc, ensure_ascii=False)}\n\n"

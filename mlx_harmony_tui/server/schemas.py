@@ -1,24 +1,35 @@
 """Request models of the OpenAI chat-completions API and their mapping to HMessages and ChatSettings.
 
-Unknown fields are accepted and ignored (clients send many vendor extensions), but a known field with the wrong
-type is a 400: pydantic validates, the app turns its errors into OpenAI's error envelope.
+A field this server does not know is a 400 naming it, except the ones OpenAI clients send by habit
+(CHAT_IGNORED: accepted and ignored, listed in docs/server.md); a known field with the wrong type is a 400
+too: pydantic validates, the app turns its errors into OpenAI's error envelope.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 # PYTHON: a client function of this name is offered as Harmony's built-in python tool
 from mlx_harmony_tui.chat.openai_messages import PYTHON, OpenAIMessagesError, from_openai
 from mlx_harmony_tui.chat.settings import ChatSettings, FunctionTool
 from mlx_harmony_tui.harmony.messages import HMessage
+from mlx_harmony_tui.harmony.render import ResponseFormat
 
 MAX_STOP_STRINGS = 4
+# Sent by common clients with values a local model cannot act on: accepted and ignored.
+CHAT_IGNORED = frozenset({
+    "user", "metadata", "store", "service_tier", "parallel_tool_calls", "modalities", "prompt_cache_key",
+    "safety_identifier", "verbosity", "web_search_options", "prediction", "audio",
+})
+# Accepted only at their neutral value (0): clients send them by default.
+NEUTRAL_ONLY = ("frequency_penalty", "presence_penalty")
+T = TypeVar("T")
 
 
 class APIError(Exception):
@@ -139,6 +150,11 @@ class ChatCompletionRequest(_Model):
     tools: list[ToolDef] | None = None
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     n: int | None = Field(default=None, ge=1, le=1)
+    response_format: dict[str, Any] | None = None
+    logprobs: bool | None = None
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    frequency_penalty: float | None = None
+    presence_penalty: float | None = None
 
     def stop_strings(self) -> list[str]:
         stops = [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
@@ -146,6 +162,88 @@ class ChatCompletionRequest(_Model):
         if len(stops) > MAX_STOP_STRINGS:
             raise APIError(400, f"at most {MAX_STOP_STRINGS} stop strings are allowed", param="stop")
         return stops
+
+
+def reject_unknown(data: dict[str, Any], known: set[str] | frozenset[str]) -> None:
+    """A 400 naming the first field this server does not implement, and for the penalties clients send at 0
+    by default, any other value."""
+    for key in data:
+        if key not in known:
+            raise APIError(400, f"unsupported field {key!r} (this server does not implement it)", param=key,
+                           code="unsupported_parameter")
+    for key in NEUTRAL_ONLY:
+        if data.get(key) not in (None, 0, 0.0):
+            raise APIError(400, f"{key} is not supported (use repetition_penalty)", param=key,
+                           code="unsupported_parameter")
+
+
+def check_chat_fields(data: dict[str, Any]) -> None:
+    reject_unknown(data, set(ChatCompletionRequest.model_fields) | CHAT_IGNORED)
+
+
+M = TypeVar("M", bound=BaseModel)
+
+
+def validated(model: type[M], data: Any) -> M:
+    """The request as ``model``; a JSON value that is not an object, or the first validation error, is a
+    400 naming the field."""
+    if not isinstance(data, dict):
+        raise APIError(400, "request body must be a JSON object")
+    try:
+        return model.model_validate(data)
+    except ValidationError as e:
+        first = e.errors()[0]
+        loc = ".".join(str(p) for p in first["loc"])
+        raise APIError(400, f"{loc}: {first['msg']}" if loc else first["msg"], param=loc or None,
+                       code="invalid_value") from None
+
+
+def pick(backends: Mapping[str, T], name: str) -> tuple[str, T]:
+    """The backend the request's ``model`` names (the first one when empty); another name is a 404."""
+    name = name or next(iter(backends))
+    backend = backends.get(name)
+    if backend is None:
+        raise APIError(404, f"model {name!r} does not exist; this server serves: {', '.join(backends)}",
+                       param="model", code="model_not_found")
+    return name, backend
+
+
+def logit_bias(bias: dict[str, float]) -> dict[int, float]:
+    """OpenAI's ``logit_bias`` (token id as a string -> -100..100) as the sampler takes it."""
+    out: dict[int, float] = {}
+    for key, value in bias.items():
+        if not key.isdigit() or not -100 <= value <= 100:
+            raise APIError(400, f"logit_bias: {key!r}: {value}: keys are token ids, biases -100..100",
+                           param="logit_bias", code="invalid_value")
+        out[int(key)] = value
+    return out
+
+
+def response_format(fmt: Any, param: str) -> ResponseFormat | None:
+    """``response_format`` (chat) or ``text.format`` (responses) -> the schema the final answer must follow.
+    The schema is checked here, so a schema llguidance cannot enforce is a 400 before any generation."""
+    from mlx_harmony_tui.harmony.constraint import SchemaError, check_schema
+
+    if not isinstance(fmt, dict):
+        raise APIError(400, f"{param} must be an object", param=param)
+    kind = fmt.get("type")
+    if kind == "text":
+        return None
+    if kind == "json_object":
+        return ResponseFormat("json_object", {"type": "object"}, "any JSON object")
+    if kind != "json_schema":
+        raise APIError(400, f"{param}.type must be text, json_object or json_schema, not {kind!r}",
+                       param=f"{param}.type")
+    spec = fmt.get("json_schema", fmt)  # chat nests it; the Responses API does not
+    where = f"{param}.json_schema" if "json_schema" in fmt else param
+    if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
+        raise APIError(400, f"{where}.schema must be a JSON-schema object", param=f"{where}.schema")
+    name = str(spec.get("name") or "response")
+    try:
+        check_schema(spec["schema"])
+    except SchemaError as e:
+        raise APIError(400, f"{where}.schema: {e}", param=f"{where}.schema") from None
+    return ResponseFormat(name, spec["schema"], str(spec.get("description") or ""))
 
 
 def to_settings(req: ChatCompletionRequest, base: ChatSettings) -> ChatSettings:
@@ -165,13 +263,7 @@ def to_settings(req: ChatCompletionRequest, base: ChatSettings) -> ChatSettings:
     if req.repetition_context is not None:
         sp.repetition_context = req.repetition_context
     if req.logit_bias:
-        bias: dict[int, float] = {}
-        for key, value in req.logit_bias.items():
-            if not key.isdigit() or not -100 <= value <= 100:
-                raise APIError(400, f"logit_bias: {key!r}: {value}: keys are token ids, biases -100..100",
-                               param="logit_bias", code="invalid_value")
-            bias[int(key)] = value
-        sp.logit_bias = {**sp.logit_bias, **bias}
+        sp.logit_bias = {**sp.logit_bias, **logit_bias(req.logit_bias)}
     limit = req.max_completion_tokens or req.max_tokens
     if limit is not None:
         s.max_tokens = limit
@@ -179,6 +271,12 @@ def to_settings(req: ChatCompletionRequest, base: ChatSettings) -> ChatSettings:
         s.seed = req.seed
     if req.reasoning_effort is not None:
         s.reasoning_effort = req.reasoning_effort
+    if req.logprobs:
+        s.logprobs = req.top_logprobs or 0
+    elif req.top_logprobs:
+        raise APIError(400, "top_logprobs needs logprobs: true", param="top_logprobs")
+    if req.response_format is not None:
+        s.response_format = response_format(req.response_format, "response_format")
     instructions = [m.text() for m in req.messages if m.role in ("system", "developer")]
     if instructions:
         s.instructions = "\n\n".join(t for t in [s.instructions, *instructions] if t)
@@ -198,6 +296,7 @@ def to_settings(req: ChatCompletionRequest, base: ChatSettings) -> ChatSettings:
             tools = [t for t in tools if t.name == choice.function.name]
             if not tools:
                 raise APIError(400, f"tool_choice names unknown function {choice.function.name!r}", param="tool_choice")
+        s.tool_choice = "required" if choice == "required" or isinstance(choice, NamedToolChoice) else "auto"
         if any(t.name == PYTHON for t in tools):
             # GPT-OSS is trained to call `python` as a built-in tool with plain code, not as functions.python.
             s.builtin_tools = sorted({*s.builtin_tools, PYTHON})
