@@ -15,6 +15,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from mlx_harmony_tui.chat.openai_messages import unwrap_code
 from mlx_harmony_tui.chat.settings import ChatSettings, FunctionTool
 from mlx_harmony_tui.harmony.messages import HMessage
 from mlx_harmony_tui.server.schemas import (
@@ -23,7 +24,6 @@ from mlx_harmony_tui.server.schemas import (
     ToolRoute,
     reject_unknown,
     response_format,
-    unwrap_code,
 )
 
 # Sent by common clients (the openai SDK, the Agents SDK, Codex) with values we cannot act on locally.
