@@ -43,10 +43,6 @@ def test_pull_then_chat_in_tmux(fake_hub: FakeHub, isolated_dirs: Path, tmp_path
         assert "● " in row and "fits" in row
         t.keys("Escape")
         time.sleep(0.5)
-        t.keys("C-q")
-        deadline = time.monotonic() + 20
-        while t.alive() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not t.alive()
+        t.quit()
     finally:
         t.kill()

@@ -59,6 +59,14 @@ class Tmux:
     def kill(self) -> None:
         self.tmux("kill-server")
 
+    def quit(self, timeout: float = 20.0) -> None:
+        """ctrl+q, then wait for the app (and so the tmux session) to end."""
+        self.keys("C-q")
+        deadline = time.monotonic() + timeout
+        while self.alive() and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert not self.alive(), "the app did not quit"
+
 
 def test_chat_in_tmux_and_find_session_after_restart(isolated_dirs: Path, tmp_path: Path) -> None:
     env = dict(os.environ)
@@ -91,11 +99,7 @@ def test_chat_in_tmux_and_find_session_after_restart(isolated_dirs: Path, tmp_pa
         assert "hello from tmux" in screen.split("search titles")[1]
         t.keys("Escape")
         time.sleep(0.5)
-        t.keys("C-q")
-        deadline = time.monotonic() + 20
-        while t.alive() and time.monotonic() < deadline:
-            time.sleep(0.2)
-        assert not t.alive()
+        t.quit()
 
         t.start(*args)
         t.wait_for("Model ready", 120)
