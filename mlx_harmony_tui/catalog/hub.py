@@ -286,6 +286,7 @@ def pull(
     """
     if offline():
         raise HubError(f"cannot download {repo}: HF_HUB_OFFLINE is set (unset it to download)")
+    import httpx2
     from huggingface_hub import hf_hub_download, snapshot_download
 
     _use_bounded_client()
@@ -298,13 +299,13 @@ def pull(
                 repo, revision=revision, allow_patterns=["config.json"], tqdm_class=silent, **common
             )
         )
-        config = _read_config(first)
-        if not config:
-            raise HubError(f"{repo} has no readable config.json: it is not a model this app can load")
         try:
+            config = _read_config(first)
+            if not config:
+                raise HubError(f"{repo} has no readable config.json: it is not a model this app can load")
             check_architecture(config, repo)
         except UserError:
-            if created:
+            if created:  # leave no trace of a repo we will not use
                 shutil.rmtree(repo_folder(repo), ignore_errors=True)
             raise
         commit = first.name  # the snapshot folder is named by the commit: the rest comes from the same one
@@ -322,12 +323,8 @@ def pull(
                 raise HubError(
                     f"{repo}: {', '.join(still)} still fails verification after downloading it again"
                 )
-    except UserError:
-        raise
-    except Exception as e:  # noqa: BLE001 - huggingface_hub / httpx errors become one sentence
-        if isinstance(e, OSError | ValueError) or type(e).__module__.startswith(("huggingface_hub", "httpx")):
-            raise _hub_error(e, repo, revision) from None
-        raise
+    except (OSError, ValueError, httpx2.HTTPError) as e:  # huggingface_hub's errors are OSError/ValueError
+        raise _hub_error(e, repo, revision) from None
     _drop_stale_partials(repo, before=start)
     return path
 
