@@ -15,12 +15,12 @@ import time
 from pathlib import Path
 
 import pytest
+from scripted_engine import ScriptedEngine
 
-from mlx_harmony_tui.chat.events import Metrics, ToolCall, ToolConfirmation, ToolResult, TurnFinished
+from mlx_harmony_tui.chat.events import ToolCall, ToolConfirmation, ToolResult, TurnFinished
 from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.chat.turn import TurnContext, run_turn
 from mlx_harmony_tui.config import load_config
-from mlx_harmony_tui.engine.generator import GenerationResult
 from mlx_harmony_tui.engine.sampling import SamplingParams
 from mlx_harmony_tui.harmony.messages import HMessage
 from mlx_harmony_tui.tools.mcp import McpHub, McpServerConfig
@@ -131,23 +131,6 @@ def test_config_reads_mcp_servers_and_reports_bad_entries(tmp_path):
     assert "'both' needs either command or url" in text and "'a__b'" in text and "defined twice" in text
 
 
-class ScriptedEngine:
-    """Writes fixed Harmony text token by token (the real encoding), one script per generation, and keeps
-    every prompt it was given so the test can read what the model was told."""
-
-    def __init__(self, encoding, scripts: list[str]) -> None:
-        self.encoding = encoding
-        self.scripts = list(scripts)
-        self.prompts: list[str] = []
-        self.last_result: GenerationResult | None = None
-
-    def generate(self, prompt, options, cancel=None, on_progress=None):
-        self.prompts.append(self.encoding.decode(prompt))
-        tokens = self.encoding.encode(self.scripts.pop(0), allowed_special="all")
-        yield from tokens
-        self.last_result = GenerationResult("stop", Metrics(generated_tokens=len(tokens), final=True), tokens)
-
-
 def test_a_model_turn_calls_an_mcp_tool_and_gets_its_result(tmp_path, encoding):
     cfg = tmp_path / "config.toml"
     cfg.write_text(f'[[mcp.servers]]\nname = "t"\ncommand = {json.dumps(sys.executable)}\nargs = [{json.dumps(SERVER)}]\n'
@@ -194,3 +177,38 @@ def test_mcp_list_command_shows_states_and_tools(tmp_path):
     assert "t [stdio]: ready" in r.stdout and "functions.t__echo" in r.stdout
     assert "bad [stdio]: failed: cannot start 'no-such-mcp-server': command not found" in r.stdout
     assert "Traceback" not in r.stderr
+
+
+def test_serve_tools_mcp_runs_the_mcp_tool_on_the_server(tmp_path, tiny_model_dir, encoding):
+    """`serve --tools mcp`: the model's MCP call runs on the server (the client never sees it); without it the
+    server offers no MCP tool at all."""
+    import openai
+
+    from mlx_harmony_tui.backends.local import LocalBackend
+    from mlx_harmony_tui.server.app import create_app
+    from mlx_harmony_tui.server.command import serve_in_thread
+
+    cfg = tmp_path / "config.toml"
+    cfg.write_text(f'[[mcp.servers]]\nname = "t"\ncommand = {json.dumps(sys.executable)}\nargs = [{json.dumps(SERVER)}]\n'
+                   f"start_timeout_s = {START_S}\n")
+    config, _ = load_config(cfg)
+    backend = LocalBackend.load(str(tiny_model_dir), app_config=config)
+    try:
+        backend.engine = ScriptedEngine(encoding, [
+            '<|channel|>commentary to=functions.t__echo <|constrain|>json<|message|>{"text": "srv"}<|call|>',
+            "<|channel|>final<|message|>Server says echo: srv<|return|>",
+            "<|channel|>final<|message|>No tools here.<|return|>",
+        ])
+        settings = ChatSettings(sampling=SamplingParams(temperature=0.0), conversation_date="2026-01-01")
+        with serve_in_thread(create_app({"tiny": backend}, settings, run_tools=["mcp"])) as url:
+            client = openai.OpenAI(base_url=url, api_key="none")
+            reply = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "echo srv"}])
+            assert reply.choices[0].message.content == "Server says echo: srv"
+            assert not reply.choices[0].message.tool_calls  # run here, not handed to the client
+            assert "t__echo" in backend.engine.prompts[0] and "echo: srv" in backend.engine.prompts[1]
+        with serve_in_thread(create_app({"tiny": backend}, settings)) as url:
+            client = openai.OpenAI(base_url=url, api_key="none")
+            client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}])
+            assert "t__echo" not in backend.engine.prompts[2]  # not asked for: not offered
+    finally:
+        backend.close()

@@ -149,6 +149,11 @@ class LocalBackend:
             raise
 
     @property
+    def mcp(self) -> Any:
+        """The MCP servers of the config (tools/mcp.McpHub: states, on_change), for faces to report on."""
+        return self._registries.mcp
+
+    @property
     def model_name(self) -> str:
         return self._name
 

@@ -26,6 +26,7 @@ class ChatSettings:
     # "python", "browser". The sandboxed python tool is on by default: GPT-OSS does arithmetic through it.
     builtin_tools: list[str] = field(default_factory=lambda: ["python"])
     function_tools: list[FunctionTool] = field(default_factory=list)
+    mcp_tools: bool = True  # offer the config's MCP servers' tools (the server only with `serve --tools mcp`)
     context_limit: int | None = None  # tokens; None = the model's
     seed: int | None = None
     max_tool_rounds: int = 8

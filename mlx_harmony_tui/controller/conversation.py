@@ -19,6 +19,7 @@ from typing import Any
 
 from mlx_harmony_tui.backends.base import Backend, TurnHandle, TurnRequest
 from mlx_harmony_tui.chat import events as ev
+from mlx_harmony_tui.chat.attachments import Attachment, read_attachment, with_attachments
 from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.controller import prompt_cache
 from mlx_harmony_tui.controller.session_settings import (
@@ -71,6 +72,7 @@ class ChatController:
         self._store = store
         self._settings_dirty = False
         self._cache_loaded_for: str | None = None
+        self.attachments: list[Attachment] = []  # files that go with the next message
 
     @property
     def store(self) -> SessionStore:
@@ -115,9 +117,13 @@ class ChatController:
     def add_user(self, text: str) -> None:
         """Append the user's message to the conversation and its record (creating the session if needed).
         ``{name}`` placeholders are expanded here, once: the model and the record see the expanded text.
-        A new conversation starts with the configured greeting, as the assistant's first message."""
+        A new conversation starts with the configured greeting, as the assistant's first message. Files
+        attached since the last message (``attach``) follow the text."""
         greeting = self.greeting
         text = expand_placeholders(text, self.settings.placeholders)
+        if self.attachments:  # files attached since the last message go with this one (not expanded)
+            text = with_attachments(text, self.attachments)
+            self.attachments = []
         if greeting:
             self.history.append(HMessage(role="assistant", text=greeting, channel="final"))
         self.history.append(HMessage(role="user", text=text))
@@ -149,6 +155,14 @@ class ChatController:
             raise UserError("still generating: stop the running turn first")
         self.add_user(text)
         return self.start_turn()
+
+    def attach(self, path: str) -> Attachment:
+        """Read a text file for the next message (AttachmentError, a UserError, says why one cannot be)."""
+        attachment = read_attachment(path)
+        if any(a.path == attachment.path for a in self.attachments):
+            raise UserError(f"{attachment.name} is already attached to the next message")
+        self.attachments.append(attachment)
+        return attachment
 
     def observe(self, event: ev.Event) -> None:
         """Record one event of the running turn and keep the history in step with it."""

@@ -43,6 +43,7 @@ HELP = r"""commands:
   /set                show the current settings
   /models             list the models available
   /save [title]       name the session (recorded from the first message) and show where it is
+  /attach PATH        add a text file (up to 256 KB) to the next message; /attach lists, /detach drops
   /quit               leave (also end of input)
   //text             send text that starts with '/'
   text\               a line ending in a backslash continues on the next line"""
@@ -142,6 +143,12 @@ class LineChat:
                 self.models()
             elif name == "save":
                 self.save(rest)
+            elif name == "attach":
+                self.attach(rest)
+            elif name == "detach":
+                dropped = ", ".join(a.name for a in self.chat.attachments) or "nothing"
+                self.chat.attachments = []
+                self.out.write(f"detached {dropped}\n")
             else:
                 self.err.write(f"unknown command /{name} (/help lists them; //text sends text starting with '/')\n")
         except UserError as e:
@@ -167,6 +174,14 @@ class LineChat:
         apply_overrides(new, {key: parse_value(key, value, typed)}, typed)
         self.chat.set_settings(new)  # recorded in the session with the next message
         self.out.write(f"{key} = {value.strip()}\n")
+
+    def attach(self, path: str) -> None:
+        if not path:
+            pending = ", ".join(a.describe() for a in self.chat.attachments)
+            self.out.write(f"attached to the next message: {pending}\n" if pending else "usage: /attach PATH\n")
+            return
+        a = self.chat.attach(path)
+        self.out.write(f"attached {a.describe()}: it goes with your next message (/detach drops it)\n")
 
     def models(self) -> None:
         list_models = getattr(self.backend, "list_models", None)
@@ -255,6 +270,7 @@ def run(args: argparse.Namespace) -> int:
     if isinstance(sys.stdin, io.TextIOWrapper):  # invalid UTF-8 in a pipe: U+FFFD, never a crash at save
         sys.stdin.reconfigure(errors="replace")
     backend, settings = make_backend(args, progress=_progress)
+    _report_mcp(backend)
     try:
         line_chat = LineChat(backend, settings, args, sys.stdin, sys.stdout, sys.stderr)
     except BaseException:
@@ -266,6 +282,23 @@ def run(args: argparse.Namespace) -> int:
     finally:
         line_chat.chat.close()  # the session and the backend (a no-op when run() got to close them)
         release_mlx_streams()
+
+
+def _report_mcp(backend: Any) -> None:
+    """A note on stderr for each MCP server that comes up or fails, now and later (from the MCP thread)."""
+    hub = getattr(backend, "mcp", None)
+    if not hub:
+        return
+
+    def note(state: Any) -> None:
+        if state.status == "ready":
+            sys.stderr.write(f"note: MCP server {state.name}: {len(state.tools)} tools\n")
+        elif state.status == "failed":
+            sys.stderr.write(f"note: MCP server {state.name} is off: {state.error}\n")
+
+    hub.on_change = note
+    for state in hub.states():
+        note(state)
 
 
 def _progress(fraction: float, message: str) -> None:

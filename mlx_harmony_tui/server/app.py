@@ -54,6 +54,7 @@ from mlx_harmony_tui.server.schemas import (
     tool_routes,
     validated,
 )
+from mlx_harmony_tui.tools.mcp import SEPARATOR as MCP_SEPARATOR
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
 _END = object()
@@ -110,7 +111,8 @@ class ReplyBuilder:
                 self.logprobs = [*(self.logprobs or []), e]
                 self._logprobs_pending.append(e)
             return []
-        if isinstance(ev, ToolCallStarted | ToolCall) and _tool_root(ev.recipient) in self.runs_here:
+        if (isinstance(ev, ToolCallStarted | ToolCall) and _tool_root(ev.recipient) in self.runs_here
+                and not (self.routes and ev.recipient in self.routes)):  # a client's own function stays its
             self._hidden.add(ev.call_id)
         if isinstance(ev, ToolCallStarted | ToolCallArgs | ToolCall) and ev.call_id in self._hidden:
             return []
@@ -253,8 +255,10 @@ class ReplyBuilder:
 
 
 def _tool_root(recipient: str) -> str:
-    """``browser.search`` -> ``browser``; ``python`` -> ``python``."""
-    return recipient.split(".", 1)[0]
+    """``browser.search`` -> ``browser``; ``python`` -> ``python``; an MCP server's tool
+    (``functions.server__tool``) -> ``mcp``."""
+    root, _, name = recipient.partition(".")
+    return "mcp" if root == "functions" and MCP_SEPARATOR in name else root
 
 
 def _call_id(call_id: str) -> str:
@@ -361,12 +365,14 @@ def create_app(
     run_tools: Sequence[str] = (),
 ) -> FastAPI:
     """The app. ``models`` maps the names clients may ask for to loaded backends; nothing else is ever loaded.
-    ``run_tools``: built-in tools ("python", "browser") the server runs itself (``serve --tools``); none by
-    default, whatever ``settings.builtin_tools`` says: a client runs its own functions."""
+    ``run_tools``: built-in tools ("python", "browser") the server runs itself (``serve --tools``), and "mcp"
+    for the config's MCP servers' tools; none by default, whatever ``settings.builtin_tools`` says: a client
+    runs its own functions."""
     backends: dict[str, Backend] = dict(models) if isinstance(models, Mapping) else {models.model_name: models}
     if not backends:
         raise ValueError("the server needs at least one model")
-    base = dataclasses.replace(settings or ChatSettings(), builtin_tools=list(run_tools))
+    base = dataclasses.replace(settings or ChatSettings(), builtin_tools=[t for t in run_tools if t != "mcp"],
+                               mcp_tools="mcp" in run_tools)
     gen_queue = GenerationQueue(max_waiting)
     created = int(time.time())
     turns: set[_Turn] = set()  # running now: cancelled when the server shuts down

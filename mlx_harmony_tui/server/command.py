@@ -36,7 +36,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     for action in p._actions:  # the server's own default differs from the other faces'
         if "--tools" in action.option_strings:
             action.help = ("built-in tools the server runs itself for clients that do not declare them: python,"
-                           "browser (default: none; clients run their own functions)")
+                           "browser, mcp (the config's MCP servers) (default: none; clients run their own functions)")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--api-key", default=None, help=f"require this bearer token (or set {API_KEY_ENV})")
@@ -50,6 +50,18 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run)
 
 
+def _take_mcp(args: argparse.Namespace) -> bool:
+    """Whether ``--tools`` names ``mcp`` (the config's MCP servers, run here); the rest stays for the others."""
+    tools = getattr(args, "tools", None)
+    if not tools:
+        return False
+    names = [n.strip() for n in tools.split(",") if n.strip()]
+    if "mcp" not in names:
+        return False
+    args.tools = ",".join(n for n in names if n != "mcp") or "none"
+    return True
+
+
 def build_app(args: argparse.Namespace) -> Any:
     """Load the configured model and build the app (separate from run() so tests can use it)."""
     _require_server_extra()
@@ -58,6 +70,7 @@ def build_app(args: argparse.Namespace) -> Any:
     from mlx_harmony_tui.server.app import create_app
 
     cfg = load_app_config(args)
+    serve_mcp = _take_mcp(args)
     settings, model = resolve_settings_from_args(args, cfg)
     backend = LocalBackend.load(model, progress=lambda f, msg: print(f"[{f:4.0%}] {msg}", file=sys.stderr),
                                 app_config=cfg, force=args.force, context=settings.context_limit)
@@ -68,6 +81,10 @@ def build_app(args: argparse.Namespace) -> Any:
     if args.max_body_mb <= 0 or args.max_queue < 1:
         raise UserError("--max-body-mb and --max-queue must be positive")
     run_tools = settings.builtin_tools if getattr(args, "tools", None) is not None else []  # only when asked
+    if serve_mcp:
+        if not cfg.mcp.servers:
+            raise UserError("--tools mcp: the config has no [[mcp.servers]] (docs/tools.md)")
+        run_tools = [*run_tools, "mcp"]
     return create_app({n: backend for n in names}, settings, api_key=api_key,
                       max_body_bytes=int(args.max_body_mb * 1024 * 1024), max_waiting=args.max_queue,
                       run_tools=run_tools)

@@ -334,8 +334,10 @@ def tool_routes(req: ChatCompletionRequest, settings: ChatSettings) -> dict[str,
 
 
 def server_tools(settings: ChatSettings, routes: dict[str, ToolRoute]) -> frozenset[str]:
-    """The built-in tools the server runs itself (``serve --tools``), less any the client declared."""
-    return frozenset(t for t in settings.builtin_tools if t not in routes)
+    """The built-in tools the server runs itself (``serve --tools``), less any the client declared; "mcp"
+    when it runs the config's MCP servers' tools (``serve --tools mcp``)."""
+    here = {t for t in settings.builtin_tools if t not in routes}
+    return frozenset(here | ({"mcp"} if settings.mcp_tools else set()))
 
 
 def _declares_python(req: ChatCompletionRequest) -> bool:

@@ -265,9 +265,10 @@ class RegistryCache:
         self.mcp = McpHub(servers, log_dir=log_dir).start()
 
     def get(self, settings: ChatSettings) -> ToolRegistry:
-        key = (tuple(sorted(settings.builtin_tools)), tuple(f.name for f in settings.function_tools))
+        mcp = self.mcp if settings.mcp_tools else None
+        key = (tuple(sorted(settings.builtin_tools)), tuple(f.name for f in settings.function_tools), bool(mcp))
         if key not in self._by_key:
-            self._by_key[key] = ToolRegistry.from_settings(settings, self.config, mcp=self.mcp)
+            self._by_key[key] = ToolRegistry.from_settings(settings, self.config, mcp=mcp)
         return self._by_key[key]
 
     def close(self) -> None:

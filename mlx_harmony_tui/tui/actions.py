@@ -54,6 +54,24 @@ class ScreenActions(_Base):
                 return
         self.notify("No code block to copy")
 
+    def action_attach(self) -> None:
+        """Ask for a text file's path; its contents go with the next message (chat/attachments.py)."""
+        from mlx_harmony_tui.errors import UserError
+        from mlx_harmony_tui.tui.screens.dialogs import PromptScreen
+
+        def done(path: str | None) -> None:
+            if not path:
+                return
+            try:
+                a = self.chat.attach(path)
+            except UserError as e:
+                self.notify(str(e), severity="error")
+                return
+            names = ", ".join(x.name for x in self.chat.attachments)
+            self.notify(f"Attached {a.describe()}: it goes with your next message ({names})")
+
+        self.push_screen(PromptScreen("Attach a text file (path):"), done)
+
     def action_help(self) -> None:
         rows = [(self._keymap.get(b.id or "", b.key), b.description, b.id or "") for b in CHAT_BINDINGS]
         self.push_screen(HelpScreen(rows))

@@ -27,6 +27,7 @@ from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.controller import ChatController
 from mlx_harmony_tui.errors import UserError
 from mlx_harmony_tui.harmony.messages import HMessage
+from mlx_harmony_tui.tui import mcp_notices
 from mlx_harmony_tui.tui.actions import ScreenActions
 from mlx_harmony_tui.tui.keymap import validate_keymap
 from mlx_harmony_tui.tui.latency import LatencyProbe
@@ -186,6 +187,7 @@ class HarmonyApp(ModelLoading, ScreenActions, App[None]):
 
     def _backend_ready(self) -> None:
         assert self.backend is not None
+        mcp_notices.watch(self, self.backend)
         self.chat.model_ref = self.backend.model_name
         self.screen_chat.query_one(MetricsBar).context_limit = self.backend.context_limit
         self._update_header()

@@ -22,6 +22,7 @@ CHAT_BINDINGS: list[Binding] = [
     Binding("f3", "app.copy_reply", "Copy reply", id="chat.copy_reply"),
     Binding("f4", "app.copy_code", "Copy code", id="chat.copy_code"),
     Binding("ctrl+n", "app.new_session", "New", id="chat.new_session"),
+    Binding("alt+a", "app.attach", "Attach file", id="chat.attach", show=False),
     Binding("ctrl+l", "toggle_tools", "Tools pane", id="chat.toggle_tools", show=False),
     Binding("ctrl+p", "app.command_palette", "Commands", id="app.command_palette", show=False),
 ]
