@@ -201,3 +201,21 @@ def test_fit_refuses_with_numbers_and_force_overrides(sharded: Path, monkeypatch
     assert check_fit("acme/tiny-oss", s, kv_bits=8).kv < need.kv  # and so does a quantized KV cache
     two = check_fit("acme/tiny-oss", s, ranks=2)  # and a share of it on each of two ranks
     assert two.weights == int(s.weight_bytes * 0.55) and two.kv == need.kv // 2
+
+
+def test_models_command_without_network(
+    tmp_path: Path, sharded: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from mlx_harmony_tui import cli
+
+    assert cli.main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "(none found in no models_dirs configured or" in out and "models pull OWNER/NAME" in out
+    folder = copy_model(sharded, tmp_path / "mine")
+    assert cli.main(["models", "info", str(folder)]) == 0
+    out = capsys.readouterr().out
+    assert "layers        4 (2 full attention" in out and "parameters    26.0 M" in out and "fits" in out
+    assert cli.main(["models", "rm", str(folder), "--yes"]) == 2  # only downloads are deleted
+    assert "is not in the Hugging Face cache" in capsys.readouterr().err and folder.exists()
+    assert cli.main(["models", "pull", "not a repo"]) == 2
+    assert "is not a Hugging Face repo id" in capsys.readouterr().err

@@ -7,7 +7,7 @@ from __future__ import annotations
 import time
 
 from hub_server import REPO, SHARD2, FakeHub, Hold
-from textual.widgets import Input, OptionList
+from textual.widgets import Input, OptionList, ProgressBar
 
 from mlx_harmony_tui.cli import build_parser
 from mlx_harmony_tui.engine import memory
@@ -43,6 +43,9 @@ async def test_pull_from_the_picker_while_chatting_then_load_it(fake_hub: FakeHu
         await wait_for(pilot, lambda: bool(app.screen.query("#pull-bar")), "the download bar")
         assert any("Downloading acme/tiny-oss in the background" in n.message for n in app._notifications)
         await wait_for(pilot, hold.reached.is_set, "the download to be under way")
+        bar = app.screen.query_one("#pull-progress", ProgressBar)
+        await wait_for(pilot, lambda: bool(bar.total) and bar.progress > 0, "byte counts on the bar")
+        assert "pulling acme/tiny-oss" in str(app.screen.query_one("#pull-text").render())
         # the current model keeps chatting
         app.screen.query_one(ChatInput).focus()
         await pilot.press(*"hi", "enter")
@@ -60,7 +63,9 @@ async def test_pull_from_the_picker_while_chatting_then_load_it(fake_hub: FakeHu
         assert rows[0].startswith("● demo") and REPO in rows[1] and rows[1].rstrip().endswith("fits")
         app.screen.query_one(OptionList).focus()
         await pilot.press("down", "enter")
-        await wait_for(pilot, lambda: app.backend is not None and app.backend.model_name == REPO, "the pulled model")
+        await wait_for(
+            pilot, lambda: app.backend is not None and app.backend.model_name == REPO, "the pulled model"
+        )
         await pilot.press("escape")
         # on a machine too small for it, the same row says so
         monkeypatch.setattr(memory, "memory_budget", lambda: memory.MemoryBudget(1 << 20, "test RAM"))
