@@ -134,15 +134,17 @@ def quantized_attention(
     B, H, L, D = q.shape
     hkv, T = keys[0].shape[1], keys[0].shape[2]
     rep = H // hkv
-    qs = (q * scale).reshape(B, hkv, rep, L, D)
+    # float32 queries and probabilities: scores in bfloat16 (8-bit mantissa) would cost more accuracy than
+    # the 8-bit keys themselves (the demo model in bfloat16: 89% against 100% top-1 agreement)
+    qs = (q.astype(mx.float32) * scale).reshape(B, hkv, rep, L, D)
     kx = [mx.expand_dims(a, 2) for a in keys]
     vx = [mx.expand_dims(a, 2) for a in values]
-    scores = mx.quantized_matmul(qs, *kx, transpose=True, group_size=group_size, bits=bits).astype(mx.float32)
+    scores = mx.quantized_matmul(qs, *kx, transpose=True, group_size=group_size, bits=bits)
     if mask is not None:
         if isinstance(mask, str):
             mask = mx.arange(T - L, T)[:, None] >= mx.arange(T)[None]
         scores = mx.where(mask, scores, -mx.inf)
     sink = mx.broadcast_to(sinks.astype(mx.float32).reshape(1, hkv, rep, 1, 1), (B, hkv, rep, L, 1))
-    probs = mx.softmax(mx.concatenate([sink, scores], axis=-1), axis=-1)[..., 1:].astype(q.dtype)
-    out = mx.quantized_matmul(probs, *vx, transpose=False, group_size=group_size, bits=bits)
+    probs = mx.softmax(mx.concatenate([sink, scores], axis=-1), axis=-1)[..., 1:]
+    out = mx.quantized_matmul(probs, *vx, transpose=False, group_size=group_size, bits=bits).astype(q.dtype)
     return out.reshape(B, H, L, D)
