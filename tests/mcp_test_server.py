@@ -31,4 +31,9 @@ def sleep(seconds: float = 30.0) -> str:
 
 
 if __name__ == "__main__":
-    server.run()
+    import sys
+
+    if len(sys.argv) > 1:  # a port: serve streamable HTTP on 127.0.0.1:PORT/mcp instead of stdio
+        server.run(transport="streamable-http", host="127.0.0.1", port=int(sys.argv[1]), streamable_http_path="/mcp")
+    else:
+        server.run()

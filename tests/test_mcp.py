@@ -212,3 +212,32 @@ def test_serve_tools_mcp_runs_the_mcp_tool_on_the_server(tmp_path, tiny_model_di
             assert "t__echo" not in backend.engine.prompts[2]  # not asked for: not offered
     finally:
         backend.close()
+
+
+def test_a_streamable_http_server_by_url(tmp_path):
+    """``url = ...``: the same tools over streamable HTTP, from a real MCP server process on loopback."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    log = open(tmp_path / "http-server.log", "w")
+    proc = subprocess.Popen([sys.executable, SERVER, str(port)], stdout=log, stderr=log)
+    try:
+        def listening() -> bool:
+            with socket.socket() as c:
+                return c.connect_ex(("127.0.0.1", port)) == 0
+
+        assert wait_until(listening, timeout=60), (tmp_path / "http-server.log").read_text()
+        h = McpHub([McpServerConfig(name="web", url=f"http://127.0.0.1:{port}/mcp", start_timeout_s=START_S)])
+        try:
+            h.start().wait_ready(START_S)
+            state = h.states()[0]
+            assert state.status == "ready" and state.transport == "http", state.error
+            assert h.call("web__echo", {"text": "over http"}).output == "echo: over http"
+        finally:
+            h.close()
+    finally:
+        proc.kill()
+        proc.wait(10)
+        log.close()
