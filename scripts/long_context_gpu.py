@@ -77,7 +77,7 @@ def main() -> int:
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--no-mlx-lm", action="store_true")
     ap.add_argument("--kind", default="20b", help="random model: 20b, 120b or tiny (a CPU smoke test)")
-    ap.add_argument("--kv-tokens", type=int, default=131072)
+    ap.add_argument("--kv-tokens", type=int, default=131072, help="0: skip the KV-bytes step")
     ap.add_argument(
         "--kv-only", action="store_true", help="only the KV bytes (no weights: runs on a CPU too)"
     )
@@ -104,8 +104,9 @@ def main() -> int:
     doc["weights_bytes"] = weights_nbytes(model)
     save(f"model built in {time.perf_counter() - t0:.0f} s")
     bits = (None, 8, 4) if model.layers[0].self_attn.head_dim % 32 == 0 else (None,)
-    doc["kv_bytes"] = {"tokens": a.kv_tokens, **{str(b): kv_bytes_at(a.kind, a.kv_tokens, b) for b in bits}}
-    save(f"KV bytes: {doc['kv_bytes']}")
+    if a.kv_tokens:
+        doc["kv_bytes"] = {"tokens": a.kv_tokens, **{str(b): kv_bytes_at(a.kind, a.kv_tokens, b) for b in bits}}
+        save(f"KV bytes: {doc['kv_bytes']}")
     lm = None if a.no_mlx_lm else to_mlx_lm(model, config)
     engine = Engine(model, config, model_id="random 20b")
     decoder = engine.model.decoder
