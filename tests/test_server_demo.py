@@ -15,8 +15,8 @@ from mlx_harmony_tui import cli
 from mlx_harmony_tui.backends.base import TurnRequest
 from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.harmony.messages import HMessage
-from mlx_harmony_tui.server.app import ReplyBuilder
 from mlx_harmony_tui.server.command import build_app, serve_in_thread
+from mlx_harmony_tui.server.reply import ReplyBuilder
 from mlx_harmony_tui.server.schemas import ToolRoute
 
 PYTHON_TOOL = {"type": "function", "function": {

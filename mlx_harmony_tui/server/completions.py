@@ -26,9 +26,9 @@ from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.chat.turn import token_logprob
 from mlx_harmony_tui.engine.constraint import TokenLogprob as EngineLogprob
 from mlx_harmony_tui.engine.generator import GenerationOptions
-from mlx_harmony_tui.server.app import ReplyBuilder
 from mlx_harmony_tui.server.drive import disconnected, drive, stream_response
 from mlx_harmony_tui.server.queue import GenerationQueue
+from mlx_harmony_tui.server.reply import ReplyBuilder
 from mlx_harmony_tui.server.schemas import (
     MAX_STOP_STRINGS,
     APIError,

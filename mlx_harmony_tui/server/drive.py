@@ -13,23 +13,23 @@ from fastapi.responses import JSONResponse
 
 from mlx_harmony_tui.backends.base import TurnRequest
 from mlx_harmony_tui.chat.events import Event
-from mlx_harmony_tui.server.app import _join, _SSEResponse, _Turn, _until_done, _watch_disconnect
 from mlx_harmony_tui.server.queue import GenerationQueue
 from mlx_harmony_tui.server.schemas import error_body
+from mlx_harmony_tui.server.turns import SSEResponse, Turn, join_queue, until_done, watch_disconnect
 
 
 async def drive(request: Request, backend: Any, turn_request: TurnRequest, gen_queue: GenerationQueue,
-                turns: set[_Turn], feed: Callable[[Event], Any], stop: Callable[[], bool] = lambda: False) -> bool:
+                turns: set[Turn], feed: Callable[[Event], Any], stop: Callable[[], bool] = lambda: False) -> bool:
     """Wait for the model, run the turn and give every event to ``feed``; ``stop()`` true cancels the rest.
     False when the client hung up while waiting (nothing ran); a hang-up later cancels the turn."""
-    place = _join(gen_queue)
+    place = join_queue(gen_queue)
     waiter = asyncio.ensure_future(gen_queue.wait(place))
-    if not await _until_done(waiter, request, waiter.cancel):
+    if not await until_done(waiter, request, waiter.cancel):
         return False
     waiter.result()
-    turn = _Turn(backend, turn_request, gen_queue, turns)
+    turn = Turn(backend, turn_request, gen_queue, turns)
     turn.start()
-    watch = asyncio.ensure_future(_watch_disconnect(request, turn.cancel))
+    watch = asyncio.ensure_future(watch_disconnect(request, turn.cancel))
     try:
         async for ev in turn:
             feed(ev)
@@ -50,19 +50,19 @@ def disconnected() -> JSONResponse:
 StreamBody = Callable[[Callable[[], AsyncIterator[Event]], Callable[[], None]], AsyncIterator[str]]
 
 
-def stream_response(backend: Any, turn_request: TurnRequest, gen_queue: GenerationQueue, turns: set[_Turn],
-                    body: StreamBody) -> _SSEResponse:
+def stream_response(backend: Any, turn_request: TurnRequest, gen_queue: GenerationQueue, turns: set[Turn],
+                    body: StreamBody) -> SSEResponse:
     """An SSE response made by ``body(events, cancel)``: ``events()`` waits for the model, starts the turn and
     yields its events; ``cancel()`` stops the model (a stop string), the events then run to the turn's end.
     The turn is cancelled when the stream ends early (the client went away)."""
-    place = _join(gen_queue)  # a full line is a 429 before the stream's 200 goes out
+    place = join_queue(gen_queue)  # a full line is a 429 before the stream's 200 goes out
     claimed: list[bool] = []
-    running: list[_Turn] = []
+    running: list[Turn] = []
 
     async def events() -> AsyncIterator[Event]:
         await gen_queue.wait(place)
         claimed.append(True)  # from here the turn releases the slot when it ends
-        turn = _Turn(backend, turn_request, gen_queue, turns)
+        turn = Turn(backend, turn_request, gen_queue, turns)
         running.append(turn)
         turn.start()
         try:
@@ -75,6 +75,6 @@ def stream_response(backend: Any, turn_request: TurnRequest, gen_queue: Generati
         for turn in running:
             turn.cancel()
 
-    return _SSEResponse(body(events, cancel), media_type="text/event-stream",
+    return SSEResponse(body(events, cancel), media_type="text/event-stream",
                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
                         on_close=lambda: None if claimed else gen_queue.leave(place))

@@ -36,13 +36,13 @@ from mlx_harmony_tui.chat.events import (
 )
 from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.harmony.messages import HMessage
-from mlx_harmony_tui.server.app import _check_fits
 from mlx_harmony_tui.server.drive import disconnected, drive, stream_response
 from mlx_harmony_tui.server.logprobs import entry as logprob_entry
 from mlx_harmony_tui.server.logprobs import visible
 from mlx_harmony_tui.server.queue import GenerationQueue
 from mlx_harmony_tui.server.responses_input import ResponsesRequest, check_fields, to_messages, to_settings
 from mlx_harmony_tui.server.schemas import PYTHON, APIError, ToolRoute, pick, validated
+from mlx_harmony_tui.server.turns import check_fits
 
 MAX_STORED = 1000
 
@@ -255,7 +255,7 @@ def register_responses(app: FastAPI, backends: Mapping[str, Backend], base: Chat
         messages = history + new
         turn_request = TurnRequest(messages=messages, settings=settings)
         doc = _response_doc(_id("resp"), name, req, settings)
-        await _check_fits(request, backend, turn_request)  # a 400 before waiting in line
+        await check_fits(request, backend, turn_request)  # a 400 before waiting in line
 
         def finish(builder: OutputBuilder) -> dict[str, Any]:
             _complete_doc(doc, builder, getattr(backend, "encoding", None))
