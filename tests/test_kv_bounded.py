@@ -303,3 +303,25 @@ def test_quantized_attention_of_half_precision_queries_keeps_float32_scores() ->
     got = quantized_attention(q, qk, qv, 0.125, None, sinks, 8, 64)
     assert got.dtype == mx.bfloat16
     assert mx.abs(got.astype(mx.float32) - ref).max().item() < 0.02
+
+
+def test_kv_bits_config_key_reaches_the_local_engine(tmp_path: Path) -> None:
+    """`kv_bits = 8` in the config file quantizes the local model's full layers (the demo model's heads are
+    64 wide); a value other than 4 or 8 is reported with its line and left unset."""
+    from mlx_harmony_tui.backends.local import LocalBackend
+    from mlx_harmony_tui.config import load_config
+
+    good, bad = tmp_path / "good.toml", tmp_path / "bad.toml"
+    good.write_text("kv_bits = 8\n")
+    bad.write_text('theme = "textual-dark"\nkv_bits = 3\n')
+    config, problems = load_config(good)
+    assert problems == [] and config.kv_bits == 8
+    backend = LocalBackend.load("demo", app_config=config)
+    try:
+        kinds = {type(c).__name__ for c in backend.engine.prompt_cache.caches}
+        assert kinds == {"SlidingKVCache", "QuantizedKVCache"} and backend.engine.kv_bits == 8
+    finally:
+        backend.close()
+    config, problems = load_config(bad)
+    assert config.kv_bits is None
+    assert [(p.line, p.key) for p in problems] == [(2, "kv_bits")] and "one of 4, 8" in problems[0].message
