@@ -144,7 +144,7 @@ def test_cli_import_list_show_export_migrate_convert(tmp_path: Path, capsys: pyt
     root = SessionStore().root
     shutil.copy(FIXTURES / "v1-example.json", root / "example-v1.json")
     assert main(["sessions", "migrate", "--dry-run"]) == 0
-    assert "example-v1.json: would be migrated v1 -> v3" in capsys.readouterr().out
+    assert "example-v1.json: would be migrated v1 -> v4" in capsys.readouterr().out
     assert main(["sessions", "migrate"]) == 0
     assert (root / "example-v1.v1.bak").exists()
     assert main(["sessions", "convert-dialogue", str(FIXTURES / "dialogue.txt")]) == 0

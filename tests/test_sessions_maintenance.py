@@ -74,8 +74,8 @@ def test_migrate_dry_run_predicts_migrate_exactly(capsys: pytest.CaptureFixture[
     assert rc_dry == rc == 1  # two damaged files and a newer one could not be migrated
     expected = [re.sub(r"would be ", "", line).replace("<time>", "TIME") for line in predicted]
     assert [re.sub(r"corrupt-\d{8}T\d{6}(-\d+)?", "corrupt-TIME", line) for line in done] == expected
-    assert len(done) == 5
-    assert sorted(p.name for p in root.glob("*.bak")) == ["example-v1.v1.bak", "old-copy.v2.bak"]
+    assert len(done) == 6
+    assert sorted(p.name for p in root.glob("*.bak")) == ["example-v1.v1.bak", "example-v3.v3.bak", "old-copy.v2.bak"]
     assert json.loads((root / "old-copy.json").read_text())["id"] == "old-copy"
     assert (root / "newer.json").exists() and not (root / "broken.json").exists()
     rc, again = _migrate([], capsys)

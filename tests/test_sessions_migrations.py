@@ -91,3 +91,35 @@ def test_broken_old_documents_raise_schema_errors_not_library_errors() -> None:
         migrate(doc)
     with pytest.raises(SchemaError):
         migrate({"schema_version": 2, "messages": ["x"]})
+
+
+def test_v3_to_v4_adds_branches_and_keeps_the_conversation() -> None:
+    from mlx_harmony_tui.sessions.migrations import v3_to_v4
+
+    doc = fixture(3)
+    out = v3_to_v4.migrate(doc)
+    assert out["schema_version"] == 4 and out["messages"] == doc["messages"]
+    session = session_from_dict(out)
+    assert session.alternatives == []
+    odd = dict(doc, alternatives=[{"not": "ours"}])  # a v3 file never had branches: kept, not trusted
+    assert v3_to_v4.migrate(odd)["extra"]["v3_alternatives"] == [{"not": "ours"}]
+
+
+def test_v4_fixture_has_branches_at_the_start_and_at_the_first_reply() -> None:
+    from mlx_harmony_tui.sessions import branches
+
+    session = session_from_dict(fixture(4))
+    assert branches.branch_points(session) == {0: (2, 2), 1: (2, 2)}
+    branches.switch(session, 0, "u0")  # the edited-away first message and its own reply come back
+    assert [m.id for m in session.messages] == ["u0", "f0"]
+    assert branches.branch_points(session) == {0: (1, 2)}
+    branches.flip(session, 0)  # and back: the whole later conversation returns as it was
+    assert [m.id for m in session.messages] == [m["id"] for m in fixture(4)["messages"]]
+    assert session_from_dict(session_to_dict(session)) == session
+
+
+def test_alternatives_need_a_parent() -> None:
+    doc = fixture(4)
+    del doc["alternatives"][0]["parent"]
+    with pytest.raises(SchemaError, match=r"alternatives\[0\].parent"):
+        session_from_dict(doc)

@@ -97,14 +97,14 @@ def test_old_file_migrates_in_memory_and_save_keeps_one_backup(tmp_path: Path, v
 
 
 def test_migrate_all_dry_run_then_real(tmp_path: Path) -> None:
-    for v in (1, 2, 3):
+    for v in (1, 2, 3, 4):
         shutil.copy(FIXTURES / f"v{v}-example.json", tmp_path / f"example-v{v}.json")
     store = SessionStore(tmp_path)
     dry, failed = migrate_all(store, dry_run=True)
-    assert len(dry) == 2 and not failed and not list(tmp_path.glob("*.bak"))
+    assert len(dry) == 3 and not failed and not list(tmp_path.glob("*.bak"))
     done, failed = migrate_all(store)
-    assert len(done) == 2 and not failed and sorted(p.name for p in tmp_path.glob("*.bak")) == [
-        "example-v1.v1.bak", "example-v2.v2.bak"]
+    assert len(done) == 3 and not failed and sorted(p.name for p in tmp_path.glob("*.bak")) == [
+        "example-v1.v1.bak", "example-v2.v2.bak", "example-v3.v3.bak"]
     assert migrate_all(store) == ([], 0)
 
 

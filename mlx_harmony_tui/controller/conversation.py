@@ -30,6 +30,7 @@ from mlx_harmony_tui.controller.session_settings import (
 from mlx_harmony_tui.errors import UserError
 from mlx_harmony_tui.harmony.messages import HMessage
 from mlx_harmony_tui.harmony.placeholders import expand_placeholders
+from mlx_harmony_tui.sessions import branches
 from mlx_harmony_tui.sessions.recorder import SessionRecorder, to_hmessages
 from mlx_harmony_tui.sessions.schema import Session
 from mlx_harmony_tui.sessions.store import SessionStore
@@ -219,21 +220,63 @@ class ChatController:
         return answer
 
     def drop_last_exchange(self, keep_user: bool) -> str | None:
-        """Forget the last reply (and the user message unless ``keep_user``) in the history and the record;
-        the user message's text, or None when there is none. Regenerate = keep_user + ``start_turn``."""
+        """Take back the last reply (and the user message unless ``keep_user``) from the conversation; the
+        user message's text, or None when there is none. In a session what is taken back stays as a branch
+        (``fork_at``). Regenerate = keep_user + ``start_turn``; edit = not keep_user + ``send``."""
+        session = self.session
+        if session is not None:
+            users = [k for k, m in enumerate(session.messages) if m.role == "user"]
+            if not users:
+                return None
+            text = session.messages[users[-1]].content
+            self.fork_at(users[-1] + (1 if keep_user else 0))
+            return text
         i = next((k for k in range(len(self.history) - 1, -1, -1) if self.history[k].role == "user"), None)
         if i is None:
             return None
         text = self.history[i].text
         del self.history[i + (1 if keep_user else 0):]
-        if self.recorder is not None:
-            msgs = self.recorder.session.messages
-            users = [k for k, m in enumerate(msgs) if m.role == "user"]
-            if users:
-                del msgs[users[-1] + (1 if keep_user else 0):]
-                self._guard(self.recorder.save)
-                self.recorder = self._new_recorder(self.recorder.session)
         return text
+
+    # ---- branches (sessions/branches.py): positions are indexes into session.messages -------------------
+    def fork_at(self, position: int) -> str | None:
+        """Move the conversation from ``position`` on into a branch (kept, never deleted); the text of the
+        message there when it is the user's. Editing any user message = fork_at(it) + ``send(new text)``;
+        regenerating any reply = fork_at(its first message) + ``start_turn``."""
+        session = self.session
+        if session is None or self.generating or not 0 <= position <= len(session.messages):
+            return None
+        there = session.messages[position] if position < len(session.messages) else None
+        branches.fork(session, position)
+        self._branch_changed()
+        return there.content if there is not None and there.role == "user" else None
+
+    def branch_points(self) -> dict[int, tuple[int, int]]:
+        """Position -> (active branch number, branches) for each place with more than one version."""
+        return branches.branch_points(self.session) if self.session is not None else {}
+
+    def flip(self, position: int | None = None, step: int = 1) -> bool:
+        """Show the next (or, with step -1, the previous) version at ``position`` (default: the last place
+        with more than one); the model sees the active branch from the next turn on."""
+        session = self.session
+        if session is None or self.generating:
+            return False
+        if position is None:
+            points = branches.branch_points(session)
+            if not points:
+                return False
+            position = max(points)
+        if not branches.flip(session, position, step):
+            return False
+        self._branch_changed()
+        return True
+
+    def _branch_changed(self) -> None:
+        recorder = self.recorder
+        assert recorder is not None
+        self._guard(recorder.save)
+        self.recorder = self._new_recorder(recorder.session)
+        self.history = to_hmessages(recorder.session)
 
     # ---- sessions -------------------------------------------------------------------------------------
     def ensure_session(self) -> bool:

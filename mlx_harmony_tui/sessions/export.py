@@ -28,6 +28,19 @@ def _fence(text: str, lang: str = "") -> str:
     return f"{fence}{lang}\n{text}\n{fence}"
 
 
+def keep_line_breaks(text: str) -> str:
+    """A user's text as Markdown with its line breaks kept: Markdown joins single lines into one paragraph,
+    so each line outside a code fence ends in a hard break (a trailing backslash)."""
+    lines, fenced = text.split("\n"), False
+    for i, line in enumerate(lines[:-1]):
+        if line.lstrip().startswith(("```", "~~~")):
+            fenced = not fenced
+            continue
+        if not fenced and line.strip() and lines[i + 1].strip() and not line.endswith("\\"):
+            lines[i] = line + "\\"
+    return "\n".join(lines)
+
+
 def to_markdown(session: Session) -> str:
     """The conversation as Markdown; ``sessions show`` prints the same. Each assistant turn is one section:
     its reasoning, tool calls and their results in order, then the answer; stopped and failed replies are
@@ -45,7 +58,7 @@ def to_markdown(session: Session) -> str:
     for lead, reply in _turns(session.messages):
         if lead is not None:
             heading = {"user": "User", "system": "System", "developer": "Developer"}.get(lead.role, lead.role)
-            out += [f"### {heading}", "", lead.content, ""]
+            out += [f"### {heading}", "", keep_line_breaks(lead.content), ""]
         if reply or (lead is not None and (lead.extra.get("error") or lead.extra.get("finish_reason"))):
             out += _assistant_md(reply, lead)
     return "\n".join(out).rstrip() + "\n"

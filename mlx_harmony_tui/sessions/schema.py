@@ -15,7 +15,7 @@ from typing import Any, Literal
 
 from mlx_harmony_tui.errors import UserError
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 Role = Literal["user", "assistant", "tool", "system", "developer"]
 ROLES: frozenset[str] = frozenset({"user", "assistant", "tool", "system", "developer"})
@@ -65,6 +65,9 @@ class Message:
     incomplete: bool = False  # a partial reply (crash, cancel, length)
     retries: list[dict[str, Any]] = field(default_factory=list)  # {attempt, reason, detail, failed_text}
     extra: dict[str, Any] = field(default_factory=dict)  # fields we do not understand, kept verbatim
+    # only on Session.alternatives: the id of the message this one follows ("" = the start); messages of the
+    # conversation follow the one before them
+    parent: str | None = None
 
 
 @dataclass
@@ -77,18 +80,21 @@ class Session:
     params: dict[str, Any] = field(default_factory=dict)
     # system_prompt, instructions (developer), reasoning_effort, tools, conversation_date, ...
     settings: dict[str, Any] = field(default_factory=dict)
-    messages: list[Message] = field(default_factory=list)
+    messages: list[Message] = field(default_factory=list)  # the active branch: what the model sees
+    # the other branches (edited messages, regenerated replies), each message with its ``parent``; see
+    # sessions/branches.py
+    alternatives: list[Message] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
 
-_MSG_STR_OPT = ("channel", "recipient", "content_type", "author", "call_id")
+_MSG_STR_OPT = ("channel", "recipient", "content_type", "author", "call_id", "parent")
 _MSG_DICT_OPT = ("params", "metrics")
 _MSG_KEYS = frozenset(
     {"id", "role", "content", "created_at", "incomplete", "retries", "extra", *_MSG_STR_OPT, *_MSG_DICT_OPT}
 )
 _SESSION_KEYS = frozenset(
     {"schema_version", "id", "title", "created_at", "updated_at", "model", "params", "settings", "messages",
-     "extra"}
+     "alternatives", "extra"}
 )
 
 
@@ -124,6 +130,8 @@ def session_to_dict(s: Session) -> dict[str, Any]:
         "settings": s.settings,
         "messages": [message_to_dict(m) for m in s.messages],
     }
+    if s.alternatives:
+        d["alternatives"] = [message_to_dict(m) for m in s.alternatives]
     if s.extra:
         d["extra"] = s.extra
     return d
@@ -163,7 +171,7 @@ def message_from_dict(d: Any, where: str = "message") -> Message:
         recipient=d.get("recipient"), content_type=d.get("content_type"), author=d.get("author"),
         call_id=d.get("call_id"), created_at=d["created_at"], params=_opt_dict(d, "params", where),
         metrics=_opt_dict(d, "metrics", where), incomplete=d.get("incomplete", False), retries=list(retries),
-        extra=extra,
+        extra=extra, parent=d.get("parent"),
     )
 
 
@@ -177,15 +185,20 @@ def session_from_dict(d: Any) -> Session:
     for key in ("params", "settings"):
         _expect(isinstance(d.get(key), dict), key, "must be an object")
     _expect(isinstance(d.get("messages"), list), "messages", "must be a list")
+    _expect(isinstance(d.get("alternatives", []), list), "alternatives", "must be a list")
     extra = d.get("extra", {})
     _expect(isinstance(extra, dict), "extra", "must be an object")
     extra = dict(extra)
     for key in d.keys() - _SESSION_KEYS:
         extra[key] = d[key]
     messages = [message_from_dict(m, f"messages[{i}]") for i, m in enumerate(d["messages"])]
+    alternatives = [message_from_dict(m, f"alternatives[{i}]") for i, m in enumerate(d.get("alternatives", []))]
+    for i, m in enumerate(alternatives):
+        _expect(m.parent is not None, f"alternatives[{i}].parent", "must be a message id or \"\" (the start)")
     return Session(
         id=d["id"], title=d["title"], created_at=d["created_at"], updated_at=d["updated_at"],
-        model=d["model"], params=d["params"], settings=d["settings"], messages=messages, extra=extra,
+        model=d["model"], params=d["params"], settings=d["settings"], messages=messages,
+        alternatives=alternatives, extra=extra,
     )
 
 

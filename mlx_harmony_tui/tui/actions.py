@@ -1,13 +1,11 @@
 """The chat screen's actions that open a dialog or act on what is shown (analysis, clipboard, help,
-parameters, models, sessions), and the command palette's list of them. A mixin of HarmonyApp (tui/app.py)."""
+parameters, models, sessions). The command palette's list is tui/quick_actions.py. A mixin of HarmonyApp
+(tui/app.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
-from textual.app import SystemCommand
-from textual.screen import Screen
 from textual.widgets import Collapsible
 
 from mlx_harmony_tui.chat.settings import ChatSettings
@@ -94,7 +92,7 @@ class ScreenActions(_Base):
 
         def done(choice: str | None) -> None:
             if choice:
-                self.load_model(choice)
+                self.start_loading(choice)
 
         found = find_models(self.models_dirs, context=self.settings.context_limit)
         self.push_screen(ModelPickerScreen(found, self.model_ref, self.models_dirs), done)
@@ -110,16 +108,3 @@ class ScreenActions(_Base):
                 await self.open_session(sid)
 
         self.push_screen(SessionBrowserScreen(self.chat.store, self.session_id), done)
-
-    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
-        """Every bound action is also in the command palette (ctrl+p)."""
-        yield from super().get_system_commands(screen)
-        for b in CHAT_BINDINGS:
-            name = b.action.removeprefix("app.")
-            if name in ("quit", "command_palette"):
-                continue
-            if name == "toggle_tools":
-                yield SystemCommand(b.description, f"toggle the tool-call pane ({b.key})",
-                                    self.screen_chat.action_toggle_tools)
-                continue
-            yield SystemCommand(b.description, f"{b.id} ({b.key})", getattr(self, f"action_{name}"))

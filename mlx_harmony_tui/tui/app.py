@@ -29,9 +29,11 @@ from mlx_harmony_tui.errors import UserError
 from mlx_harmony_tui.harmony.messages import HMessage
 from mlx_harmony_tui.tui import mcp_notices
 from mlx_harmony_tui.tui.actions import ScreenActions
+from mlx_harmony_tui.tui.branch_actions import BranchActions
 from mlx_harmony_tui.tui.keymap import validate_keymap
 from mlx_harmony_tui.tui.latency import LatencyProbe
-from mlx_harmony_tui.tui.loading import ModelLoading
+from mlx_harmony_tui.tui.loading import PICK_MODEL, ModelLoading
+from mlx_harmony_tui.tui.quick_actions import QuickActions
 from mlx_harmony_tui.tui.screens.chat import ChatScreen
 from mlx_harmony_tui.tui.screens.dialogs import ConfirmScreen
 from mlx_harmony_tui.tui.session_view import clear_tool_log, show_session
@@ -67,7 +69,7 @@ def welcome_text(model: str, config_file: Path | None = None) -> str:
     )
 
 
-class HarmonyApp(ModelLoading, ScreenActions, App[None]):
+class HarmonyApp(ModelLoading, ScreenActions, BranchActions, QuickActions, App[None]):
     TITLE = "mlx-harmony-tui"
     CSS_PATH = ["screens/chat.tcss"]  # app-level: a default screen's own CSS_PATH is not loaded in time
 
@@ -81,6 +83,7 @@ class HarmonyApp(ModelLoading, ScreenActions, App[None]):
         session_id: str | None = None,
         keymap: dict[str, Any] | None = None,
         theme: str | None = None,
+        fallback_theme: str | None = None,
         models_dirs: Iterable[str | Path] = (),
         show_welcome: bool = True,
         on_theme_change: Callable[[str], None] | None = None,
@@ -97,6 +100,9 @@ class HarmonyApp(ModelLoading, ScreenActions, App[None]):
         self._resume_id = session_id
         self._keymap, keymap_problems = validate_keymap(keymap)
         self._theme_name = theme
+        self._fallback_theme = fallback_theme
+        self.load_error: str | None = None  # why the model could not be loaded (shown when sending)
+        self._quitting = False
         self._show_welcome = show_welcome
         self._on_theme_change = on_theme_change
         self.pump_count = 0  # batches applied (measured by scripts/ui_latency.py)
@@ -159,6 +165,8 @@ class HarmonyApp(ModelLoading, ScreenActions, App[None]):
             if self._theme_name in self.available_themes:
                 self.theme = self._theme_name
             else:
+                if self._fallback_theme in self.available_themes:
+                    self.theme = self._fallback_theme  # the configured theme, not Textual's default
                 self.notify(f"Unknown theme {self._theme_name!r}; using {self.theme}", severity="warning")
         for p in [*self.startup_notes, *self.theme_problems]:
             self.notify(p, severity="warning", timeout=10)
@@ -175,7 +183,7 @@ class HarmonyApp(ModelLoading, ScreenActions, App[None]):
         if self._resume_id:
             self.call_later(self.open_session, self._resume_id)
         if self.backend is None:
-            self.load_model(self.model_ref)
+            self.start_loading(self.model_ref)
         else:
             self._backend_ready()
 
@@ -223,28 +231,41 @@ class HarmonyApp(ModelLoading, ScreenActions, App[None]):
 
     # ---- turns ----------------------------------------------------------------------------------------
     async def on_chat_input_submitted(self, message: ChatInput.Submitted) -> None:
-        await self.send(message.text)
-        self.screen_chat.query_one(ChatInput).clear()
+        if await self.send(message.text):
+            self.screen_chat.query_one(ChatInput).clear()  # a message that was not sent stays in the box
 
-    async def send(self, text: str) -> None:
+    async def send(self, text: str) -> bool:
+        """Send a message; False (with the reason shown) when it cannot be sent now."""
         if self.generating:
             self.notify("Still generating: esc stops it first", severity="warning")
-            return
+            return False
         if self.backend is None:
-            self.notify("No model loaded yet", severity="warning")
-            return
+            if self.loading:
+                self.notify("The model is still loading; your message stays in the box", severity="warning")
+            else:
+                reason = f"The model could not be loaded: {self.load_error}\n" if self.load_error else ""
+                self.notify(f"{reason}{PICK_MODEL}", title="No model", severity="error", timeout=10)
+            return False
         for w in self.conversation.query("#welcome"):
             await w.remove()
         greeting = self.chat.greeting  # the config's greeting opens a new conversation
         self.chat.add_user(text)
         if greeting:
             await self.conversation.mount(AssistantMessage(done=[("final", greeting)]))
-        await self.conversation.mount(UserMessage(self.chat.history[-1].text))
+        session = self.chat.session
+        position = len(session.messages) - 1 if session is not None else None
+        branch = self.chat.branch_points().get(position) if position is not None else None
+        await self.conversation.mount(UserMessage(self.chat.history[-1].text, position=position, branch=branch))
         await self.start_turn()
+        return True
 
     async def start_turn(self) -> None:
         view = self.view
-        view.current = AssistantMessage()
+        session = self.chat.session
+        position = len(session.messages) if session is not None else None
+        others = self.chat.branch_points().get(position) if position is not None else None
+        branch = (others[1] + 1, others[1] + 1) if others else None  # a regenerated reply: the newest version
+        view.current = AssistantMessage(position=position, branch=branch)
         await self.conversation.mount(view.current)
         self.conversation.scroll_end(animate=False)
         bar = self.screen_chat.query_one(MetricsBar)
@@ -295,38 +316,6 @@ class HarmonyApp(ModelLoading, ScreenActions, App[None]):
             self.chat.cancel()
             self.screen_chat.query_one(MetricsBar).set_status("stopping")
 
-    async def _drop_last_exchange(self, keep_user: bool) -> str | None:
-        """Forget the last reply (and the user message unless keep_user), in the record and on screen."""
-        text = self.chat.drop_last_exchange(keep_user)
-        if text is None:
-            return None
-        self.view.unfollow()
-        widgets = list(self.conversation.children)
-        last_user = max((k for k, w in enumerate(widgets) if isinstance(w, UserMessage)), default=None)
-        if last_user is not None:
-            for w in widgets[last_user + (1 if keep_user else 0):]:
-                await w.remove()
-        return text
-
-    async def action_regenerate(self) -> None:
-        if self.generating or self.backend is None:
-            return
-        if await self._drop_last_exchange(keep_user=True) is None:
-            self.notify("Nothing to regenerate")
-            return
-        await self.start_turn()
-
-    async def action_edit_last(self) -> None:
-        if self.generating:
-            return
-        text = await self._drop_last_exchange(keep_user=False)
-        if text is None:
-            self.notify("No message to edit")
-            return
-        box = self.screen_chat.query_one(ChatInput)
-        box.text = text
-        box.focus()
-
     async def _stop_and_wait(self) -> None:
         if self.generating:
             self.action_stop()
@@ -355,6 +344,7 @@ class HarmonyApp(ModelLoading, ScreenActions, App[None]):
     # ---- shutting down --------------------------------------------------------------------------------
     def on_unmount(self) -> None:
         """However the app ends, the session's lock is released, its prompt cache saved, the model freed."""
+        self._quitting = True
         self.chat.close()
         if self.latency_probe is not None:
             self.latency_probe.save()
@@ -366,6 +356,7 @@ class HarmonyApp(ModelLoading, ScreenActions, App[None]):
             self.latency_probe.frame_written()
 
     async def action_quit(self) -> None:
+        self._quitting = True  # a model still loading stops at its next layer
         self.chat.cancel()
         await self.wait_idle(5)
         self.chat.close_session()

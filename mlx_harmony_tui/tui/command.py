@@ -49,6 +49,7 @@ def build_app(args: argparse.Namespace) -> Any:
         session_id=getattr(args, "session", None),
         keymap=config.keymap,
         theme=getattr(args, "theme", None) or config.theme,
+        fallback_theme=config.theme,  # an unknown --theme falls back to the configured one
         models_dirs=config.models_dirs,
         on_theme_change=save_theme,
         startup_notes=problems,
@@ -57,6 +58,14 @@ def build_app(args: argparse.Namespace) -> Any:
 
 
 def run(args: argparse.Namespace) -> int:
+    import sys
+
+    from mlx_harmony_tui.errors import UserError
+
+    if not (sys.stdout.isatty() and sys.stdin.isatty()):
+        # full-screen escape codes into a file or a pipe help nobody, and keys cannot be read from one
+        raise UserError("the full-screen chat needs a terminal (stdin and stdout); in pipes and scripts use "
+                        "'mlx-harmony-tui chat' (line chat) or 'mlx-harmony-tui generate'")
     app = build_app(args)
     app.run()
     return 0

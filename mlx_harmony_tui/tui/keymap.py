@@ -23,6 +23,11 @@ CHAT_BINDINGS: list[Binding] = [
     Binding("f4", "app.copy_code", "Copy code", id="chat.copy_code"),
     Binding("ctrl+n", "app.new_session", "New", id="chat.new_session"),
     Binding("alt+a", "app.attach", "Attach file", id="chat.attach", show=False),
+    Binding("f5", "app.next_branch", "Next version", id="chat.next_branch", show=False),
+    Binding("alt+up", "app.select_message", "Select a message", id="chat.select_message", show=False),
+    Binding("f9", "app.cycle_effort", "Reasoning effort", id="chat.cycle_effort", show=False),
+    Binding("alt+t", "app.set_temperature", "Temperature", id="chat.temperature", show=False),
+    Binding("f8", "app.toggle_builtin_tools", "Tools on/off", id="chat.toggle_builtin_tools", show=False),
     Binding("ctrl+l", "toggle_tools", "Tools pane", id="chat.toggle_tools", show=False),
     Binding("ctrl+p", "app.command_palette", "Commands", id="app.command_palette", show=False),
 ]
@@ -110,3 +115,26 @@ def validate_keymap(keymap: Mapping[str, object] | None) -> tuple[dict[str, str]
 def _effective(binding: Binding, accepted: Mapping[str, Sequence[str]]) -> list[str]:
     keys = accepted.get(binding.id or "")
     return list(keys) if keys else [k.strip() for k in binding.key.split(",")]
+
+
+# What each action does, in the command palette and F1 (the binding's description is the short title).
+ACTION_HELP = {
+    "app.help": "every key and its id",
+    "chat.sessions": "browse, search, open, rename and delete saved sessions",
+    "chat.models": "pick or load another model",
+    "chat.params": "sampling, limits, reasoning effort, prompts",
+    "chat.stop": "stop generating; the partial reply is kept",
+    "chat.regenerate": "a new version of the last reply (the old one stays as a branch)",
+    "chat.edit_last": "edit your last message (the old exchange stays as a branch)",
+    "chat.toggle_analysis": "open or fold every Thinking section",
+    "chat.copy_reply": "copy the last reply to the clipboard",
+    "chat.copy_code": "copy the last code block to the clipboard",
+    "chat.new_session": "start an empty conversation",
+    "chat.attach": "attach a file to the next message",
+    "chat.next_branch": "flip the last edited or regenerated message to its next version",
+    "chat.select_message": "select a message to copy (c), edit (e), regenerate (r) or flip ([ ])",
+    "chat.cycle_effort": "reasoning effort low -> medium -> high",
+    "chat.temperature": "set the sampling temperature",
+    "chat.toggle_builtin_tools": "turn the built-in tools (python, browser) off or back on",
+    "chat.toggle_tools": "show or hide the tool-call pane",
+}

@@ -1,5 +1,7 @@
 """Loading a model into the running app: on a Textual thread worker, with a progress bar; a failure keeps the
-previous model. A mixin of HarmonyApp (tui/app.py), which owns the controller, the loader and the screen."""
+previous model, and with none, the welcome panel and the next send say why and how to pick one. Quitting makes
+the loader's progress callback raise, so a load stops at its next layer (nothing left inside MLX at exit).
+A mixin of HarmonyApp (tui/app.py), which owns the controller, the loader and the screen."""
 
 from __future__ import annotations
 
@@ -21,7 +23,15 @@ else:
     _Base = object
 
 
+PICK_MODEL = "Pick a model with ctrl+o, or start with --model PATH (a folder with config.json and *.safetensors)."
+
+
 class ModelLoading(_Base):
+    def start_loading(self, model: str) -> None:
+        self.loading = True  # at once: a message sent before the thread starts is told to wait, not to pick
+        self.load_error = None
+        self.load_model(model)
+
     @work(thread=True, exclusive=True, group="load")
     def load_model(self, model: str) -> None:
         """Slow (reads GBs): runs on a thread; a failure keeps the previous model."""
@@ -29,6 +39,10 @@ class ModelLoading(_Base):
         self.call_from_thread(self._show_progress, 0.0, f"loading {model}")
 
         def progress(frac: float, msg: str) -> None:
+            if self._quitting:  # stop at the next layer: nothing may be left inside MLX at exit
+                from mlx_harmony_tui.backends.local import LoadCancelled
+
+                raise LoadCancelled("the app is quitting")
             self.call_from_thread(self._show_progress, frac, msg)
 
         try:
@@ -38,6 +52,9 @@ class ModelLoading(_Base):
             return
         except Exception as e:  # noqa: BLE001 - show it, keep the previous model
             self.call_from_thread(self._load_failed, f"{type(e).__name__}: {e}")
+            return
+        if self._quitting:
+            backend.close()
             return
         self.call_from_thread(self._load_done, backend)
 
@@ -50,6 +67,10 @@ class ModelLoading(_Base):
 
     def _load_failed(self, message: str) -> None:
         self.loading = False
+        if self.backend is None:
+            self.load_error = message
+            for w in self.conversation.query("#welcome").results(Static):  # the welcome panel says so too
+                w.update(f"The model could not be loaded: {message}\n{PICK_MODEL}\n\n" + str(w.content))
         self.screen_chat.query_one("#load-bar").add_class("hidden")
         self.notify(message, title="Model not loaded", severity="error", timeout=10)
         self.screen_chat.query_one(MetricsBar).set_status("ready" if self.backend else "no model")

@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any
 
-from mlx_harmony_tui.sessions.migrations import v1_to_v2, v2_to_v3
+from mlx_harmony_tui.sessions.migrations import v1_to_v2, v2_to_v3, v3_to_v4
 from mlx_harmony_tui.sessions.schema import SCHEMA_VERSION, SchemaError, SessionError
 
 Migration = Callable[[dict[str, Any]], dict[str, Any]]
 
-MIGRATIONS: dict[int, Migration] = {1: v1_to_v2.migrate, 2: v2_to_v3.migrate}
+MIGRATIONS: dict[int, Migration] = {1: v1_to_v2.migrate, 2: v2_to_v3.migrate, 3: v3_to_v4.migrate}
 
 
 class SessionVersionError(SessionError):

@@ -11,26 +11,89 @@ import re
 
 from rich.markdown import Markdown as RichMarkdown
 from textual.app import ComposeResult
+from textual.binding import Binding
 from textual.containers import Vertical
+from textual.message import Message
 from textual.widget import Widget
 from textual.widgets import Collapsible, Markdown, Static
 
+from mlx_harmony_tui.sessions.export import keep_line_breaks
+
 CODE_BLOCK = re.compile(r"```[^\n]*\n(.*?)```", re.S)
+Branch = tuple[int, int] | None  # (this version's number, how many versions), when there is more than one
 
 
-class UserMessage(Vertical):
+class ChatMessage(Vertical, can_focus=True):
+    """A message of the conversation that can be selected (alt+up, then up/down; or a click) to act on it:
+    copy it, edit it (yours) or regenerate it (the assistant's), flip between its versions."""
+
+    BINDINGS = [
+        Binding("c", "act('copy')", "Copy", id="message.copy"),
+        Binding("left_square_bracket", "act('prev')", "Previous version", id="message.prev_branch"),
+        Binding("right_square_bracket", "act('next')", "Next version", id="message.next_branch"),
+        Binding("up", "step(-1)", "Previous message", id="message.up", show=False),
+        Binding("down", "step(1)", "Next message", id="message.down", show=False),
+        Binding("escape", "leave", "Back to the message box", id="message.leave", show=False),
+    ]
+    WHO = ""
+
+    class Act(Message):
+        """What the user asked of a selected message; the app does it (it owns the conversation)."""
+
+        def __init__(self, action: str, message: ChatMessage) -> None:
+            self.action, self.message = action, message
+            super().__init__()
+
+    def __init__(self, position: int | None = None, branch: Branch = None) -> None:
+        super().__init__()
+        self.position = position  # index of its (first) record in the session, when it has one
+        self.branch = branch
+
+    def who(self) -> Static:
+        label = self.WHO
+        if self.branch:
+            label += f"  ‹ {self.branch[0]}/{self.branch[1]} ›"
+        return Static(label, classes="who", markup=False)
+
+    def copy_text(self) -> str:
+        return ""
+
+    def action_act(self, action: str) -> None:
+        self.post_message(self.Act(action, self))
+
+    def action_step(self, step: int) -> None:
+        siblings = [w for w in self.parent.children if isinstance(w, ChatMessage)] if self.parent else []
+        i = siblings.index(self) + step
+        if 0 <= i < len(siblings):
+            siblings[i].focus()
+            siblings[i].scroll_visible(animate=False)
+        elif step > 0:
+            self.action_leave()
+
+    def action_leave(self) -> None:
+        for box in self.screen.query("ChatInput"):
+            box.focus()
+
+
+class UserMessage(ChatMessage):
     DEFAULT_CSS = """
     UserMessage { height: auto; margin: 1 0 0 0; padding: 0 1; border-left: thick $accent; }
+    UserMessage:focus { background: $boost; border-left: thick $warning; }
     UserMessage > Static.who { color: $accent; text-style: bold; }
     """
+    BINDINGS = [Binding("e", "act('edit')", "Edit", id="message.edit")]
+    WHO = "You"
 
-    def __init__(self, text: str) -> None:
-        super().__init__()
+    def __init__(self, text: str, position: int | None = None, branch: Branch = None) -> None:
+        super().__init__(position, branch)
         self.text = text
 
     def compose(self) -> ComposeResult:
-        yield Static("You", classes="who")
-        yield frozen_markdown(self.text, "body")
+        yield self.who()
+        yield frozen_markdown(keep_line_breaks(self.text), "body")
+
+    def copy_text(self) -> str:
+        return self.text
 
 
 def frozen_markdown(text: str, classes: str) -> Static:
@@ -79,11 +142,14 @@ class _Part:
         self.frozen: list[Static] = []
 
 
-class AssistantMessage(Vertical):
+class AssistantMessage(ChatMessage):
     """Analysis (collapsible, open while it streams), commentary preambles, the final answer, notices."""
 
+    BINDINGS = [Binding("r", "act('regenerate')", "Regenerate", id="message.regenerate")]
+    WHO = "Assistant"
     DEFAULT_CSS = """
     AssistantMessage { height: auto; margin: 1 0 0 0; padding: 0 1; border-left: thick $primary; }
+    AssistantMessage:focus { background: $boost; border-left: thick $warning; }
     AssistantMessage > Static.who { color: $primary; text-style: bold; }
     AssistantMessage > Static.notice { color: $warning; text-style: italic; }
     AssistantMessage > Static.error { color: $error; }
@@ -93,16 +159,22 @@ class AssistantMessage(Vertical):
     AssistantMessage Static.md { margin: 0 0 1 0; padding: 0 1; }
     """
 
-    def __init__(self, done: list[tuple[str, str]] | None = None) -> None:
-        """``done``: (channel, text) of an already finished message (a resumed session)."""
-        super().__init__()
+    def __init__(self, done: list[tuple[str, str]] | None = None, position: int | None = None,
+                 branch: Branch = None, notices: list[tuple[str, bool]] | None = None) -> None:
+        """``done``: (channel, text) of an already finished message (a resumed session) and ``notices``
+        (text, is an error) shown under it as they were live."""
+        super().__init__(position, branch)
         self._parts: dict[str, _Part] = {}
         self.analysis_box: Collapsible | None = None
         self.user_toggled = False
         self._done = done
+        self._notices = notices or []
+
+    def copy_text(self) -> str:
+        return self.final_text or self.commentary_text or self.analysis_text
 
     def compose(self) -> ComposeResult:
-        yield Static("Assistant", classes="who")
+        yield self.who()
         merged: dict[str, str] = {}
         for channel, text in self._done or []:
             merged[channel] = merged.get(channel, "") + ("\n\n" if channel in merged else "") + text
@@ -116,6 +188,8 @@ class AssistantMessage(Vertical):
                 yield self.analysis_box
             else:
                 yield w
+        for text, error in self._notices:
+            yield Static(text, classes="error" if error else "notice", markup=False)
 
     @property
     def final_text(self) -> str:

@@ -1,0 +1,109 @@
+"""The command palette's entries and the quick settings people switch most (reasoning effort, temperature,
+tools on/off), and exporting the session: each is a palette command, most also a key."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from textual.app import SystemCommand
+from textual.screen import Screen
+
+from mlx_harmony_tui.chat.settings import ChatSettings
+from mlx_harmony_tui.tui.keymap import ACTION_HELP, CHAT_BINDINGS
+from mlx_harmony_tui.tui.screens.dialogs import PromptScreen
+
+if TYPE_CHECKING:
+    from mlx_harmony_tui.tui.app import HarmonyApp
+
+    _Base = HarmonyApp
+else:
+    _Base = object
+
+EFFORTS = ("low", "medium", "high")
+
+
+class QuickActions(_Base):
+    """Part of HarmonyApp (a mixin: its methods need the app's settings, controller and screens)."""
+
+    def get_system_commands(self, screen: Screen[Any]) -> Iterable[SystemCommand]:
+        """Every bound action is also in the command palette (ctrl+p), by its title with what it does and
+        its key; plus what has no key: each reasoning effort, exporting the session."""
+        yield from super().get_system_commands(screen)  # type: ignore[misc]
+        for b in CHAT_BINDINGS:
+            name = b.action.removeprefix("app.")
+            if name in ("quit", "command_palette"):
+                continue
+            key = self._keymap.get(b.id or "", b.key)
+            about = f"{ACTION_HELP.get(b.id or '', b.description)} · {key}"
+            if name == "toggle_tools":
+                yield SystemCommand(b.description, about, self.screen_chat.action_toggle_tools)
+                continue
+            yield SystemCommand(b.description, about, getattr(self, f"action_{name}"))
+        for effort in EFFORTS:
+            yield SystemCommand(f"Reasoning effort: {effort}", f"think {effort} from the next turn",
+                                lambda e=effort: self.set_effort(e))  # type: ignore[misc]
+        yield SystemCommand("Export session as Markdown", "write it to a .md file in the current folder",
+                            lambda: self.export_session("md"))
+        yield SystemCommand("Export session as JSON", "OpenAI-style messages, to a .json file in the current folder",
+                            lambda: self.export_session("json"))
+
+    # ---- quick settings -------------------------------------------------------------------------------
+    def _apply_settings(self, settings: ChatSettings, note: str) -> None:
+        self.chat.set_settings(settings)
+        self._update_header()
+        self.notify(note)
+
+    def set_effort(self, effort: str) -> None:
+        self._apply_settings(replace(self.settings, reasoning_effort=effort),
+                             f"Reasoning effort {effort} from the next turn")
+
+    def action_cycle_effort(self) -> None:
+        current = self.settings.reasoning_effort
+        self.set_effort(EFFORTS[(EFFORTS.index(current) + 1) % 3 if current in EFFORTS else 1])
+
+    def action_set_temperature(self) -> None:
+        def done(value: str | None) -> None:
+            if value is None or not value.strip():
+                return
+            try:
+                t = float(value)
+                if not 0.0 <= t <= 2.0:
+                    raise ValueError
+            except ValueError:
+                self.notify(f"Temperature: {value!r} is not a number from 0 to 2", severity="error")
+                return
+            sampling = replace(self.settings.sampling, temperature=t)
+            self._apply_settings(replace(self.settings, sampling=sampling), f"Temperature {t:g} from the next turn")
+
+        current = f"{self.settings.sampling.temperature:g}"
+        self.push_screen(PromptScreen("Temperature (0 = greedy, 1 = the model's own, up to 2)", current), done)
+
+    def action_toggle_builtin_tools(self) -> None:
+        tools = list(self.settings.builtin_tools)
+        if tools:
+            self._tools_off = tools
+            self._apply_settings(replace(self.settings, builtin_tools=[]), "Tools off from the next turn")
+        else:
+            back = getattr(self, "_tools_off", None) or ["python"]
+            self._apply_settings(replace(self.settings, builtin_tools=back),
+                                 f"Tools on ({', '.join(back)}) from the next turn")
+
+    def export_session(self, fmt: str) -> Path | None:
+        """Write the open session to the current folder (Markdown or OpenAI-style JSON); its path, shown."""
+        from mlx_harmony_tui.sessions.export import to_json, to_markdown
+
+        session = self.chat.session
+        if session is None:
+            self.notify("Nothing to export yet: send a message first")
+            return None
+        path = Path.cwd() / f"{session.id}.{fmt}"
+        try:
+            path.write_text(to_markdown(session) if fmt == "md" else to_json(session), encoding="utf-8")
+        except OSError as e:
+            self.notify(f"could not write {path}: {e.strerror}", severity="error")
+            return None
+        self.notify(f"Exported to {path}")
+        return path
