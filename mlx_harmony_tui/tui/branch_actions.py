@@ -39,12 +39,24 @@ class BranchActions(_Base):
             return None
         return users[-1] if role == "user" else users[-1] + 1
 
+    async def _drop_without_session(self, keep_user: bool) -> str | None:
+        """No session record (it could not be written): take back the last exchange from the history and
+        the screen, as before branches existed."""
+        text = self.chat.drop_last_exchange(keep_user)
+        if text is not None:
+            self.view.unfollow()
+            widgets = list(self.conversation.children)
+            last = max((k for k, w in enumerate(widgets) if isinstance(w, UserMessage)), default=None)
+            for w in widgets[last + (1 if keep_user else 0):] if last is not None else []:
+                await w.remove()
+        return text
+
     async def regenerate_at(self, position: int | None) -> None:
         """A new version of the reply at ``position``; the old one stays as a branch."""
         if self.generating or self.backend is None:
             return
         if position is None or self.chat.session is None:
-            if self.chat.drop_last_exchange(keep_user=True) is None:  # no record (no session): history only
+            if await self._drop_without_session(keep_user=True) is None:
                 self.notify("Nothing to regenerate")
                 return
         else:
@@ -56,7 +68,10 @@ class BranchActions(_Base):
         """Put the user message at ``position`` into the box; what followed it stays as a branch."""
         if self.generating:
             return
-        text = self.chat.fork_at(position) if position is not None else None
+        if self.chat.session is None:
+            text = await self._drop_without_session(keep_user=False)
+        else:
+            text = self.chat.fork_at(position) if position is not None else None
         if text is None:
             self.notify("No message to edit")
             return

@@ -78,7 +78,7 @@ async def show_session(conv: VerticalScroll, tools: ToolLog, session: Session) -
     close_reply()
     end = len(session.messages)
     if end in points:  # a message taken back for editing: its old versions are one flip away
-        widgets.append(Static(f"‹ {points[end][1]} earlier version(s) here: ctrl+b brings one back ›",
+        widgets.append(Static(f"‹ {points[end][1]} earlier version(s) here: f5 brings one back ›",
                               classes="partial-note", markup=False))
     if widgets:
         await conv.mount_all(widgets)
