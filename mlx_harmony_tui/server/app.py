@@ -25,6 +25,7 @@ from mlx_harmony_tui.chat.events import (
     Retry,
 )
 from mlx_harmony_tui.chat.settings import ChatSettings
+from mlx_harmony_tui.server.drive import disconnected, drive
 from mlx_harmony_tui.server.guards import BearerAuth, check_counts, error_response, parse_json
 from mlx_harmony_tui.server.queue import GenerationQueue
 from mlx_harmony_tui.server.reply import ReplyBuilder
@@ -46,8 +47,6 @@ from mlx_harmony_tui.server.turns import (
     Turn,
     check_fits,
     join_queue,
-    until_done,
-    watch_disconnect,
 )
 
 DEFAULT_MAX_BODY = 4 * 1024 * 1024
@@ -178,26 +177,11 @@ async def _complete(
     name: str,
     routes: dict[str, ToolRoute],
 ) -> JSONResponse:
-    place = join_queue(gen_queue)
-    waiter = asyncio.ensure_future(gen_queue.wait(place))
-    if not await until_done(waiter, request, waiter.cancel):  # left the line: the client hung up
-        return JSONResponse(error_body("client disconnected", "invalid_request_error"), status_code=499)
-    waiter.result()
     here = server_tools(turn_request.settings, routes)
-    turn = Turn(backend, turn_request, gen_queue, turns, here)
-    turn.start()
     builder = ReplyBuilder(stops, routes, here)
-    watch = asyncio.ensure_future(watch_disconnect(request, turn.cancel))
-    try:
-        async for ev in turn:
-            builder.feed(ev)
-            if builder.stopped:
-                turn.cancel()
-    except BaseException:
-        turn.cancel()
-        raise
-    finally:
-        watch.cancel()
+    if not await drive(request, backend, turn_request, gen_queue, turns, builder.feed, lambda: builder.stopped,
+                       runs_here=here):
+        return disconnected()  # left the line: the client hung up
     request.state.usage = builder.usage()  # for the request log line (server/request_log.py)
     if builder.error and builder.finish_reason is None:
         raise APIError(500, f"generation failed: {builder.error}", "server_error")

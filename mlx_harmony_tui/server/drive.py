@@ -19,15 +19,17 @@ from mlx_harmony_tui.server.turns import SSEResponse, Turn, join_queue, until_do
 
 
 async def drive(request: Request, backend: Any, turn_request: TurnRequest, gen_queue: GenerationQueue,
-                turns: set[Turn], feed: Callable[[Event], Any], stop: Callable[[], bool] = lambda: False) -> bool:
+                turns: set[Turn], feed: Callable[[Event], Any], stop: Callable[[], bool] = lambda: False,
+                runs_here: frozenset[str] = frozenset()) -> bool:
     """Wait for the model, run the turn and give every event to ``feed``; ``stop()`` true cancels the rest.
-    False when the client hung up while waiting (nothing ran); a hang-up later cancels the turn."""
+    False when the client hung up while waiting (nothing ran); a hang-up later cancels the turn.
+    ``runs_here``: the built-in tools the server runs itself (``serve --tools``)."""
     place = join_queue(gen_queue)
     waiter = asyncio.ensure_future(gen_queue.wait(place))
     if not await until_done(waiter, request, waiter.cancel):
         return False
     waiter.result()
-    turn = Turn(backend, turn_request, gen_queue, turns)
+    turn = Turn(backend, turn_request, gen_queue, turns, runs_here)
     turn.start()
     watch = asyncio.ensure_future(watch_disconnect(request, turn.cancel))
     try:

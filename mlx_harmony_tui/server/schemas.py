@@ -250,18 +250,9 @@ def to_settings(req: ChatCompletionRequest, base: ChatSettings) -> ChatSettings:
     """The server's configured settings with this request's overrides applied (the base is never mutated)."""
     s = copy.deepcopy(base)
     sp = s.sampling
-    if req.temperature is not None:
-        sp.temperature = req.temperature
-    if req.top_p is not None:
-        sp.top_p = req.top_p
-    if req.top_k is not None:
-        sp.top_k = req.top_k
-    if req.min_p is not None:
-        sp.min_p = req.min_p
-    if req.repetition_penalty is not None:
-        sp.repetition_penalty = req.repetition_penalty
-    if req.repetition_context is not None:
-        sp.repetition_context = req.repetition_context
+    for key in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "repetition_context"):
+        if getattr(req, key) is not None:
+            setattr(sp, key, getattr(req, key))
     if req.logit_bias:
         sp.logit_bias = {**sp.logit_bias, **logit_bias(req.logit_bias)}
     limit = req.max_completion_tokens or req.max_tokens
