@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import statistics
 import sys
 import time
@@ -128,7 +129,7 @@ def run(model: str, runs: int, max_tokens: int) -> list[dict]:
         return final, metrics, finish
 
     for name, schema in SCHEMAS.items():
-        valid, constrained_ms, free_ms, tokens = 0, [], [], []
+        valid, constrained_ms, free_ms, tokens, ratios = 0, [], [], [], []
         host["s"], host["n"] = 0.0, 0
         for seed in range(runs):
             # Free and constrained alternate, so a change in the machine's load hits both alike.
@@ -144,10 +145,13 @@ def run(model: str, runs: int, max_tokens: int) -> list[dict]:
             if m and m.decode_tps:
                 constrained_ms.append(1000 / m.decode_tps)
                 tokens.append(m.generated_tokens)
+                if m2 and m2.decode_tps:
+                    ratios.append(m2.decode_tps / m.decode_tps)  # constrained ms / free ms, this pair
         c, f = statistics.median(constrained_ms), statistics.median(free_ms)
         rows.append({"model": model, "schema": name, "valid": valid, "runs": runs,
                      "tokens": statistics.median(tokens), "ms_constrained": c, "ms_free": f,
-                     "overhead_pct": 100 * (c - f) / f, "host_ms": 1000 * host["s"] / max(1, host["n"])})
+                     "overhead_pct": 100 * (statistics.median(ratios) - 1),
+                     "host_ms": 1000 * host["s"] / max(1, host["n"])})
         print(json.dumps(rows[-1]), file=sys.stderr)
     backend.close()
     return rows
@@ -161,12 +165,14 @@ def main() -> None:
     args = ap.parse_args()
     t0 = time.time()
     rows = [r for m in args.model or ["tiny"] for r in run(m, args.runs, args.max_tokens)]
-    print("| model | schema | valid | median tokens | ms/token free | ms/token constrained | overhead "
-          "| constraint ms/token |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| model | schema | valid | median tokens | ms/token free | ms/token constrained | overhead (median "
+          "of pairs) | constraint's own ms/token | its share of free ms/token |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['model']} | {r['schema']} | {r['valid']}/{r['runs']} | {r['tokens']:.0f} | {r['ms_free']:.2f} "
-              f"| {r['ms_constrained']:.2f} | {r['overhead_pct']:+.1f}% | {r['host_ms']:.3f} |")
+              f"| {r['ms_constrained']:.2f} | {r['overhead_pct']:+.1f}% | {r['host_ms']:.3f} "
+              f"| {100 * r['host_ms'] / r['ms_free']:.1f}% |")
+    print(f"\nload average at the end: {', '.join(f'{x:.1f}' for x in os.getloadavg())}")
     print(f"\n({time.time() - t0:.0f} s)")
 
 

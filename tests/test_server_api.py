@@ -215,3 +215,29 @@ def test_responses_errors_have_the_documented_shape(server: tuple[str, str]) -> 
     ok = httpx.post(f"{url}/responses", json={"model": model, "input": "x", "max_output_tokens": 2, "user": "u",
                                                "metadata": {"k": "v"}, "parallel_tool_calls": False}, timeout=60)
     assert ok.status_code == 200 and ok.json()["metadata"] == {"k": "v"}  # habitual fields: accepted
+
+
+def test_streamed_function_calls_and_the_python_tool(client: openai.OpenAI, server: tuple[str, str]) -> None:
+    """A required call streams its arguments (function_call_arguments.delta/.done); a function named python is
+    GPT-OSS's built-in tool: its plain code comes back as {"code": ...} and goes back in as a call."""
+    python = {"type": "function", "name": "python", "description": "Run Python code",
+              "parameters": {"type": "object", "properties": {"code": {"type": "string"}}, "required": ["code"]}}
+    with client.responses.stream(model=server[1], input="Weather in Oslo?", tools=[WEATHER_TOOL],
+                                 tool_choice="required", max_output_tokens=200) as stream:
+        events = list(stream)
+        final = stream.get_final_response() if events[-1].type == "response.completed" else events[-1].response
+    assert _finished(final)
+    kinds = [e.type for e in events]
+    assert "response.function_call_arguments.delta" in kinds and "response.function_call_arguments.done" in kinds
+    call = next(o for o in final.output if o.type == "function_call")
+    done = next(e for e in events if e.type == "response.function_call_arguments.done")
+    assert done.arguments == call.arguments and json.loads(call.arguments)["city"] is not None
+    r = client.responses.create(model=server[1], input="Compute 37*12 with python.", tools=[python],
+                                tool_choice="required", max_output_tokens=200)
+    call = next(o for o in r.output if o.type == "function_call")
+    assert call.name == "python" and isinstance(json.loads(call.arguments)["code"], str)
+    back = client.responses.create(
+        model=server[1], previous_response_id=r.id, tools=[python], tool_choice="none", max_output_tokens=60,
+        input=[{"type": "function_call_output", "call_id": call.call_id, "output": "444"}])
+    assert back.usage.input_tokens_details.cached_tokens >= r.usage.input_tokens
+    assert not [o for o in back.output if o.type == "function_call"]
