@@ -49,8 +49,11 @@ class Run:
         )
         # even runs quit while the model loads (0-1 s after the screen is up: the demo model loads in ~1-3 s on
         # a busy machine), odd ones send once the model is ready and quit 0.3-3 s later: prefill, decode and the
-        # saves in between
+        # saves in between; every fourth asks what the demo model computes with python and quits while the
+        # tool runs or just after
         self.during_load = n % 2 == 0
+        self.tool = n % 4 == 3
+        self.text = "What is 37*12?" if self.tool else "hello there"
         self.send_after, self.quit_after = rng.uniform(0.0, 0.5), rng.uniform(0.3, 3.0)
         if self.during_load:
             self.send_after, self.quit_after = 0.0, rng.uniform(0.0, 1.0)
@@ -75,14 +78,17 @@ class Run:
             return False
         if not self.sent and now >= self.up_at + self.send_after:
             if not self.during_load:
-                self.t.tmux("send-keys", "-t", self.name, "-l", "hello there")
+                self.t.tmux("send-keys", "-t", self.name, "-l", self.text)
                 self.t.tmux("send-keys", "-t", self.name, "Enter")
             self.sent = now
         elif self.sent and now >= self.sent + self.quit_after and now - self.last_quit >= 3.0:
             if not self.last_quit:
                 screen = self.screen()
-                self.shown = "You" in screen and "hello there" in screen
-                self.phase = _status(screen)
+                called = "calling python" in screen or "✓ python" in screen  # its line or its pane entry
+                if self.tool and not called and now < self.sent + 30:
+                    return False  # wait for the call to show (the header's tools=python does not count)
+                self.shown = "You" in screen and self.text in screen
+                self.phase = "tool" if self.tool and called else _status(screen)
             self.t.tmux("send-keys", "-t", self.name, "C-q")  # pressed again if the first was not read
             self.last_quit = now
         return False
@@ -91,9 +97,7 @@ class Run:
         status = self.rc.read_text().strip() if self.rc.exists() else "did not exit within 120 s"
         files = list((self.home / "xdg_data_home").rglob("sessions/*.json"))
         saved = any(
-            "hello there" in m.get("content", "")
-            for f in files
-            for m in json.loads(f.read_text())["messages"]
+            self.text in m.get("content", "") for f in files for m in json.loads(f.read_text())["messages"]
         )
         return self.n, status, self.phase, self.shown, saved
 
@@ -104,7 +108,7 @@ def test_quit_at_random_moments_never_aborts(tmp_path: Path) -> None:
     base.update(TERM="xterm-256color", PYTHONPATH=str(ROOT), TMUX_TMPDIR=str(tmp_path))
     base.pop("TMUX", None)
     cfg = tmp_path / "config.toml"
-    cfg.write_text("[sampling]\nmax_tokens = 200\n")
+    cfg.write_text("[sampling]\nmax_tokens = 200\ntemperature = 0.0\nseed = 1\n")  # the demo's python call
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     t = Tmux(f"mht-quit-{os.getpid()}", base)
     t.tmux("start-server")
@@ -134,3 +138,4 @@ def test_quit_at_random_moments_never_aborts(tmp_path: Path) -> None:
     assert not lost, f"a message shown as sent was not saved: {lost}"
     assert sum(r[3] for r in results) >= 4, "too few runs got as far as sending: the test did not test saving"
     assert sum(r[2] == "loading" for r in results) >= 3, "too few runs quit during the load"
+    assert sum(r[2] == "tool" for r in results) >= 3, "too few runs quit around a tool call"
