@@ -2,10 +2,13 @@
 
 Every client asks with its own prompt and seed. Checks: every stream completes ([DONE], a finish_reason, a
 usage chunk), and there is no cross-talk: each streamed reply equals the reply the same request gets when
-asked alone afterwards (same text, same usage token counts). Bounded: loopback only, a fixed number of
-clients, a small token limit and an overall timeout.
+asked alone afterwards (same text, same usage token counts). Throughput: completion tokens per second of the
+concurrent run against the same requests one at a time (the server's continuous batching, engine/batch.py,
+decodes up to --max-concurrency of them together). Bounded: loopback only, a fixed number of clients, a small
+token limit and an overall timeout.
 
     .venv/bin/python scripts/load_test_server.py              # starts its own server with the tiny model
+    .venv/bin/python scripts/load_test_server.py --clients 4 --max-tokens 64 --max-concurrency 4
     .venv/bin/python scripts/load_test_server.py --url http://127.0.0.1:8000/v1 --model demo
 """
 
@@ -31,7 +34,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 async def stream_one(client: httpx.AsyncClient, url: str, model: str, i: int, max_tokens: int) -> dict[str, Any]:
     body = {"model": model, "stream": True, "stream_options": {"include_usage": True}, "max_tokens": max_tokens,
             "seed": 1000 + i, "temperature": 0.0,
-            "messages": [{"role": "user", "content": f"Client {i}: say something about the number {i * 7}."}]}
+            "messages": [{"role": "user", "content": f"Client {i}: say something about the number {i * 7}."
+                          + " Please." * (8 * (i % 4))}]}  # four prompt lengths
     t0 = time.perf_counter()
     ttft = None
     content, reasoning, finish, usage, done, ids = [], [], None, None, False, set()
@@ -68,7 +72,9 @@ async def run(url: str, model: str, clients: int, max_tokens: int, timeout: floa
             asyncio.gather(*(stream_one(client, url, model, i, max_tokens) for i in range(clients))), timeout)
         wall = time.perf_counter() - t0
         # The same requests one at a time: the reference each concurrent stream must equal.
+        t1 = time.perf_counter()
         alone = [await stream_one(client, url, model, i, max_tokens) for i in range(clients)]
+        alone_wall = time.perf_counter() - t1
     problems = []
     for r, ref in zip(results, alone, strict=True):
         i = r["i"]
@@ -91,6 +97,11 @@ async def run(url: str, model: str, clients: int, max_tokens: int, timeout: floa
     distinct_prompts = len({(r["usage"] or {}).get("prompt_tokens") for r in ok})
     print(f"clients: {clients}  served: {len(ok)}  complete+consistent: {clients - len({p.split(':')[0] for p in problems})}")
     print(f"wall: {wall:.2f} s  completion tokens: {tokens}  aggregate: {tokens / wall:.1f} tok/s")
+    solo_tokens = sum((r.get("usage") or {}).get("completion_tokens", 0) for r in alone)
+    if solo_tokens and tokens:
+        solo_rate = solo_tokens / alone_wall
+        print(f"one client at a time: {alone_wall:.2f} s  {solo_rate:.1f} tok/s  "
+              f"concurrent/one: {tokens / wall / solo_rate:.2f}x")
     if lat:
         print(f"latency s: min {lat[0]:.2f}  median {statistics.median(lat):.2f}  max {lat[-1]:.2f}")
     if ttfts:
@@ -109,6 +120,8 @@ def main() -> int:
     ap.add_argument("--clients", type=int, default=50)
     ap.add_argument("--max-tokens", type=int, default=16)
     ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--max-concurrency", type=int, default=4,
+                    help="the started server's continuous batching (1: one request at a time)")
     args = ap.parse_args()
     if not 1 <= args.clients <= 200 or not 1 <= args.max_tokens <= 512:
         ap.error("--clients must be 1..200 and --max-tokens 1..512")
@@ -132,6 +145,7 @@ def main() -> int:
         tmp = Path(tempfile.mkdtemp(prefix="mhtui-load-"))
         write_tiny_checkpoint(tmp / "tiny", layout="float", seed=0)
         backend = LocalBackend.load(tmp / "tiny")
+        backend.enable_batching(args.max_concurrency)
         from mlx_harmony_tui.faces.common import release_mlx_streams
 
         release_mlx_streams()

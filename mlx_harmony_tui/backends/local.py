@@ -92,6 +92,22 @@ class LocalBackend:
         self._thread.interrupt = self._cancel_turns
         self.trace: Any | None = None  # chat.trace.TurnTrace (--debug-file / --metrics-log), set by the face
         self._thread.submit(self.engine.warm_up)  # trace the compiled step on the thread that will use it
+        self.scheduler: Any | None = None  # engine/batch.py's BatchScheduler once enable_batching ran (serve)
+
+    def enable_batching(self, max_concurrency: int, kv_budget: int | None = None) -> None:
+        """Continuous batching (``serve``): up to ``max_concurrency`` turns decode together, each turn's
+        pipeline on its own thread, the model's work on the model's thread (engine/batch.py). ``kv_budget``:
+        bytes of KV cache the requests' slots may hold together."""
+        from mlx_harmony_tui.engine.batch import BatchScheduler
+
+        if max_concurrency > 1 and not getattr(self.engine, "stops_by_token", False):
+            self.scheduler = BatchScheduler(self.engine, self._thread.submit, max_concurrency, kv_budget)
+            self._thread.submit(self.scheduler.warm_up)  # before the first request, on the model's thread
+
+    @property
+    def max_concurrency(self) -> int:
+        """How many turns may run at once (1 without batching: the server's queue hands out that many)."""
+        return self.scheduler.max_concurrency if self.scheduler is not None else 1
 
     @classmethod
     def load(
@@ -169,8 +185,10 @@ class LocalBackend:
         def confirm(req: ToolConfirmation) -> bool:
             return handle.wait_confirmation(req.call_id)
 
+        from mlx_harmony_tui.engine.batch import BatchedEngine
+
         ctx = TurnContext(
-            engine=self.engine,
+            engine=BatchedEngine(self.scheduler) if self.scheduler is not None else self.engine,  # type: ignore[arg-type]
             encoding=self.encoding,
             context_limit=self.context_limit,
             tools=self._tools_for(request) if run_tools else None,
@@ -190,7 +208,10 @@ class LocalBackend:
             finally:
                 handle.close()
 
-        self._thread.submit(work)
+        if self.scheduler is not None:  # the turn's own thread; its model work joins the batch
+            threading.Thread(target=work, name="mlx-harmony-turn", daemon=True).start()
+        else:
+            self._thread.submit(work)
         return handle
 
     def submit(self, job: Callable[[], None]) -> None:

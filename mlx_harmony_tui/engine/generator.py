@@ -75,6 +75,7 @@ class Engine:
         self.kv_bits = kv_bits
         kw = {k: v for k, v in (("kv_bits", kv_bits), ("margin", kv_margin)) if v is not None}
         make_cache = partial(model.make_cache, **kw) if kw else model.make_cache
+        self.make_cache = make_cache  # also for the per-request caches of continuous batching (engine/batch.py)
         self.prompt_cache = PromptCache(make_cache, model_fingerprint(model, config, model_id))
         self.last_result: GenerationResult | None = None
         self._lock = threading.Lock()
@@ -111,13 +112,15 @@ class Engine:
 
     # --- generation -------------------------------------------------------------------------------------
 
-    def _logits(self, ids: list[int]) -> mx.array:
-        """Forward ``ids`` through the cached model; logits of the last position, shape (1, vocab)."""
+    def _logits(self, ids: list[int], caches: list[Any] | None = None) -> mx.array:
+        """Forward ``ids`` through the cached model (``caches``: default the prompt cache's); logits of the
+        last position, shape (1, vocab)."""
         inputs = mx.array([ids], dtype=mx.int32)
+        caches = self.prompt_cache.caches if caches is None else caches
         if self._last_only:
-            out = self.model(inputs, cache=self.prompt_cache.caches, last_only=True)
+            out = self.model(inputs, cache=caches, last_only=True)
         else:
-            out = self.model(inputs, cache=self.prompt_cache.caches)
+            out = self.model(inputs, cache=caches)
         return out[:, -1, :]
 
     def generate(

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Sequence
 from typing import Any
 
 import mlx.core as mx
@@ -252,6 +253,33 @@ class CompiledDecoder:
                     out = quantized_attention(q, keys, values, attn.scale, None, sinks[i], c.bits, c.group_size)
                 else:
                     out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=attn.scale, sinks=sinks[i])
+            if i + 1 < self.n:
+                x, q, k, v = self._segments[i + 1](x, out, offset)
+            else:
+                return self._segments[self.n](x, out)
+        raise AssertionError("unreachable")
+
+    def step_rows(self, tokens: mx.array, caches: Sequence[Sequence[KVCache]]) -> mx.array:
+        """Continuous batching (engine/batch.py): tokens (B, 1), row b over its own ``caches[b]`` -> logits
+        (B, 1, vocab). The compiled segments (projections, MoE, LM head) run once for the batch, with one
+        RoPE offset per row; attention runs per row over that row's cache (its own length and window)."""
+        offset = mx.array([c[0].offset for c in caches], dtype=mx.int32)
+        x, q, k, v = self._segments[0](tokens, offset)
+        sinks = [layer.self_attn.sinks.astype(q.dtype) for layer in self.model.layers]
+        for i, layer in enumerate(self.model.layers):
+            attn = layer.self_attn
+            outs = []
+            for b, row in enumerate(caches):
+                c = row[i]
+                keys, values = c.update_and_fetch(k[b : b + 1], v[b : b + 1], keep=attn.window)
+                qb = q[b : b + 1]
+                if c.quantized:
+                    outs.append(quantized_attention(qb, keys, values, attn.scale, None, sinks[i], c.bits,
+                                                    c.group_size))
+                else:
+                    outs.append(mx.fast.scaled_dot_product_attention(qb, keys, values, scale=attn.scale,
+                                                                     sinks=sinks[i]))
+            out = mx.concatenate(outs, axis=0)
             if i + 1 < self.n:
                 x, q, k, v = self._segments[i + 1](x, out, offset)
             else:

@@ -69,7 +69,8 @@ def create_app(
         raise ValueError("the server needs at least one model")
     base = dataclasses.replace(settings or ChatSettings(), builtin_tools=[t for t in run_tools if t != "mcp"],
                                mcp_tools="mcp" in run_tools)
-    gen_queue = GenerationQueue(max_waiting)
+    # as many generations at once as the backend batches (LocalBackend.enable_batching), the rest wait in line
+    gen_queue = GenerationQueue(max_waiting, max(getattr(b, "max_concurrency", 1) for b in backends.values()))
     created = int(time.time())
     turns: set[Turn] = set()  # running now: cancelled when the server shuts down
 
@@ -103,7 +104,8 @@ def create_app(
 
     @app.get("/health")
     async def health() -> dict[str, Any]:
-        return {"status": "ok", "models": list(backends), "busy": gen_queue.busy, "waiting": gen_queue.waiting}
+        return {"status": "ok", "models": list(backends), "busy": gen_queue.busy, "running": gen_queue.running,
+                "waiting": gen_queue.waiting}
 
     def model_card(name: str) -> dict[str, Any]:
         return {"id": name, "object": "model", "created": created, "owned_by": "mlx-harmony-tui"}

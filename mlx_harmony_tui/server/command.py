@@ -17,6 +17,7 @@ from mlx_harmony_tui.errors import UserError
 from mlx_harmony_tui.server.request_log import LEVELS
 
 API_KEY_ENV = "MLX_HARMONY_TUI_API_KEY"
+DEFAULT_MAX_CONCURRENCY = 4  # requests decoded together (engine/batch.py); the rest wait in the queue
 
 
 def _require_server_extra() -> None:
@@ -44,6 +45,12 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="extra name clients may use for the model (repeatable)")
     p.add_argument("--max-body-mb", type=float, default=4.0, help="largest request body (default 4 MB)")
     p.add_argument("--max-queue", type=int, default=256, help="most requests waiting for the model")
+    p.add_argument("--max-concurrency", type=int, default=DEFAULT_MAX_CONCURRENCY, metavar="N",
+                   help=f"requests decoded together in one batch (default {DEFAULT_MAX_CONCURRENCY}; 1: one at a "
+                        "time); more wait in the queue")
+    p.add_argument("--max-kv-gb", type=float, default=None, metavar="GB",
+                   help="KV-cache memory all concurrent requests may hold together (default: no cap beyond "
+                        "--max-concurrency); a request waits while the running ones hold more")
     p.add_argument("--log-level", choices=LEVELS, default="info",
                    help="info (default): one line per request on stderr; warning: only problems; debug: more")
     p.add_argument("--quiet", "-q", action="store_true", help="no request lines (same as --log-level warning)")
@@ -69,6 +76,11 @@ def build_app(args: argparse.Namespace) -> Any:
     from mlx_harmony_tui.faces.common import attach_trace, load_app_config, resolve_settings_from_args
     from mlx_harmony_tui.server.app import create_app
 
+    if args.max_body_mb <= 0 or args.max_queue < 1 or args.max_concurrency < 1:
+        raise UserError("--max-body-mb, --max-queue and --max-concurrency must be positive")
+    if args.max_kv_gb is not None and args.max_kv_gb <= 0:
+        raise UserError("--max-kv-gb must be positive")
+    kv_budget = None if args.max_kv_gb is None else int(args.max_kv_gb * 1e9)
     cfg = load_app_config(args)
     serve_mcp = _take_mcp(args)
     settings, model = resolve_settings_from_args(args, cfg)
@@ -78,8 +90,7 @@ def build_app(args: argparse.Namespace) -> Any:
     # clients may use the name the model was given by (e.g. a repo id) as well as its resolved name
     names = list(dict.fromkeys([backend.model_name, model, *args.name]))
     api_key = args.api_key or os.environ.get(API_KEY_ENV) or None
-    if args.max_body_mb <= 0 or args.max_queue < 1:
-        raise UserError("--max-body-mb and --max-queue must be positive")
+    backend.enable_batching(args.max_concurrency, kv_budget)
     run_tools = settings.builtin_tools if getattr(args, "tools", None) is not None else []  # only when asked
     if serve_mcp:
         if not cfg.mcp.servers:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import copy
 import json
+import threading
 import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
@@ -24,6 +25,7 @@ from mlx_harmony_tui.backends.base import Backend, TurnHandle, TurnRequest
 from mlx_harmony_tui.chat.events import Delta, Event, Metrics, TurnFailed, TurnFinished
 from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.chat.turn import token_logprob
+from mlx_harmony_tui.engine.batch import BatchedEngine
 from mlx_harmony_tui.engine.constraint import TokenLogprob as EngineLogprob
 from mlx_harmony_tui.engine.generator import GenerationOptions
 from mlx_harmony_tui.server.drive import disconnected, drive, stream_response
@@ -79,7 +81,9 @@ class _RawBackend:
 
     def start_turn(self, request: TurnRequest) -> TurnHandle:
         handle = TurnHandle()
-        engine, encoding = self.backend.engine, self.backend.encoding
+        scheduler = getattr(self.backend, "scheduler", None)  # continuous batching: join the batch
+        engine = BatchedEngine(scheduler) if scheduler is not None else self.backend.engine
+        encoding = self.backend.encoding
         lps: list[EngineLogprob] = []
         if self.logprobs:
             self.options.on_logprob = lps.append
@@ -112,7 +116,10 @@ class _RawBackend:
             finally:
                 handle.close()
 
-        self.backend.submit(work)
+        if scheduler is not None:
+            threading.Thread(target=work, name="mlx-harmony-completion", daemon=True).start()
+        else:
+            self.backend.submit(work)
         return handle
 
 

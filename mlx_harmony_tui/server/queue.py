@@ -1,4 +1,5 @@
-"""One generation at a time on the model, served first come first served.
+"""``slots`` generations at a time on the model (1, or the backend's continuous-batching concurrency), the
+rest served first come first served.
 
 A slot is taken in the event loop and released by whoever finishes the generation (the pump thread, via the
 loop), so a client that disconnects mid-turn never lets a second generation overlap the first on the model.
@@ -16,9 +17,10 @@ class QueueFull(Exception):
 
 
 class GenerationQueue:
-    def __init__(self, max_waiting: int = 256) -> None:
+    def __init__(self, max_waiting: int = 256, slots: int = 1) -> None:
         self.max_waiting = max_waiting
-        self._busy = False
+        self.slots = max(1, slots)
+        self.running = 0
         self._waiters: deque[asyncio.Future[None]] = deque()
         self.served = 0
 
@@ -28,14 +30,14 @@ class GenerationQueue:
 
     @property
     def busy(self) -> bool:
-        return self._busy
+        return self.running > 0
 
     def join(self) -> asyncio.Future[None]:
         """Take a place in line now (raises QueueFull at once when the line is too long), so that a streaming
         request can still be answered 429 before its 200 headers go out; await the future with ``wait``."""
         fut: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        if not self._busy and not self._waiters:
-            self._busy = True
+        if self.running < self.slots and not self._waiters:
+            self.running += 1
             fut.set_result(None)
             return fut
         if self.waiting >= self.max_waiting:
@@ -74,4 +76,4 @@ class GenerationQueue:
             if not fut.done():
                 fut.set_result(None)
                 return
-        self._busy = False
+        self.running -= 1

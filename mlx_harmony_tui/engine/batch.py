@@ -1,0 +1,356 @@
+"""Continuous batching: concurrent generations decode together, one batched step for all of them.
+
+Each request keeps everything that is its own: a slot's prompt cache (reused across the requests that land in
+that slot, like the engine's one cache for a single user), its sampler and seed, stop ids, max tokens, loop
+detector, constraint and logprobs. Only the forward pass of a decode step is shared (model/batch.py). The
+scheduler runs on the model's thread as a chain of short jobs (``tick``): each admits waiting requests into
+free slots (prefilling them alone, as the engine does), runs one step for every active request, hands each its
+token, and drops the ones that finished, were cancelled or whose reader went away; then it queues itself
+again. Other jobs on that thread (raw completions, cache files) run between two ticks.
+
+The per-request face is ``BatchedEngine``: ``generate`` has the Engine's signature and contract, so the turn
+pipeline (chat/turn.py) runs unchanged on its own thread and reads tokens from a queue.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import queue
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import mlx.core as mx
+
+from mlx_harmony_tui.engine.cache import PromptCache
+from mlx_harmony_tui.engine.generator import (
+    ContextTooLongError,
+    Engine,
+    FinishReason,
+    GenerationOptions,
+    GenerationResult,
+    ProgressCallback,
+    _logprob,
+)
+from mlx_harmony_tui.engine.metrics import MetricsTracker, PrefillProgress
+from mlx_harmony_tui.engine.repetition import LoopDetector
+from mlx_harmony_tui.engine.sampling import Sampler
+
+DEFAULT_MAX_CONCURRENCY = 4
+
+
+@dataclass
+class _Seq:
+    """One request inside the scheduler (touched by the model's thread only, but ``dropped``)."""
+
+    prompt: list[int]
+    options: GenerationOptions
+    cancel: threading.Event
+    progress: bool
+    out: queue.SimpleQueue[tuple[str, Any]] = field(default_factory=queue.SimpleQueue)
+    dropped: bool = False  # the reader went away (client disconnect, closed generator)
+    slot: int = -1
+    generated: list[int] = field(default_factory=list)
+    next_id: int | None = None  # the token the next step feeds
+    tracker: MetricsTracker | None = None
+    sampler: Sampler | None = None
+    detector: LoopDetector | None = None
+    max_tokens: int = 0
+    total: int = 0
+
+    @property
+    def stopped(self) -> bool:
+        return self.dropped or self.cancel.is_set()
+
+
+class BatchScheduler:
+    """Admits requests into at most ``max_concurrency`` slots and decodes the active ones together.
+
+    ``kv_budget``: bytes of KV cache all slots may hold together; idle slots are emptied first, and a request
+    waits while the active ones alone are over it. ``submit`` runs a job on the model's thread."""
+
+    def __init__(
+        self,
+        engine: Engine,
+        submit: Callable[[Callable[[], None]], None],
+        max_concurrency: int = DEFAULT_MAX_CONCURRENCY,
+        kv_budget: int | None = None,
+    ) -> None:
+        if max_concurrency < 1:
+            raise ValueError("max_concurrency must be at least 1")
+        self.engine = engine
+        self.max_concurrency = max_concurrency
+        self.kv_budget = kv_budget
+        self._submit = submit
+        self._slots: list[PromptCache | None] = [None] * max_concurrency  # made on first use
+        self._busy: list[_Seq | None] = [None] * max_concurrency
+        self._pending: queue.SimpleQueue[_Seq] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._running = False
+        self.steps = 0  # batched steps run, the rows they carried, the most at once, requests cancelled
+        self.rows = 0
+        self.widest = 0
+        self.cancelled = 0
+
+    # --- any thread ---------------------------------------------------------------------------------------
+
+    def add(self, seq: _Seq) -> None:
+        self._pending.put(seq)
+        with self._lock:
+            if self._running:
+                return
+            self._running = True
+        self._submit(self.tick)
+
+    @property
+    def active(self) -> int:
+        return sum(s is not None for s in self._busy)
+
+    # --- the model's thread -------------------------------------------------------------------------------
+
+    def warm_up(self) -> None:
+        """Trace the batched step for every batch size now (scratch caches), not in the first busy moment:
+        the compiled graphs are traced per shape (model/fast.py)."""
+        from mlx_harmony_tui.model.batch import decode_batch
+
+        stream = self.engine._stream
+        with mx.stream(stream) if stream is not None else contextlib.nullcontext():
+            for b in range(2, self.max_concurrency + 1):
+                caches = [self.engine.make_cache() for _ in range(b)]
+                mx.eval(decode_batch(self.engine.model, mx.zeros((b,), dtype=mx.int32), caches))
+
+    def tick(self) -> None:
+        """Admit, step once, queue the next tick while there is work."""
+        stream = self.engine._stream
+        try:
+            with mx.stream(stream) if stream is not None else contextlib.nullcontext():
+                self._admit()
+                self._step()
+        except BaseException as e:  # noqa: BLE001 - every request learns of the failure; the thread lives on
+            for i, s in enumerate(self._busy):
+                if s is not None:
+                    self._slot(i).reset()  # a failure mid-forward leaves the caches in an unknown state
+                    self._finish(s, "cancelled", "error", error=e)
+        finally:
+            with self._lock:
+                more = self.active > 0 or not self._pending.empty()
+                self._running = more
+            if more:
+                self._submit(self.tick)
+
+    def _slot(self, i: int) -> PromptCache:
+        pc = self._slots[i]
+        if pc is None:
+            pc = self._slots[i] = PromptCache(self.engine.make_cache, self.engine.prompt_cache.fingerprint)
+        return pc
+
+    def _admit(self) -> None:
+        """Move waiting requests into free slots: the slot whose cache shares the longest prefix with the
+        prompt (a user's next turn finds its conversation), else the emptiest."""
+        while not self._pending.empty():
+            free = [i for i, s in enumerate(self._busy) if s is None]
+            if not free:
+                return
+            seq = self._pending.get()
+            if seq.stopped:
+                self._finish(seq, "cancelled")
+                continue
+            best = max(
+                free,
+                key=lambda i: (
+                    self._slots[i] is not None and self._slots[i].reusable(seq.prompt),
+                    -(self._slots[i].nbytes if self._slots[i] is not None else 0),
+                ),
+            )
+            if not self._fits(best):
+                self._pending.put(seq)  # back in line (behind the others: they wait for memory too)
+                return
+            seq.slot = best
+            self._busy[best] = seq
+            try:
+                self._prefill(seq)
+            except BaseException as e:  # noqa: BLE001 - this request fails alone
+                self._slot(best).reset()
+                self._finish(seq, "cancelled", "error", error=e)
+
+    def _fits(self, slot: int) -> bool:
+        """Whether the KV budget leaves room: idle slots' caches (other than ``slot``) are emptied first."""
+        if self.kv_budget is None:
+            return True
+        held = lambda: sum(pc.nbytes for pc in self._slots if pc is not None)  # noqa: E731
+        for i, pc in enumerate(self._slots):
+            if held() <= self.kv_budget:
+                break
+            if pc is not None and self._busy[i] is None and i != slot:
+                self._slots[i] = None
+        active = sum(
+            pc.nbytes for i, pc in enumerate(self._slots) if pc is not None and self._busy[i] is not None
+        )
+        return active <= self.kv_budget or self.active == 0
+
+    def _prefill(self, seq: _Seq) -> None:
+        """The engine's prefill for one request in its slot, then its first token."""
+        eng, opt, pc = self.engine, seq.options, self._slot(seq.slot)
+        prompt = seq.prompt
+        reused = pc.prepare(prompt)
+        seq.tracker = MetricsTracker(len(prompt), reused, eng.context_limit, pc.rebuilt, lambda: pc.nbytes)
+        seq.max_tokens = opt.max_tokens
+        if eng.context_limit:
+            seq.max_tokens = min(seq.max_tokens, eng.context_limit - len(prompt))
+        rest = prompt[reused:]
+        seq.total = total = len(rest)
+        step = max(1, int(opt.prefill_step))
+        done = 0
+        while total - done > 1:
+            if seq.stopped:
+                return self._finish(seq, "cancelled")
+            chunk = rest[done : min(done + step, total - 1)]
+            eng._logits(chunk, pc.caches)
+            mx.eval([c.state for c in pc.caches])
+            pc.extend(chunk)
+            done += len(chunk)
+            if seq.progress and total > step:
+                seq.out.put(("progress", PrefillProgress(done, total)))
+        if seq.max_tokens <= 0:
+            return self._finish(seq, "length")
+        seq.sampler = Sampler(
+            opt.sampling,
+            eng.vocab_size or 1 << 30,
+            opt.seed,
+            history=prompt,
+            masked=opt.constraint is not None,
+            logprobs=opt.on_logprob is not None,
+        )
+        seq.detector = LoopDetector(opt.loop) if opt.loop is not None else None
+        y, extra = self._draw(seq, eng._logits(rest[-1:], pc.caches))
+        pc.extend(rest[-1:])
+        mx.eval(y, *(extra or ()), *pc.checkpoint())
+        self._accept(seq, int(y.item()), extra)
+
+    def _draw(self, seq: _Seq, logits: mx.array) -> tuple[mx.array, Any]:
+        opt = seq.options
+        mask = opt.constraint.allowed() if opt.constraint is not None else None
+        assert seq.sampler is not None
+        tok = seq.sampler(logits, None if mask is None else mx.array(mask))
+        extra = Engine._top(seq.sampler.last_logprobs, tok, opt.top_logprobs) if opt.on_logprob else None
+        return tok, extra
+
+    def _step(self) -> None:
+        """One forward for every active request with a token to feed, then each draws from its row."""
+        for s in self._busy:
+            if s is not None and s.stopped:
+                self._finish(s, "cancelled")
+        rows = [s for s in self._busy if s is not None and s.next_id is not None]
+        if not rows:
+            return
+        caches = [self._slot(s.slot).caches for s in rows]
+        if len(rows) == 1:  # alone: the engine's own (compiled) one-token step
+            logits = self.engine._logits([rows[0].next_id], caches[0])
+        else:
+            from mlx_harmony_tui.model.batch import decode_batch
+
+            ids = mx.array([s.next_id for s in rows], dtype=mx.int32)
+            logits = decode_batch(self.engine.model, ids, caches)
+        drawn = [self._draw(s, logits[i : i + 1]) for i, s in enumerate(rows)]
+        mx.eval([t for tok, extra in drawn for t in (tok, *(extra or ()))])
+        self.steps += 1
+        self.rows += len(rows)
+        self.widest = max(self.widest, len(rows))
+        for s, (tok, extra) in zip(rows, drawn, strict=True):
+            self._slot(s.slot).extend((s.next_id,))
+            self._accept(s, int(tok.item()), extra)
+
+    def _accept(self, seq: _Seq, tok: int, extra: Any) -> None:
+        """Hand ``tok`` to the request's reader; finish it on a stop token, loop, length or cancel."""
+        opt, tracker = seq.options, seq.tracker
+        assert tracker is not None
+        seq.next_id = None
+        if opt.constraint is not None:
+            opt.constraint.accept(tok)
+        lp = _logprob(tok, extra) if extra is not None else None
+        if not seq.generated:
+            tracker.prefill_done()
+            if seq.progress and seq.total > max(1, int(opt.prefill_step)):
+                seq.out.put(("progress", PrefillProgress(seq.total, seq.total)))
+        tracker.token()
+        seq.generated.append(tok)
+        seq.out.put(("token", (tok, lp)))
+        if tok in opt.stop_ids:
+            return self._finish(seq, "stop")
+        found = seq.detector.feed(tok) if seq.detector is not None else None
+        if found:
+            return self._finish(seq, "loop", found)
+        if len(seq.generated) >= seq.max_tokens:
+            return self._finish(seq, "length")
+        if seq.stopped:
+            return self._finish(seq, "cancelled")
+        if seq.progress and tracker.due():
+            seq.out.put(("progress", tracker.snapshot()))
+        seq.next_id = tok
+
+    def _finish(
+        self, seq: _Seq, reason: FinishReason, detail: str = "", error: BaseException | None = None
+    ) -> None:
+        """The request leaves its slot now (its cache stays for the next request there)."""
+        if 0 <= seq.slot < len(self._busy) and self._busy[seq.slot] is seq:
+            self._busy[seq.slot] = None
+            pc = self._slots[seq.slot]
+            if pc is not None and pc.caches and pc.caches[0].offset != len(pc.tokens):
+                pc.reset()
+        self.cancelled += reason == "cancelled"
+        tracker = seq.tracker or MetricsTracker(len(seq.prompt), 0, self.engine.context_limit, 0, lambda: 0)
+        result = GenerationResult(reason, tracker.snapshot(final=True), seq.generated, detail)
+        seq.out.put(("error", error) if error is not None else ("end", result))
+
+
+class BatchedEngine:
+    """The engine as one request sees it under continuous batching: ``generate`` joins the scheduler's batch
+    and yields this request's tokens; ``last_result`` is this request's. Everything else is the engine's."""
+
+    def __init__(self, scheduler: BatchScheduler) -> None:
+        self._scheduler = scheduler
+        self.last_result: GenerationResult | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._scheduler.engine, name)
+
+    def generate(
+        self,
+        prompt_ids: list[int],
+        options: GenerationOptions | None = None,
+        cancel: threading.Event | None = None,
+        on_progress: ProgressCallback | None = None,
+    ) -> Iterator[int]:
+        """As Engine.generate (a stop token is yielded last, then ``last_result`` is set); runs on any thread."""
+        options = options or GenerationOptions()
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise ValueError("generate() needs at least one prompt token")
+        limit = self._scheduler.engine.context_limit
+        if limit and len(prompt) >= limit:
+            raise ContextTooLongError(
+                f"the prompt has {len(prompt)} tokens; the model's context holds {limit}"
+            )
+        seq = _Seq(prompt, options, cancel or threading.Event(), on_progress is not None)
+        self._scheduler.add(seq)
+        try:
+            while True:
+                kind, value = seq.out.get()
+                if kind == "token":
+                    tok, lp = value
+                    if lp is not None and options.on_logprob is not None:
+                        options.on_logprob(lp)
+                    yield tok
+                elif kind == "progress":
+                    if on_progress is not None:
+                        on_progress(value)
+                elif kind == "error":
+                    raise value
+                else:
+                    self.last_result = value
+                    if on_progress is not None:
+                        on_progress(value.metrics)
+                    return
+        finally:
+            seq.dropped = True  # a reader that stopped early frees the slot at the next step

@@ -1,0 +1,245 @@
+"""Continuous batching (engine/batch.py, model/batch.py) on the real tiny model: every request's greedy output
+equals its solo output, requests join and leave between steps, a cancelled one leaves at once, the KV budget
+holds requests back; and through the real server with the openai SDK (4 concurrent streams of different
+prompt lengths and max_tokens, one cancelled midway)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import openai
+import pytest
+
+from mlx_harmony_tui.backends.local import LocalBackend
+from mlx_harmony_tui.backends.mlx_thread import MlxThread
+from mlx_harmony_tui.chat.settings import ChatSettings
+from mlx_harmony_tui.engine.batch import BatchedEngine, BatchScheduler
+from mlx_harmony_tui.engine.generator import Engine, GenerationOptions
+from mlx_harmony_tui.engine.sampling import SamplingParams
+from mlx_harmony_tui.server.app import create_app
+from mlx_harmony_tui.server.command import serve_in_thread
+
+TIMEOUT = 240.0
+
+
+def _greedy(n: int) -> GenerationOptions:
+    return GenerationOptions(
+        sampling=SamplingParams(temperature=0.0), max_tokens=n, stop_ids=frozenset(), loop=None
+    )
+
+
+@pytest.fixture(scope="module")
+def model_thread(tiny_model_dir: Path) -> Iterator[tuple[MlxThread, Engine]]:
+    from mlx_harmony_tui.model import load_model
+
+    thread = MlxThread()
+    model, config = thread.call(lambda: load_model(tiny_model_dir))
+    engine = thread.call(lambda: Engine(model, config, model_id="tiny"))
+    yield thread, engine
+    thread.stop()
+
+
+PROMPTS = [[1000 + 7 * i + j for j in range(3 + 37 * i)] for i in range(4)]  # 3, 40, 77, 114 tokens
+MAX_TOKENS = [40, 25, 50, 33]
+JOBS = list(zip(PROMPTS, MAX_TOKENS, strict=True))
+
+
+def _solo(thread: MlxThread, engine: Engine) -> list[list[int]]:
+    return [thread.call(lambda p=p, n=n: list(engine.generate(p, _greedy(n)))) for p, n in JOBS]
+
+
+def _concurrent(
+    scheduler: BatchScheduler,
+    jobs: list[tuple[list[int], GenerationOptions]],
+    stop_after: dict[int, int] | None = None,
+) -> list[list[int]]:
+    outs: list[list[int]] = [[] for _ in jobs]
+    start = threading.Barrier(len(jobs))
+
+    def one(i: int) -> None:
+        start.wait()
+        for tok in BatchedEngine(scheduler).generate(*jobs[i]):
+            outs[i].append(tok)
+            if stop_after and len(outs[i]) >= stop_after.get(i, 1 << 30):
+                break  # the reader goes away: the request must leave its slot
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(len(jobs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert not any(t.is_alive() for t in threads)
+    return outs
+
+
+def test_each_request_decodes_as_it_would_alone(model_thread: tuple[MlxThread, Engine]) -> None:
+    thread, engine = model_thread
+    solo = _solo(thread, engine)
+    scheduler = BatchScheduler(engine, thread.submit, max_concurrency=4)
+    thread.call(scheduler.warm_up)
+    outs = _concurrent(scheduler, [(p, _greedy(n)) for p, n in JOBS])
+    assert outs == solo
+    assert scheduler.widest >= 2 and scheduler.rows > scheduler.steps  # they really shared steps
+    assert scheduler.active == 0
+    # Again, now that the slots hold these conversations: the prefix is reused and the result is the same.
+    again = _concurrent(scheduler, [(p, _greedy(n)) for p, n in JOBS])
+    assert again == solo
+
+
+def test_a_reader_that_goes_away_frees_its_slot_and_others_are_unaffected(
+    model_thread: tuple[MlxThread, Engine],
+) -> None:
+    thread, engine = model_thread
+    long = _greedy(400)
+    solo = _solo(thread, engine)
+    scheduler = BatchScheduler(engine, thread.submit, max_concurrency=4)
+    jobs = [(PROMPTS[0], long), *[(p, _greedy(n)) for p, n in JOBS[1:]]]
+    outs = _concurrent(scheduler, jobs, stop_after={0: 5})
+    assert outs[1:] == solo[1:]
+    assert outs[0] == solo[0][:5]
+    deadline = time.monotonic() + TIMEOUT
+    while scheduler.active and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert scheduler.active == 0 and scheduler.cancelled == 1
+    assert scheduler.rows < sum(len(o) for o in solo[1:]) + 100  # the 400-token request stopped early
+
+
+def test_a_set_cancel_event_stops_only_that_request(model_thread: tuple[MlxThread, Engine]) -> None:
+    thread, engine = model_thread
+    scheduler = BatchScheduler(engine, thread.submit, max_concurrency=2)
+    cancel = threading.Event()
+    cancel.set()
+    gen = BatchedEngine(scheduler)
+    assert list(gen.generate(PROMPTS[1], _greedy(30), cancel=cancel)) == []
+    assert gen.last_result is not None and gen.last_result.finish_reason == "cancelled"
+    other = BatchedEngine(scheduler)
+    assert len(list(other.generate(PROMPTS[1], _greedy(7)))) == 7
+    assert other.last_result is not None and other.last_result.finish_reason == "length"
+
+
+def test_the_kv_budget_holds_requests_back(model_thread: tuple[MlxThread, Engine]) -> None:
+    thread, engine = model_thread
+    solo = _solo(thread, engine)
+    scheduler = BatchScheduler(
+        engine, thread.submit, max_concurrency=4, kv_budget=1
+    )  # room for one at a time
+    outs = _concurrent(scheduler, [(p, _greedy(n)) for p, n in JOBS])
+    assert outs == solo
+    assert scheduler.widest == 1
+
+
+# --- through the server ------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def batching_url(tiny_model_dir: Path) -> Iterator[tuple[str, LocalBackend]]:
+    backend = LocalBackend.load(tiny_model_dir)
+    backend.enable_batching(4)
+    settings = ChatSettings(conversation_date="2025-01-01")
+    try:
+        with serve_in_thread(create_app({"tiny": backend}, settings)) as url:
+            yield url, backend
+    finally:
+        backend.close()
+
+
+def _ask(
+    client: openai.OpenAI, i: int, max_tokens: int, stop_after: int | None = None
+) -> tuple[str, int | None]:
+    words = " ".join(f"word{j}" for j in range(1 + 25 * i))  # four prompt lengths
+    stream = client.chat.completions.create(
+        model="tiny",
+        messages=[{"role": "user", "content": f"Client {i}: {words}"}],
+        max_tokens=max_tokens,
+        temperature=0.0,
+        seed=1,
+        stream=True,
+        stream_options={"include_usage": True},
+    )
+    text, chunks, usage = [], 0, None
+    for chunk in stream:
+        usage = chunk.usage or usage
+        for ch in chunk.choices:
+            text.append((ch.delta.content or "") + (getattr(ch.delta, "reasoning_content", None) or ""))
+            chunks += 1
+        if stop_after is not None and chunks >= stop_after:
+            stream.close()  # the client disconnects midway
+            break
+    return "".join(text), usage.completion_tokens if usage else None
+
+
+def test_server_concurrent_streams_equal_their_solo_replies(batching_url: tuple[str, LocalBackend]) -> None:
+    url, backend = batching_url
+    client = openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=TIMEOUT)
+    budgets = [24, 40, 16]
+    solo = [_ask(client, i, n) for i, n in enumerate(budgets)]
+    assert all(n for _, n in solo)
+    scheduler = backend.scheduler
+    assert scheduler is not None
+    before = (scheduler.steps, scheduler.rows, scheduler.cancelled)
+    results: list[tuple[str, int | None] | None] = [None] * 4
+    start = threading.Barrier(4)
+
+    def one(i: int) -> None:
+        start.wait()
+        results[i] = _ask(client, i, 300, stop_after=3) if i == 3 else _ask(client, i, budgets[i])
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(4)]  # three, and one that gives up
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert results[:3] == solo
+    assert scheduler.rows - before[1] > scheduler.steps - before[0]  # steps carried several requests
+    deadline = time.monotonic() + TIMEOUT
+    while (scheduler.active or scheduler.cancelled == before[2]) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert scheduler.active == 0 and scheduler.cancelled == before[2] + 1  # the one that gave up left at once
+    assert scheduler.rows - before[1] < sum(n or 0 for _, n in solo) + 150  # not all its 300 tokens
+    health = httpx.get(url.removesuffix("/v1") + "/health", timeout=30).json()
+    assert health["running"] == 0 and not health["busy"]
+
+
+def test_the_queue_hands_out_as_many_places_as_slots() -> None:
+    import asyncio
+
+    from mlx_harmony_tui.server.queue import GenerationQueue
+
+    async def main() -> None:
+        q = GenerationQueue(max_waiting=8, slots=2)
+        a, b, c = q.join(), q.join(), q.join()
+        assert a.done() and b.done() and not c.done()  # two run, the third waits in line
+        assert q.running == 2 and q.waiting == 1
+        q.release()
+        assert c.done() and q.running == 2
+        q.release()
+        q.release()
+        assert q.running == 0 and not q.busy
+
+    asyncio.run(main())
+
+
+def test_server_raw_completions_join_the_batch(batching_url: tuple[str, LocalBackend]) -> None:
+    url, backend = batching_url
+    client = openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=TIMEOUT)
+    prompts = ["Once upon a time", "The sea " * 30]
+
+    def ask(p: str) -> str:
+        return client.completions.create(model="tiny", prompt=p, max_tokens=20, temperature=0.0).choices[0].text
+
+    solo = [ask(p) for p in prompts]
+    scheduler = backend.scheduler
+    assert scheduler is not None
+    rows, steps = scheduler.rows, scheduler.steps
+    results: list[str | None] = [None, None]
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, ask(prompts[i]))) for i in range(2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert results == solo
+    assert scheduler.rows - rows > scheduler.steps - steps
