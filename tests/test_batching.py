@@ -243,3 +243,21 @@ def test_server_raw_completions_join_the_batch(batching_url: tuple[str, LocalBac
         t.join(TIMEOUT)
     assert results == solo
     assert scheduler.rows - rows > scheduler.steps - steps
+
+
+def test_the_eager_batched_step_matches_too(tiny_model_dir: Path) -> None:
+    """A model without the compiled decoder (Engine(optimize=False)) batches through model/batch.py's eager
+    layers: the same tokens as alone."""
+    from mlx_harmony_tui.model import load_model
+
+    thread = MlxThread()
+    try:
+        model, config = thread.call(lambda: load_model(tiny_model_dir))
+        engine = thread.call(lambda: Engine(model, config, model_id="tiny", optimize=False))
+        assert getattr(engine.model, "decoder", None) is None
+        solo = _solo(thread, engine)
+        scheduler = BatchScheduler(engine, thread.submit, max_concurrency=4)
+        assert _concurrent(scheduler, [(p, _greedy(n)) for p, n in JOBS]) == solo
+        assert scheduler.widest >= 2
+    finally:
+        thread.stop()

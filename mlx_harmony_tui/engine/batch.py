@@ -25,7 +25,6 @@ import mlx.core as mx
 
 from mlx_harmony_tui.engine.cache import PromptCache
 from mlx_harmony_tui.engine.generator import (
-    ContextTooLongError,
     Engine,
     FinishReason,
     GenerationOptions,
@@ -324,14 +323,7 @@ class BatchedEngine:
     ) -> Iterator[int]:
         """As Engine.generate (a stop token is yielded last, then ``last_result`` is set); runs on any thread."""
         options = options or GenerationOptions()
-        prompt = [int(t) for t in prompt_ids]
-        if not prompt:
-            raise ValueError("generate() needs at least one prompt token")
-        limit = self._scheduler.engine.context_limit
-        if limit and len(prompt) >= limit:
-            raise ContextTooLongError(
-                f"the prompt has {len(prompt)} tokens; the model's context holds {limit}"
-            )
+        prompt = self._scheduler.engine.checked_prompt(prompt_ids)
         seq = _Seq(prompt, options, cancel or threading.Event(), on_progress is not None)
         self._scheduler.add(seq)
         try:

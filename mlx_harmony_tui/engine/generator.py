@@ -123,6 +123,17 @@ class Engine:
             out = self.model(inputs, cache=caches)
         return out[:, -1, :]
 
+    def checked_prompt(self, prompt_ids: list[int]) -> list[int]:
+        """The prompt as ints; empty or too long for the context is an error before anything runs."""
+        prompt = [int(t) for t in prompt_ids]
+        if not prompt:
+            raise ValueError("generate() needs at least one prompt token")
+        if self.context_limit and len(prompt) >= self.context_limit:
+            raise ContextTooLongError(
+                f"the prompt has {len(prompt)} tokens; the model's context holds {self.context_limit}"
+            )
+        return prompt
+
     def generate(
         self,
         prompt_ids: list[int],
@@ -135,13 +146,7 @@ class Engine:
         Afterwards ``self.last_result`` is set. Holds a lock: one generation at a time.
         """
         options = options or GenerationOptions()
-        prompt = [int(t) for t in prompt_ids]
-        if not prompt:
-            raise ValueError("generate() needs at least one prompt token")
-        if self.context_limit and len(prompt) >= self.context_limit:
-            raise ContextTooLongError(
-                f"the prompt has {len(prompt)} tokens; the model's context holds {self.context_limit}"
-            )
+        prompt = self.checked_prompt(prompt_ids)
         with self._lock, (mx.stream(self._stream) if self._stream is not None else contextlib.nullcontext()):
             yield from self._generate(prompt, options, cancel or threading.Event(), on_progress)
 

@@ -21,15 +21,7 @@ from mlx_harmony_tui.model.gpt_oss import _attend
 def _attention(attn: Any, x: mx.array, caches: Sequence[Any]) -> mx.array:
     """``attn`` (a model Attention) for a (B, 1, H) batch, row i over ``caches[i]``."""
     B = x.shape[0]
-    if "qkv_proj" in attn:  # fused by model/fast.py
-        y = attn.qkv_proj(x)
-        a, b = attn._qkv_split
-        q, k, v = y[..., :a], y[..., a:b], y[..., b:]
-    else:
-        q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
-    q = q.reshape(B, 1, attn.n_heads, -1).transpose(0, 2, 1, 3)
-    k = k.reshape(B, 1, attn.n_kv, -1).transpose(0, 2, 1, 3)
-    v = v.reshape(B, 1, attn.n_kv, -1).transpose(0, 2, 1, 3)
+    q, k, v = attn.project(x)
     sinks = attn.sinks.astype(q.dtype)
     outs = []
     for i, cache in enumerate(caches):

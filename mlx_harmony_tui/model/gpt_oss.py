@@ -72,7 +72,8 @@ class Attention(nn.Module):
         self.scale = d**-0.5 * config.attention_scale_factor**2
         self._freqs = freqs  # underscore: not a parameter
 
-    def __call__(self, x: mx.array, mask: Mask, cache: KVCache | None, offset: int) -> mx.array:
+    def project(self, x: mx.array) -> tuple[mx.array, mx.array, mx.array]:
+        """q, k, v of ``x`` (B, L, H) as (B, heads, L, head_dim), before RoPE."""
         B, L, _ = x.shape
         if "qkv_proj" in self:  # fused by model/fast.py
             y = self.qkv_proj(x)
@@ -83,6 +84,11 @@ class Attention(nn.Module):
         q = q.reshape(B, L, self.n_heads, -1).transpose(0, 2, 1, 3)
         k = k.reshape(B, L, self.n_kv, -1).transpose(0, 2, 1, 3)
         v = v.reshape(B, L, self.n_kv, -1).transpose(0, 2, 1, 3)
+        return q, k, v
+
+    def __call__(self, x: mx.array, mask: Mask, cache: KVCache | None, offset: int) -> mx.array:
+        B, L, _ = x.shape
+        q, k, v = self.project(x)
         rope = partial(
             mx.fast.rope, dims=self.head_dim, traditional=False, base=None, scale=1.0, offset=offset, freqs=self._freqs
         )
