@@ -14,6 +14,7 @@ import pytest
 
 from mlx_harmony_tui.demo import demo_model_path
 from mlx_harmony_tui.demo.compact import install_compact
+from mlx_harmony_tui.harmony.messages import HMessage
 from mlx_harmony_tui.model.config import ModelLoadError
 from mlx_harmony_tui.model.load import load_model
 
@@ -114,6 +115,55 @@ def test_loader_reports_broken_compact_index(tmp_path: Path) -> None:
     mx.save_safetensors(str(tmp_path / "model.safetensors"), w)
     with pytest.raises(ModelLoadError, match="vocab_ids|compact"):
         load_model(tmp_path)
+
+
+def _turn(demo, encoding, text: str, tools: bool = True):
+    """One greedy turn through run_turn with the real python tool: (final text, python codes, tool outputs)."""
+    from mlx_harmony_tui.chat.settings import ChatSettings
+    from mlx_harmony_tui.engine.generator import Engine
+    from mlx_harmony_tui.engine.sampling import SamplingParams
+    from training.heldout import run_messages
+
+    model, config, _ = demo
+    settings = ChatSettings(sampling=SamplingParams(temperature=0.0), max_tokens=256, max_retries=0,
+                            conversation_date="2026-11-25", builtin_tools=["python"] if tools else [])
+    t = run_messages(Engine(model, config), encoding, [HMessage(role="user", text=text)], settings)
+    assert t.valid, t.problems
+    return t.final, [c.arguments for c in t.calls], [r.output.strip() for r in t.results]
+
+
+# Issue 20's targets. The shipped model (issue 8's) only copies operands in its training wordings; a retrained
+# one is pending GPU time (docs/demo-model.md), so these are strict xfails: they flip to errors the day a model
+# that meets them ships, and then the marks go.
+NOT_YET = pytest.mark.xfail(strict=True, reason="shipped demo predates issue 20's training data")
+
+
+@pytest.mark.parametrize(
+    ("prompt", "code", "answer"),
+    [
+        ("What is 37*12?", "37*12", "444"),  # the README's prompt
+        pytest.param("What is 17 * 23?", "17*23", "391", marks=NOT_YET),
+        pytest.param("What is 7 / 2?", "7/2", "3.5", marks=NOT_YET),
+        pytest.param("Compute 1234 + 4321.", "1234+4321", "5555", marks=NOT_YET),
+    ],
+)
+def test_arithmetic_goes_through_python_with_the_operands_as_typed(demo, encoding, prompt, code, answer) -> None:
+    final, codes, outputs = _turn(demo, encoding, prompt)
+    assert len(codes) == 1 and code in codes[0].replace(" ", "") and "//" not in codes[0]
+    assert outputs[0].removesuffix(".0") == answer and final.rstrip(".").endswith(answer)
+
+
+@NOT_YET
+def test_off_topic_question_gets_the_honest_line(demo, encoding) -> None:
+    from training.content import HONEST
+
+    for prompt in ("Who painted the Sistine Chapel?", "Tell me everything about this app"):
+        final, codes, _ = _turn(demo, encoding, prompt)
+        assert not codes
+        if "app" in prompt:
+            assert "terminal chat app" in final  # about the app: its description, not a quotient
+        else:
+            assert final == HONEST
 
 
 def test_demo_default_temperature_is_its_own() -> None:
