@@ -47,3 +47,31 @@ def test_bench_command_prints_a_table_and_writes_json_on_request(tmp_path, capsy
 def test_bench_needs_a_model(capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["bench"]) == 2
     assert "model folder or --random" in capsys.readouterr().err
+
+
+def test_bench_compares_with_mlx_lm_on_our_arrays_and_on_its_own_bfloat16_copy(
+    tmp_path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("mlx_lm")
+    target = tmp_path / "bench.json"
+    rc = main(["bench", "--random", "tiny", "--prompt-lengths", "16", "--gen-tokens", "4", "--repeats", "1",
+               "--turns", "0", "--vs-mlx-lm", "--json-out", str(target)])
+    assert rc == 0
+    out = capsys.readouterr().out
+    assert "(float32 float parts)" in out and "mlx-lm, its own bfloat16 copy" in out
+    (row,) = json.loads(target.read_text())["prompt_lengths"]
+    assert row["mlx_lm"]["decode_tps"] > 0 and row["mlx_lm_bf16"]["decode_tps"] > 0
+    assert row["ratio_bf16"]["decode_tps"] == pytest.approx(row["ours"]["decode_tps"] / row["mlx_lm_bf16"]["decode_tps"])
+
+
+def test_random_tiny_in_bfloat16_runs_on_this_backend() -> None:
+    """--random tiny --dtype bfloat16: float parts in bfloat16 (float experts stay float32 on the CPU, whose
+    gather_mm takes nothing else), and it generates."""
+    from mlx_harmony_tui.engine.bench import float_dtype
+    from mlx_harmony_tui.engine.generator import Engine, GenerationOptions
+
+    model, config = build_random("tiny", seed=1, dtype="bfloat16")
+    assert float_dtype(model) == "bfloat16" and model.layers[0].self_attn.q_proj.weight.dtype == mx.bfloat16
+    engine = Engine(model, config)
+    out = list(engine.generate(list(range(1000, 1040)), GenerationOptions(max_tokens=5, stop_ids=frozenset())))
+    assert len(out) == 5

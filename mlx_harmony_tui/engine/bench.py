@@ -42,14 +42,41 @@ def real_config(kind: str) -> dict[str, Any]:
     )
 
 
-def build_random(kind: str, seed: int = 0, dtype: str = "float32") -> tuple[Any, Any]:
-    """A model with random weights: "tiny" (float32, via the tiny checkpoint) or "20b"/"120b" with the real
-    shapes and formats (experts MXFP4, everything else 8-bit affine, group 64)."""
+def float_dtype(model: Any) -> str:
+    """The dtype of the model's float parts (norms, biases, scales), e.g. "bfloat16"."""
+    return str(model.model.norm.weight.dtype).removeprefix("mlx.core.")
+
+
+def cast_float_parts(model: Any, dtype: str) -> Any:
+    """Every floating-point array of ``model`` in ``dtype`` (new arrays; packed weights untouched), except
+    float experts' weights on the CPU, whose gather_mm takes float32 only. Returns ``model``."""
+    from mlx.utils import tree_flatten, tree_unflatten
+
+    from mlx_harmony_tui.model.gpt_oss import _cpu_backend
+
+    fdt = getattr(mx, dtype)
+    keep = _cpu_backend()
+    params = [(k, v.astype(fdt) if mx.issubdtype(v.dtype, mx.floating)
+               and not (keep and ".experts." in k and k.endswith("weight")) else v)
+              for k, v in tree_flatten(model.parameters())]
+    model.update(tree_unflatten(params))
+    mx.eval(model.parameters())
+    return model
+
+
+def build_random(kind: str, seed: int = 0, dtype: str | None = None) -> tuple[Any, Any]:
+    """A model with random weights: "tiny" (via the tiny checkpoint: float32 like it and the demo model unless
+    ``dtype`` says otherwise) or "20b"/"120b" with the real shapes and formats (experts MXFP4, everything
+    else 8-bit affine, group 64, float parts ``dtype``, default bfloat16 as in the published checkpoints)."""
     from mlx_harmony_tui.model import load_model, write_tiny_checkpoint
 
     if kind == "tiny":
         folder = Path(tempfile.mkdtemp(prefix="mht-bench-")) / "tiny"
-        return load_model(write_tiny_checkpoint(folder, layout="float", seed=seed))
+        model, config = load_model(write_tiny_checkpoint(folder, layout="float", seed=seed))
+        if dtype not in (None, "float32"):
+            cast_float_parts(model, dtype)
+        return model, config
+    dtype = dtype or "bfloat16"
     if kind not in _REAL:
         raise UserError(f"--random must be one of tiny, 20b, 120b (got {kind!r})")
     from mlx.utils import tree_flatten, tree_unflatten
@@ -226,6 +253,7 @@ class BenchConfig:
     seed: int = 0
     optimize: bool = True  # False: our eager path (no fused QKV, no compiled decode), for comparison
     kv_bits: int | None = None  # quantized full-layer KV cache (ours only)
+    mlx_lm_bf16: bool = True  # with vs_mlx_lm, also mlx-lm on its own bfloat16 copy when ours is not bfloat16
 
 
 def _best(runs: list[dict[str, float]]) -> dict[str, float]:
@@ -238,32 +266,44 @@ def _best(runs: list[dict[str, float]]) -> dict[str, float]:
     return out
 
 
+def _ratios(o: dict[str, float], t: dict[str, float]) -> dict[str, float | None]:
+    """ours / theirs for speeds, theirs / ours for TTFT: > 1 means we are faster."""
+    q: dict[str, float | None] = {k: (o[k] / t[k] if t[k] else None) for k in ("prefill_tps", "decode_tps")}
+    q["ttft"] = t["ttft_s"] / o["ttft_s"] if o["ttft_s"] else None
+    return q
+
+
 def run_bench(model: Any, config: Any, bc: BenchConfig, label: str = "",
               log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Everything the ``bench`` command prints, as one JSON-able document."""
     rng = random.Random(bc.seed)
     # mlx-lm first: it shares our arrays, and Engine's optimize() then fuses QKV into new ones.
     lm = to_mlx_lm(model, config) if bc.vs_mlx_lm else None
+    # What users run: mlx-lm on a bfloat16 checkpoint, when our float parts are not bfloat16 already.
+    lm16 = (cast_float_parts(to_mlx_lm(model, config), "bfloat16")
+            if lm is not None and bc.mlx_lm_bf16 and float_dtype(model) != "bfloat16" else None)
     engine = Engine(model, config, model_id=label, optimize=bc.optimize, kv_bits=bc.kv_bits)
     # Warm up both (compilation, allocator) so the first measured run is not penalised.
     warm = [rng.randrange(1000, 100_000) for _ in range(64)]
     run_ours(engine, warm, 8, bc.prefill_step)
-    if lm is not None:
-        run_mlx_lm(lm, warm, 8, bc.prefill_step)
+    for other in (lm, lm16):
+        if other is not None:
+            run_mlx_lm(other, warm, 8, bc.prefill_step)
     results = []
     for plen in bc.prompt_lengths:
         prompt = [rng.randrange(1000, 100_000) for _ in range(plen)]
-        ours, theirs = [], []
+        ours, theirs, theirs16 = [], [], []
         for _ in range(bc.repeats):  # alternate so drift on a shared machine hits both alike
             ours.append(run_ours(engine, prompt, bc.gen_tokens, bc.prefill_step))
             if lm is not None:
                 theirs.append(run_mlx_lm(lm, prompt, bc.gen_tokens, bc.prefill_step))
+            if lm16 is not None:
+                theirs16.append(run_mlx_lm(lm16, prompt, bc.gen_tokens, bc.prefill_step))
         row: dict[str, Any] = {"prompt_tokens": plen, "ours": _best(ours)}
-        if theirs:
-            row["mlx_lm"] = t = _best(theirs)
-            o = row["ours"]
-            row["ratio"] = {k: (o[k] / t[k] if t[k] else None) for k in ("prefill_tps", "decode_tps")}
-            row["ratio"]["ttft"] = t["ttft_s"] / o["ttft_s"] if o["ttft_s"] else None  # >1: we are faster
+        for key, runs in (("mlx_lm", theirs), ("mlx_lm_bf16", theirs16)):
+            if runs:
+                row[key] = t = _best(runs)
+                row["ratio" + key.removeprefix("mlx_lm")] = _ratios(row["ours"], t)
         log(f"prompt {plen}: done")
         results.append(row)
     turns = multi_turn(engine, bc, rng) if bc.turns > 0 else []
@@ -273,6 +313,7 @@ def run_bench(model: Any, config: Any, bc: BenchConfig, label: str = "",
                     "device": str(mx.default_device()), "mlx": mx.__version__},
         "date": time.strftime("%Y-%m-%d %H:%M:%S"),
         "settings": asdict(bc),
+        "float_dtype": float_dtype(model),
         "prompt_lengths": results,
         "multi_turn": turns,
     }
@@ -302,7 +343,8 @@ def multi_turn(engine: Engine, bc: BenchConfig, rng: random.Random) -> list[dict
 
 def format_table(doc: dict[str, Any]) -> str:
     """Human-readable summary of ``run_bench``'s document."""
-    lines = [f"model: {doc['model']}   machine: {doc['machine']['platform']}   mlx {doc['machine']['mlx']}"]
+    lines = [f"model: {doc['model']} ({doc.get('float_dtype', '?')} float parts)   machine: "
+             f"{doc['machine']['platform']}   mlx {doc['machine']['mlx']}"]
     head = f"{'prompt':>7} {'TTFT ms':>9} {'prefill t/s':>12} {'decode t/s':>11} {'peak MiB':>9} {'KV MiB':>8}"
     vs = any("mlx_lm" in r for r in doc["prompt_lengths"])
     if vs:
@@ -317,6 +359,11 @@ def format_table(doc: dict[str, Any]) -> str:
             line += (f" | {t['ttft_s'] * 1000:>11.1f} {t['prefill_tps']:>9.0f} {t['decode_tps']:>8.1f}"
                      f" | {q['prefill_tps']:>9.2f} {q['decode_tps']:>8.2f}")
         lines.append(line)
+        if "mlx_lm_bf16" in r:
+            t, q = r["mlx_lm_bf16"], r["ratio_bf16"]
+            lines.append(f"{'':>7} {'mlx-lm, its own bfloat16 copy':>53} | {t['ttft_s'] * 1000:>11.1f} "
+                         f"{t['prefill_tps']:>9.0f} {t['decode_tps']:>8.1f} | {q['prefill_tps']:>9.2f} "
+                         f"{q['decode_tps']:>8.2f}")
     if doc["multi_turn"]:
         lines.append("")
         lines.append(f"{'turn':>4} {'prompt':>7} {'new':>5} {'reused':>7} {'prefilled':>9} {'TTFT ms':>8}"

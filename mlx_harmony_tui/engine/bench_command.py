@@ -34,8 +34,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--json-out", type=Path, metavar="FILE",
                    help="also write every figure as one JSON document to FILE (stdout gets the table)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32",
-                   help="float parts (scales, norms, biases) of --random 20b/120b weights")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], default=None,
+                   help="float parts (scales, norms, biases) of --random weights (default: bfloat16 for 20b/120b "
+                        "as in the published checkpoints; float32 for tiny, as the tiny and demo checkpoints)")
     p.add_argument("--eager", action="store_true",
                    help="run our unoptimized path (no fused QKV, no compiled decode) for comparison")
     p.add_argument("--kv-bits", type=int, choices=[4, 8], help="quantize our full-attention KV cache (default: off)")
