@@ -104,6 +104,29 @@ class LocalBackend:
             self.scheduler = BatchScheduler(self.engine, self._thread.submit, max_concurrency, kv_budget)
             self._thread.submit(self.scheduler.warm_up)  # before the first request, on the model's thread
 
+    def prime(self, settings: Any) -> None:
+        """Prefill the start every conversation with ``settings`` shares (the system and developer messages,
+        ~200 tokens) into the prompt cache now, on the model's thread, while the user types: the first
+        message then prefills only itself (docs/benchmarks.md, "Cold start"). Best effort: a failure here
+        only means the first turn does the work."""
+        from mlx_harmony_tui.chat.turn import turn_render_options
+        from mlx_harmony_tui.engine.generator import GenerationOptions
+        from mlx_harmony_tui.harmony.render import render_prompt
+
+        if getattr(self.engine, "stops_by_token", False):
+            return  # a distributed engine: every generation is a round all ranks take part in
+
+        def job() -> None:
+            try:
+                tools = self._tools_for(TurnRequest([], settings))
+                ids = render_prompt([], turn_render_options(settings, tools), self.encoding)
+                for _ in self.engine.generate(ids, GenerationOptions(max_tokens=0)):
+                    pass
+            except Exception:  # noqa: BLE001 - an optimization only
+                pass
+
+        self._thread.submit(job)
+
     @property
     def max_concurrency(self) -> int:
         """How many turns may run at once (1 without batching: the server's queue hands out that many)."""

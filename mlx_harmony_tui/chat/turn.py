@@ -117,19 +117,25 @@ def _merge_functions(a: list, b: list) -> list:
     return list(seen.values())
 
 
+def turn_render_options(settings: ChatSettings, tools: Any | None) -> RenderOptions:
+    """How a turn renders its prompt: the settings' options plus the tools of ``tools`` (a registry)."""
+    options = render_options_from_settings(settings)
+    if tools is not None:
+        options = replace(
+            options,
+            builtin_tools=sorted(set(options.builtin_tools) | set(tools.builtin_names())),
+            function_tools=_merge_functions(options.function_tools, tools.function_tools()),
+            tool_namespaces={ns.name: ns for ns in tools.builtin_namespaces()},
+        )
+    return options
+
+
 def run_turn(ctx: TurnContext, messages: list[HMessage], settings: ChatSettings) -> Iterator[Event]:
     """Run one user turn. ``messages`` ends with the new user message; the events say everything that
     happens, including the messages to append to the conversation (``MessageDone``) and tool results."""
     turn_id = uuid.uuid4().hex[:12]
     yield TurnStarted(turn_id)
-    options = render_options_from_settings(settings)
-    if ctx.tools is not None:
-        options = replace(
-            options,
-            builtin_tools=sorted(set(options.builtin_tools) | set(ctx.tools.builtin_names())),
-            function_tools=_merge_functions(options.function_tools, ctx.tools.function_tools()),
-            tool_namespaces={ns.name: ns for ns in ctx.tools.builtin_namespaces()},
-        )
+    options = turn_render_options(settings, ctx.tools)
     limit = min(x for x in (settings.context_limit, ctx.context_limit) if x) if (settings.context_limit or ctx.context_limit) else 131072
     reserve = min(settings.max_tokens, limit // 2)
     history = list(messages)

@@ -304,6 +304,7 @@ def backend_loader(args: argparse.Namespace, cfg: Any) -> BackendLoader:
             model, progress=progress, app_config=cfg, force=getattr(args, "force", False)
         )
         attach_trace(backend, args)
+        backend.prime(resolve_settings_from_args(args, cfg)[0])  # the conversation's fixed start, prefilled now
         return backend
 
     return local
