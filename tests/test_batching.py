@@ -229,7 +229,9 @@ def test_server_raw_completions_join_the_batch(batching_url: tuple[str, LocalBac
     prompts = ["Once upon a time", "The sea " * 30]
 
     def ask(p: str) -> str:
-        return client.completions.create(model="tiny", prompt=p, max_tokens=20, temperature=0.0).choices[0].text
+        return (
+            client.completions.create(model="tiny", prompt=p, max_tokens=20, temperature=0.0).choices[0].text
+        )
 
     solo = [ask(p) for p in prompts]
     scheduler = backend.scheduler
@@ -261,3 +263,55 @@ def test_the_eager_batched_step_matches_too(tiny_model_dir: Path) -> None:
         assert scheduler.widest >= 2
     finally:
         thread.stop()
+
+
+def test_server_requests_with_their_own_settings_batch_together(
+    batching_url: tuple[str, LocalBackend],
+) -> None:
+    """A JSON-schema request (a logits mask per step), one with logprobs and a sampled one with a seed decode
+    in the same steps, each as it would alone."""
+    url, backend = batching_url
+    client = openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=TIMEOUT)
+    schema = {
+        "type": "object",
+        "properties": {"n": {"type": "integer"}},
+        "required": ["n"],
+        "additionalProperties": False,
+    }
+    msgs = [{"role": "user", "content": "Give me a number."}]
+    calls = [
+        lambda: client.chat.completions.create(
+            model="tiny",
+            messages=msgs,
+            max_tokens=40,
+            temperature=0.0,
+            response_format={"type": "json_schema", "json_schema": {"name": "n", "schema": schema}},
+        ),
+        lambda: client.chat.completions.create(
+            model="tiny", messages=msgs, max_tokens=12, temperature=0.0, logprobs=True, top_logprobs=2
+        ),
+        lambda: client.chat.completions.create(
+            model="tiny", messages=msgs, max_tokens=16, temperature=1.0, seed=7
+        ),
+    ]
+
+    def key(r: object) -> object:
+        choice = r.choices[0]  # type: ignore[attr-defined]
+        lps = [(t.token, round(t.logprob, 4)) for t in choice.logprobs.content] if choice.logprobs else None
+        return choice.message.content, getattr(choice.message, "reasoning_content", None), lps
+
+    solo = [key(call()) for call in calls]
+    scheduler = backend.scheduler
+    assert scheduler is not None
+    rows, steps = scheduler.rows, scheduler.steps
+    results: list[object] = [None] * len(calls)
+    threads = [
+        threading.Thread(target=lambda i=i: results.__setitem__(i, key(calls[i]())))
+        for i in range(len(calls))
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert results == solo
+    assert scheduler.rows - rows > scheduler.steps - steps
