@@ -152,11 +152,12 @@ def message_from_dict(d: Any, where: str = "message") -> Message:
     _expect(isinstance(d, dict), where, "must be an object")
     for key in ("id", "content", "created_at"):
         _expect(isinstance(d.get(key), str), f"{where}.{key}", "must be a string")
-    _expect(d.get("role") in ROLES, f"{where}.role", f"must be one of {sorted(ROLES)}")
+    _expect(isinstance(d.get("role"), str) and d["role"] in ROLES, f"{where}.role", f"must be one of {sorted(ROLES)}")
     for key in _MSG_STR_OPT:
         _expect(d.get(key) is None or isinstance(d[key], str), f"{where}.{key}", "must be a string")
     if d["role"] == "assistant":
-        _expect(d.get("channel") in ASSISTANT_CHANNELS, f"{where}.channel", "assistant needs a valid channel")
+        _expect(isinstance(d.get("channel"), str) and d["channel"] in ASSISTANT_CHANNELS, f"{where}.channel",
+                "assistant needs a valid channel")
     _expect(isinstance(d.get("incomplete", False), bool), f"{where}.incomplete", "must be true/false")
     retries = d.get("retries", [])
     _expect(isinstance(retries, list) and all(isinstance(r, dict) for r in retries), f"{where}.retries",
