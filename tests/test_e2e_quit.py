@@ -37,26 +37,27 @@ class Run:
     """One app from start to exit: up on screen -> send at a random moment -> ctrl+q a random moment later."""
 
     def __init__(
-        self, t: Tmux, n: int, home: Path, cfg: Path, base: dict[str, str], rng: random.Random
+        self, t: Tmux, n: int, home: Path, cfg: Path, base: dict[str, str], rng: random.Random, slow_model: Path
     ) -> None:
         self.t, self.n, self.home, self.name = t, n, home, f"r{n}"
         self.rc = home / "rc"
         env = _lane_env(base, home)
         exports = " ".join(f"{k}={env[k]}" for k in env if k.startswith("XDG_"))
-        cmd = f"env {exports} {sys.executable} -m mlx_harmony_tui --config {cfg}; echo $? > {self.rc}"
+        self.during_load = n % 2 == 0
+        model = f" --model {slow_model}" if self.during_load else ""  # a load that lasts long enough to hit
+        cmd = f"env {exports} {sys.executable} -m mlx_harmony_tui --config {cfg}{model}; echo $? > {self.rc}"
         t.tmux(
             "new-session", "-d", "-s", self.name, "-x", "120", "-y", "40", "-c", str(ROOT), "sh", "-c", cmd
         )
-        # even runs quit while the model loads (0-1 s after the screen is up: the demo model loads in ~1-3 s on
-        # a busy machine), odd ones send once the model is ready and quit 0.3-3 s later: prefill, decode and the
-        # saves in between; every fourth asks what the demo model computes with python and quits while the
-        # tool runs or just after
-        self.during_load = n % 2 == 0
+        # even runs quit while a model loads (0-0.3 s after the screen is up; they load a ~0.5 GB random model,
+        # since the demo loads in ~0.3 s and is often ready before the screen is drawn on a busy machine), odd
+        # ones send to the demo once it is ready and quit 0.3-3 s later: prefill, decode and the saves in
+        # between; every fourth asks what the demo model computes with python and quits while the tool runs
         self.tool = n % 4 == 3
         self.text = "What is 37*12?" if self.tool else "hello there"
         self.send_after, self.quit_after = rng.uniform(0.0, 0.5), rng.uniform(0.3, 3.0)
         if self.during_load:
-            self.send_after, self.quit_after = 0.0, rng.uniform(0.0, 1.0)
+            self.send_after, self.quit_after = 0.0, rng.uniform(0.0, 0.3)
         self.up_at: float | None = None
         self.sent = self.quit_at = self.last_quit = 0.0
         self.phase = ""  # the status bar when ctrl+q was first pressed
@@ -109,6 +110,10 @@ def test_quit_at_random_moments_never_aborts(tmp_path: Path) -> None:
     base.pop("TMUX", None)
     cfg = tmp_path / "config.toml"
     cfg.write_text("[sampling]\nmax_tokens = 200\ntemperature = 0.0\nseed = 1\n")  # the demo's python call
+    from mlx_harmony_tui.model import write_tiny_checkpoint
+
+    slow_model = write_tiny_checkpoint(tmp_path / "slow-model", layout="float", hidden_size=256,
+                                       intermediate_size=256, num_hidden_layers=8, num_local_experts=16)
     busy = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(2)]
     t = Tmux(f"mht-quit-{os.getpid()}", base)
     t.tmux("start-server")
@@ -118,7 +123,7 @@ def test_quit_at_random_moments_never_aborts(tmp_path: Path) -> None:
     try:
         while started < RUNS or running:
             while len(running) < LANES and started < RUNS:
-                running.append(Run(t, started, tmp_path / f"run{started}", cfg, base, rng))
+                running.append(Run(t, started, tmp_path / f"run{started}", cfg, base, rng, slow_model))
                 started += 1
             now = time.monotonic()
             for r in list(running):
