@@ -61,20 +61,20 @@ async def test_an_mcp_tool_call_shows_in_the_tool_pane_end_to_end(tmp_path, tiny
     backend.close()
 
 
-async def test_alt_a_attaches_a_file_to_the_next_message(tmp_path) -> None:
+async def test_ctrl_f_attaches_a_file_to_the_next_message(tmp_path) -> None:
     doc = tmp_path / "plan.txt"
     doc.write_text("step 1\nstep 2\n")
     backend = ScriptedBackend(simple_reply("", "ok"))
     app = HarmonyApp(backend=backend)
     async with app.run_test(size=SIZE) as pilot:
         app.screen.query_one(ChatInput).focus()
-        await pilot.press("alt+a")
+        await pilot.press("ctrl+f")
         await pilot.pause()
         await pilot.press(*str(tmp_path / "nope.bin"))
         await pilot.press("enter")
         await pilot.pause()
         assert app.chat.attachments == []  # refused with a notice, nothing attached
-        await pilot.press("alt+a")
+        await pilot.press("ctrl+f")
         await pilot.pause()
         await pilot.press(*str(doc))
         await pilot.press("enter")

@@ -22,7 +22,7 @@ CHAT_BINDINGS: list[Binding] = [
     Binding("f3", "app.copy_reply", "Copy reply", id="chat.copy_reply"),
     Binding("f4", "app.copy_code", "Copy code", id="chat.copy_code"),
     Binding("ctrl+n", "app.new_session", "New", id="chat.new_session"),
-    Binding("alt+a", "app.attach", "Attach file", id="chat.attach", show=False),
+    Binding("ctrl+f", "app.attach", "Attach file", id="chat.attach", show=False),
     Binding("f5", "app.next_branch", "Next version", id="chat.next_branch", show=False),
     Binding("alt+up", "app.select_message", "Select a message", id="chat.select_message", show=False),
     Binding("f9", "app.cycle_effort", "Reasoning effort", id="chat.cycle_effort", show=False),
