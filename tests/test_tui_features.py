@@ -160,7 +160,7 @@ async def test_palette_shows_titles_keys_and_the_quick_settings() -> None:
         assert app.settings.builtin_tools == [] and "tools=" not in app.sub_title
         await pilot.press("f8")
         assert app.settings.builtin_tools
-        await pilot.press("alt+t")
+        await pilot.press("f10")
         await pilot.press("end", *["backspace"] * 5, "0", ".", "3", "enter")
         assert app.settings.sampling.temperature == 0.3
         await say(pilot, "hi")

@@ -26,7 +26,7 @@ CHAT_BINDINGS: list[Binding] = [
     Binding("f5", "app.next_branch", "Next version", id="chat.next_branch", show=False),
     Binding("alt+up", "app.select_message", "Select a message", id="chat.select_message", show=False),
     Binding("f9", "app.cycle_effort", "Reasoning effort", id="chat.cycle_effort", show=False),
-    Binding("alt+t", "app.set_temperature", "Temperature", id="chat.temperature", show=False),
+    Binding("f10", "app.set_temperature", "Temperature", id="chat.temperature", show=False),
     Binding("f8", "app.toggle_builtin_tools", "Tools on/off", id="chat.toggle_builtin_tools", show=False),
     Binding("ctrl+l", "toggle_tools", "Tools pane", id="chat.toggle_tools", show=False),
     Binding("ctrl+p", "app.command_palette", "Commands", id="app.command_palette", show=False),
