@@ -44,6 +44,33 @@ async def test_model_picker_lists_found_models_and_loads_choice(tmp_path: Path, 
         assert app.screen.query_one("#load-bar").has_class("hidden")
 
 
+async def test_typing_in_the_picker_goes_into_the_box_not_a_load_of_the_highlighted_model() -> None:
+    """A newcomer opens ctrl+o and types a repo id, as the hint says: the letters used to vanish (the list had
+    focus) and Enter loaded the highlighted model ("Model ready: demo")."""
+    from textual.widgets import Input
+
+    loaded: list[str] = []
+
+    def loader(model: str, progress) -> ScriptedBackend:
+        loaded.append(model)
+        return ScriptedBackend(simple_reply("", "ok"), name=Path(model).name)
+
+    app = HarmonyApp(model="demo", loader=loader, models_dirs=[])
+    async with app.run_test(size=SIZE) as pilot:
+        await app.workers.wait_for_complete()
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        picker = app.screen
+        await pilot.press(*"no-such-model")
+        assert picker.query_one("#model-path", Input).value == "no-such-model"
+        await pilot.press("enter")
+        await app.workers.wait_for_complete()
+        await pilot.pause()
+        assert loaded == ["demo"]  # nothing else was loaded
+        assert app.screen is picker  # still open, saying why nothing happened
+        assert "no-such-model" in str(picker.query_one("#model-hint").render())
+
+
 async def test_first_run_shows_paths_and_how_to_use_a_real_model() -> None:
     app = HarmonyApp(backend=ScriptedBackend(simple_reply("", "ok"), name="demo"))
     async with app.run_test(size=SIZE):

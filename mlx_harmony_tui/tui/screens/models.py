@@ -7,6 +7,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from rich.text import Text
+from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -98,7 +99,18 @@ class ModelPickerScreen(ModalScreen[str | None]):
             yield Input(
                 placeholder="a folder, a name, or a Hugging Face repo (OWNER/NAME[@REV]) to download, then Enter",
                 id="model-path",
+                select_on_focus=False,  # a key typed in the list moves here; it must not select itself away
             )
+
+    def on_key(self, event: events.Key) -> None:
+        """Typing while the list has focus goes into the box below it (the hint says "type a repo id below");
+        otherwise the letters would vanish and Enter would load the highlighted model instead."""
+        box = self.query_one("#model-path", Input)
+        if event.is_printable and event.character and self.focused is not box:
+            event.prevent_default()
+            event.stop()
+            box.focus()
+            box.insert_text_at_cursor(event.character)
 
     def on_option_list_option_selected(self, event: OptionList.OptionSelected) -> None:
         oid = event.option.id or ""
