@@ -1,4 +1,4 @@
-"""Accuracy of the quantized KV cache (8 and 4 bits) against the model's own-dtype cache, on a long prompt.
+"""Accuracy of the quantized KV cache (affine 8 and 4 bits, mxfp8) against the model's own-dtype cache, on a long prompt.
 
 Two measures, both after a prompt of real text rendered as a Harmony conversation (the README pasted a few
 times as a document):
@@ -10,6 +10,7 @@ times as a document):
 
     python scripts/kv_quant_accuracy.py --model demo --prompt-tokens 4000 --tokens 128
     python scripts/kv_quant_accuracy.py --model tiny --prompt-tokens 4000 --tokens 128
+    (--kv 8,mxfp8 measures only those settings)
 """
 
 from __future__ import annotations
@@ -59,9 +60,15 @@ def greedy(engine: Engine, prompt: list[int], n: int) -> list[int]:
     return list(engine.generate(prompt, opts))
 
 
-def forced_logits(model: Any, prompt: list[int], cont: list[int], bits: int | None) -> mx.array:
+# The settings measured: name -> (kv_bits, kv_mode)
+SETTINGS = {"8": (8, "affine"), "4": (4, "affine"), "mxfp8": (8, "mxfp8")}
+
+
+def forced_logits(
+    model: Any, prompt: list[int], cont: list[int], bits: int | None, mode: str = "affine"
+) -> mx.array:
     """Logits after the prompt and after each continuation token but the last, with a fresh cache."""
-    cache = model.make_cache(kv_bits=bits)
+    cache = model.make_cache(kv_bits=bits, kv_mode=mode)
     outs = []
     for s in range(0, len(prompt) - 1, 512):
         model(mx.array([prompt[s : min(s + 512, len(prompt) - 1)]]), cache=cache, last_only=True)
@@ -78,7 +85,10 @@ def main() -> int:
     ap.add_argument("--model", default="demo", help="demo, tiny or a model folder")
     ap.add_argument("--prompt-tokens", type=int, default=4000)
     ap.add_argument("--tokens", type=int, default=128)
-    ap.add_argument("--dtype", choices=["bfloat16", "float16", "float32"], help="load the weights in this type")
+    ap.add_argument(
+        "--dtype", choices=["bfloat16", "float16", "float32"], help="load the weights in this type"
+    )
+    ap.add_argument("--kv", default=",".join(SETTINGS), help=f"settings to measure, of {', '.join(SETTINGS)}")
     ap.add_argument("--json-out", type=Path)
     a = ap.parse_args()
     model, config, path = load(a.model, a.dtype)
@@ -97,13 +107,14 @@ def main() -> int:
         "bits": {},
     }
     scale = mx.abs(ref).mean().item()
-    for bits in (8, 4):
-        got = forced_logits(model, prompt, ref_tokens, bits)
+    for name in a.kv.split(","):
+        bits, mode = SETTINGS[name]
+        got = forced_logits(model, prompt, ref_tokens, bits, mode)
         diff = mx.abs(got - ref)
         agree = (got.argmax(-1) == ref.argmax(-1)).mean().item()
-        free = greedy(Engine(model, config, kv_bits=bits), prompt, a.tokens)
+        free = greedy(Engine(model, config, kv_bits=bits, kv_mode=mode), prompt, a.tokens)
         same = next((i for i, (x, y) in enumerate(zip(free, ref_tokens, strict=True)) if x != y), len(free))
-        doc["bits"][bits] = {
+        doc["bits"][name] = {
             "forced_top1_agreement": agree,
             "forced_mean_abs_diff": diff.mean().item(),
             "forced_max_abs_diff": diff.max().item(),
@@ -111,7 +122,7 @@ def main() -> int:
             "greedy_identical_prefix": same,
             "greedy_equal_share": sum(x == y for x, y in zip(free, ref_tokens, strict=True)) / len(free),
         }
-        print(bits, doc["bits"][bits], flush=True)
+        print(name, doc["bits"][name], flush=True)
     text = json.dumps(doc, indent=1)
     print(text)
     if a.json_out:

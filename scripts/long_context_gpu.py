@@ -1,5 +1,5 @@
 """Long-context figures of issue 23 on the GPU, in one process: KV bytes at 131,072 tokens (float, 8-bit,
-4-bit), and for each prompt length ours against mlx-lm on the same random gpt-oss-20b arrays (prefill,
+4-bit, mxfp8), and for each prompt length ours against mlx-lm on the same random gpt-oss-20b arrays (prefill,
 decode, peak memory, KV bytes), our decode with the split-K attention kernel and with MLX's sdpa
 (alternated on the same cache), and the 8-bit KV cache's decode. Results are written after every step, so
 a run cut short still reports what it measured.
@@ -25,8 +25,11 @@ from mlx_harmony_tui.engine.memory import weights_nbytes
 from mlx_harmony_tui.engine.sampling import SamplingParams
 from mlx_harmony_tui.model import tiny_config
 
+# KV cache settings measured: name -> (kv_bits, kv_mode)
+KV_SETTINGS = {"None": (None, None), "8": (8, "affine"), "4": (4, "affine"), "mxfp8": (8, "mxfp8")}
 
-def kv_bytes_at(kind: str, tokens: int, bits: int | None, step: int = 512) -> int:
+
+def kv_bytes_at(kind: str, tokens: int, bits: int | None, step: int = 512, mode: str | None = None) -> int:
     """The caches' bytes after ``tokens`` positions of ``kind``'s shapes (bf16 keys/values), ending with a
     chunk of the engine's prefill step (it sets the sliding layers' buffers; the earlier chunks are larger,
     which leaves the same buffers and is faster on a CPU). Needs no weights."""
@@ -38,7 +41,7 @@ def kv_bytes_at(kind: str, tokens: int, bits: int | None, step: int = 512) -> in
     caches = [
         SlidingKVCache(cfg.sliding_window)
         if t == "sliding_attention"
-        else QuantizedKVCache(bits)
+        else QuantizedKVCache(bits, mode=mode or "affine")
         if bits
         else KVCache()
         for t in cfg.layer_types
@@ -95,7 +98,7 @@ def main() -> int:
     if a.kv_only:
         doc["kv_bytes"] = {
             "tokens": a.kv_tokens,
-            **{str(b): kv_bytes_at(a.kind, a.kv_tokens, b) for b in (None, 8, 4)},
+            **{name: kv_bytes_at(a.kind, a.kv_tokens, b, mode=m) for name, (b, m) in KV_SETTINGS.items()},
         }
         save(f"KV bytes: {doc['kv_bytes']}")
         return 0
@@ -103,9 +106,13 @@ def main() -> int:
     model, config = build_random(a.kind, dtype="bfloat16")
     doc["weights_bytes"] = weights_nbytes(model)
     save(f"model built in {time.perf_counter() - t0:.0f} s")
-    bits = (None, 8, 4) if model.layers[0].self_attn.head_dim % 32 == 0 else (None,)
+    quantizable = model.layers[0].self_attn.head_dim % 32 == 0
+    settings = KV_SETTINGS if quantizable else {"None": (None, None)}
     if a.kv_tokens:
-        doc["kv_bytes"] = {"tokens": a.kv_tokens, **{str(b): kv_bytes_at(a.kind, a.kv_tokens, b) for b in bits}}
+        doc["kv_bytes"] = {
+            "tokens": a.kv_tokens,
+            **{name: kv_bytes_at(a.kind, a.kv_tokens, b, mode=m) for name, (b, m) in settings.items()},
+        }
         save(f"KV bytes: {doc['kv_bytes']}")
     lm = None if a.no_mlx_lm else to_mlx_lm(model, config)
     engine = Engine(model, config, model_id="random 20b")
@@ -139,7 +146,7 @@ def main() -> int:
             save(f"{plen}: mlx-lm {t} ratio {row['ratio']}")
         doc["rows"].append(row)
         save(f"{plen} done")
-    if a.kv8_length and len(bits) > 1:
+    if a.kv8_length and quantizable:
         engine8 = Engine(model, config, model_id="random 20b", kv_bits=8)
         prompt = [rng.randrange(1000, 100_000) for _ in range(a.kv8_length)]
         doc["kv8"] = {"prompt_tokens": a.kv8_length, "ours": run_ours(engine8, prompt, a.gen_tokens, 512)}

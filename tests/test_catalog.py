@@ -176,6 +176,9 @@ def test_summary_counts_the_same_parameters_in_every_layout(tmp_path: Path, shar
     assert (
         f.kv_bytes(10_000, kv_bits=8) == 2 * 10_000 * 64 * (1 + 8 / 64) + 2 * (8 + 256) * f.kv_bytes_per_token
     )
+    # mxfp8: a byte per value plus a one-byte scale per 32 values, whatever the model's dtype, no bias
+    mxfp8 = 2 * 10_000 * 64 * (1 + 1 / 32) + 2 * (8 + 256) * f.kv_bytes_per_token
+    assert f.kv_bytes(10_000, kv_mode="mxfp8") == f.kv_bytes(10_000, 8, "mxfp8") == mxfp8
 
 
 def test_fit_refuses_with_numbers_and_force_overrides(sharded: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -72,15 +72,15 @@ class LocalBackend:
         self.app_config = app_config  # config.AppConfig: tool settings and [[tools.functions]]
         self._thread = thread or MlxThread()
         self._worker = self._thread.thread
-        kv_bits = getattr(app_config, "kv_bits", None)  # its stream: that thread's
+        kv = {k: getattr(app_config, k, None) for k in ("kv_bits", "kv_mode")}  # its stream: that thread's
         from mlx_harmony_tui.engine import distributed
 
         group = distributed.group()
 
         def make_engine() -> Engine:
             if group is not None:  # --distributed: this rank drives; the others follow (faces/distributed.py)
-                return distributed.DistributedEngine(model, config, group, model_id=str(path), kv_bits=kv_bits)
-            return Engine(model, config, model_id=str(path), kv_bits=kv_bits)
+                return distributed.DistributedEngine(model, config, group, model_id=str(path), **kv)
+            return Engine(model, config, model_id=str(path), **kv)
 
         self.engine = self._thread.call(make_engine)
         self.encoding = load_encoding(str(path))
@@ -172,7 +172,8 @@ class LocalBackend:
             planned = context if context is not None else _configured_context(app_config)
             group = distributed.group()
             ranks = group.size() if group is not None else 1  # each rank holds its share
-            need = check_fit(found.name, summary, planned, force, getattr(app_config, "kv_bits", None), ranks)
+            kv_bits, kv_mode = getattr(app_config, "kv_bits", None), getattr(app_config, "kv_mode", None)
+            need = check_fit(found.name, summary, planned, force, kv_bits, ranks, kv_mode)
             report(0.0, f"loading {path}")
             ensure_vocabulary(path)
             loaded, config = load_model(path, progress=report, shard=shard_for_group())

@@ -39,16 +39,20 @@ class MemoryNeed:
 
 
 def memory_need(
-    summary: ModelSummary, context: int | None = None, kv_bits: int | None = None, ranks: int = 1
+    summary: ModelSummary,
+    context: int | None = None,
+    kv_bits: int | None = None,
+    ranks: int = 1,
+    kv_mode: str | None = None,
 ) -> MemoryNeed:
     """``context``: the configured context_limit (None or larger than the model's: the model's own);
-    ``kv_bits``: the config's KV cache quantization; ``ranks``: processes of a distributed run, each of
+    ``kv_bits``/``kv_mode``: the config's KV cache quantization; ``ranks``: processes of a distributed run, each of
     which holds its share of the heads and experts (plus ~5% of the weights that every rank keeps)."""
     tokens = min(context, summary.context) if context else summary.context
     share = 1.0 if ranks <= 1 else 1 / ranks + 0.05
     return MemoryNeed(
         weights=int(summary.weight_bytes * share),
-        kv=summary.kv_bytes(tokens, kv_bits) // max(1, ranks),
+        kv=summary.kv_bytes(tokens, kv_bits, kv_mode) // max(1, ranks),
         working=working_bytes(summary.weight_bytes),
         context=tokens,
     )
@@ -67,16 +71,17 @@ def check_fit(
     force: bool = False,
     kv_bits: int | None = None,
     ranks: int = 1,
+    kv_mode: str | None = None,
 ) -> MemoryNeed:
     """Raise ModelTooLargeError with the numbers and the ways out, unless it fits or ``force``."""
-    need = memory_need(summary, context, kv_bits, ranks)
+    need = memory_need(summary, context, kv_bits, ranks, kv_mode)
     budget = memory.memory_budget()
     if force or fits(need, budget) is not False:
         return need
     assert budget.nbytes is not None
     ways = [
         "lower context_limit in the config" if need.context > 4096 else "",
-        "set kv_bits = 8 in the config" if not kv_bits and need.kv > 0.1 * need.total else "",
+        "set kv_bits = 8 in the config" if not (kv_bits or kv_mode) and need.kv > 0.1 * need.total else "",
         "use a smaller or more quantized model",
         "pass --force to try anyway",
     ]

@@ -71,7 +71,7 @@ def _candidates(root: Path) -> Iterator[Path]:
 
 def _entry(
     folder: Path, name: str, source: str, size: int, context: int | None, budget: MemoryBudget,
-    repo: str | None = None, kv_bits: int | None = None,
+    repo: str | None = None, kv_bits: int | None = None, kv_mode: str | None = None,
 ) -> ModelEntry:  # fmt: skip
     try:
         summary = summarize(folder)
@@ -84,7 +84,7 @@ def _entry(
         source,
         size,
         summary,
-        fits=fits(memory_need(summary, context, kv_bits), budget),
+        fits=fits(memory_need(summary, context, kv_bits, kv_mode=kv_mode), budget),
         repo=repo,
     )
 
@@ -94,9 +94,10 @@ def find_models(
     include_hf_cache: bool = True,
     context: int | None = None,
     kv_bits: int | None = None,
+    kv_mode: str | None = None,
 ) -> list[ModelEntry]:
     """GPT-OSS models in ``dirs`` (and the hub cache), deduplicated by resolved path; ``context`` and
-    ``kv_bits`` (the config's) size the KV cache for the fit column."""
+    ``kv_bits``/``kv_mode`` (the config's) size the KV cache for the fit column."""
     budget = memory.memory_budget()
     seen: set[Path] = set()
     out: list[ModelEntry] = []
@@ -108,8 +109,9 @@ def find_models(
             seen.add(key)
             out.append(
                 _entry(
-                    folder, folder.name, "models_dirs", _folder_size(folder), context, budget, kv_bits=kv_bits
-                )
+                    folder, folder.name, "models_dirs", _folder_size(folder), context, budget,
+                    kv_bits=kv_bits, kv_mode=kv_mode,
+                )  # fmt: skip
             )
     if include_hf_cache:
         for rev in hub.cached_revisions():
@@ -118,7 +120,7 @@ def find_models(
                 continue
             seen.add(key)
             out.append(
-                _entry(rev.path, rev.name, "hf-cache", rev.size_bytes, context, budget, rev.repo_id, kv_bits)
+                _entry(rev.path, rev.name, "hf-cache", rev.size_bytes, context, budget, rev.repo_id, kv_bits, kv_mode)
             )
     return out
 

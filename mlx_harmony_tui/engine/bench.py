@@ -253,6 +253,7 @@ class BenchConfig:
     seed: int = 0
     optimize: bool = True  # False: our eager path (no fused QKV, no compiled decode), for comparison
     kv_bits: int | None = None  # quantized full-layer KV cache (ours only)
+    kv_mode: str | None = None  # "affine" or "mxfp8" (ours only)
     mlx_lm_bf16: bool = True  # with vs_mlx_lm, also mlx-lm on its own bfloat16 copy when ours is not bfloat16
 
 
@@ -282,7 +283,7 @@ def run_bench(model: Any, config: Any, bc: BenchConfig, label: str = "",
     # What users run: mlx-lm on a bfloat16 checkpoint, when our float parts are not bfloat16 already.
     lm16 = (cast_float_parts(to_mlx_lm(model, config), "bfloat16")
             if lm is not None and bc.mlx_lm_bf16 and float_dtype(model) != "bfloat16" else None)
-    engine = Engine(model, config, model_id=label, optimize=bc.optimize, kv_bits=bc.kv_bits)
+    engine = Engine(model, config, model_id=label, optimize=bc.optimize, kv_bits=bc.kv_bits, kv_mode=bc.kv_mode)
     # Warm up both (compilation, allocator) so the first measured run is not penalised.
     warm = [rng.randrange(1000, 100_000) for _ in range(64)]
     run_ours(engine, warm, 8, bc.prefill_step)

@@ -40,6 +40,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eager", action="store_true",
                    help="run our unoptimized path (no fused QKV, no compiled decode) for comparison")
     p.add_argument("--kv-bits", type=int, choices=[4, 8], help="quantize our full-attention KV cache (default: off)")
+    p.add_argument("--kv-mode", choices=["affine", "mxfp8"],
+                   help="how --kv-bits quantizes (mxfp8: 8 bits with one scale byte per 32; implies --kv-bits 8)")
     p.set_defaults(func=run)
 
 
@@ -60,7 +62,8 @@ def run(args: argparse.Namespace) -> int:
         label = f"random {args.random}"
     bc = BenchConfig(prompt_lengths=args.prompt_lengths, gen_tokens=args.gen_tokens, repeats=max(1, args.repeats),
                      turns=max(0, args.turns), prefill_step=max(1, args.prefill_step), vs_mlx_lm=args.vs_mlx_lm,
-                     seed=args.seed, optimize=not args.eager, kv_bits=args.kv_bits)
+                     seed=args.seed, optimize=not args.eager, kv_bits=args.kv_bits,
+                     kv_mode=args.kv_mode)
     if args.json_out and not args.json_out.parent.is_dir():
         raise UserError(f"--json-out: folder {args.json_out.parent} does not exist")
     doc = run_bench(model, config, bc, label=label, log=lambda s: print(s, file=sys.stderr))

@@ -22,6 +22,7 @@ import mlx.core as mx
 import numpy as np
 
 from mlx_harmony_tui.errors import UserError
+from mlx_harmony_tui.model.kv_quant import KV_MODES
 
 FORMAT = "mlx-harmony-tui-prompt-cache/2"
 # Version 1 (every layer held every position, no checkpoints) still loads: its sliding layers are cut
@@ -34,6 +35,25 @@ MAX_CHECKPOINTS = 8
 
 class PromptCacheError(UserError):
     """A prompt-cache file that cannot be used (corrupt, wrong format, or made for another model)."""
+
+
+def kv_setting(bits: int | None, mode: str | None) -> tuple[int | None, str | None]:
+    """Checked (bits, mode) of the KV cache: (None, None) unquantized; "mxfp8" is 8 bits only (and turns
+    quantization on by itself); affine takes 4 or 8."""
+    if mode is not None and mode not in KV_MODES:
+        raise UserError(f"kv_mode must be one of {', '.join(KV_MODES)}, not {mode!r}")
+    if bits not in (None, 4, 8):
+        raise UserError(f"kv_bits must be 4 or 8 (or unset), not {bits}")
+    if mode == "mxfp8":
+        if bits == 4:
+            raise UserError("kv_mode mxfp8 is 8 bits a value: use kv_bits = 8 (or leave it unset) with it")
+        return 8, mode
+    return bits, (mode if bits else None)
+
+
+def kv_label(bits: int | None, mode: str | None) -> str:
+    """How the metrics name a (checked) KV setting: "" unquantized, "8-bit"/"4-bit" affine, "mxfp8"."""
+    return "" if not bits else mode if mode == "mxfp8" else f"{bits}-bit"
 
 
 def model_fingerprint(model: Any, config: Any, model_id: str = "") -> str:
@@ -257,9 +277,11 @@ class PromptCache:
 
 
 def _kinds(caches: list[Any]) -> list[str]:
-    return [f"q{c.bits}" if getattr(c, "quantized", False) else "float" for c in caches]
+    """Each layer's storage as a file names it: "float", "q8"/"q4" (affine), "mxfp8"."""
+    return [c.kind if getattr(c, "quantized", False) else "float" for c in caches]
 
 
 def _describe(kinds: list[str]) -> str:
-    bits = sorted({k for k in kinds if k != "float"})
-    return f"quantized ({', '.join(b[1:] + '-bit' for b in bits)})" if bits else "in full precision"
+    quant = sorted({k for k in kinds if k != "float"})
+    words = [f"{k[1:]}-bit" if k.startswith("q") else k for k in quant]
+    return f"quantized ({', '.join(words)})" if quant else "in full precision"

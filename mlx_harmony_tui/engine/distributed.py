@@ -91,7 +91,7 @@ class DistributedEngine(Engine):
     stops_by_token = True
 
     def __init__(self, model: Any, config: Any, group: Any, **engine_options: Any) -> None:
-        """``engine_options``: Engine's (model_id, optimize, kv_bits, kv_margin); the same on every rank."""
+        """``engine_options``: Engine's (model_id, optimize, kv_bits, kv_mode, kv_margin); the same on every rank."""
         self.group = group
         self.rank = group.rank()
         self._root = mx.array(1 if self.rank == 0 else 0, dtype=mx.int32)

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 import mlx.core as mx
 
-from mlx_harmony_tui.engine.cache import PromptCache, model_fingerprint
+from mlx_harmony_tui.engine.cache import PromptCache, kv_label, kv_setting, model_fingerprint
 from mlx_harmony_tui.engine.constraint import LogprobCallback, TokenConstraint, TokenLogprob
 from mlx_harmony_tui.engine.metrics import Metrics, MetricsTracker, PrefillProgress
 from mlx_harmony_tui.engine.repetition import LoopConfig, LoopDetector
@@ -59,10 +59,11 @@ class Engine:
     """Runs one model; one generation at a time (a lock), callable from any thread."""
 
     def __init__(self, model: Any, config: Any, *, model_id: str = "", optimize: bool = True,
-                 kv_bits: int | None = None, kv_margin: int | None = None) -> None:
+                 kv_bits: int | None = None, kv_margin: int | None = None, kv_mode: str | None = None) -> None:
         """``kv_bits``: quantize the full-attention layers' KV cache to 8 or 4 bits (None: the model's
-        dtype; model/kv_quant.py). ``kv_margin``: positions sliding layers keep beyond their window
-        (None: model/cache.py's default)."""
+        dtype; model/kv_quant.py); ``kv_mode``: "affine" (the default) or "mxfp8" (8 bits, smaller scales;
+        implies ``kv_bits`` 8). ``kv_margin``: positions sliding layers keep beyond their window (None:
+        model/cache.py's default)."""
         if optimize and getattr(model, "decoder", False) is None and hasattr(model, "optimize"):
             model.optimize()  # fused QKV + compiled one-token step (model/fast.py)
         self.model = model
@@ -70,10 +71,9 @@ class Engine:
         self.model_id = model_id
         self.vocab_size = int(getattr(config, "vocab_size", 0))
         self.context_limit = int(getattr(config, "max_position_embeddings", 0) or 0)
-        if kv_bits not in (None, 4, 8):
-            raise UserError(f"kv_bits must be 4 or 8 (or unset), not {kv_bits}")
-        self.kv_bits = kv_bits
-        kw = {k: v for k, v in (("kv_bits", kv_bits), ("margin", kv_margin)) if v is not None}
+        kv_bits, kv_mode = kv_setting(kv_bits, kv_mode)
+        self.kv_bits, self.kv_mode = kv_bits, kv_mode
+        kw = {k: v for k, v in (("kv_bits", kv_bits), ("margin", kv_margin), ("kv_mode", kv_mode)) if v is not None}
         make_cache = partial(model.make_cache, **kw) if kw else model.make_cache
         self.make_cache = make_cache  # also for the per-request caches of continuous batching (engine/batch.py)
         self.prompt_cache = PromptCache(make_cache, model_fingerprint(model, config, model_id))
@@ -155,7 +155,9 @@ class Engine:
     ) -> Iterator[int]:
         pc = self.prompt_cache
         reused = pc.prepare(prompt)
-        tracker = MetricsTracker(len(prompt), reused, self.context_limit, pc.rebuilt, lambda: pc.nbytes)
+        tracker = MetricsTracker(
+            len(prompt), reused, self.context_limit, pc.rebuilt, lambda: pc.nbytes, kv_label(self.kv_bits, self.kv_mode)
+        )
         generated: list[int] = []
         reason: FinishReason = "length"
         detail = ""

@@ -29,6 +29,7 @@ class Metrics:
     mlx_peak_bytes: int = 0
     mlx_cache_bytes: int = 0
     kv_bytes: int = 0  # the prompt cache's KV memory (part of mlx_active_bytes)
+    kv_format: str = ""  # how its full layers are stored: "" (the model's dtype), "8-bit", "4-bit", "mxfp8"
     rss_bytes: int = 0
     wired_bytes: int | None = None  # macOS only
     final: bool = False
@@ -105,12 +106,13 @@ class MetricsTracker:
     LIVE_INTERVAL_S = 0.25
 
     def __init__(self, prompt_tokens: int, reused_tokens: int, context_limit: int = 0, reprefilled_tokens: int = 0,
-                 kv_bytes: Callable[[], int] | None = None) -> None:
+                 kv_bytes: Callable[[], int] | None = None, kv_format: str = "") -> None:
         self.prompt_tokens = prompt_tokens
         self.reused_tokens = reused_tokens
         self.prefilled_tokens = prompt_tokens - reused_tokens
         self.reprefilled_tokens = reprefilled_tokens
         self.kv_bytes = kv_bytes
+        self.kv_format = kv_format
         self.context_limit = context_limit
         self.start = time.perf_counter()
         self.prefill_end: float | None = None  # when the first token is known (prefill + first token)
@@ -168,6 +170,7 @@ class MetricsTracker:
             mlx_peak_bytes=peak,
             mlx_cache_bytes=cache,
             kv_bytes=self.kv_bytes() if self.kv_bytes is not None else 0,
+            kv_format=self.kv_format,
             rss_bytes=rss_bytes(),
             wired_bytes=self._wired_cache,
             final=final,

@@ -192,7 +192,9 @@ class LineChat:
             from mlx_harmony_tui.faces.common import load_app_config
 
             cfg = load_app_config(self.args)  # the same rows as `models list`
-            found = find_models(cfg.models_dirs, context=self.settings.context_limit, kv_bits=cfg.kv_bits)
+            found = find_models(
+                cfg.models_dirs, context=self.settings.context_limit, kv_bits=cfg.kv_bits, kv_mode=cfg.kv_mode
+            )
             names = ["  ".join(columns(e)[:-1]) + f"  fits: {columns(e)[-1]}" for e in found]
         self.out.write(f"current: {self.backend.model_name}\n")
         for n in names:

@@ -45,7 +45,12 @@ def follow(args: argparse.Namespace) -> int:
     path = resolve_model_path(model, app_config.models_dirs)
     loaded, config = load_model(path, shard=shard_for_group())
     engine = distributed.DistributedEngine(
-        loaded, config, distributed.group(), model_id=str(path), kv_bits=getattr(app_config, "kv_bits", None)
+        loaded,
+        config,
+        distributed.group(),
+        model_id=str(path),
+        kv_bits=getattr(app_config, "kv_bits", None),
+        kv_mode=getattr(app_config, "kv_mode", None),
     )
     try:
         engine.follow()

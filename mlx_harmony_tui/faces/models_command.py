@@ -56,14 +56,14 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.set_defaults(func=cmd_rm)
 
 
-def _config(args: argparse.Namespace) -> tuple[list[str], int | None, int | None]:
-    """(models_dirs, context_limit, kv_bits) from the config file and profile."""
+def _config(args: argparse.Namespace) -> tuple[list[str], int | None, int | None, str | None]:
+    """(models_dirs, context_limit, kv_bits, kv_mode) from the config file and profile."""
     from mlx_harmony_tui.faces.common import load_app_config
 
     cfg = load_app_config(args)
     profile, base = cfg.settings_layers()
     context = profile.get("context_limit") or base.get("context_limit")
-    return list(cfg.models_dirs), context if isinstance(context, int) else None, cfg.kv_bits
+    return list(cfg.models_dirs), context if isinstance(context, int) else None, cfg.kv_bits, cfg.kv_mode
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -71,8 +71,8 @@ def cmd_list(args: argparse.Namespace) -> int:
     from mlx_harmony_tui.catalog.listing import columns, find_models
     from mlx_harmony_tui.engine.memory import memory_budget
 
-    dirs, context, kv_bits = _config(args)
-    entries = find_models(dirs, context=context, kv_bits=kv_bits)
+    dirs, context, kv_bits, kv_mode = _config(args)
+    entries = find_models(dirs, context=context, kv_bits=kv_bits, kv_mode=kv_mode)
     budget = memory_budget()
     if args.json:
         rows = [dict(zip([h.lower() for h in HEADERS], columns(e), strict=True)) | {
@@ -109,7 +109,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     if not parsed:
         raise UserError(f"{args.repo!r} is not a Hugging Face repo id (OWNER/NAME or OWNER/NAME@REVISION)")
     repo, revision = parsed
-    _, context, kv_bits = _config(args)
+    _, context, kv_bits, kv_mode = _config(args)
     if not hub.offline():  # (offline, pull says so in one line)
         print(f"pulling {args.repo} from {hub.endpoint()} into {hub.cache_dir()}", file=sys.stderr)
     progress = None
@@ -132,7 +132,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, previous)
     summary = verify(path, args.repo, f"run `{hub.pull_command(repo, revision)}` again")
-    ok = fits(memory_need(summary, context, kv_bits))
+    ok = fits(memory_need(summary, context, kv_bits, kv_mode=kv_mode))
     verdict = {True: "fits this machine's memory", False: "does NOT fit this machine's memory", None: ""}[ok]
     print(f"ready: {args.repo} ({human_bytes(summary.weight_bytes)}, {summary.quantization}){', ' if verdict else ''}"
           f"{verdict}\nrun it: mlx-harmony-tui --model {args.repo}")  # fmt: skip
@@ -140,12 +140,12 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
 
 def info_dict(
-    name: str, found: Any, summary: Any, context: int | None, kv_bits: int | None
+    name: str, found: Any, summary: Any, context: int | None, kv_bits: int | None, kv_mode: str | None = None
 ) -> dict[str, Any]:
     from mlx_harmony_tui.catalog.fit import memory_need
     from mlx_harmony_tui.engine.memory import memory_budget
 
-    need = memory_need(summary, context, kv_bits)
+    need = memory_need(summary, context, kv_bits, kv_mode=kv_mode)
     budget = memory_budget()
     return {
         "name": name, "path": str(found.path), "source": found.source, "layout": summary.layout,
@@ -153,8 +153,8 @@ def info_dict(
         "sliding_window": summary.sliding_window, "experts": summary.experts,
         "experts_per_token": summary.experts_per_token, "context": summary.context,
         "parameters": summary.parameters, "weight_bytes": summary.weight_bytes,
-        "kv_bytes_per_token": summary.kv_bytes(2, kv_bits) - summary.kv_bytes(1, kv_bits),
-        "planned_context": need.context, "kv_bits": kv_bits,
+        "kv_bytes_per_token": summary.kv_bytes(2, kv_bits, kv_mode) - summary.kv_bytes(1, kv_bits, kv_mode),
+        "planned_context": need.context, "kv_bits": kv_bits, "kv_mode": kv_mode,
         "memory_need_bytes": need.total, "memory_bytes": budget.nbytes, "memory_source": budget.source,
         "fits": None if not budget.nbytes else need.total <= budget.nbytes,
     }  # fmt: skip
@@ -167,14 +167,14 @@ def cmd_info(args: argparse.Namespace) -> int:
     from mlx_harmony_tui.catalog.verify import verify
     from mlx_harmony_tui.model.cache import DEFAULT_MARGIN
 
-    dirs, context, kv_bits = _config(args)
+    dirs, context, kv_bits, kv_mode = _config(args)
     found = resolve(args.name, dirs)
     summary = verify(found.path, found.name, found.fix)
-    d = info_dict(found.name, found, summary, context, kv_bits)
+    d = info_dict(found.name, found, summary, context, kv_bits, kv_mode)
     if args.json:
         print(json.dumps(d))
         return 0
-    need = memory_need(summary, context, kv_bits)
+    need = memory_need(summary, context, kv_bits, kv_mode=kv_mode)
     fit = {True: "fits", False: "does NOT fit", None: "unknown"}[d["fits"]]
     budget = f"{d['memory_bytes'] / 1e9:.1f} GB, {d['memory_source']}" if d["memory_bytes"] else "unknown"
     print(f"""{found.name}  ({found.source}: {found.path})
@@ -186,8 +186,8 @@ def cmd_info(args: argparse.Namespace) -> int:
   context       {summary.context} tokens
   parameters    {human_count(summary.parameters)}
   weights       {human_bytes(summary.weight_bytes)}
-  KV cache      {summary.kv_bytes(2, kv_bits) - summary.kv_bytes(1, kv_bits)} bytes per token of context{
-        f" ({kv_bits}-bit)" if kv_bits else ""
+  KV cache      {d["kv_bytes_per_token"]} bytes per token of context{
+        " (mxfp8)" if kv_mode == "mxfp8" else f" ({kv_bits}-bit)" if kv_bits else ""
     } (full-attention layers; the window layers hold at most {summary.sliding_window} + {
         DEFAULT_MARGIN
     } positions)
@@ -200,7 +200,7 @@ def cmd_rm(args: argparse.Namespace) -> int:
     from mlx_harmony_tui.catalog.listing import human_bytes
     from mlx_harmony_tui.catalog.resolve import resolve
 
-    dirs, _, _ = _config(args)
+    dirs, *_ = _config(args)
     found = resolve(args.name, dirs)
     if found.source != "hf-cache":
         raise UserError(

@@ -35,7 +35,7 @@ def _attention(attn: Any, x: mx.array, caches: Sequence[Any]) -> mx.array:
             freqs=attn._freqs,
         )
         ki, vi = cache.update_and_fetch(rope(k[i : i + 1]), v[i : i + 1])
-        quant = (cache.bits, cache.group_size) if cache.quantized else None
+        quant = cache.quant if cache.quantized else None
         if attn.window is not None and quant is None and ki.shape[2] > attn.window:
             ki, vi = ki[..., -attn.window :, :], vi[..., -attn.window :, :]
         outs.append(

@@ -250,7 +250,7 @@ class CompiledDecoder:
             else:
                 keys, values = c.update_and_fetch(k, v, keep=attn.window)
                 if c.quantized:
-                    out = quantized_attention(q, keys, values, attn.scale, None, sinks[i], c.bits, c.group_size)
+                    out = quantized_attention(q, keys, values, attn.scale, None, sinks[i], *c.quant)
                 else:
                     out = mx.fast.scaled_dot_product_attention(q, keys, values, scale=attn.scale, sinks=sinks[i])
             if i + 1 < self.n:
@@ -274,8 +274,7 @@ class CompiledDecoder:
                 keys, values = c.update_and_fetch(k[b : b + 1], v[b : b + 1], keep=attn.window)
                 qb = q[b : b + 1]
                 if c.quantized:
-                    outs.append(quantized_attention(qb, keys, values, attn.scale, None, sinks[i], c.bits,
-                                                    c.group_size))
+                    outs.append(quantized_attention(qb, keys, values, attn.scale, None, sinks[i], *c.quant))
                 else:
                     outs.append(mx.fast.scaled_dot_product_attention(qb, keys, values, scale=attn.scale,
                                                                      sinks=sinks[i]))

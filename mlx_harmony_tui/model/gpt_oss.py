@@ -97,7 +97,7 @@ class Attention(nn.Module):
         if cache is not None:
             k, v = cache.update_and_fetch(k, v)
             if cache.quantized:  # model/kv_quant.py: full layers only
-                quant = (cache.bits, cache.group_size)
+                quant = cache.quant
         if self.window is not None:
             keep = self.window - 1 + L
             if k.shape[2] > keep:
@@ -126,7 +126,7 @@ def _cpu_backend() -> bool:
 
 
 def _attend(q: mx.array, k: Any, v: Any, scale: float, mask: Mask, sinks: mx.array,
-            bounded: bool = False, window: int | None = None, quant: tuple[int, int] | None = None) -> mx.array:
+            bounded: bool = False, window: int | None = None, quant: tuple[int, int, str] | None = None) -> mx.array:
     """sdpa, or (when `bounded`, i.e. inference, on a backend that materializes the scores) the same in
     query blocks, each over only the keys its queries can see.
 
@@ -138,7 +138,7 @@ def _attend(q: mx.array, k: Any, v: Any, scale: float, mask: Mask, sinks: mx.arr
     most of a prefill there; blocks of QUERY_BLOCK rows stop at the diagonal (causal) and start at the
     window (sliding layers), about half the scores of a 512-token chunk on full layers and a quarter on
     sliding ones.
-    `quant` (bits, group size): k and v are (packed, scales, biases) of a quantized cache
+    `quant` (bits, group size, mode): k and v are (packed, scales[, biases]) of a quantized cache
     (model/kv_quant.py), always attended to unfused, with float32 scores."""
     B, H, L, _ = q.shape
     if quant is not None:
@@ -449,9 +449,9 @@ class GptOss(nn.Module):
         return self.model.layers
 
     def make_cache(self, kv_bits: int | None = None, kv_group_size: int = 64,
-                   margin: int = DEFAULT_MARGIN) -> list[KVCache]:
+                   margin: int = DEFAULT_MARGIN, kv_mode: str = "affine") -> list[KVCache]:
         """One cache per layer: sliding layers keep their window + ``margin`` positions, full layers all of
-        them, quantized to ``kv_bits`` (4 or 8) if given (model/cache.py, model/kv_quant.py)."""
+        them, quantized to ``kv_bits`` (4 or 8) in ``kv_mode`` if given (model/cache.py, model/kv_quant.py)."""
         caches: list[KVCache] = []
         for layer in self.model.layers:
             if layer.layer_type == SLIDING:
@@ -459,7 +459,8 @@ class GptOss(nn.Module):
             elif kv_bits:
                 from mlx_harmony_tui.model.kv_quant import QuantizedKVCache, group_size_for
 
-                caches.append(QuantizedKVCache(kv_bits, group_size_for(self.config.head_dim, kv_group_size)))
+                group = group_size_for(self.config.head_dim, kv_group_size)
+                caches.append(QuantizedKVCache(kv_bits, group, kv_mode))
             else:
                 caches.append(KVCache())
         return caches

@@ -1,5 +1,9 @@
-"""Quantized KV cache for the full-attention layers (8 or 4 bits, affine, groups along head_dim, as
-mlx-lm's ``kv_bits``) and the attention over it, with gpt-oss's sink logits.
+"""Quantized KV cache for the full-attention layers and the attention over it, with gpt-oss's sink logits.
+
+Modes: "affine" (8 or 4 bits, groups of 64 along head_dim with a scale and a bias in the cache's dtype, as
+mlx-lm's ``kv_bits``: 8.5 / 4.5 bits a value in bf16) or "mxfp8" (8-bit floats, e4m3, in groups of 32 with
+one power-of-two scale byte and no bias: 8.25 bits a value, so gpt-oss-20b's 131,072 positions fit in
+1.7 GB; coarser, see docs/benchmarks.md).
 
 Full layers are where a long conversation's KV memory goes (sliding layers keep a few hundred positions,
 model/cache.py), so only they are quantized. Each position is quantized on its own, so trimming stays
@@ -16,8 +20,12 @@ import mlx.core as mx
 from mlx_harmony_tui.errors import UserError
 from mlx_harmony_tui.model.cache import KVCache
 
-QuantArrays = tuple[mx.array, mx.array, mx.array]  # packed uint32, scales, biases
-_PARTS = ("q", "scales", "biases")
+QuantArrays = tuple[mx.array, ...]  # packed uint32, scales (, biases: affine only)
+KV_MODES = ("affine", "mxfp8")
+
+
+def _parts(mode: str) -> tuple[str, ...]:
+    return ("q", "scales", "biases") if mode == "affine" else ("q", "scales")
 
 
 class KVQuantError(UserError):
@@ -35,21 +43,34 @@ def group_size_for(head_dim: int, preferred: int = 64) -> int:
 
 
 class QuantizedKVCache(KVCache):
-    """A full layer's cache holding (packed, scales, biases) for keys and values, grown in steps."""
+    """A full layer's cache holding (packed, scales[, biases]) for keys and values, grown in steps."""
 
     quantized = True
 
-    def __init__(self, bits: int = 8, group_size: int = 64) -> None:
+    def __init__(self, bits: int = 8, group_size: int = 64, mode: str = "affine") -> None:
         super().__init__()
-        if bits not in (4, 8):
-            raise ValueError(f"KV cache bits must be 4 or 8, not {bits}")
-        self.bits, self.group_size = bits, group_size
+        if mode not in KV_MODES:
+            raise ValueError(f"KV cache mode must be one of {', '.join(KV_MODES)}, not {mode!r}")
+        if bits not in ((4, 8) if mode == "affine" else (8,)):
+            raise ValueError(f"KV cache bits must be 4 or 8 (mxfp8: 8), not {bits}")
+        if mode == "mxfp8":
+            group_size = 32  # the format's block
+        self.bits, self.group_size, self.mode = bits, group_size, mode
         self.qkeys: list[mx.array] | None = None
         self.qvalues: list[mx.array] | None = None
 
+    @property
+    def quant(self) -> tuple[int, int, str]:
+        """(bits, group size, mode): what ``quantized_attention`` needs to read this cache."""
+        return self.bits, self.group_size, self.mode
+
+    @property
+    def kind(self) -> str:
+        """How a prompt-cache file names this layer's storage ("q8", "q4", "mxfp8")."""
+        return f"q{self.bits}" if self.mode == "affine" else self.mode
+
     def _quantize(self, x: mx.array) -> QuantArrays:
-        w, s, b = mx.quantize(x, group_size=self.group_size, bits=self.bits)
-        return w, s, b
+        return tuple(mx.quantize(x, group_size=self.group_size, bits=self.bits, mode=self.mode))
 
     def update(self, keys: mx.array, values: mx.array) -> None:
         prev, n = self.offset, keys.shape[2]
@@ -94,17 +115,16 @@ class QuantizedKVCache(KVCache):
         k, v = self.state
         if k is None or v is None or self.offset == 0:
             return {}
+        parts = _parts(self.mode)
         return {
-            **{f"keys.{p}": a for p, a in zip(_PARTS, k, strict=True)},
-            **{f"values.{p}": a for p, a in zip(_PARTS, v, strict=True)},
+            **{f"keys.{p}": a for p, a in zip(parts, k, strict=True)},
+            **{f"values.{p}": a for p, a in zip(parts, v, strict=True)},
         }
 
     def restore(self, arrays: dict[str, mx.array], start: int) -> None:
         del start
-        self.state = (
-            tuple(arrays[f"keys.{p}"] for p in _PARTS),
-            tuple(arrays[f"values.{p}"] for p in _PARTS),
-        )
+        parts = _parts(self.mode)
+        self.state = (tuple(arrays[f"keys.{p}"] for p in parts), tuple(arrays[f"values.{p}"] for p in parts))
 
     @property
     def nbytes(self) -> int:
@@ -114,7 +134,7 @@ class QuantizedKVCache(KVCache):
 
     def __repr__(self) -> str:
         cap = 0 if self.qkeys is None else self.qkeys[0].shape[2]
-        return f"QuantizedKVCache(bits={self.bits}, offset={self.offset}, capacity={cap})"
+        return f"QuantizedKVCache({self.kind}, offset={self.offset}, capacity={cap})"
 
 
 def quantized_attention(
@@ -126,6 +146,7 @@ def quantized_attention(
     sinks: mx.array,
     bits: int,
     group_size: int = 64,
+    mode: str = "affine",
 ) -> mx.array:
     """Sink attention of q (B, H, L, D) over quantized keys/values (B, Hkv, T, ...) -> (B, H, L, D).
 
@@ -139,12 +160,13 @@ def quantized_attention(
     qs = (q.astype(mx.float32) * scale).reshape(B, hkv, rep, L, D)
     kx = [mx.expand_dims(a, 2) for a in keys]
     vx = [mx.expand_dims(a, 2) for a in values]
-    scores = mx.quantized_matmul(qs, *kx, transpose=True, group_size=group_size, bits=bits)
+    scores = mx.quantized_matmul(qs, *kx, transpose=True, group_size=group_size, bits=bits, mode=mode)
     if mask is not None:
         if isinstance(mask, str):
             mask = mx.arange(T - L, T)[:, None] >= mx.arange(T)[None]
         scores = mx.where(mask, scores, -mx.inf)
     sink = mx.broadcast_to(sinks.astype(mx.float32).reshape(1, hkv, rep, 1, 1), (B, hkv, rep, L, 1))
     probs = mx.softmax(mx.concatenate([sink, scores], axis=-1), axis=-1)[..., 1:]
-    out = mx.quantized_matmul(probs, *vx, transpose=False, group_size=group_size, bits=bits).astype(q.dtype)
+    out = mx.quantized_matmul(probs, *vx, transpose=False, group_size=group_size, bits=bits, mode=mode)
+    out = out.astype(q.dtype)
     return out.reshape(B, H, L, D)

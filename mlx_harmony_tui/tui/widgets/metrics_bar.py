@@ -24,7 +24,7 @@ def metric_parts(m: Metrics, context_limit: int = 0) -> list[str]:
     if m.mlx_active_bytes or m.mlx_peak_bytes:
         parts.append(f"MLX {_gib(m.mlx_active_bytes)} (peak {_gib(m.mlx_peak_bytes)})")
     if m.kv_bytes:
-        parts.append(f"KV {_gib(m.kv_bytes)}")
+        parts.append(f"KV {_gib(m.kv_bytes)}{f' {m.kv_format}' if m.kv_format else ''}")
     if m.wired_bytes is not None:
         parts.append(f"wired {_gib(m.wired_bytes)}")
     parts.append(f"TTFT {m.ttft_s:.2f}s" if m.ttft_s is not None else "TTFT --")
