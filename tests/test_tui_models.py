@@ -71,6 +71,17 @@ async def test_typing_in_the_picker_goes_into_the_box_not_a_load_of_the_highligh
         assert "no-such-model" in str(picker.query_one("#model-hint").render())
 
 
+async def test_errors_stay_on_screen_long_enough_to_read() -> None:
+    """A background download that failed showed its error for Textual's default 5 s: gone while typing."""
+    app = HarmonyApp(backend=ScriptedBackend(simple_reply("", "ok"), name="demo"))
+    async with app.run_test(size=SIZE) as pilot:
+        app.notify("cannot reach https://huggingface.co", title="Download failed", severity="error")
+        app.notify("Downloading x in the background")
+        await pilot.pause()
+        error, info = list(app._notifications)[-2:]
+        assert error.timeout >= 15 and info.timeout == app.NOTIFICATION_TIMEOUT
+
+
 async def test_first_run_shows_paths_and_how_to_use_a_real_model() -> None:
     app = HarmonyApp(backend=ScriptedBackend(simple_reply("", "ok"), name="demo"))
     async with app.run_test(size=SIZE):

@@ -73,6 +73,16 @@ class HarmonyApp(ModelLoading, ScreenActions, BranchActions, QuickActions, App[N
     TITLE = "mlx-harmony-tui"
     CSS_PATH = ["screens/chat.tcss"]  # app-level: a default screen's own CSS_PATH is not loaded in time
 
+    ERROR_TIMEOUT = 15.0  # an error (a failed download, a bad path) must stay long enough to be read
+
+    def notify(self, message: str, *, title: str = "", severity: str = "information",
+               timeout: float | None = None, markup: bool = True) -> None:
+        """Errors without their own timeout stay ERROR_TIMEOUT seconds, not Textual's 5 (a background
+        download that fails while the user types was gone before it was read)."""
+        if timeout is None and severity == "error":
+            timeout = self.ERROR_TIMEOUT
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)  # type: ignore[arg-type]
+
     def __init__(
         self,
         *,
