@@ -114,6 +114,18 @@ def test_generate_json_separates_analysis_and_final_with_the_demo_model(
     assert doc["metrics"]["generated_tokens"] > len(doc["final"].split()) // 2
 
 
+@pytest.mark.parametrize("args", [["generate", "--json", "--max-tokens", "4"], ["models", "list"]])
+def test_a_reader_that_goes_away_is_not_a_traceback(args: list[str]) -> None:
+    """`mlx-harmony-tui generate --json | head -c 100` printed a BrokenPipeError traceback."""
+    proc = subprocess.Popen([sys.executable, "-m", "mlx_harmony_tui", *args], stdin=subprocess.PIPE,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=dict(os.environ),
+                            cwd=Path(__file__).resolve().parents[1])  # fmt: skip
+    proc.stdout.close()  # the reader is gone before anything is written
+    _, err = proc.communicate(b"Hi", timeout=120)
+    assert "Traceback" not in err.decode() and "BrokenPipe" not in err.decode(), err.decode()
+    assert proc.returncode == 141
+
+
 def _console_script() -> list[str]:
     """The installed `mlx-harmony-tui` entry point next to this interpreter (the command users type)."""
     script = Path(sys.executable).with_name("mlx-harmony-tui")
