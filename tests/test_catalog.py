@@ -213,7 +213,8 @@ def test_models_command_without_network(
 
     assert cli.main(["models", "list"]) == 0
     out = capsys.readouterr().out
-    assert "(none found in no models_dirs configured or" in out and "models pull OWNER/NAME" in out
+    assert "(no GPT-OSS models in models_dirs (none configured) or the Hugging Face cache" in out
+    assert "only the built-in demo" in out and "models pull openai/gpt-oss-20b" in out
     folder = copy_model(sharded, tmp_path / "mine")
     assert cli.main(["models", "info", str(folder)]) == 0
     out = capsys.readouterr().out

@@ -89,9 +89,10 @@ def cmd_list(args: argparse.Namespace) -> int:
         if e.problem:
             print(f"! {e.name}: {e.problem}")
     if not entries:
-        where = ", ".join(dirs) if dirs else "no models_dirs configured"
+        where = f"models_dirs ({', '.join(dirs)})" if dirs else "models_dirs (none configured)"
         print(
-            f"(none found in {where} or {cache_dir()}; get one with: mlx-harmony-tui models pull OWNER/NAME)"
+            f"(no GPT-OSS models in {where} or the Hugging Face cache ({cache_dir()}); only the built-in demo. "
+            "Get one with: mlx-harmony-tui models pull openai/gpt-oss-20b)"
         )
     memory = f"{budget.nbytes / 1e9:.1f} GB, {budget.source}" if budget.nbytes else "unknown"
     print(f"\nFITS: weights + KV cache for {context or 'the model’s full'} context + working memory, "
