@@ -57,6 +57,7 @@ def test_reasoning_content_tools_and_usage_become_events() -> None:
     fin = events[-1]
     assert isinstance(fin, TurnFinished) and fin.reason == "stop"
     assert (fin.metrics.prompt_tokens, fin.metrics.reused_tokens, fin.metrics.generated_tokens) == (12, 5, 4)
+    assert fin.metrics.context_tokens == 16  # the metrics bar's "ctx" in remote mode (it showed 0)
     sent = scripted.requests[0].settings
     assert (sent.seed, sent.sampling.top_k, sent.instructions) == (3, 5, "Be kind")
     assert [t.name for t in sent.function_tools] == ["lookup"]

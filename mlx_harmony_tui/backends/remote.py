@@ -382,6 +382,7 @@ class _StreamState:
             reused_tokens=int(details.get("cached_tokens") or 0),
             prefilled_tokens=int(u.get("prompt_tokens") or 0) - int(details.get("cached_tokens") or 0),
             generated_tokens=generated,
+            context_tokens=int(u.get("prompt_tokens") or 0) + generated,  # the TUI's "ctx" (it showed 0)
             ttft_s=self.first_token,
             decode_tps=(generated - 1) / decode_time if generated > 1 and decode_time > 0 else None,
             final=True,
