@@ -58,9 +58,12 @@ def default_loader(model: str, progress: Callable[[float, str], None]) -> Backen
     return LocalBackend.load(model, progress=progress)
 
 
+DEMO_NOTE = " (tiny and built in: greetings, this app, short lists, arithmetic; try  What is 37*12? )"
+
+
 def welcome_text(model: str, config_file: Path | None = None) -> str:
     return (
-        f"Model: {model}\n"
+        f"Model: {model}{DEMO_NOTE if model == 'demo' else ''}\n"
         f"Sessions: {paths.sessions_dir()}\n"
         f"Config:   {config_file or paths.config_file()}\n"
         "To chat with gpt-oss-20b: mlx-harmony-tui models pull openai/gpt-oss-20b, then start with\n"
