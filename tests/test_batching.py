@@ -121,6 +121,59 @@ def test_a_set_cancel_event_stops_only_that_request(model_thread: tuple[MlxThrea
     assert other.last_result is not None and other.last_result.finish_reason == "length"
 
 
+class _Recording(BatchScheduler):
+    """Records, as each token is handed over, how many positions the request's cache holds beyond the prompt
+    and the tokens handed over before (1: the step that feeds this token is already queued)."""
+
+    def __init__(self, *args: object, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self.ahead: dict[int, list[int]] = {}
+
+    def _accept(self, seq, tok, extra):  # type: ignore[no-untyped-def]
+        offset = self._slot(seq.slot).caches[0].offset
+        self.ahead.setdefault(len(seq.prompt), []).append(offset - len(seq.prompt) - len(seq.generated))
+        super()._accept(seq, tok, extra)
+
+
+@pytest.mark.parametrize("together", [1, 3])
+def test_the_next_step_is_queued_before_a_token_is_read(
+    model_thread: tuple[MlxThread, Engine], together: int
+) -> None:
+    """Pipelining: the host reads token k (and hands it over) only after the step feeding it is queued, so its
+    work overlaps the device's; the first token (the prefill's) and the last (nothing more to feed) are
+    the exceptions. Outputs stay as alone."""
+    thread, engine = model_thread
+    solo = _solo(thread, engine)[:together]
+    scheduler = _Recording(engine, thread.submit, max_concurrency=together)
+    outs = _concurrent(scheduler, [(p, _greedy(n)) for p, n in JOBS[:together]])
+    assert outs == solo
+    for p, n in JOBS[:together]:
+        assert scheduler.ahead[len(p)] == [0] + [1] * (n - 2) + [0]
+    assert scheduler.steps == max(n for _, n in JOBS[:together]) - 1  # no step beyond the length limit
+
+
+def test_a_stop_token_ends_a_request_and_its_slot_stays_consistent(
+    model_thread: tuple[MlxThread, Engine],
+) -> None:
+    """A request that stops on a stop token was already fed into the next step (one wasted row); its slot's
+    cache still matches its tokens, so the next request there reuses the prefix and decodes as alone."""
+    thread, engine = model_thread
+    solo = _solo(thread, engine)
+    jobs, expected = [], []
+    for (p, n), out in zip(JOBS, solo, strict=True):
+        stop = out[6]
+        opts = _greedy(n)
+        opts.stop_ids = frozenset({stop})
+        jobs.append((p, opts))
+        expected.append(out[: out.index(stop) + 1])
+    scheduler = BatchScheduler(engine, thread.submit, max_concurrency=4)
+    assert _concurrent(scheduler, jobs) == expected
+    for pc in scheduler._slots:
+        assert pc is not None and pc.caches[0].offset == len(pc.tokens)
+    again = _concurrent(scheduler, [(p, _greedy(n)) for p, n in JOBS])
+    assert again == solo
+
+
 def test_the_kv_budget_holds_requests_back(model_thread: tuple[MlxThread, Engine]) -> None:
     thread, engine = model_thread
     solo = _solo(thread, engine)

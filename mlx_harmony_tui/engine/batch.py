@@ -51,7 +51,10 @@ class _Seq:
     dropped: bool = False  # the reader went away (client disconnect, closed generator)
     slot: int = -1
     generated: list[int] = field(default_factory=list)
-    next_id: int | None = None  # the token the next step feeds
+    next_id: int | None = None  # a token known on the host that the next step feeds (after the prefill)
+    y: mx.array | None = None  # the token drawn by the step in flight, not read yet (the next step feeds it)
+    y_extra: Any = None  # its logprobs, when asked for
+    held: mx.array | None = None  # a constrained row's logits, drawn once the token before is accepted
     tracker: MetricsTracker | None = None
     sampler: Sampler | None = None
     detector: LoopDetector | None = None
@@ -236,29 +239,68 @@ class BatchScheduler:
         return tok, extra
 
     def _step(self) -> None:
-        """One forward for every active request with a token to feed, then each draws from its row."""
+        """One forward for every request with a token to feed, queued before the host reads the tokens of the
+        step before (``mx.async_eval``), so the host's work per token (reading, stop checks, handing tokens
+        to the readers, building the next graph) overlaps the device's. A row feeds its drawn, still unread
+        token; one that turns out to finish there costs one wasted row in one step, as in Engine._generate.
+        A constrained row's next draw waits for its token to be accepted (its mask depends on it)."""
         for s in self._busy:
             if s is not None and s.stopped:
                 self._finish(s, "cancelled")
-        rows = [s for s in self._busy if s is not None and s.next_id is not None]
-        if not rows:
-            return
+        active = [s for s in self._busy if s is not None]
+        unread = [(s, s.y, s.y_extra) for s in active if s.y is not None]
+        rows = [
+            s
+            for s in active
+            if s.next_id is not None or (s.y is not None and len(s.generated) + 1 < s.max_tokens)
+        ]
+        fed = {id(s) for s in rows}
+        for s in active:
+            if id(s) not in fed:
+                s.y = s.y_extra = None  # its unread token is its last (the length limit)
+        if rows:
+            self._forward(rows)  # the fed rows' next tokens (or held logits) are now in flight
+        for s, y, extra in unread:
+            assert y is not None
+            tok = int(y.item())
+            if id(s) in fed:
+                self._slot(s.slot).extend((tok,))  # the step just queued appended it to the cache
+            self._accept(s, tok, extra)
+            if self._busy[s.slot] is not s:  # finished: what the step in flight drew for it is dropped
+                s.y = s.y_extra = s.held = None
+            elif s.held is not None:
+                s.y, s.y_extra = self._draw(s, s.held)
+                s.held = None
+                mx.async_eval(s.y, *(s.y_extra or ()))
+
+    def _forward(self, rows: list[_Seq]) -> None:
+        """Queue one step for ``rows``: feed each its unread token (or the host's ``next_id``), draw the next
+        token of every row whose draw does not wait on the host (lazily), and start evaluating it all."""
+        ids = [s.y if s.y is not None else mx.array([s.next_id], dtype=mx.int32) for s in rows]
+        tokens = mx.concatenate([i.reshape(1) for i in ids]) if len(ids) > 1 else ids[0].reshape(1)
         caches = [self._slot(s.slot).caches for s in rows]
         if len(rows) == 1:  # alone: the engine's own (compiled) one-token step
-            logits = self.engine._logits([rows[0].next_id], caches[0])
+            logits = self.engine._logits_from(tokens, caches[0])
         else:
             from mlx_harmony_tui.model.batch import decode_batch
 
-            ids = mx.array([s.next_id for s in rows], dtype=mx.int32)
-            logits = decode_batch(self.engine.model, ids, caches)
-        drawn = [self._draw(s, logits[i : i + 1]) for i, s in enumerate(rows)]
-        mx.eval([t for tok, extra in drawn for t in (tok, *(extra or ()))])
+            logits = decode_batch(self.engine.model, tokens, caches)
         self.steps += 1
         self.rows += len(rows)
         self.widest = max(self.widest, len(rows))
-        for s, (tok, extra) in zip(rows, drawn, strict=True):
-            self._slot(s.slot).extend((s.next_id,))
-            self._accept(s, int(tok.item()), extra)
+        pending: list[mx.array] = []
+        for i, s in enumerate(rows):
+            row = logits[i : i + 1]
+            if s.next_id is not None:
+                self._slot(s.slot).extend((s.next_id,))
+                s.next_id = None
+            elif s.options.constraint is not None:
+                s.held = row  # its mask needs the unread token accepted first
+                pending.append(row)
+                continue
+            s.y, s.y_extra = self._draw(s, row)
+            pending += [s.y, *(s.y_extra or ())]
+        mx.async_eval(*pending)
 
     def _accept(self, seq: _Seq, tok: int, extra: Any) -> None:
         """Hand ``tok`` to the request's reader; finish it on a stop token, loop, length or cancel."""
@@ -286,7 +328,8 @@ class BatchScheduler:
             return self._finish(seq, "cancelled")
         if seq.progress and tracker.due():
             seq.out.put(("progress", tracker.snapshot()))
-        seq.next_id = tok
+        if seq.y is None and seq.held is None:  # nothing in flight: the next step feeds this token
+            seq.next_id = tok
 
     def _finish(
         self, seq: _Seq, reason: FinishReason, detail: str = "", error: BaseException | None = None

@@ -298,12 +298,13 @@ class Engine:
         order = mx.argsort(-vals)
         return chosen, ids[order], vals[order]
 
-    def _logits_from(self, y: mx.array) -> mx.array:
+    def _logits_from(self, y: mx.array, caches: list[Any] | None = None) -> mx.array:
         """Like ``_logits`` for a token still on the device (no host sync to read it first)."""
         inputs = y.reshape(1, 1)
+        caches = self.prompt_cache.caches if caches is None else caches
         if self._last_only:
-            return self.model(inputs, cache=self.prompt_cache.caches, last_only=True)[:, -1, :]
-        return self.model(inputs, cache=self.prompt_cache.caches)[:, -1, :]
+            return self.model(inputs, cache=caches, last_only=True)[:, -1, :]
+        return self.model(inputs, cache=caches)[:, -1, :]
 
 
 def _logprob(tok: int, extra: tuple[mx.array, ...]) -> TokenLogprob:

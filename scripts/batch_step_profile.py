@@ -1,0 +1,203 @@
+"""What one batched decode step costs against a solo step, and what continuous batching gains end to end.
+
+Three parts, all in one process (ratios within one run; the machine may be busy with other work):
+
+1. ops: the primitives in one step's graph (forward + each row's draw), for 1..B rows, counted from
+   ``mx.export_to_dot``: what grows with the rows is per-row work (attention over each row's own cache, the
+   draws); the compiled segments (projections, MoE, LM head) are shared.
+2. phases: host time to build a step's graph, time waiting for its evaluation, host time to read the tokens;
+   and the LM head's matmul alone for the same rows (the largest weight of the tiny model).
+3. scheduler: B greedy requests decoded together through engine/batch.py's BatchScheduler against the same
+   requests one at a time (no server, no HTTP), per round and the median.
+
+    .venv/bin/python scripts/batch_step_profile.py                 # tiny random model, B = 4
+    .venv/bin/python scripts/batch_step_profile.py --model demo --rows 4 --tokens 64 --rounds 3
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import re
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import mlx.core as mx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mlx_harmony_tui.backends.mlx_thread import MlxThread  # noqa: E402
+from mlx_harmony_tui.engine.batch import BatchedEngine, BatchScheduler  # noqa: E402
+from mlx_harmony_tui.engine.generator import Engine, GenerationOptions  # noqa: E402
+from mlx_harmony_tui.engine.sampling import Sampler, SamplingParams  # noqa: E402
+from mlx_harmony_tui.model.batch import decode_batch  # noqa: E402
+
+
+def greedy(n: int) -> GenerationOptions:
+    return GenerationOptions(
+        sampling=SamplingParams(temperature=0.0), max_tokens=n, stop_ids=frozenset(), loop=None
+    )
+
+
+def prompts(rows: int) -> list[list[int]]:
+    return [[1000 + 7 * i + j for j in range(20 + 13 * i)] for i in range(rows)]  # distinct lengths
+
+
+def step_graph(engine: Engine, rows: int) -> tuple[Any, list[Any], list[Sampler]]:
+    """Fresh caches prefilled with ``rows`` prompts, and a closure building one step over them."""
+    caches = [engine.make_cache() for _ in range(rows)]
+    for p, c in zip(prompts(rows), caches, strict=True):
+        engine._logits(p, c)
+        mx.eval([x.state for x in c])
+    samplers = [Sampler(SamplingParams(temperature=0.0), engine.vocab_size, 0) for _ in range(rows)]
+
+    def build(ids: mx.array) -> list[mx.array]:
+        if rows == 1:
+            logits = engine._logits_from(ids, caches[0])
+        else:
+            logits = decode_batch(engine.model, ids, caches)
+        return [s(logits[i : i + 1]) for i, s in enumerate(samplers)]
+
+    return build, caches, samplers
+
+
+def count_ops(outputs: list[mx.array]) -> collections.Counter[str]:
+    with tempfile.NamedTemporaryFile("r", suffix=".dot") as f:
+        mx.export_to_dot(f.name, *outputs)
+        return collections.Counter(re.findall(r'label ="([^"]+)", shape=rectangle', f.read()))
+
+
+def ops_and_phases(engine: Engine, max_rows: int, reps: int) -> None:
+    head = engine.model.lm_head
+    print(
+        "rows | ops in a step (per row) | build ms | eval ms | read ms | step ms (per row) | LM head matmul ms"
+    )
+    base: collections.Counter[str] | None = None
+    for rows in range(1, max_rows + 1):
+        build, _, _ = step_graph(engine, rows)
+        ids = mx.array([1234 + r for r in range(rows)], dtype=mx.int32)
+        ops = count_ops(build(ids))  # builds one step (its caches advance once; harmless here)
+        t_build, t_eval, t_read = [], [], []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            toks = build(ids)
+            t1 = time.perf_counter()
+            mx.eval(toks)
+            t2 = time.perf_counter()
+            ids = mx.array([int(t.item()) for t in toks], dtype=mx.int32)
+            t_read.append(time.perf_counter() - t2)
+            t_build.append(t1 - t0)
+            t_eval.append(t2 - t1)
+        x = mx.random.normal((rows, 1, head.weight.shape[-1])).astype(head.weight.dtype)
+        mx.eval(x)
+        t_head = []
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            mx.eval(head(x))
+            t_head.append(time.perf_counter() - t0)
+        med = lambda xs: 1e3 * statistics.median(xs)  # noqa: E731
+        step = med(t_build) + med(t_eval) + med(t_read)
+        total = sum(ops.values())
+        print(
+            f"{rows:>4} | {total:>5} ({total / rows:5.1f}) | {med(t_build):8.2f} | {med(t_eval):7.2f} | "
+            f"{med(t_read):7.2f} | {step:7.2f} ({step / rows:5.2f}) | {med(t_head):.2f}"
+        )
+        if base is None:
+            base = ops
+        elif rows == max_rows:
+            grown = {k: (v - base.get(k, 0)) / (rows - 1) for k, v in ops.items() if v > base.get(k, 0)}
+            print(
+                "  ops added per extra row: "
+                + ", ".join(f"{k} {v:.0f}" for k, v in sorted(grown.items(), key=lambda kv: -kv[1]))
+            )
+
+
+def run_requests(scheduler: BatchScheduler, jobs: list[list[int]], tokens: int, together: bool) -> float:
+    """Seconds to decode ``jobs`` (together, or one after another) through the scheduler."""
+
+    def one(p: list[int]) -> None:
+        n = len(list(BatchedEngine(scheduler).generate(p, greedy(tokens))))
+        assert n == tokens
+
+    t0 = time.perf_counter()
+    if together:
+        threads = [threading.Thread(target=one, args=(p,)) for p in jobs]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    else:
+        for p in jobs:
+            one(p)
+    return time.perf_counter() - t0
+
+
+def scheduler_rounds(thread: MlxThread, engine: Engine, rows: int, tokens: int, rounds: int) -> None:
+    scheduler = BatchScheduler(engine, thread.submit, max_concurrency=rows)
+    thread.call(scheduler.warm_up)
+    jobs = prompts(rows)
+    run_requests(scheduler, jobs, 4, True)  # warm
+    ratios = []
+    for r in range(1, rounds + 1):
+        c0 = time.process_time()
+        together = run_requests(scheduler, jobs, tokens, True)
+        c1 = time.process_time()
+        alone = run_requests(scheduler, jobs, tokens, False)
+        c2 = time.process_time()
+        ratios.append(alone / together)
+        n = rows * tokens
+        # CPU time per token (this process, all threads): what batching saves however busy the machine is
+        print(
+            f"round {r}: {rows} together {n / together:.1f} tok/s, one at a time {n / alone:.1f} tok/s: "
+            f"{alone / together:.2f}x; CPU {1e3 * (c1 - c0) / n:.2f} vs {1e3 * (c2 - c1) / n:.2f} ms/token"
+        )
+    print(
+        f"together / one at a time: median {statistics.median(ratios):.2f}x  (min {min(ratios):.2f}x, "
+        f"max {max(ratios):.2f}x)"
+    )
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument(
+        "--model", default="tiny", help="tiny (the tiny random model, default), demo, or a folder"
+    )
+    ap.add_argument("--rows", type=int, default=4, help="requests decoded together (default 4)")
+    ap.add_argument("--tokens", type=int, default=64, help="tokens per request in part 3 (default 64)")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--reps", type=int, default=20, help="steps timed per row count in part 2")
+    args = ap.parse_args()
+    if not 1 <= args.rows <= 16 or not 1 <= args.tokens <= 1024 or not 1 <= args.rounds <= 20:
+        ap.error("--rows 1..16, --tokens 1..1024, --rounds 1..20")
+    from mlx_harmony_tui.backends.local import resolve_model_path
+    from mlx_harmony_tui.model import load_model
+
+    path: Path
+    if args.model == "tiny":
+        from mlx_harmony_tui.model.tiny import write_tiny_checkpoint
+
+        path = write_tiny_checkpoint(
+            Path(tempfile.mkdtemp(prefix="mhtui-prof-")) / "tiny", layout="float", seed=0
+        )
+    else:
+        path = resolve_model_path(args.model)
+    thread = MlxThread()
+    try:
+        model, config = thread.call(lambda: load_model(path))
+        engine = thread.call(lambda: Engine(model, config, model_id=args.model))
+        thread.call(engine.warm_up)
+        print(f"model: {args.model}  rows: {args.rows}  load average: {__import__('os').getloadavg()[0]:.1f}")
+        thread.call(lambda: ops_and_phases(engine, args.rows, args.reps))
+        scheduler_rounds(thread, engine, args.rows, args.tokens, args.rounds)
+    finally:
+        thread.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
