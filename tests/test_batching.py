@@ -174,6 +174,67 @@ def test_a_stop_token_ends_a_request_and_its_slot_stays_consistent(
     assert again == solo
 
 
+def test_rows_holding_as_many_keys_share_one_attention_call() -> None:
+    """model/batch.py attend_rows: rows whose caches hold the same number of keys are attended in one call
+    (here lengths 5, 9, 5, 9, 12 and a quantized row: four calls, not six), in row order, each row exactly
+    as attended alone."""
+    import mlx.core as mx
+
+    from mlx_harmony_tui.model.batch import attend_rows
+    from mlx_harmony_tui.model.cache import KVCache
+    from mlx_harmony_tui.model.kv_quant import QuantizedKVCache, quantized_attention
+
+    lengths, heads, kv_heads, dim = [5, 9, 5, 9, 12, 9], 4, 2, 64
+    key = iter(mx.random.split(mx.random.key(3), 20))
+
+    def caches() -> list[KVCache]:
+        out: list[KVCache] = []
+        for b, n in enumerate(lengths):
+            c: KVCache = QuantizedKVCache(8, 64) if b == 5 else KVCache()
+            c.update_and_fetch(
+                *(mx.random.normal((1, kv_heads, n, dim), key=mx.random.key(10 * b + j)) for j in (0, 1))
+            )
+            out.append(c)
+        return out
+
+    qs = [mx.random.normal((1, heads, 1, dim), key=next(key)) for _ in lengths]
+    ks = [mx.random.normal((1, kv_heads, 1, dim), key=next(key)) for _ in lengths]
+    vs = [mx.random.normal((1, kv_heads, 1, dim), key=next(key)) for _ in lengths]
+    sinks = mx.zeros((heads,))
+    calls: list[int] = []
+
+    def attend(q: mx.array, k: object, v: object, cache: KVCache) -> mx.array:
+        calls.append(q.shape[0])
+        if cache.quantized:
+            return quantized_attention(q, k, v, 0.125, None, sinks, *cache.quant)
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=0.125, sinks=sinks)
+
+    out = attend_rows(qs, ks, vs, caches(), None, attend)
+    assert sorted(calls) == [1, 1, 2, 2] and out.shape == (len(lengths), heads, 1, dim)
+    for b, c in enumerate(caches()):
+        alone = attend(qs[b], *c.update_and_fetch(ks[b], vs[b]), c)
+        assert mx.array_equal(out[b : b + 1], alone), b
+
+
+def test_equal_lengths_and_a_quantized_cache_decode_as_alone() -> None:
+    """Requests of equal prompt lengths (their full layers share attention calls too) on the demo model with
+    an 8-bit KV cache (quantized rows are attended one by one): the same tokens as alone."""
+    from mlx_harmony_tui.demo import demo_model_path
+    from mlx_harmony_tui.model import load_model
+
+    thread = MlxThread()
+    try:
+        model, config = thread.call(lambda: load_model(demo_model_path()))
+        engine = thread.call(lambda: Engine(model, config, model_id="demo", kv_bits=8))
+        jobs = [([2000 + 11 * i + j for j in range(30 + 9 * (i % 2))], 20 + 5 * i) for i in range(4)]
+        solo = [thread.call(lambda p=p, n=n: list(engine.generate(p, _greedy(n)))) for p, n in jobs]
+        scheduler = BatchScheduler(engine, thread.submit, max_concurrency=4)
+        assert _concurrent(scheduler, [(p, _greedy(n)) for p, n in jobs]) == solo
+        assert scheduler.widest >= 2
+    finally:
+        thread.stop()
+
+
 def test_the_kv_budget_holds_requests_back(model_thread: tuple[MlxThread, Engine]) -> None:
     thread, engine = model_thread
     solo = _solo(thread, engine)

@@ -85,6 +85,10 @@ def test_compact_head_gives_the_trained_distribution(demo) -> None:
     comp = np.concatenate([np.array(x @ head.T, dtype=np.float64), np.full((2, 1), rest)], axis=-1)
     lp_trained = comp - np.log(np.exp(comp).sum(-1, keepdims=True))
     np.testing.assert_allclose(lp_full[:, ids], lp_trained[:, :-1], atol=1e-4)
+    # A decode batch (rows, 1, hidden): each row's logits exactly as alone (continuous batching, engine/batch.py).
+    rows = model.lm_head(x[:, None, :])
+    assert rows.shape == (2, 1, 201088) and mx.array_equal(rows[:, 0], full)
+    assert mx.array_equal(model.lm_head(x[1:2]), full[1:2])
 
 
 def test_install_compact_rejects_bad_index() -> None:

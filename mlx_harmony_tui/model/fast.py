@@ -262,23 +262,26 @@ class CompiledDecoder:
     def step_rows(self, tokens: mx.array, caches: Sequence[Sequence[KVCache]]) -> mx.array:
         """Continuous batching (engine/batch.py): tokens (B, 1), row b over its own ``caches[b]`` -> logits
         (B, 1, vocab). The compiled segments (projections, MoE, LM head) run once for the batch, with one
-        RoPE offset per row; attention runs per row over that row's cache (its own length and window)."""
+        RoPE offset per row; attention runs per row over that row's cache (its own length and window), in
+        one call for rows holding as many keys (model/batch.py ``attend_rows``)."""
+        from mlx_harmony_tui.model.batch import attend_rows
+
         offset = mx.array([c[0].offset for c in caches], dtype=mx.int32)
         x, q, k, v = self._segments[0](tokens, offset)
-        sinks = [layer.self_attn.sinks.astype(q.dtype) for layer in self.model.layers]
+        sinks = self._sinks.get(q.dtype)
+        if sinks is None:
+            sinks = self._sinks[q.dtype] = [layer.self_attn.sinks.astype(q.dtype) for layer in self.model.layers]
+        B = len(caches)
         for i, layer in enumerate(self.model.layers):
             attn = layer.self_attn
-            outs = []
-            for b, row in enumerate(caches):
-                c = row[i]
-                keys, values = c.update_and_fetch(k[b : b + 1], v[b : b + 1], keep=attn.window)
-                qb = q[b : b + 1]
+
+            def attend(qg: mx.array, kg: Any, vg: Any, c: KVCache, i: int = i, attn: Any = attn) -> mx.array:
                 if c.quantized:
-                    outs.append(quantized_attention(qb, keys, values, attn.scale, None, sinks[i], *c.quant))
-                else:
-                    outs.append(mx.fast.scaled_dot_product_attention(qb, keys, values, scale=attn.scale,
-                                                                     sinks=sinks[i]))
-            out = mx.concatenate(outs, axis=0)
+                    return quantized_attention(qg, kg, vg, attn.scale, None, sinks[i], *c.quant)
+                return mx.fast.scaled_dot_product_attention(qg, kg, vg, scale=attn.scale, sinks=sinks[i])
+
+            qs, ks, vs = (mx.split(a, B, axis=0) for a in (q, k, v))  # one operation each, not one per row
+            out = attend_rows(qs, ks, vs, [row[i] for row in caches], attn.window, attend)
             if i + 1 < self.n:
                 x, q, k, v = self._segments[i + 1](x, out, offset)
             else:
