@@ -74,48 +74,56 @@ def count_ops(outputs: list[mx.array]) -> collections.Counter[str]:
 
 
 def ops_and_phases(engine: Engine, max_rows: int, reps: int) -> None:
+    """Steps of 1..max_rows rows timed in turn, rep after rep, so a change in the machine's load reaches
+    every row count alike (medians)."""
     head = engine.model.lm_head
-    print(
-        "rows | ops in a step (per row) | build ms | eval ms | read ms | step ms (per row) | LM head matmul ms"
-    )
-    base: collections.Counter[str] | None = None
-    for rows in range(1, max_rows + 1):
-        build, _, _ = step_graph(engine, rows)
-        ids = mx.array([1234 + r for r in range(rows)], dtype=mx.int32)
-        ops = count_ops(build(ids))  # builds one step (its caches advance once; harmless here)
-        t_build, t_eval, t_read = [], [], []
-        for _ in range(reps):
+    counts = range(1, max_rows + 1)
+    builds = {n: step_graph(engine, n)[0] for n in counts}
+    ids = {n: mx.array([1234 + r for r in range(n)], dtype=mx.int32) for n in counts}
+    ops = {n: count_ops(builds[n](ids[n])) for n in counts}  # builds one step (the caches advance once)
+    xs = {n: mx.random.normal((n, 1, head.weight.shape[-1])).astype(head.weight.dtype) for n in counts}
+    mx.eval(list(xs.values()))
+    t: dict[tuple[str, int], list[float]] = collections.defaultdict(list)
+    for _ in range(reps):
+        for n in counts:
             t0 = time.perf_counter()
-            toks = build(ids)
+            toks = builds[n](ids[n])
             t1 = time.perf_counter()
             mx.eval(toks)
             t2 = time.perf_counter()
-            ids = mx.array([int(t.item()) for t in toks], dtype=mx.int32)
-            t_read.append(time.perf_counter() - t2)
-            t_build.append(t1 - t0)
-            t_eval.append(t2 - t1)
-        x = mx.random.normal((rows, 1, head.weight.shape[-1])).astype(head.weight.dtype)
-        mx.eval(x)
-        t_head = []
-        for _ in range(reps):
-            t0 = time.perf_counter()
-            mx.eval(head(x))
-            t_head.append(time.perf_counter() - t0)
-        med = lambda xs: 1e3 * statistics.median(xs)  # noqa: E731
-        step = med(t_build) + med(t_eval) + med(t_read)
-        total = sum(ops.values())
+            ids[n] = mx.array([int(tok.item()) for tok in toks], dtype=mx.int32)
+            t3 = time.perf_counter()
+            mx.eval(head(xs[n]))
+            t4 = time.perf_counter()
+            for key, dt in (
+                ("build", t1 - t0),
+                ("eval", t2 - t1),
+                ("read", t3 - t2),
+                ("step", t3 - t0),
+                ("head", t4 - t3),
+            ):
+                t[key, n].append(dt)
+    med = lambda key, n: 1e3 * statistics.median(t[key, n])  # noqa: E731
+    print(
+        "rows | ops in a step (added per row) | build ms | eval ms | read ms | step ms (x one row's) | LM head matmul ms"
+    )
+    for n in counts:
+        total = sum(ops[n].values())
+        added = f"({(total - sum(ops[1].values())) / (n - 1):3.0f})" if n > 1 else "     "
         print(
-            f"{rows:>4} | {total:>5} ({total / rows:5.1f}) | {med(t_build):8.2f} | {med(t_eval):7.2f} | "
-            f"{med(t_read):7.2f} | {step:7.2f} ({step / rows:5.2f}) | {med(t_head):.2f}"
+            f"{n:>4} | {total:>5} {added} | {med('build', n):8.2f} | {med('eval', n):7.2f} | {med('read', n):7.2f} | "
+            f"{med('step', n):7.2f} ({med('step', n) / med('step', 1):4.2f}x) | {med('head', n):.2f}"
         )
-        if base is None:
-            base = ops
-        elif rows == max_rows:
-            grown = {k: (v - base.get(k, 0)) / (rows - 1) for k, v in ops.items() if v > base.get(k, 0)}
-            print(
-                "  ops added per extra row: "
-                + ", ".join(f"{k} {v:.0f}" for k, v in sorted(grown.items(), key=lambda kv: -kv[1]))
-            )
+    if max_rows > 1:
+        grown = {
+            k: (v - ops[1].get(k, 0)) / (max_rows - 1)
+            for k, v in ops[max_rows].items()
+            if v > ops[1].get(k, 0)
+        }
+        print(
+            "  ops added per extra row: "
+            + ", ".join(f"{k} {v:.0f}" for k, v in sorted(grown.items(), key=lambda kv: -kv[1]))
+        )
 
 
 def run_requests(scheduler: BatchScheduler, jobs: list[list[int]], tokens: int, together: bool) -> float:
