@@ -24,15 +24,17 @@ def test_mlx_lm_gets_the_same_weights() -> None:
 
 def test_bench_command_prints_a_table_and_writes_json_on_request(tmp_path, capsys: pytest.CaptureFixture[str]) -> None:
     target = tmp_path / "bench.json"
-    rc = main(["bench", "--random", "tiny", "--prompt-lengths", "16,48", "--gen-tokens", "6", "--repeats", "1",
+    rc = main(["bench", "--random", "tiny", "--prompt-lengths", "16,48", "--gen-tokens", "6", "--repeats", "2",
                "--turns", "4", "--prefill-step", "16", "--json-out", str(target)])
     assert rc == 0
     out = capsys.readouterr().out
     assert out.startswith("model:") and "{" not in out  # the table only; the document goes to the file
     lines = out.splitlines()
     turn_head = next(i for i, line in enumerate(lines) if line.split()[:1] == ["turn"])
-    assert lines[turn_head].split()[-2:] == ["decode", "t/s"] and len(lines[turn_head + 1:]) == 4
-    assert all(float(row.split()[-1]) > 0 for row in lines[turn_head + 1:])
+    assert lines[turn_head].split()[-2:] == ["decode", "t/s"] and len(lines[turn_head + 1:]) == 5
+    assert all(float(row.split()[-1]) > 0 for row in lines[turn_head + 1 : turn_head + 5])
+    # the conversation runs --repeats times: a turn's TTFT is its best run, and the ratio line says so
+    assert lines[-1].startswith("turn 4 / turn 2 TTFT: ") and "(best of 2 per turn; single runs " in lines[-1]
     doc = json.loads(target.read_text())
     assert [r["prompt_tokens"] for r in doc["prompt_lengths"]] == [16, 48]
     for r in doc["prompt_lengths"]:
@@ -41,6 +43,9 @@ def test_bench_command_prints_a_table_and_writes_json_on_request(tmp_path, capsy
     assert len(turns) == 4 and turns[0]["reused_tokens"] == 0
     for t in turns[1:]:  # every later turn prefills exactly its new tokens
         assert t["prefilled_tokens"] == t["new_tokens"]
+    assert all(len(t["ttft_s_runs"]) == 2 and t["ttft_s"] == min(t["ttft_s_runs"]) for t in turns)
+    ratio = doc["multi_turn_ttft_ratio"]
+    assert ratio["best"] == turns[3]["ttft_s"] / turns[1]["ttft_s"] and len(ratio["per_run"]) == 2
     assert "prefill t/s" in out
 
 

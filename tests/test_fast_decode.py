@@ -82,9 +82,10 @@ def test_query_blocked_attention_matches_one_call(tiny_model_dir, monkeypatch):
 
     whole = run()
     calls = []
-    real = mx.fast.scaled_dot_product_attention
     monkeypatch.setattr(gpt_oss, "SCORES_BUDGET", 1)  # forces the smallest blocks (16 query rows)
-    monkeypatch.setattr(mx.fast, "scaled_dot_product_attention", lambda *a, **k: calls.append(a[0].shape[2]) or real(*a, **k))
+    for owner, name in ((mx.fast, "scaled_dot_product_attention"), (gpt_oss, "cpu_attention")):  # CPU: the latter
+        real = getattr(owner, name)
+        monkeypatch.setattr(owner, name, lambda *a, real=real, **k: calls.append(a[0].shape[2]) or real(*a, **k))
     blocked = run()
     assert max(calls) == 16 and len(calls) > 2 * len(model.layers)
     tol = _TOL if _CUDA else 1e-5  # CUDA float32 matmuls: path-dependent rounding (see _TOL)
@@ -111,14 +112,14 @@ def test_cpu_attention_blocks_see_only_their_keys(tiny_model_dir, monkeypatch):
 
     whole = run(False)
     keys = []
-    real = mx.fast.scaled_dot_product_attention
-    monkeypatch.setattr(mx.fast, "scaled_dot_product_attention",
-                        lambda *a, **k: keys.append((a[0].shape[2], a[1].shape[2])) or real(*a, **k))
+    real = gpt_oss.cpu_attention
+    monkeypatch.setattr(gpt_oss, "cpu_attention", lambda *a, **k: keys.append((a[0].shape[2], a[1].shape[2])) or real(*a, **k))
     blocked = run(True)
     assert max(q for q, _ in keys) == gpt_oss.QUERY_BLOCK
     last = 170 % gpt_oss.QUERY_BLOCK
     assert (last, last + 7) in keys  # a sliding layer's last block of the first chunk: its rows + window - 1 keys
-    np.testing.assert_allclose(blocked, whole, rtol=1e-5, atol=1e-5)
+    # 5e-5: the blocks' base-2 softmax rounds differently from sdpa's (5 of 60M logits were 1.2e-5 apart)
+    np.testing.assert_allclose(blocked, whole, rtol=5e-5, atol=5e-5)
 
 
 def test_fused_moe_only_where_it_applies(tiny_model_dir, tmp_path, monkeypatch):

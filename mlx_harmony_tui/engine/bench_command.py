@@ -27,7 +27,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--random", choices=["tiny", "20b", "120b"], help="random weights with the real shapes instead")
     p.add_argument("--prompt-lengths", type=_int_list, default=[128, 512, 4096], metavar="N,N,...")
     p.add_argument("--gen-tokens", type=int, default=64, help="tokens generated per run (default 64)")
-    p.add_argument("--repeats", type=int, default=3, help="runs per prompt length; the best run is shown")
+    p.add_argument("--repeats", type=int, default=3, help="runs per prompt length, and of the whole multi-turn scenario; the best is shown")
     p.add_argument("--turns", type=int, default=20, help="turns of the multi-turn scenario (0 = skip)")
     p.add_argument("--prefill-step", type=int, default=512)
     p.add_argument("--vs-mlx-lm", action="store_true", help="also run mlx-lm's generate_step, in alternation")

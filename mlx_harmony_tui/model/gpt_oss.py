@@ -125,6 +125,39 @@ def _cpu_backend() -> bool:
     return not mx.metal.is_available() and not cuda_available()
 
 
+_LOG2E = 1 / math.log(2)
+
+
+def cpu_attention(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask: Mask = None,
+                  sinks: mx.array | None = None) -> mx.array:
+    """``mx.fast.scaled_dot_product_attention``'s result for several queries on the CPU, with less work than
+    its unfused fallback there: base-2 exponentials (MLX's CPU ``exp`` takes ~2.5x as long as ``2 ** x``), the
+    causal mask applied to the last L key columns only (the earlier keys are visible to every query), and
+    the sink logit folded into the denominator instead of a concatenated score column. In float32.
+    40 queries over 1,375 keys of the tiny model: 4.8 -> 3.7 ms a call (docs/benchmarks.md, issue 23)."""
+    B, H, L, D = q.shape
+    hkv, T = k.shape[1], k.shape[2]
+    rep = H // hkv
+    qs = (q.astype(mx.float32) * (scale * _LOG2E)).reshape(B, hkv, rep, L, D)
+    s = qs @ mx.expand_dims(k, 2).swapaxes(-1, -2).astype(mx.float32)  # (B, hkv, rep, L, T), log2 units
+    if isinstance(mask, str):
+        if L > 1:
+            tri = mx.arange(L)[:, None] >= mx.arange(L)[None]
+            s = mx.concatenate([s[..., : T - L], mx.where(tri, s[..., T - L :], -mx.inf)], axis=-1)
+    elif mask is not None:
+        s = mx.where(mask, s, -mx.inf)
+    m = s.max(axis=-1, keepdims=True)
+    if sinks is not None:
+        sink = (sinks.astype(mx.float32) * _LOG2E).reshape(1, hkv, rep, 1, 1)
+        m = mx.maximum(m, sink)
+    e = mx.power(2.0, s - m)
+    den = e.sum(axis=-1, keepdims=True)
+    if sinks is not None:
+        den = den + mx.power(2.0, sink - m)
+    out = (e @ mx.expand_dims(v, 2).astype(mx.float32)) / den
+    return out.reshape(B, H, L, -1).astype(q.dtype)
+
+
 def _attend(q: mx.array, k: Any, v: Any, scale: float, mask: Mask, sinks: mx.array,
             bounded: bool = False, window: int | None = None, quant: tuple[int, int, str] | None = None) -> mx.array:
     """sdpa, or (when `bounded`, i.e. inference, on a backend that materializes the scores) the same in
@@ -157,9 +190,10 @@ def _attend(q: mx.array, k: Any, v: Any, scale: float, mask: Mask, sinks: mx.arr
         T = k.shape[2]
         per_row = B * H * T * q.dtype.size
         unfused = bounded and L > 1 and not _fused_attention(q.dtype)
+        attention = cpu_attention if unfused and _cpu_backend() else mx.fast.scaled_dot_product_attention
 
         def sdpa(q: mx.array, k: Any, v: Any, mask: Mask) -> mx.array:
-            return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask, sinks=sinks)
+            return attention(q, k, v, scale=scale, mask=mask, sinks=sinks)
 
         def cut(a: Any, lo: int, hi: int) -> Any:
             return a[:, :, lo:hi]
