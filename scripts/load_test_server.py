@@ -123,6 +123,14 @@ def _problems(results: list[dict[str, Any]], alone: list[dict[str, Any]]) -> lis
     return problems
 
 
+def _stream_rate(r: dict[str, Any]) -> float | None:
+    """A reply's tokens per second after its first (its decode rate, without the wait for a place)."""
+    n = (r.get("usage") or {}).get("completion_tokens", 0)
+    if "error" in r or r.get("ttft") is None or n < 2 or r["latency"] <= r["ttft"]:
+        return None
+    return float((n - 1) / (r["latency"] - r["ttft"]))
+
+
 def _cpu_seconds(pid: int | None) -> float | None:
     """CPU time (user + system) the server process has used so far (Linux /proc), else None."""
     if pid is None:
@@ -138,7 +146,7 @@ async def run(
     url: str, model: str, clients: int, max_tokens: int, timeout: float, rounds: int, server_pid: int | None
 ) -> int:
     problems: list[str] = []
-    ratios, rows = [], []
+    ratios, rows, shares = [], [], []  # shares: each client's decode rate against its own rate alone
     first: list[dict[str, Any]] | None = None
     async with httpx.AsyncClient(timeout=timeout, limits=httpx.Limits(max_connections=clients + 4)) as client:
         await stream_one(client, url, model, 0, 2)  # warm: the server's first request pays for tracing
@@ -166,6 +174,8 @@ async def run(
             ok = [r for r in results if "error" not in r]
             ttfts = sorted(r["ttft"] for r in ok if r["ttft"] is not None)
             lat = sorted(r["latency"] for r in ok)
+            pairs = [(_stream_rate(r), _stream_rate(a)) for r, a in zip(results, alone, strict=True)]
+            shares += [c / a for c, a in pairs if c and a]
             srv = ""
             if srv0 is not None and srv1 is not None and srv2 is not None and tokens and solo_tokens:
                 # CPU time per token: what batching saves, however much CPU the busy machine gave the server
@@ -187,6 +197,11 @@ async def run(
         print(
             f"concurrent/one: median {statistics.median(ratios):.2f}x  min {min(ratios):.2f}x  "
             f"max {max(ratios):.2f}x"
+        )
+    if shares:
+        print(
+            f"each client's decode rate / its rate alone: min {min(shares):.2f}  median "
+            f"{statistics.median(shares):.2f}  max {max(shares):.2f}"
         )
     ttfts = sorted(t for tt, _ in rows for t in tt)
     lat = sorted(t for _, ll in rows for t in ll)
