@@ -4,6 +4,7 @@ config and metrics bar."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import mlx.core as mx
@@ -117,3 +118,26 @@ def test_kv_mode_config_key_reaches_the_local_engine_and_the_metrics_bar(tmp_pat
     assert config.kv_mode is None and [(p.line, p.key) for p in problems] == [(2, "kv_mode")]
     assert "KV 1.50 GiB mxfp8" in format_metrics(Metrics(kv_bytes=3 * 2**29, kv_format="mxfp8"))
     assert "KV 1.50 GiB 8-bit" in format_metrics(Metrics(kv_bytes=3 * 2**29, kv_format="8-bit"))
+
+
+async def test_the_tui_metrics_bar_names_the_kv_format_after_a_turn(tmp_path: Path) -> None:
+    """The real app on the demo model with `kv_mode = "mxfp8"`: after a reply the bar reads `KV ... mxfp8`."""
+    from mlx_harmony_tui.backends.local import LocalBackend
+    from mlx_harmony_tui.chat.settings import ChatSettings
+    from mlx_harmony_tui.config import load_config
+    from mlx_harmony_tui.tui.app import HarmonyApp
+    from mlx_harmony_tui.tui.widgets.chat_input import ChatInput
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text('kv_mode = "mxfp8"\n')
+    config, problems = load_config(cfg)
+    assert not problems
+    backend = LocalBackend.load("demo", app_config=config)
+    app = HarmonyApp(backend=backend, settings=ChatSettings(max_tokens=8, seed=1))
+    async with app.run_test(size=(120, 40)) as pilot:
+        app.screen.query_one(ChatInput).focus()
+        await pilot.press(*"hi", "enter")
+        await app.wait_idle(60)
+        await pilot.pause()
+        bar = str(app.screen.query_one("#metrics-text").render())
+        assert re.search(r"KV \d+ KiB mxfp8", bar), bar
