@@ -5,6 +5,7 @@ prompt lengths and max_tokens, one cancelled midway)."""
 
 from __future__ import annotations
 
+import itertools
 import threading
 import time
 from collections.abc import Iterator
@@ -172,6 +173,57 @@ def test_a_stop_token_ends_a_request_and_its_slot_stays_consistent(
         assert pc is not None and pc.caches[0].offset == len(pc.tokens)
     again = _concurrent(scheduler, [(p, _greedy(n)) for p, n in JOBS])
     assert again == solo
+
+
+def test_a_long_prompt_joins_a_chunk_at_a_time_between_the_others_steps(
+    model_thread: tuple[MlxThread, Engine], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A request with a long prompt joining while another decodes is prefilled one chunk per step, so the
+    other's stream pauses for one chunk at a time, not for the whole prefill; both decode as alone."""
+    thread, engine = model_thread
+
+    def opts(n: int) -> GenerationOptions:
+        o = _greedy(n)
+        o.prefill_step = 16
+        return o
+
+    short, long = (PROMPTS[0], opts(150)), ([3000 + j for j in range(200)], opts(10))
+    solo = [thread.call(lambda p=p, o=o: list(engine.generate(p, o))) for p, o in (short, long)]
+    log: list[str] = []
+    logits = engine._logits
+
+    def logged(ids: list[int], caches: object = None) -> object:
+        if len(ids) > 1:
+            log.append("chunk")  # a prefill chunk (decode steps feed one token)
+        return logits(ids, caches)  # type: ignore[arg-type]
+
+    class Logged(BatchScheduler):
+        def _accept(self, seq, tok, extra):  # type: ignore[no-untyped-def]
+            log.append("long token" if len(seq.prompt) == 200 else "token")
+            super()._accept(seq, tok, extra)
+
+    monkeypatch.setattr(engine, "_logits", logged)
+    scheduler = Logged(engine, thread.submit, max_concurrency=2)
+    outs: list[list[int]] = [[], []]
+    started = threading.Event()
+
+    def read(i: int) -> None:
+        for tok in BatchedEngine(scheduler).generate(*(short, long)[i]):
+            outs[i].append(tok)
+            if len(outs[i]) == 3:
+                started.set()
+
+    first = threading.Thread(target=read, args=(0,))
+    first.start()
+    assert started.wait(TIMEOUT)
+    second = threading.Thread(target=read, args=(1,))
+    second.start()
+    for t in (first, second):
+        t.join(TIMEOUT)
+    assert outs == solo
+    chunks = [i for i, e in enumerate(log) if e == "chunk" and i > log.index("token")]  # the long one's
+    assert len(chunks) == 13 and log.index("long token") > chunks[-1]  # 199 tokens in chunks of 16
+    assert all("token" in log[a + 1 : b] for a, b in itertools.pairwise(chunks))  # a step between every two
 
 
 def test_rows_holding_as_many_keys_share_one_attention_call() -> None:

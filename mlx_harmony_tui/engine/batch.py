@@ -4,9 +4,10 @@ Each request keeps everything that is its own: a slot's prompt cache (reused acr
 that slot, like the engine's one cache for a single user), its sampler and seed, stop ids, max tokens, loop
 detector, constraint and logprobs. Only the forward pass of a decode step is shared (model/batch.py). The
 scheduler runs on the model's thread as a chain of short jobs (``tick``): each admits waiting requests into
-free slots (prefilling them alone, as the engine does), runs one step for every active request, hands each its
-token, and drops the ones that finished, were cancelled or whose reader went away; then it queues itself
-again. Other jobs on that thread (raw completions, cache files) run between two ticks.
+free slots and prefills them alone, as the engine does (a chunk per tick while others are decoding), runs
+one step for every request past its prefill, hands each its token, and drops the ones that finished, were
+cancelled or whose reader went away; then it queues itself again. Other jobs on that thread (raw
+completions, cache files) run between two ticks.
 
 The per-request face is ``BatchedEngine``: ``generate`` has the Engine's signature and contract, so the turn
 pipeline (chat/turn.py) runs unchanged on its own thread and reads tokens from a queue.
@@ -60,6 +61,10 @@ class _Seq:
     detector: LoopDetector | None = None
     max_tokens: int = 0
     total: int = 0
+    rest: list[int] = field(default_factory=list)  # the prompt beyond the slot's reused prefix
+    done: int = 0  # of ``rest``, prefilled
+    prefilling: bool = False  # admitted, its first token not drawn yet
+    admitted: int = 0  # admission order (prefills run first come, first served)
 
     @property
     def stopped(self) -> bool:
@@ -94,6 +99,7 @@ class BatchScheduler:
         self.rows = 0
         self.widest = 0
         self.cancelled = 0
+        self.admissions = 0
 
     # --- any thread ---------------------------------------------------------------------------------------
 
@@ -128,6 +134,7 @@ class BatchScheduler:
         try:
             with mx.stream(stream) if stream is not None else contextlib.nullcontext():
                 self._admit()
+                self._prefill()
                 self._step()
         except BaseException as e:  # noqa: BLE001 - every request learns of the failure; the thread lives on
             for i, s in enumerate(self._busy):
@@ -152,8 +159,10 @@ class BatchScheduler:
         prompt (a user's next turn finds its conversation), else the emptiest."""
         while not self._pending.empty():
             free = [i for i, s in enumerate(self._busy) if s is None]
-            if not free:
-                return
+            if not free or (
+                self.kv_budget is not None and any(s is not None and s.prefilling for s in self._busy)
+            ):
+                return  # under a KV budget, the next one waits until the last one's cache has its size
             seq = self._pending.get()
             if seq.stopped:
                 self._finish(seq, "cancelled")
@@ -170,8 +179,10 @@ class BatchScheduler:
                 return
             seq.slot = best
             self._busy[best] = seq
+            self.admissions += 1
+            seq.admitted = self.admissions
             try:
-                self._prefill(seq)
+                self._start(seq)
             except BaseException as e:  # noqa: BLE001 - this request fails alone
                 self._slot(best).reset()
                 self._finish(seq, "cancelled", "error", error=e)
@@ -191,36 +202,59 @@ class BatchScheduler:
         )
         return active <= self.kv_budget or self.active == 0
 
-    def _prefill(self, seq: _Seq) -> None:
-        """The engine's prefill for one request in its slot, then its first token."""
+    def _start(self, seq: _Seq) -> None:
+        """Ready a request's slot: reuse the prefix its cache shares with the prompt (engine/cache.py)."""
         eng, opt, pc = self.engine, seq.options, self._slot(seq.slot)
-        prompt = seq.prompt
-        reused = pc.prepare(prompt)
-        seq.tracker = MetricsTracker(len(prompt), reused, eng.context_limit, pc.rebuilt, lambda: pc.nbytes)
+        reused = pc.prepare(seq.prompt)
+        seq.tracker = MetricsTracker(
+            len(seq.prompt), reused, eng.context_limit, pc.rebuilt, lambda: pc.nbytes
+        )
         seq.max_tokens = opt.max_tokens
         if eng.context_limit:
-            seq.max_tokens = min(seq.max_tokens, eng.context_limit - len(prompt))
-        rest = prompt[reused:]
-        seq.total = total = len(rest)
-        step = max(1, int(opt.prefill_step))
-        done = 0
-        while total - done > 1:
-            if seq.stopped:
-                return self._finish(seq, "cancelled")
-            chunk = rest[done : min(done + step, total - 1)]
+            seq.max_tokens = min(seq.max_tokens, eng.context_limit - len(seq.prompt))
+        seq.rest = seq.prompt[reused:]
+        seq.total, seq.done, seq.prefilling = len(seq.rest), 0, True
+
+    def _prefill(self) -> None:
+        """Prefill the requests that joined, first come first served: all of it while no other request is
+        decoding (as the engine alone), else one chunk (``prefill_step`` tokens) per tick, so a long prompt
+        joining pauses the others' streams for one chunk at a time, not for its whole prefill."""
+        decoding = any(s is not None and not s.prefilling for s in self._busy)
+        for seq in sorted(
+            (s for s in self._busy if s is not None and s.prefilling), key=lambda s: s.admitted
+        ):
+            try:
+                while seq.prefilling and self._busy[seq.slot] is seq:
+                    self._prefill_chunk(seq)
+                    if decoding:
+                        return
+            except BaseException as e:  # noqa: BLE001 - this request fails alone
+                self._slot(seq.slot).reset()
+                self._finish(seq, "cancelled", "error", error=e)
+
+    def _prefill_chunk(self, seq: _Seq) -> None:
+        """One chunk of the engine's prefill for ``seq`` in its slot; after the last, its first token."""
+        eng, opt, pc = self.engine, seq.options, self._slot(seq.slot)
+        if seq.stopped:
+            return self._finish(seq, "cancelled")
+        rest, total, step = seq.rest, seq.total, max(1, int(opt.prefill_step))
+        if total - seq.done > 1:
+            chunk = rest[seq.done : min(seq.done + step, total - 1)]
             eng._logits(chunk, pc.caches)
             mx.eval([c.state for c in pc.caches])
             pc.extend(chunk)
-            done += len(chunk)
+            seq.done += len(chunk)
             if seq.progress and total > step:
-                seq.out.put(("progress", PrefillProgress(done, total)))
+                seq.out.put(("progress", PrefillProgress(seq.done, total)))
+            return None
+        seq.prefilling = False
         if seq.max_tokens <= 0:
             return self._finish(seq, "length")
         seq.sampler = Sampler(
             opt.sampling,
             eng.vocab_size or 1 << 30,
             opt.seed,
-            history=prompt,
+            history=seq.prompt,
             masked=opt.constraint is not None,
             logprobs=opt.on_logprob is not None,
         )
@@ -229,6 +263,7 @@ class BatchScheduler:
         pc.extend(rest[-1:])
         mx.eval(y, *(extra or ()), *pc.checkpoint())
         self._accept(seq, int(y.item()), extra)
+        return None
 
     def _draw(self, seq: _Seq, logits: mx.array) -> tuple[mx.array, Any]:
         opt = seq.options
