@@ -187,7 +187,7 @@ def test_a_long_prompt_joins_a_chunk_at_a_time_between_the_others_steps(
         o.prefill_step = 16
         return o
 
-    short, long = (PROMPTS[0], opts(150)), ([3000 + j for j in range(200)], opts(10))
+    short, long = (PROMPTS[0], opts(300)), ([3000 + j for j in range(200)], opts(10))  # short: still decoding
     solo = [thread.call(lambda p=p, o=o: list(engine.generate(p, o))) for p, o in (short, long)]
     log: list[str] = []
     logits = engine._logits
