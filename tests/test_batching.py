@@ -287,6 +287,25 @@ def test_equal_lengths_and_a_quantized_cache_decode_as_alone() -> None:
         thread.stop()
 
 
+@pytest.mark.parametrize("layout", ["mlx", "hf"])
+def test_quantized_checkpoints_decode_as_alone(tmp_path: Path, layout: str) -> None:
+    """The layouts real checkpoints come in (mlx-community: MXFP4 experts, 8-bit attention and LM head; HF:
+    MXFP4 experts): the batched step's quantized matmuls give every request its solo tokens."""
+    from mlx_harmony_tui.model import load_model, write_tiny_checkpoint
+
+    path = write_tiny_checkpoint(tmp_path / layout, layout=layout, seed=1)  # type: ignore[arg-type]
+    thread = MlxThread()
+    try:
+        model, config = thread.call(lambda: load_model(path))
+        engine = thread.call(lambda: Engine(model, config, model_id=layout))
+        solo = _solo(thread, engine)
+        scheduler = BatchScheduler(engine, thread.submit, max_concurrency=4)
+        assert _concurrent(scheduler, [(p, _greedy(n)) for p, n in JOBS]) == solo
+        assert scheduler.widest >= 2
+    finally:
+        thread.stop()
+
+
 def test_the_kv_budget_holds_requests_back(model_thread: tuple[MlxThread, Engine]) -> None:
     thread, engine = model_thread
     solo = _solo(thread, engine)
