@@ -61,7 +61,7 @@ def greedy(engine: Engine, prompt: list[int], n: int) -> list[int]:
 
 
 # The settings measured: name -> (kv_bits, kv_mode)
-SETTINGS = {"8": (8, "affine"), "4": (4, "affine"), "mxfp8": (8, "mxfp8")}
+SETTINGS = {"8": (8, "affine"), "4": (4, "affine"), "mxfp8": (8, "mxfp8"), "affine128": (8, "affine128")}
 
 
 def forced_logits(

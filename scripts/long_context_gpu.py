@@ -1,5 +1,5 @@
 """Long-context figures of issue 23 on the GPU, in one process: KV bytes at 131,072 tokens (float, 8-bit,
-4-bit, mxfp8), and for each prompt length ours against mlx-lm on the same random gpt-oss-20b arrays (prefill,
+4-bit, mxfp8, affine128), and for each prompt length ours against mlx-lm on the same random gpt-oss-20b arrays (prefill,
 decode, peak memory, KV bytes), our decode with the split-K attention kernel and with MLX's sdpa
 (alternated on the same cache), and the 8-bit KV cache's decode. Results are written after every step, so
 a run cut short still reports what it measured.
@@ -26,7 +26,13 @@ from mlx_harmony_tui.engine.sampling import SamplingParams
 from mlx_harmony_tui.model import tiny_config
 
 # KV cache settings measured: name -> (kv_bits, kv_mode)
-KV_SETTINGS = {"None": (None, None), "8": (8, "affine"), "4": (4, "affine"), "mxfp8": (8, "mxfp8")}
+KV_SETTINGS = {
+    "None": (None, None),
+    "8": (8, "affine"),
+    "4": (4, "affine"),
+    "mxfp8": (8, "mxfp8"),
+    "affine128": (8, "affine128"),
+}
 
 
 def kv_bytes_at(kind: str, tokens: int, bits: int | None, step: int = 512, mode: str | None = None) -> int:

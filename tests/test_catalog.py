@@ -179,6 +179,9 @@ def test_summary_counts_the_same_parameters_in_every_layout(tmp_path: Path, shar
     # mxfp8: a byte per value plus a one-byte scale per 32 values, whatever the model's dtype, no bias
     mxfp8 = 2 * 10_000 * 64 * (1 + 1 / 32) + 2 * (8 + 256) * f.kv_bytes_per_token
     assert f.kv_bytes(10_000, kv_mode="mxfp8") == f.kv_bytes(10_000, 8, "mxfp8") == mxfp8
+    # affine128: a byte per value plus a 4-byte scale and bias per 128 values (f32 here)
+    paired = 2 * 10_000 * 64 * (1 + 8 / 128) + 2 * (8 + 256) * f.kv_bytes_per_token
+    assert f.kv_bytes(10_000, kv_mode="affine128") == paired
 
 
 def test_fit_refuses_with_numbers_and_force_overrides(sharded: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -219,6 +222,10 @@ def test_models_command_without_network(
     assert cli.main(["models", "info", str(folder)]) == 0
     out = capsys.readouterr().out
     assert "layers        4 (2 full attention" in out and "parameters    26.0 M" in out and "fits" in out
+    kv = tmp_path / "kv.toml"
+    kv.write_text('kv_mode = "affine128"\n')  # a quantized KV cache: its bytes per token and its name
+    assert cli.main(["models", "info", str(folder), "--config", str(kv)]) == 0
+    assert "bytes per token of context (8-bit g128)" in capsys.readouterr().out
     assert cli.main(["models", "rm", str(folder), "--yes"]) == 2  # only downloads are deleted
     assert "is not in the Hugging Face cache" in capsys.readouterr().err and folder.exists()
     assert cli.main(["models", "pull", "not a repo"]) == 2

@@ -36,15 +36,16 @@ class ModelSummary:
 
     def kv_bytes(self, tokens: int, kv_bits: int | None = None, kv_mode: str | None = None) -> int:
         """KV cache bytes for ``tokens`` of context, as model/cache.py keeps it: full layers every position
-        (``kv_bits``: quantized, plus a scale and bias per 64 values; ``kv_mode`` "mxfp8": 8 bits plus one
-        scale byte per 32), sliding layers their window + margin."""
+        (``kv_bits``: quantized, plus a scale and bias per 64 values, per 128 with ``kv_mode`` "affine128";
+        "mxfp8": 8 bits plus one scale byte per 32), sliding layers their window + margin."""
         sliding = self.layers - self.full_layers
         kept = min(tokens, self.sliding_window + DEFAULT_MARGIN)
         full = self.kv_bytes_per_token * tokens
         if kv_mode == "mxfp8":
             full = int(full * (1 + 1 / 32) / self.dtype_bytes)
-        elif kv_bits:
-            full = int(full * (kv_bits / 8 + 2 * self.dtype_bytes / 64) / self.dtype_bytes)
+        elif kv_bits or kv_mode == "affine128":
+            group = 128 if kv_mode == "affine128" else 64
+            full = int(full * ((kv_bits or 8) / 8 + 2 * self.dtype_bytes / group) / self.dtype_bytes)
         return self.full_layers * full + sliding * self.kv_bytes_per_token * kept
 
 

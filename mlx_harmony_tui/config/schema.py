@@ -99,7 +99,7 @@ class AppConfig:
     mcp: McpConfig = field(default_factory=McpConfig)  # [[mcp.servers]]
     keymap: dict[str, str] = field(default_factory=dict)  # action id -> keys, e.g. "ctrl+s"
     kv_bits: Literal[4, 8] | None = None  # quantize the local model's full-attention KV cache (off: unset)
-    kv_mode: Literal["affine", "mxfp8"] | None = None  # how kv_bits quantizes ("mxfp8": 8 bits, smaller scales)
+    kv_mode: Literal["affine", "affine128", "mxfp8"] | None = None  # how kv_bits quantizes (docs/config.md)
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # raw [profiles.NAME] tables
     # filled by load_config:
     source: Path | None = field(default=None, metadata=INTERNAL)

@@ -40,8 +40,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--eager", action="store_true",
                    help="run our unoptimized path (no fused QKV, no compiled decode) for comparison")
     p.add_argument("--kv-bits", type=int, choices=[4, 8], help="quantize our full-attention KV cache (default: off)")
-    p.add_argument("--kv-mode", choices=["affine", "mxfp8"],
-                   help="how --kv-bits quantizes (mxfp8: 8 bits with one scale byte per 32; implies --kv-bits 8)")
+    p.add_argument("--kv-mode", choices=["affine", "affine128", "mxfp8"],
+                   help="how --kv-bits quantizes (affine128: groups of 128 over two heads; mxfp8: 8-bit floats; "
+                        "either alone implies --kv-bits 8)")
     p.set_defaults(func=run)
 
 

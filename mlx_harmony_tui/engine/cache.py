@@ -38,22 +38,25 @@ class PromptCacheError(UserError):
 
 
 def kv_setting(bits: int | None, mode: str | None) -> tuple[int | None, str | None]:
-    """Checked (bits, mode) of the KV cache: (None, None) unquantized; "mxfp8" is 8 bits only (and turns
-    quantization on by itself); affine takes 4 or 8."""
+    """Checked (bits, mode) of the KV cache: (None, None) unquantized; "affine" takes 4 or 8 bits; another
+    mode turns quantization on by itself (8 bits unless told 4), "mxfp8" being 8 bits only."""
     if mode is not None and mode not in KV_MODES:
         raise UserError(f"kv_mode must be one of {', '.join(KV_MODES)}, not {mode!r}")
     if bits not in (None, 4, 8):
         raise UserError(f"kv_bits must be 4 or 8 (or unset), not {bits}")
-    if mode == "mxfp8":
-        if bits == 4:
-            raise UserError("kv_mode mxfp8 is 8 bits a value: use kv_bits = 8 (or leave it unset) with it")
-        return 8, mode
+    if mode == "mxfp8" and bits == 4:
+        raise UserError("kv_mode mxfp8 is 8 bits a value: use kv_bits = 8 (or leave it unset) with it")
+    if mode not in (None, "affine"):
+        return bits or 8, mode
     return bits, (mode if bits else None)
 
 
 def kv_label(bits: int | None, mode: str | None) -> str:
-    """How the metrics name a (checked) KV setting: "" unquantized, "8-bit"/"4-bit" affine, "mxfp8"."""
-    return "" if not bits else mode if mode == "mxfp8" else f"{bits}-bit"
+    """How the metrics name a (checked) KV setting: "" unquantized, "8-bit"/"4-bit" affine, "8-bit g128"
+    (affine128), "mxfp8"."""
+    if not bits:
+        return ""
+    return {"mxfp8": "mxfp8", "affine128": f"{bits}-bit g128"}.get(mode or "", f"{bits}-bit")
 
 
 def model_fingerprint(model: Any, config: Any, model_id: str = "") -> str:
@@ -277,11 +280,18 @@ class PromptCache:
 
 
 def _kinds(caches: list[Any]) -> list[str]:
-    """Each layer's storage as a file names it: "float", "q8"/"q4" (affine), "mxfp8"."""
+    """Each layer's storage as a file names it: "float", "q8"/"q4" (affine), "affine128-q8", "mxfp8"."""
     return [c.kind if getattr(c, "quantized", False) else "float" for c in caches]
+
+
+def _word(kind: str) -> str:
+    if kind.startswith("q"):
+        return f"{kind[1:]}-bit"
+    if kind.startswith("affine128-q"):
+        return f"{kind.removeprefix('affine128-q')}-bit in groups of 128"
+    return kind
 
 
 def _describe(kinds: list[str]) -> str:
     quant = sorted({k for k in kinds if k != "float"})
-    words = [f"{k[1:]}-bit" if k.startswith("q") else k for k in quant]
-    return f"quantized ({', '.join(words)})" if quant else "in full precision"
+    return f"quantized ({', '.join(_word(k) for k in quant)})" if quant else "in full precision"

@@ -166,6 +166,7 @@ def cmd_info(args: argparse.Namespace) -> int:
     from mlx_harmony_tui.catalog.listing import human_bytes, human_count
     from mlx_harmony_tui.catalog.resolve import resolve
     from mlx_harmony_tui.catalog.verify import verify
+    from mlx_harmony_tui.engine.cache import kv_label, kv_setting
     from mlx_harmony_tui.model.cache import DEFAULT_MARGIN
 
     dirs, context, kv_bits, kv_mode = _config(args)
@@ -188,7 +189,7 @@ def cmd_info(args: argparse.Namespace) -> int:
   parameters    {human_count(summary.parameters)}
   weights       {human_bytes(summary.weight_bytes)}
   KV cache      {d["kv_bytes_per_token"]} bytes per token of context{
-        " (mxfp8)" if kv_mode == "mxfp8" else f" ({kv_bits}-bit)" if kv_bits else ""
+        f" ({kv_label(*kv_setting(kv_bits, kv_mode))})" if kv_bits or kv_mode else ""
     } (full-attention layers; the window layers hold at most {summary.sliding_window} + {
         DEFAULT_MARGIN
     } positions)

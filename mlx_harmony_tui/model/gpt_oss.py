@@ -491,8 +491,9 @@ class GptOss(nn.Module):
             if layer.layer_type == SLIDING:
                 caches.append(SlidingKVCache(self.window, margin))
             elif kv_bits:
-                from mlx_harmony_tui.model.kv_quant import QuantizedKVCache, group_size_for
+                from mlx_harmony_tui.model.kv_quant import QuantizedKVCache, check_heads, group_size_for
 
+                check_heads(self.config.num_key_value_heads, kv_mode)
                 group = group_size_for(self.config.head_dim, kv_group_size)
                 caches.append(QuantizedKVCache(kv_bits, group, kv_mode))
             else:

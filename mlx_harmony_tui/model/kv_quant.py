@@ -1,9 +1,10 @@
 """Quantized KV cache for the full-attention layers and the attention over it, with gpt-oss's sink logits.
 
 Modes: "affine" (8 or 4 bits, groups of 64 along head_dim with a scale and a bias in the cache's dtype, as
-mlx-lm's ``kv_bits``: 8.5 / 4.5 bits a value in bf16) or "mxfp8" (8-bit floats, e4m3, in groups of 32 with
-one power-of-two scale byte and no bias: 8.25 bits a value, so gpt-oss-20b's 131,072 positions fit in
-1.7 GB; coarser, see docs/benchmarks.md).
+mlx-lm's ``kv_bits``: 8.5 / 4.5 bits a value in bf16); "affine128" (the same in groups of 128: one
+position's values of two KV heads side by side, since head_dim is 64; 8.25 / 4.25 bits); "mxfp8" (8-bit
+floats, e4m3, in groups of 32 with one power-of-two scale byte and no bias: 8.25 bits). At 8.25 bits
+gpt-oss-20b's 131,072 positions fit in 1.7 GB; accuracy of each: docs/benchmarks.md.
 
 Full layers are where a long conversation's KV memory goes (sliding layers keep a few hundred positions,
 model/cache.py), so only they are quantized. Each position is quantized on its own, so trimming stays
@@ -21,11 +22,16 @@ from mlx_harmony_tui.errors import UserError
 from mlx_harmony_tui.model.cache import KVCache
 
 QuantArrays = tuple[mx.array, ...]  # packed uint32, scales (, biases: affine only)
-KV_MODES = ("affine", "mxfp8")
+KV_MODES = ("affine", "affine128", "mxfp8")
 
 
 def _parts(mode: str) -> tuple[str, ...]:
-    return ("q", "scales", "biases") if mode == "affine" else ("q", "scales")
+    return ("q", "scales") if mode == "mxfp8" else ("q", "scales", "biases")
+
+
+def heads_per_row(mode: str) -> int:
+    """KV heads whose values at one position form one quantized row (their groups span them)."""
+    return 2 if mode == "affine128" else 1
 
 
 class KVQuantError(UserError):
@@ -42,6 +48,13 @@ def group_size_for(head_dim: int, preferred: int = 64) -> int:
     )
 
 
+def check_heads(kv_heads: int, mode: str) -> None:
+    """Raise KVQuantError when ``mode`` cannot group this model's KV heads."""
+    g = heads_per_row(mode)
+    if kv_heads % g:
+        raise KVQuantError(f"kv_mode {mode} groups KV heads in pairs; this model has {kv_heads}")
+
+
 class QuantizedKVCache(KVCache):
     """A full layer's cache holding (packed, scales[, biases]) for keys and values, grown in steps."""
 
@@ -51,10 +64,12 @@ class QuantizedKVCache(KVCache):
         super().__init__()
         if mode not in KV_MODES:
             raise ValueError(f"KV cache mode must be one of {', '.join(KV_MODES)}, not {mode!r}")
-        if bits not in ((4, 8) if mode == "affine" else (8,)):
+        if bits not in ((8,) if mode == "mxfp8" else (4, 8)):
             raise ValueError(f"KV cache bits must be 4 or 8 (mxfp8: 8), not {bits}")
         if mode == "mxfp8":
             group_size = 32  # the format's block
+        elif mode == "affine128":
+            group_size = 128
         self.bits, self.group_size, self.mode = bits, group_size, mode
         self.qkeys: list[mx.array] | None = None
         self.qvalues: list[mx.array] | None = None
@@ -66,11 +81,16 @@ class QuantizedKVCache(KVCache):
 
     @property
     def kind(self) -> str:
-        """How a prompt-cache file names this layer's storage ("q8", "q4", "mxfp8")."""
-        return f"q{self.bits}" if self.mode == "affine" else self.mode
+        """How a prompt-cache file names this layer's storage ("q8", "q4", "mxfp8", "affine128-q8"...)."""
+        return {"affine": f"q{self.bits}", "mxfp8": "mxfp8"}.get(self.mode, f"{self.mode}-q{self.bits}")
 
     def _quantize(self, x: mx.array) -> QuantArrays:
-        return tuple(mx.quantize(x, group_size=self.group_size, bits=self.bits, mode=self.mode))
+        g = heads_per_row(self.mode)
+        if g > 1:  # (B, H, L, D) -> (B, H / g, L, g * D): a position's g heads side by side
+            B, H, L, D = x.shape
+            x = x.reshape(B, H // g, g, L, D).transpose(0, 1, 3, 2, 4).reshape(B, H // g, L, g * D)
+        mode = "mxfp8" if self.mode == "mxfp8" else "affine"
+        return tuple(mx.quantize(x, group_size=self.group_size, bits=self.bits, mode=mode))
 
     def update(self, keys: mx.array, values: mx.array) -> None:
         prev, n = self.offset, keys.shape[2]
@@ -148,25 +168,37 @@ def quantized_attention(
     group_size: int = 64,
     mode: str = "affine",
 ) -> mx.array:
-    """Sink attention of q (B, H, L, D) over quantized keys/values (B, Hkv, T, ...) -> (B, H, L, D).
+    """Sink attention of q (B, H, L, D) over quantized keys/values (B, Hkv / g, T, ...) -> (B, H, L, D),
+    g = ``heads_per_row(mode)``.
 
     ``mask``: None, "causal" (aligned to the end of the keys) or a boolean (L, T) array. The sink is one
-    more logit per head in the softmax's denominator, with no value (gpt-oss)."""
+    more logit per head in the softmax's denominator, with no value (gpt-oss). With g = 2 a row holds two
+    heads' keys: each query is zero-padded to the row's width at its head's place, so the matmul gives its
+    own head's score (twice the multiply-adds, the same bytes read), and each head keeps its slice of the
+    value product."""
     B, H, L, D = q.shape
-    hkv, T = keys[0].shape[1], keys[0].shape[2]
-    rep = H // hkv
+    rows, T = keys[0].shape[1], keys[0].shape[2]
+    g = heads_per_row(mode)
+    rep = H // (rows * g)
     # float32 queries and probabilities: scores in bfloat16 (8-bit mantissa) would cost more accuracy than
     # the 8-bit keys themselves (the demo model in bfloat16: 89% against 100% top-1 agreement)
-    qs = (q.astype(mx.float32) * scale).reshape(B, hkv, rep, L, D)
+    qs = (q.astype(mx.float32) * scale).reshape(B, rows, g, rep, L, D)
+    if g > 1:
+        pad = [(0, 0)] * 4
+        qs = mx.concatenate([mx.pad(qs[:, :, j], [*pad, (j * D, (g - 1 - j) * D)]) for j in range(g)], axis=2)
+    else:
+        qs = qs.reshape(B, rows, rep, L, D)
+    mx_mode = "mxfp8" if mode == "mxfp8" else "affine"
     kx = [mx.expand_dims(a, 2) for a in keys]
     vx = [mx.expand_dims(a, 2) for a in values]
-    scores = mx.quantized_matmul(qs, *kx, transpose=True, group_size=group_size, bits=bits, mode=mode)
+    scores = mx.quantized_matmul(qs, *kx, transpose=True, group_size=group_size, bits=bits, mode=mx_mode)
     if mask is not None:
         if isinstance(mask, str):
             mask = mx.arange(T - L, T)[:, None] >= mx.arange(T)[None]
         scores = mx.where(mask, scores, -mx.inf)
-    sink = mx.broadcast_to(sinks.astype(mx.float32).reshape(1, hkv, rep, 1, 1), (B, hkv, rep, L, 1))
+    sink = mx.broadcast_to(sinks.astype(mx.float32).reshape(1, rows, g * rep, 1, 1), (B, rows, g * rep, L, 1))
     probs = mx.softmax(mx.concatenate([sink, scores], axis=-1), axis=-1)[..., 1:]
-    out = mx.quantized_matmul(probs, *vx, transpose=False, group_size=group_size, bits=bits, mode=mode)
-    out = out.astype(q.dtype)
-    return out.reshape(B, H, L, D)
+    out = mx.quantized_matmul(probs, *vx, transpose=False, group_size=group_size, bits=bits, mode=mx_mode)
+    if g > 1:  # (B, rows, g * rep, L, g * D): head j of a row keeps its rep queries' j-th slice
+        out = mx.concatenate([out[:, :, j * rep : (j + 1) * rep, :, j * D : (j + 1) * D] for j in range(g)], axis=2)
+    return out.astype(q.dtype).reshape(B, H, L, D)
