@@ -1,8 +1,11 @@
-"""Shared fixtures: isolated XDG dirs for every test, and the offline o200k vocabulary built once."""
+"""Shared fixtures: isolated XDG dirs for every test, and the offline o200k vocabulary built once; and the
+lock that lets a test marked ``alone`` run with no other test beside it when pytest-xdist runs two at once."""
 
 from __future__ import annotations
 
+import fcntl
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -24,6 +27,41 @@ def _build_vocab() -> Path:
 os.environ["TIKTOKEN_ENCODINGS_BASE"] = str(_build_vocab())
 
 
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers", "alone: loads the machine on purpose (busy processes): no other test runs at the same time"
+    )
+
+
+def _lock_dir(config: pytest.Config) -> Path | None:
+    """The folder the xdist workers of this run share (their basetemps' parent); None without xdist."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") or not config.option.basetemp:
+        return None
+    return Path(config.option.basetemp).parent
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_protocol(item: pytest.Item) -> Iterator[None]:
+    """Under xdist every test holds a shared lock from its setup to its teardown; an ``alone`` test holds it
+    exclusively, so it starts once the other worker's test ended and the other worker waits until it is done.
+    The gate lock, taken briefly before the shared one, keeps a waiting ``alone`` test from being starved."""
+    folder = _lock_dir(item.config)
+    if folder is None:
+        yield
+        return
+    alone = item.get_closest_marker("alone") is not None
+    with open(folder / "gate.lock", "a") as gate, open(folder / "run.lock", "a") as run:
+        fcntl.flock(gate, fcntl.LOCK_EX)
+        fcntl.flock(run, fcntl.LOCK_EX if alone else fcntl.LOCK_SH)
+        if not alone:
+            fcntl.flock(gate, fcntl.LOCK_UN)
+        try:
+            yield
+        finally:
+            fcntl.flock(run, fcntl.LOCK_UN)
+            fcntl.flock(gate, fcntl.LOCK_UN)
+
+
 @pytest.fixture(autouse=True)
 def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """Every test gets its own config/data/cache dirs, so nothing touches the user's real files."""
@@ -35,6 +73,9 @@ def isolated_dirs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     # The Hugging Face cache then follows XDG_CACHE_HOME; nothing reaches the user's cache, token or Hub.
     for var in ("HF_HOME", "HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE", "HF_ENDPOINT", "HF_HUB_OFFLINE", "HF_TOKEN",
                 "TRANSFORMERS_OFFLINE"):
+        monkeypatch.delenv(var, raising=False)
+    # An xdist worker has COLUMNS=80 and LINES=24: an app started in a 120x40 tmux window would draw at 80x24.
+    for var in ("COLUMNS", "LINES"):
         monkeypatch.delenv(var, raising=False)
     return tmp_path / "xdg"
 

@@ -12,7 +12,12 @@ import sys
 import time
 from pathlib import Path
 
-from test_e2e_tmux import ROOT, Tmux, pytestmark  # noqa: F401 - the same skip when tmux is missing
+import pytest
+from test_e2e_tmux import ROOT, Tmux
+from test_e2e_tmux import pytestmark as needs_tmux
+
+# the same skip when tmux is missing; and its busy processes are its own load: no other test runs beside it
+pytestmark = [needs_tmux, pytest.mark.alone]
 
 RUNS = 30
 LANES = 4  # apps side by side, each quitting its share of the runs in turn: ~1.5 min in all
