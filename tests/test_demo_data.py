@@ -150,10 +150,11 @@ def test_npz_masks_only_completions(tmp_path, encoding) -> None:
     d = np.load(tmp_path / "d.npz")
     off, mask, toks = d["offsets"], d["mask"], d["tokens"]
     ids = d["vocab_ids"]
+    known = set(ids.tolist())
     for k, s in enumerate(steps):
         seg = slice(off[k], off[k + 1])
         unk = len(ids)
-        want = [t if t in set(ids.tolist()) else -1 for t in s.prompt + s.completion]
+        want = [t if t in known else -1 for t in s.prompt + s.completion]
         assert [int(ids[t]) if t < unk else -1 for t in toks[seg]] == want
         assert all(t < unk for t in toks[seg][mask[seg] == 1])  # the assistant writes known tokens only
         assert mask[seg].tolist() == [0] * len(s.prompt) + [1] * len(s.completion)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import mlx.core as mx
 import numpy as np
 import pytest
+from mx_close import assert_close
 
 from mlx_harmony_tui.engine.generator import Engine, GenerationOptions
 from mlx_harmony_tui.engine.sampling import SamplingParams
@@ -62,7 +63,7 @@ def test_per_expert_prefill_matches_gather(tiny_model_dir, tmp_path, monkeypatch
         gathered = model(tokens)
         monkeypatch.setattr(Experts, "per_expert_prefill", True)
         per_expert = model(tokens)
-        np.testing.assert_allclose(np.array(per_expert), np.array(gathered), rtol=_TOL, atol=_TOL)
+        assert_close(per_expert, gathered, rtol=_TOL, atol=_TOL)
 
 
 def test_query_blocked_attention_matches_one_call(tiny_model_dir, monkeypatch):
@@ -74,11 +75,11 @@ def test_query_blocked_attention_matches_one_call(tiny_model_dir, monkeypatch):
     model.optimize()  # inference only: the blocks are evaluated one by one
     tokens = mx.array([list(range(2000, 2040))], dtype=mx.int32)
 
-    def run() -> np.ndarray:
+    def run() -> mx.array:
         cache = model.make_cache()
         first = model(tokens[:, :13], cache=cache)
         rest = model(tokens[:, 13:], cache=cache)
-        return np.array(mx.concatenate([first, rest], axis=1))
+        return mx.concatenate([first, rest], axis=1)  # the graph (and the attention calls) is built here
 
     whole = run()
     calls = []
@@ -89,7 +90,7 @@ def test_query_blocked_attention_matches_one_call(tiny_model_dir, monkeypatch):
     blocked = run()
     assert max(calls) == 16 and len(calls) > 2 * len(model.layers)
     tol = _TOL if _CUDA else 1e-5  # CUDA float32 matmuls: path-dependent rounding (see _TOL)
-    np.testing.assert_allclose(blocked, whole, rtol=tol, atol=tol)
+    assert_close(blocked, whole, rtol=tol, atol=tol)
 
 
 def test_cpu_attention_blocks_see_only_their_keys(tiny_model_dir, monkeypatch):
@@ -101,14 +102,14 @@ def test_cpu_attention_blocks_see_only_their_keys(tiny_model_dir, monkeypatch):
         pytest.skip("CPU backend only")
     tokens = mx.array([list(range(3000, 3300))], dtype=mx.int32)
 
-    def run(optimize: bool) -> np.ndarray:
+    def run(optimize: bool) -> mx.array:
         model, _ = load_model(tiny_model_dir)
         if optimize:
             model.optimize(compiled_decode=False)
         cache = model.make_cache()
         first = model(tokens[:, :170], cache=cache)
         rest = model(tokens[:, 170:], cache=cache)
-        return np.array(mx.concatenate([first, rest], axis=1))
+        return mx.concatenate([first, rest], axis=1)  # the graph (and the attention calls) is built here
 
     whole = run(False)
     keys = []
@@ -119,7 +120,7 @@ def test_cpu_attention_blocks_see_only_their_keys(tiny_model_dir, monkeypatch):
     last = 170 % gpt_oss.QUERY_BLOCK
     assert (last, last + 7) in keys  # a sliding layer's last block of the first chunk: its rows + window - 1 keys
     # 5e-5: the blocks' base-2 softmax rounds differently from sdpa's (5 of 60M logits were 1.2e-5 apart)
-    np.testing.assert_allclose(blocked, whole, rtol=5e-5, atol=5e-5)
+    assert_close(blocked, whole, rtol=5e-5, atol=5e-5)
 
 
 def test_fused_moe_only_where_it_applies(tiny_model_dir, tmp_path, monkeypatch):

@@ -61,7 +61,8 @@ async def test_an_mcp_tool_call_shows_in_the_tool_pane_end_to_end(tmp_path, tiny
     backend.close()
 
 
-async def test_ctrl_f_attaches_a_file_to_the_next_message(tmp_path) -> None:
+async def test_ctrl_f_attaches_a_file_to_the_next_message(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("HOME", str(tmp_path))  # short paths to type: each key is a Pilot round trip
     doc = tmp_path / "plan.txt"
     doc.write_text("step 1\nstep 2\n")
     backend = ScriptedBackend(simple_reply("", "ok"))
@@ -70,13 +71,13 @@ async def test_ctrl_f_attaches_a_file_to_the_next_message(tmp_path) -> None:
         app.screen.query_one(ChatInput).focus()
         await pilot.press("ctrl+f")
         await pilot.pause()
-        await pilot.press(*str(tmp_path / "nope.bin"))
+        await pilot.press(*"~/nope.bin")
         await pilot.press("enter")
         await pilot.pause()
         assert app.chat.attachments == []  # refused with a notice, nothing attached
         await pilot.press("ctrl+f")
         await pilot.pause()
-        await pilot.press(*str(doc))
+        await pilot.press(*"~/plan.txt")
         await pilot.press("enter")
         await pilot.pause()
         assert [a.name for a in app.chat.attachments] == ["plan.txt"], (app.screen_stack, [n.message for n in app._notifications])
