@@ -7,9 +7,12 @@ rank must hold about 1/N of the weights; a rank that dies ends the run with an e
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
+import random
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -27,10 +30,27 @@ sys.path.insert(0, str(Path(__file__).parent))
 from distributed_worker_data import NEXT, PROMPT  # noqa: E402
 
 
+def free_ports(n: int) -> int:
+    """The first of ``n`` consecutive free local ports: mlx.launch's ranks listen on 32323, 32324, ... unless
+    told otherwise, so two runs at once on one machine (another checkout's tests) would meet each other."""
+    rng = random.Random()
+    while True:
+        base = rng.randrange(20000, 60000 - n)
+        try:
+            with contextlib.ExitStack() as stack:
+                for port in range(base, base + n):
+                    s = stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+                    s.bind(("127.0.0.1", port))
+            return base
+        except OSError:
+            continue
+
+
 def launch(n: int, *args: str, env: dict[str, str] | None = None, timeout: float = 300) -> subprocess.CompletedProcess:
     exe = str(LAUNCH) if LAUNCH.exists() else "mlx.launch"
     full_env = {**os.environ, "PYTHONPATH": str(ROOT), **(env or {})}
-    return subprocess.run([exe, "-n", str(n), "--backend", "ring", "--python", sys.executable, *args],
+    return subprocess.run([exe, "-n", str(n), "--backend", "ring", "--starting-port", str(free_ports(n)),
+                           "--python", sys.executable, *args],
                           capture_output=True, text=True, env=full_env, timeout=timeout, cwd=ROOT)
 
 
