@@ -27,6 +27,23 @@ def _build_vocab() -> Path:
 os.environ["TIKTOKEN_ENCODINGS_BASE"] = str(_build_vocab())
 
 
+@pytest.hookimpl(wrapper=True)
+def pytest_cmdline_main(config: pytest.Config) -> Iterator[object]:
+    """Two workers by default (pytest-xdist, from the test extra), one module each at a time, so
+    module-scoped servers and models load once: the suite waits on subprocesses, servers and tmux much of
+    the time. Set here rather than in addopts so that -n N, -n 0, --pdb and an environment without xdist
+    (-p no:xdist, or a venv from before it was added) still run, the last ones in one process."""
+    if (
+        getattr(config.option, "numprocesses", "absent") is None
+        and not hasattr(config, "workerinput")
+        and not config.getoption("usepdb", False)
+    ):
+        config.option.numprocesses = 2
+        if config.option.dist == "no":
+            config.option.dist = "loadscope"
+    return (yield)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "alone: loads the machine on purpose (busy processes): no other test runs at the same time"
