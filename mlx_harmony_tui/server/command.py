@@ -156,22 +156,26 @@ def free_port() -> int:
 
 @contextmanager
 def serve_in_thread(app: Any, port: int | None = None) -> Iterator[str]:
-    """Run the app with uvicorn on a loopback port in a background thread; yields the base URL (``.../v1``)."""
+    """Run the app with uvicorn on a loopback port in a background thread; yields the base URL (``.../v1``).
+    The socket is bound here and handed to uvicorn: a port looked up free and bound later could be taken in
+    between (by another process's outgoing connection: the tests' servers failed so, two runs at once)."""
     import uvicorn
 
-    port = port or free_port()
+    sock = listen("127.0.0.1", port) if port else socket.create_server(("127.0.0.1", 0))
+    port = int(sock.getsockname()[1])
     config = uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning", lifespan="off",
                             timeout_graceful_shutdown=2)
     server = uvicorn.Server(config)
-    thread = threading.Thread(target=server.run, name="uvicorn", daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 20
-    while not server.started:
-        if not thread.is_alive() or time.monotonic() > deadline:
-            raise RuntimeError("the server did not start")
-        time.sleep(0.02)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, name="uvicorn", daemon=True)
     try:
+        thread.start()
+        deadline = time.monotonic() + 20
+        while not server.started:
+            if not thread.is_alive() or time.monotonic() > deadline:
+                raise RuntimeError("the server did not start")
+            time.sleep(0.02)
         yield f"http://127.0.0.1:{port}/v1"
     finally:
         server.should_exit = True
         thread.join(timeout=10)
+        sock.close()
