@@ -55,6 +55,14 @@ if kill_rank is not None:  # a rank dies mid-generation: the others must end wit
     if group.rank() == 0:
         # mlx.launch ends every rank once one has died; to see rank 0's own error path, outlive that.
         signal.signal(signal.SIGTERM, signal.SIG_IGN)
+        exit_on_stall = engine.stall.on_stall
+
+        def stalled(waited: float) -> None:  # the watchdog's path (MLX's ring left the wait hanging)
+            with open(sys.argv[2], "w") as f:
+                json.dump({"outcome": "error: watchdog: connection to a peer was lost", "at": time.time()}, f)
+            exit_on_stall(waited)
+
+        engine.stall.on_stall = stalled
         try:
             list(engine.generate(PROMPT, GenerationOptions(sampling=SamplingParams(temperature=0.0),
                                                            max_tokens=100000, loop=None)))

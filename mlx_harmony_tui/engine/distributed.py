@@ -10,7 +10,10 @@ its own heads and trims it the same way.
 
 Launch with ``mlx.launch`` (ring over TCP, JACCL over Thunderbolt, NCCL on CUDA) and ``--distributed``; a
 rank that dies makes the others' collectives fail within about a second ("connection to a peer was lost"),
-which ends the followers and fails rank 0's turn with that message.
+which ends the followers and fails rank 0's turn with that message. MLX's ring backend sometimes leaves the
+wait hanging instead (about 1 kill in 4 here): a watchdog ends a rank whose step has waited
+``MHT_PEER_TIMEOUT`` seconds (default 120) with that message, since a thread inside ``mx.eval`` cannot be
+interrupted.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import sys
 import threading
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict
 from typing import Any
 
@@ -30,6 +35,7 @@ from mlx_harmony_tui.engine.repetition import LoopConfig
 from mlx_harmony_tui.errors import UserError
 
 GENERATE, WARM_UP, SHUTDOWN = 1, 2, 3
+PEER_TIMEOUT_ENV = "MHT_PEER_TIMEOUT"
 _group: Any = None
 
 
@@ -85,6 +91,39 @@ def _options_from_json(text: str) -> GenerationOptions:
     )
 
 
+def _exit_on_stall(rank: int, waited: float) -> None:
+    print(f"mlx-harmony-tui: rank {rank}: a step has waited {waited:.0f} s for the other ranks: connection to a "
+          f"peer was lost (a rank died or hangs); exiting", file=sys.stderr, flush=True)  # fmt: skip
+    os._exit(1)
+
+
+class StallWatch:
+    """Watches the steps that wait on collectives: one that has not returned after ``timeout`` seconds calls
+    ``on_stall(waited)`` (once), from a daemon thread."""
+
+    def __init__(self, timeout: float, on_stall: Callable[[float], None]) -> None:
+        self.timeout = timeout
+        self.on_stall = on_stall
+        self._since: float | None = None
+        threading.Thread(target=self._run, name="mht-stall-watch", daemon=True).start()
+
+    @contextlib.contextmanager
+    def watch(self) -> Iterator[None]:
+        self._since = time.monotonic()
+        try:
+            yield
+        finally:
+            self._since = None
+
+    def _run(self) -> None:
+        while True:
+            time.sleep(min(1.0, self.timeout / 4))
+            since = self._since
+            if since is not None and time.monotonic() - since > self.timeout:
+                self.on_stall(time.monotonic() - since)
+                return
+
+
 class DistributedEngine(Engine):
     """An Engine whose model is sharded over ``group``; rank 0 drives, the others ``follow``."""
 
@@ -98,6 +137,8 @@ class DistributedEngine(Engine):
         super().__init__(model, config, **engine_options)
         self._closed = False
         self._drive = threading.Lock()  # rank 0: one request (send + generation) at a time, in order
+        timeout = float(os.environ.get(PEER_TIMEOUT_ENV) or 120)
+        self.stall = StallWatch(timeout, lambda waited: _exit_on_stall(self.rank, waited))
 
     # --- the collectives ------------------------------------------------------------------------------
 
@@ -131,12 +172,14 @@ class DistributedEngine(Engine):
         shared = self._sum(local * self._root)
         # Evaluated now rather than queued behind the next step: with two steps in flight the ranks' CPU
         # schedulers were seen to run their collectives in different orders and wait on each other forever.
-        mx.eval(shared)
+        with self.stall.watch():
+            mx.eval(shared)
         return shared
 
     def _agree_stop(self, stop: bool) -> bool:
         flag = mx.array(1 if (self.rank == 0 and stop) else 0, dtype=mx.int32)
-        return bool(self._sum(flag).item())
+        with self.stall.watch():
+            return bool(self._sum(flag).item())
 
     # --- rank 0 -------------------------------------------------------------------------------------------
 
