@@ -375,6 +375,9 @@ class McpHub:
         loop, thread = self._loop, self._thread
         if loop is None or thread is None:
             return
+        # No more notices: a server's "stopped" notice would go to an app that is waiting right here for this
+        # close (call_from_thread blocks), and both sides would wait out the timeouts (quitting took ~10 s).
+        self.on_change = None
         for server in self._servers.values():
             loop.call_soon_threadsafe(server.stop)
         concurrent.futures.wait(self._tasks, timeout=timeout)
