@@ -291,17 +291,25 @@ def test_equal_lengths_and_a_quantized_cache_decode_as_alone() -> None:
 def test_quantized_checkpoints_decode_as_alone(tmp_path: Path, layout: str) -> None:
     """The layouts real checkpoints come in (mlx-community: MXFP4 experts, 8-bit attention and LM head; HF:
     MXFP4 experts): the batched step's quantized matmuls give every request its solo tokens."""
-    from mlx_harmony_tui.model import load_model, write_tiny_checkpoint
+    from mlx_harmony_tui.model import write_tiny_checkpoint
 
     path = write_tiny_checkpoint(tmp_path / layout, layout=layout, seed=1)  # type: ignore[arg-type]
+    _batched_equals_solo(path, model_id=layout)
+
+
+def _batched_equals_solo(path: Path, **engine_options: object) -> Engine:
+    """Load ``path`` on its own MLX thread; JOBS batched give each request its solo greedy tokens."""
+    from mlx_harmony_tui.model import load_model
+
     thread = MlxThread()
     try:
         model, config = thread.call(lambda: load_model(path))
-        engine = thread.call(lambda: Engine(model, config, model_id=layout))
+        engine = thread.call(lambda: Engine(model, config, **engine_options))
         solo = _solo(thread, engine)
         scheduler = BatchScheduler(engine, thread.submit, max_concurrency=4)
         assert _concurrent(scheduler, [(p, _greedy(n)) for p, n in JOBS]) == solo
         assert scheduler.widest >= 2
+        return engine
     finally:
         thread.stop()
 
@@ -435,19 +443,8 @@ def test_server_raw_completions_join_the_batch(batching_url: tuple[str, LocalBac
 def test_the_eager_batched_step_matches_too(tiny_model_dir: Path) -> None:
     """A model without the compiled decoder (Engine(optimize=False)) batches through model/batch.py's eager
     layers: the same tokens as alone."""
-    from mlx_harmony_tui.model import load_model
-
-    thread = MlxThread()
-    try:
-        model, config = thread.call(lambda: load_model(tiny_model_dir))
-        engine = thread.call(lambda: Engine(model, config, model_id="tiny", optimize=False))
-        assert getattr(engine.model, "decoder", None) is None
-        solo = _solo(thread, engine)
-        scheduler = BatchScheduler(engine, thread.submit, max_concurrency=4)
-        assert _concurrent(scheduler, [(p, _greedy(n)) for p, n in JOBS]) == solo
-        assert scheduler.widest >= 2
-    finally:
-        thread.stop()
+    engine = _batched_equals_solo(tiny_model_dir, model_id="tiny", optimize=False)
+    assert getattr(engine.model, "decoder", None) is None
 
 
 def test_server_requests_with_their_own_settings_batch_together(
