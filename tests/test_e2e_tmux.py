@@ -8,6 +8,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -43,6 +44,17 @@ class Tmux:
                 return screen
             time.sleep(0.2)
         raise AssertionError(f"{text!r} not on screen after {timeout}s:\n{screen}")
+
+    def wait_until(self, ok: Callable[[str], bool], what: str, timeout: float = 60.0) -> str:
+        """The screen once ``ok(screen)`` holds: a widget's parts can reach the screen in separate frames."""
+        deadline = time.monotonic() + timeout
+        screen = self.screen()
+        while not ok(screen):
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{what}: not on screen after {timeout}s:\n{screen}")
+            time.sleep(0.2)
+            screen = self.screen()
+        return screen
 
     def click(self, text: str) -> None:
         """Left-click the first cell of ``text`` on screen (SGR mouse report, as a terminal sends it)."""
@@ -133,8 +145,14 @@ def test_python_tool_call_in_the_tool_pane(isolated_dirs: Path, tmp_path: Path) 
         pane = [line.split("│", 1)[1] for line in screen.splitlines() if "│" in line]
         assert "Tool calls" in pane[0] and any("✓ python" in line for line in pane)
         t.click("✓ python")
-        screen = t.wait_for("▼ ✓ python", 10)
-        pane_text = "\n".join(line.split("│", 1)[1] for line in screen.splitlines() if "│" in line)
+        def pane_of(screen: str) -> str:
+            return "\n".join(line.split("│", 1)[1] for line in screen.splitlines() if "│" in line)
+
+        # the header turns first; the code and result may reach the screen a frame later (a busy machine)
+        screen = t.wait_until(lambda s: "▼ ✓ python" in s and "print(" in pane_of(s)
+                              and any(line.strip() == str(37 * 12) for line in pane_of(s).splitlines()),
+                              "the expanded call with its code and result", 20)  # fmt: skip
+        pane_text = pane_of(screen)
         code_line = next(line for line in pane_text.splitlines() if "print(" in line)
         assert "37" in code_line and "12" in code_line
         assert any(line.strip() == str(37 * 12) for line in pane_text.splitlines())  # the tool's real output
