@@ -8,8 +8,9 @@ from __future__ import annotations
 import itertools
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openai
@@ -416,6 +417,21 @@ def test_the_queue_hands_out_as_many_places_as_slots() -> None:
     asyncio.run(main())
 
 
+def _together(backend: LocalBackend, calls: list[Callable[[], Any]]) -> list[Any]:
+    """Run ``calls`` at once from threads; their results, after checking that they shared batched steps."""
+    scheduler = backend.scheduler
+    assert scheduler is not None
+    rows, steps = scheduler.rows, scheduler.steps
+    results: list[Any] = [None] * len(calls)
+    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, calls[i]())) for i in range(len(calls))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert scheduler.rows - rows > scheduler.steps - steps
+    return results
+
+
 def test_server_raw_completions_join_the_batch(batching_url: tuple[str, LocalBackend]) -> None:
     url, backend = batching_url
     client = openai.OpenAI(base_url=url, api_key="x", max_retries=0, timeout=TIMEOUT)
@@ -426,18 +442,9 @@ def test_server_raw_completions_join_the_batch(batching_url: tuple[str, LocalBac
             client.completions.create(model="tiny", prompt=p, max_tokens=20, temperature=0.0).choices[0].text
         )
 
-    solo = [ask(p) for p in prompts]
-    scheduler = backend.scheduler
-    assert scheduler is not None
-    rows, steps = scheduler.rows, scheduler.steps
-    results: list[str | None] = [None, None]
-    threads = [threading.Thread(target=lambda i=i: results.__setitem__(i, ask(prompts[i]))) for i in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(TIMEOUT)
-    assert results == solo
-    assert scheduler.rows - rows > scheduler.steps - steps
+    calls = [lambda p=p: ask(p) for p in prompts]
+    solo = [call() for call in calls]
+    assert _together(backend, calls) == solo
 
 
 def test_the_eager_batched_step_matches_too(tiny_model_dir: Path) -> None:
@@ -483,17 +490,4 @@ def test_server_requests_with_their_own_settings_batch_together(
         return choice.message.content, getattr(choice.message, "reasoning_content", None), lps
 
     solo = [key(call()) for call in calls]
-    scheduler = backend.scheduler
-    assert scheduler is not None
-    rows, steps = scheduler.rows, scheduler.steps
-    results: list[object] = [None] * len(calls)
-    threads = [
-        threading.Thread(target=lambda i=i: results.__setitem__(i, key(calls[i]())))
-        for i in range(len(calls))
-    ]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(TIMEOUT)
-    assert results == solo
-    assert scheduler.rows - rows > scheduler.steps - steps
+    assert [key(r) for r in _together(backend, calls)] == solo
