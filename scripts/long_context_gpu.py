@@ -84,6 +84,11 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("."))
     ap.add_argument("--lengths", default="4096,16384,32768,65536")
     ap.add_argument("--gen-tokens", type=int, default=64)
+    ap.add_argument("--prefill-step", type=int, default=512, help="our prefill chunk")
+    ap.add_argument("--lm-prefill-step", type=int, default=512, help="mlx-lm's prefill_step_size")
+    ap.add_argument("--repeats", type=int, default=1, help="runs of each side per length, alternated")
+    ap.add_argument("--lm-first", action="store_true", help="mlx-lm runs first at each length (it pays the "
+                    "first use of new shapes: cuDNN plans, JIT)")
     ap.add_argument("--no-mlx-lm", action="store_true")
     ap.add_argument("--kind", default="20b", help="random model: 20b, 120b or tiny (a CPU smoke test)")
     ap.add_argument("--kv-tokens", type=int, default=131072, help="0: skip the KV-bytes step")
@@ -133,8 +138,19 @@ def main() -> int:
     save(f"warm; flash kernel {'on' if decoder.flash is not None else 'OFF'} from {decoder.flash_min} keys")
     for plen in [int(x) for x in a.lengths.split(",")]:
         prompt = [rng.randrange(1000, 100_000) for _ in range(plen)]
-        row: dict[str, Any] = {"prompt_tokens": plen, "ours": run_ours(engine, prompt, a.gen_tokens, 512)}
-        save(f"{plen}: ours {row['ours']}")
+        row: dict[str, Any] = {"prompt_tokens": plen, "prefill_step": a.prefill_step,
+                               "lm_prefill_step": a.lm_prefill_step, "lm_first": a.lm_first}
+        ours_runs, lm_runs = [], []
+        for _ in range(max(1, a.repeats)):
+            if lm is not None and a.lm_first:
+                lm_runs.append(run_mlx_lm(lm, prompt, a.gen_tokens, a.lm_prefill_step))
+                save(f"{plen}: mlx-lm {lm_runs[-1]}")
+            ours_runs.append(run_ours(engine, prompt, a.gen_tokens, a.prefill_step))
+            save(f"{plen}: ours {ours_runs[-1]}")
+            if lm is not None and not a.lm_first:
+                lm_runs.append(run_mlx_lm(lm, prompt, a.gen_tokens, a.lm_prefill_step))
+                save(f"{plen}: mlx-lm {lm_runs[-1]}")
+        row["ours"], row["ours_runs"] = ours_runs[-1], ours_runs
         default_min = decoder.flash_min
         kernel, sdpa = [], []
         for _ in range(2):  # alternated on the same cache: kernel on every full layer, then MLX's sdpa
@@ -146,7 +162,8 @@ def main() -> int:
         row["decode_kernel"], row["decode_sdpa"] = kernel, sdpa
         save(f"{plen}: decode kernel {kernel} sdpa {sdpa}")
         if lm is not None:
-            row["mlx_lm"] = t = run_mlx_lm(lm, prompt, a.gen_tokens, 512)
+            row["mlx_lm"] = t = lm_runs[-1]
+            row["mlx_lm_runs"] = lm_runs
             o = row["ours"]
             row["ratio"] = {k: o[k] / t[k] if t[k] else None for k in ("prefill_tps", "decode_tps")}
             save(f"{plen}: mlx-lm {t} ratio {row['ratio']}")
@@ -155,7 +172,8 @@ def main() -> int:
     if a.kv8_length and quantizable:
         engine8 = Engine(model, config, model_id="random 20b", kv_bits=8)
         prompt = [rng.randrange(1000, 100_000) for _ in range(a.kv8_length)]
-        doc["kv8"] = {"prompt_tokens": a.kv8_length, "ours": run_ours(engine8, prompt, a.gen_tokens, 512)}
+        doc["kv8"] = {"prompt_tokens": a.kv8_length,
+                      "ours": run_ours(engine8, prompt, a.gen_tokens, a.prefill_step)}
         save(f"kv8 {doc['kv8']}")
     return 0
 

@@ -33,11 +33,24 @@ def test_portable_decoder_does_not_use_the_kernel_off_cuda(tmp_path: Path) -> No
     assert model.decoder.flash is None
 
 
+def test_v2_serves_shapes_with_whole_warps_of_head_dims(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(cuda_attention, "KERNEL", "2")
+    assert cuda_attention.version_for(64, 8, 64) == "2"
+    assert cuda_attention.version_for(4, 2, 16) == "1"  # the tiny model's head_dim: v1
+    assert cuda_attention.version_for(64, 2, 64) == "1"  # 32 query heads a kv head: more than v2 keeps
+    monkeypatch.setattr(cuda_attention, "KERNEL", "1")
+    assert cuda_attention.version_for(64, 8, 64) == "1"
+
+
 @needs_cuda
+@pytest.mark.parametrize("kernel", ["1", "2"])
 @pytest.mark.parametrize("dtype", [mx.float32, mx.bfloat16])
-def test_kernel_equals_sdpa_with_sinks_and_window(dtype: mx.Dtype) -> None:
+def test_kernel_equals_sdpa_with_sinks_and_window(
+    dtype: mx.Dtype, kernel: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Against MLX's sdpa on the sliced keys: gpt-oss's shapes (64 query heads over 8 kv heads, head 64),
     random sinks, garbage past the valid length, from one key to 40,000 (up to 128 splits)."""
+    monkeypatch.setattr(cuda_attention, "KERNEL", kernel)
     cap = 40_960
     keys, values = (mx.random.normal((1, 8, cap, 64), key=mx.random.key(j)).astype(dtype) for j in (0, 1))
     q = mx.random.normal((1, 64, 1, 64), key=mx.random.key(2)).astype(dtype)

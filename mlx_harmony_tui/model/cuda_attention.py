@@ -20,6 +20,7 @@ uses it for full layers at long contexts only (``MIN_KEYS``; docs/benchmarks.md)
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 import mlx.core as mx
@@ -117,6 +118,136 @@ _PARTIAL = r"""
   if (lane == 0) { out[D] = m; out[D + 1] = l; }
 """
 
+# The same partials from a layout that keeps more memory requests in flight (v1 above waits on each round's
+# loads, then on two block barriers: 0.5 TB/s of a layer's cache on an H200). Block (kv head g, split s) of NW
+# warps; each warp owns a range of keys and scores every query head of the group itself: a lane loads one
+# key row straight into registers (no shared staging, no block barrier in the loop), keeps G scores, the warp
+# keeps G online softmaxes (log2 units), shares the G probabilities of its 32 keys through shared memory and
+# accumulates V with lanes over head dims (rows read coalesced). At the end the block merges its warps.
+# Needs D % 32 == 0; m is written in natural-log units, so the combine kernel serves both versions.
+_PARTIAL_V2 = r"""
+  constexpr int G = HQ / HKV;
+  constexpr int V = 16 / sizeof(T);
+  constexpr int R = D / V;
+  constexpr int A = D / 32;
+  struct alignas(A * sizeof(T)) Pack { T e[A]; };  // a lane's head dims of one V row: one vector load
+  __shared__ __align__(16) float qs[G * D];
+  __shared__ __align__(16) float ps[NW][32][G];
+  __shared__ float ms[NW][G];
+  __shared__ float ls[NW][G];
+  __shared__ float accs[NW][G][D];
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int S = gridDim.x / HKV;
+  const int g = blockIdx.x / S, s = blockIdx.x % S;
+  const int len = n[0];
+  const int lo = W > 0 ? max(0, len - W) : 0;
+  const int per = ((len - lo + S * NW - 1) / (S * NW) + 31) / 32 * 32;
+  const int k0 = lo + (s * NW + warp) * per, k1 = min(len, k0 + per);
+  const float sc = scale[0] * 1.4426950408889634f;
+  for (int i = threadIdx.x; i < G * D; i += NW * 32) qs[i] = static_cast<float>(q[g * G * D + i]) * sc;
+  __syncthreads();
+  float acc[G][A], l[G], m[G];
+  #pragma unroll
+  for (int h = 0; h < G; ++h) {
+    l[h] = 0.f;
+    m[h] = -INFINITY;
+    #pragma unroll
+    for (int a = 0; a < A; ++a) acc[h][a] = 0.f;
+  }
+  const size_t C = k_shape[2];
+  const T* kh = k + (size_t)g * C * D;
+  const T* vh = v + (size_t)g * C * D;
+  for (int t0 = k0; t0 < k1; t0 += 32) {
+    const int cnt = min(32, k1 - t0);
+    const int row = t0 + min(lane, cnt - 1);
+    uint4 raw[R];
+    #pragma unroll
+    for (int r = 0; r < R; ++r) raw[r] = *reinterpret_cast<const uint4*>(kh + (size_t)row * D + r * V);
+    float sco[G];
+    #pragma unroll
+    for (int h = 0; h < G; ++h) sco[h] = 0.f;
+    #pragma unroll
+    for (int r = 0; r < R; ++r) {
+      const T* e = reinterpret_cast<const T*>(&raw[r]);
+      float kf[V];
+      #pragma unroll
+      for (int u = 0; u < V; ++u) kf[u] = static_cast<float>(e[u]);
+      #pragma unroll
+      for (int h = 0; h < G; ++h) {
+        #pragma unroll
+        for (int u = 0; u < V; u += 4) {
+          const float4 qq = *reinterpret_cast<const float4*>(qs + h * D + r * V + u);
+          sco[h] += qq.x * kf[u] + qq.y * kf[u + 1] + qq.z * kf[u + 2] + qq.w * kf[u + 3];
+        }
+      }
+    }
+    #pragma unroll
+    for (int h = 0; h < G; ++h) {
+      const float sv = lane < cnt ? sco[h] : -INFINITY;
+      float mt = sv;
+      #pragma unroll
+      for (int off = 16; off > 0; off >>= 1) mt = fmaxf(mt, __shfl_xor_sync(0xffffffffu, mt, off));
+      const float mn = fmaxf(m[h], mt);
+      const float corr = exp2f(m[h] - mn);
+      const float p = exp2f(sv - mn);
+      l[h] = l[h] * corr + p;
+      #pragma unroll
+      for (int a = 0; a < A; ++a) acc[h][a] *= corr;
+      m[h] = mn;
+      ps[warp][lane][h] = p;
+    }
+    __syncwarp();
+    #pragma unroll 4
+    for (int j = 0; j < cnt; ++j) {
+      const Pack pk = *reinterpret_cast<const Pack*>(vh + (size_t)(t0 + j) * D + lane * A);
+      float vf[A];
+      #pragma unroll
+      for (int a = 0; a < A; ++a) vf[a] = static_cast<float>(pk.e[a]);
+      #pragma unroll
+      for (int h = 0; h < G; ++h) {
+        const float pj = ps[warp][j][h];
+        #pragma unroll
+        for (int a = 0; a < A; ++a) acc[h][a] += pj * vf[a];
+      }
+    }
+    __syncwarp();
+  }
+  #pragma unroll
+  for (int h = 0; h < G; ++h) {
+    float lt = l[h];
+    #pragma unroll
+    for (int off = 16; off > 0; off >>= 1) lt += __shfl_xor_sync(0xffffffffu, lt, off);
+    if (lane == 0) {
+      ms[warp][h] = m[h];
+      ls[warp][h] = lt;
+    }
+    #pragma unroll
+    for (int a = 0; a < A; ++a) accs[warp][h][lane * A + a] = acc[h][a];
+  }
+  __syncthreads();
+  for (int i = threadIdx.x; i < G * D; i += NW * 32) {
+    const int h = i / D, d = i % D;
+    float mm = -INFINITY;
+    #pragma unroll
+    for (int w = 0; w < NW; ++w) mm = fmaxf(mm, ms[w][h]);
+    float num = 0.f, den = 0.f;
+    if (mm != -INFINITY) {
+      #pragma unroll
+      for (int w = 0; w < NW; ++w) {
+        const float f = exp2f(ms[w][h] - mm);
+        num += f * accs[w][h][d];
+        den += f * ls[w][h];
+      }
+    }
+    float* out = part + ((size_t)(g * G + h) * S + s) * (D + 2);
+    out[d] = num;
+    if (d == 0) {
+      out[D] = mm * 0.6931471805599453f;
+      out[D + 1] = den;
+    }
+  }
+"""
+
 # Inputs: part from above, sinks (HQ). Output o (1, HQ, 1, D) in T. One warp per query head: the lanes
 # reduce the splits' maxima and sums (any number of splits), then hold the head dims for the weighted sum.
 _COMBINE = r"""
@@ -157,19 +288,32 @@ _COMBINE = r"""
 # Context length from which the decoder uses the kernel on full layers (below it MLX's kernel is as fast;
 # MHT_FLASH_DECODE_MIN overrides; measured on an H200, docs/benchmarks.md).
 MIN_KEYS = 2048
-# Keys per split at least, splits at most: enough blocks to fill the GPU at long contexts.
+# v1: keys per split at least, splits at most: enough blocks to fill the GPU at long contexts.
 KEYS_PER_SPLIT, MAX_SPLITS = 256, 128
+# v2: warps per block, keys per warp at least, blocks per kv head at most.
+V2_WARPS, V2_KEYS_PER_WARP, V2_MAX_SPLITS = 4, 64, 256
+# Which partial kernel: "2" where its shapes allow (D % 32 == 0, G <= 16), else "1" (MHT_FLASH_DECODE_KERNEL).
+KERNEL = os.environ.get("MHT_FLASH_DECODE_KERNEL", "1")
 
-_kernels: tuple[Any, Any] | None = None
+_kernels: dict[str, Any] = {}
+
+
+def _pow2_splits(span: int, per: int, cap: int) -> int:
+    s = 1
+    while s * 2 <= cap and s * 2 * per <= span:
+        s *= 2
+    return s
 
 
 def splits_for(n_valid: int, window: int | None = None) -> int:
-    """Splits for ``n_valid`` keys: a power of two (few distinct launch shapes), 1..MAX_SPLITS."""
+    """v1's splits for ``n_valid`` keys: a power of two (few distinct launch shapes), 1..MAX_SPLITS."""
     span = min(n_valid, window) if window else n_valid
-    s = 1
-    while s * 2 <= MAX_SPLITS and s * 2 * KEYS_PER_SPLIT <= span:
-        s *= 2
-    return s
+    return _pow2_splits(span, KEYS_PER_SPLIT, MAX_SPLITS)
+
+
+def version_for(n_heads: int, n_kv: int, head_dim: int) -> str:
+    """The partial kernel used for these shapes (v2 needs whole warps of head dims, and G scores a lane)."""
+    return "2" if KERNEL == "2" and head_dim % 32 == 0 and n_heads // n_kv <= 16 else "1"
 
 
 def supports(n_heads: int, n_kv: int, head_dim: int, dtype: mx.Dtype) -> bool:
@@ -186,6 +330,17 @@ def supports(n_heads: int, n_kv: int, head_dim: int, dtype: mx.Dtype) -> bool:
     )
 
 
+def _kernel(name: str) -> Any:
+    if name not in _kernels:
+        inputs = ["part", "sinks"] if name == "combine" else ["q", "k", "v", "n", "scale"]
+        source = {"1": _PARTIAL, "2": _PARTIAL_V2, "combine": _COMBINE}[name]
+        kname = "mht_flash_decode_combine" if name == "combine" else f"mht_flash_decode_partial{'_v2' if name == '2' else ''}"
+        _kernels[name] = mx.fast.cuda_kernel(
+            name=kname, input_names=inputs, output_names=["o" if name == "combine" else "part"], source=source
+        )
+    return _kernels[name]
+
+
 def decode_attention(
     q: mx.array,
     keys: mx.array,
@@ -199,35 +354,27 @@ def decode_attention(
     """q (1, HQ, 1, D) against the buffers keys/values (1, HKV, C, D), positions 0..n (the last ``window``
     of them if given) -> (1, HQ, 1, D). ``n``: an int32 array holding the valid length, ``n_valid`` the
     same as an int (it sets the split count), ``scale`` float32 of one value, ``sinks`` (HQ)."""
-    global _kernels
-    if _kernels is None:
-        _kernels = (
-            mx.fast.cuda_kernel(
-                name="mht_flash_decode_partial",
-                input_names=["q", "k", "v", "n", "scale"],
-                output_names=["part"],
-                source=_PARTIAL,
-            ),
-            mx.fast.cuda_kernel(
-                name="mht_flash_decode_combine",
-                input_names=["part", "sinks"],
-                output_names=["o"],
-                source=_COMBINE,
-            ),
-        )
     _, hq, _, d = q.shape
     hkv = keys.shape[1]
-    s = splits_for(n_valid, window)
     g = hq // hkv
-    (part,) = _kernels[0](
+    template = [("T", q.dtype), ("HQ", hq), ("HKV", hkv), ("D", d), ("W", window or 0)]
+    span = min(n_valid, window) if window else n_valid
+    if version_for(hq, hkv, d) == "2":
+        nw = V2_WARPS
+        s = _pow2_splits(span, nw * V2_KEYS_PER_WARP, V2_MAX_SPLITS)
+        partial, template, threads = _kernel("2"), [*template, ("NW", nw)], 32 * nw
+    else:
+        s = splits_for(n_valid, window)
+        partial, threads = _kernel("1"), 32 * g
+    (part,) = partial(
         inputs=[q, keys, values, n, scale],
-        template=[("T", q.dtype), ("HQ", hq), ("HKV", hkv), ("D", d), ("W", window or 0)],
-        grid=(hkv * s * 32 * g, 1, 1),
-        threadgroup=(32 * g, 1, 1),
+        template=template,
+        grid=(hkv * s * threads, 1, 1),
+        threadgroup=(threads, 1, 1),
         output_shapes=[(hq, s, d + 2)],
         output_dtypes=[mx.float32],
     )
-    (o,) = _kernels[1](
+    (o,) = _kernel("combine")(
         inputs=[part, sinks],
         template=[("T", q.dtype), ("HQ", hq), ("D", d)],
         grid=(-(-hq // 8) * 256, 1, 1),

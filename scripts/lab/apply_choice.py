@@ -1,0 +1,28 @@
+"""Run scripts/long_context_gpu.py with the settings scripts/lab/long_context_lab.py chose (its choice.json):
+the decode attention variant and the dense prefill MoE threshold are set on the modules, the prefill step is
+passed on as ``--prefill-step``.
+
+    python scripts/lab/apply_choice.py CHOICE_JSON -- --out $OUT --lengths 16384,65536 ...
+"""
+
+from __future__ import annotations
+
+import json
+import runpy
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":
+    here = Path(__file__).resolve().parent
+    sys.path.insert(0, str(here))
+    choice = json.loads(Path(sys.argv[1]).read_text())
+    from long_context_lab import use
+
+    from mlx_harmony_tui.model.gpt_oss import Experts
+
+    use(choice["kernel"])
+    Experts.dense_min_rows = int(choice["dense_min_rows"])
+    rest = sys.argv[sys.argv.index("--") + 1 :]
+    print("choice:", choice, flush=True)
+    sys.argv = [str(here.parent / "long_context_gpu.py"), "--prefill-step", str(choice["prefill_step"]), *rest]
+    runpy.run_path(sys.argv[0], run_name="__main__")
