@@ -82,7 +82,7 @@ def decode_only(engine: Engine, prompt: list[int], tokens: int) -> float:
 def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", type=Path, default=Path("."))
-    ap.add_argument("--lengths", default="4096,16384,32768,65536")
+    ap.add_argument("--lengths", default="4096,16384,32768,65536", help="LEN or LENxREPEATS, comma-separated")
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--prefill-step", type=int, default=512, help="our prefill chunk")
     ap.add_argument("--lm-prefill-step", type=int, default=512, help="mlx-lm's prefill_step_size")
@@ -136,12 +136,14 @@ def main() -> int:
     doc["flash_min_default"] = decoder.flash_min
     doc["flash"] = decoder.flash is not None
     save(f"warm; flash kernel {'on' if decoder.flash is not None else 'OFF'} from {decoder.flash_min} keys")
-    for plen in [int(x) for x in a.lengths.split(",")]:
+    for item in a.lengths.split(","):  # LEN or LENxREPEATS
+        plen, _, reps = item.partition("x")
+        plen, reps = int(plen), int(reps or a.repeats)
         prompt = [rng.randrange(1000, 100_000) for _ in range(plen)]
         row: dict[str, Any] = {"prompt_tokens": plen, "prefill_step": a.prefill_step,
                                "lm_prefill_step": a.lm_prefill_step, "lm_first": a.lm_first}
         ours_runs, lm_runs = [], []
-        for _ in range(max(1, a.repeats)):
+        for _ in range(max(1, reps)):
             if lm is not None and a.lm_first:
                 lm_runs.append(run_mlx_lm(lm, prompt, a.gen_tokens, a.lm_prefill_step))
                 save(f"{plen}: mlx-lm {lm_runs[-1]}")
