@@ -43,8 +43,9 @@ def test_reasoning_content_tools_and_usage_become_events() -> None:
     with serve_in_thread(create_app(scripted, api_key="k1")) as url:
         remote = RemoteBackend(url, api_key="k1")
         assert remote.model_name == "scripted"
-        settings = ChatSettings(function_tools=[FunctionTool("lookup", "find")], seed=3, instructions="Be kind")
-        settings.sampling.top_k = 5
+        settings = ChatSettings(function_tools=[FunctionTool("lookup", "find")], instructions="Be kind")
+        settings.set_value("seed", 3)  # as the user sets them: only those are sent
+        settings.set_value("top_k", 5)
         events = _events(remote, TurnRequest([HMessage("user", "hello")], settings))
     deltas = [(e.channel, e.text) for e in events if isinstance(e, Delta)]
     assert deltas == [("analysis", "plan"), ("final", "Hi"), ("final", " there")]

@@ -6,6 +6,7 @@ from __future__ import annotations
 import pytest
 from tui_fakes import ScriptedBackend, simple_reply
 
+from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.sessions.schema import Session
 from mlx_harmony_tui.sessions.store import SessionStore
 from mlx_harmony_tui.tui.app import HarmonyApp
@@ -52,6 +53,21 @@ def test_snapshot_chat_analysis_open(snap_compare) -> None:
 @pytest.mark.parametrize("size", SIZES)
 def test_snapshot_params(snap_compare, size) -> None:
     assert snap_compare(make_app(), terminal_size=size, press=["ctrl+g"], run_before=no_blink)
+
+
+@pytest.mark.parametrize("size", SIZES)
+def test_snapshot_params_remote(snap_compare, size) -> None:
+    """With a remote server, unset values are the server's: empty fields say "server default"."""
+    from mlx_harmony_tui.backends.remote import RemoteBackend
+    from mlx_harmony_tui.server.app import create_app
+    from mlx_harmony_tui.server.command import serve_in_thread
+    from tests.test_server_protocol import ScriptedBackend as ServedBackend
+
+    settings = ChatSettings()
+    settings.set_value("temperature", 0.7)
+    with serve_in_thread(create_app(ServedBackend())) as url:
+        app = HarmonyApp(backend=RemoteBackend(url), settings=settings, show_welcome=False)
+        assert snap_compare(app, terminal_size=size, press=["ctrl+g"], run_before=no_blink)
 
 
 @pytest.mark.parametrize("size", SIZES)

@@ -101,4 +101,11 @@ class Backend(Protocol):
     def close(self) -> None: ...
 
 
+def leaves_defaults_to_server(backend: object) -> bool:
+    """Whether the settings' unset values are left to a server's model (a remote backend sends only what
+    the user set), so they are not what the model uses and faces show "server default" instead. A backend
+    says so with ``server_defaults = True``; a local one uses the values it was given."""
+    return bool(getattr(backend, "server_defaults", False))
+
+
 ProgressCallback = Callable[[float, str], None]  # fraction 0..1, message

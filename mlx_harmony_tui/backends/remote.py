@@ -30,7 +30,7 @@ from mlx_harmony_tui.chat.events import (
     TurnStarted,
 )
 from mlx_harmony_tui.chat.openai_messages import to_openai
-from mlx_harmony_tui.chat.settings import ChatSettings
+from mlx_harmony_tui.chat.settings import REQUEST_KEYS, ChatSettings
 from mlx_harmony_tui.chat.turn import run_tool_call
 from mlx_harmony_tui.errors import UserError
 from mlx_harmony_tui.harmony.messages import HMessage
@@ -88,28 +88,28 @@ _PYTHON_PARAMETERS = {"type": "object", "properties": {"code": {"type": "string"
 
 def request_body(request: TurnRequest, model: str, tools: Any | None = None) -> dict[str, Any]:
     """The chat-completions request. ``tools``: a tools.ToolRegistry whose tools are declared too (the
-    python sandbox as a function named ``python``, which GPT-OSS servers such as ours map to the built-in)."""
+    python sandbox as a function named ``python``, which GPT-OSS servers such as ours map to the built-in).
+
+    Only the values the user set (``settings.explicit``) are sent: the others are placeholders here, and
+    the server applies its own model's defaults (e.g. the temperature of its generation_config.json)."""
     s = request.settings
-    sp = s.sampling
     body: dict[str, Any] = {
         "model": model,
         "messages": to_openai_messages(request.messages, s),
         "stream": True,
         "stream_options": {"include_usage": True},
-        "temperature": sp.temperature,
-        "top_p": sp.top_p,
-        "max_tokens": s.max_tokens,
-        "reasoning_effort": s.reasoning_effort,
     }
-    # Extensions many local servers accept; sent only when switched on so strict servers are not bothered.
-    if sp.top_k:
-        body["top_k"] = sp.top_k
-    if sp.min_p:
-        body["min_p"] = sp.min_p
-    if sp.repetition_penalty != 1.0:
-        body["repetition_penalty"] = sp.repetition_penalty
-    if s.seed is not None:
-        body["seed"] = s.seed
+    # top_k, min_p, repetition_penalty and repetition_context are extensions many local servers accept
+    # (ours, vLLM, LM Studio): sent, like the rest, only when the user set them.
+    for key in REQUEST_KEYS:
+        value = s.value(key)
+        if key not in s.explicit or value is None or (key == "logit_bias" and not value):
+            continue
+        body[key] = {str(k): v for k, v in value.items()} if key == "logit_bias" else value
+    if s.response_format is not None:
+        rf = s.response_format
+        body["response_format"] = {"type": "json_schema", "json_schema": {
+            "name": rf.name, "description": rf.description, "schema": rf.schema, "strict": True}}
     functions = {t.name: t for t in [*s.function_tools, *(tools.function_tools() if tools is not None else [])]}
     declared = [
         {"type": "function", "function": {"name": t.name, "description": t.description, "parameters": t.parameters}}
@@ -127,6 +127,8 @@ def request_body(request: TurnRequest, model: str, tools: Any | None = None) -> 
 
 class RemoteBackend:
     """Implements the Backend protocol over HTTP. ``model`` None = the first model the server lists."""
+
+    server_defaults = True  # values the user did not set are the server's (backends/base.py)
 
     def __init__(self, url: str, api_key: str | None = None, model: str | None = None, timeout: float = 600.0,
                  app_config: Any | None = None) -> None:

@@ -3,15 +3,21 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from mlx_harmony_tui.engine.sampling import SamplingParams
 from mlx_harmony_tui.harmony.messages import FunctionTool
 from mlx_harmony_tui.harmony.render import ResponseFormat
 
-__all__ = ["ChatSettings", "FunctionTool", "ReasoningEffort"]  # FunctionTool lives with the renderer's types
+# FunctionTool lives with the renderer's types
+__all__ = ["REQUEST_KEYS", "SAMPLING_KEYS", "ChatSettings", "FunctionTool", "ReasoningEffort"]
 
 ReasoningEffort = Literal["low", "medium", "high"]
+SAMPLING_KEYS = (
+    "temperature", "top_p", "top_k", "min_p", "repetition_penalty", "repetition_context", "logit_bias",
+)  # fmt: skip
+# The values a turn's request to a server carries when the user set them (backends/remote.py).
+REQUEST_KEYS = (*SAMPLING_KEYS, "max_tokens", "seed", "reasoning_effort")
 
 
 @dataclass
@@ -39,3 +45,21 @@ class ChatSettings:
     # Enforced by constrained decoding: "required" = the reply calls one of the tools; "none" = it calls none
     # (the tools stay described to the model, so the prompt and its cache stay the same); "auto" = its choice.
     tool_choice: Literal["auto", "required", "none"] = "auto"
+    # The keys (as in config/resolve.py) whose values the user set: config file, profile, session, command
+    # line, /set, the params panel. The others hold defaults (the local model's generation_config.json, else
+    # built-in ones), which a remote backend does not send, so that its server applies its own model's.
+    explicit: frozenset[str] = frozenset()
+
+    def value(self, key: str) -> Any:
+        """A setting by its flat key (sampling keys included)."""
+        return getattr(self.sampling if key in SAMPLING_KEYS else self, key)
+
+    def set_value(self, key: str, value: Any) -> None:
+        """Set a value the user chose (None unsets an optional one: seed, context_limit)."""
+        setattr(self.sampling if key in SAMPLING_KEYS else self, key, value)
+        self.explicit = self.explicit - {key} if value is None else self.explicit | {key}
+
+    def unset(self, key: str) -> None:
+        """Back to the default: a remote backend leaves it to its server again (the value stays as a
+        placeholder; a local one keeps using it, as it is its model's default)."""
+        self.explicit = self.explicit - {key}

@@ -53,12 +53,14 @@ def resolve_settings(
     config: dict[str, Any],
     model_defaults: dict[str, Any],
 ) -> ChatSettings:
-    """Merge flat setting dicts; a higher level wins wherever it sets a value (None = not set).
+    """Merge flat setting dicts; a higher level wins wherever it sets a value (None = not set). The keys
+    any level but ``model_defaults`` sets are the settings' ``explicit`` ones (what a remote server is sent).
 
     Keys that are not settings are ignored, so callers can pass ``vars(args)`` or a whole session header.
     A value of the wrong type raises ConfigError naming the level and key.
     """
     merged: dict[str, Any] = {}
+    explicit: set[str] = set()  # set by the user (every level but the model's defaults)
     layers = {
         "model_defaults": model_defaults,
         "config": config,
@@ -74,6 +76,8 @@ def resolve_settings(
                 merged[key] = check(value, _SETTING_TYPES[key])
             except Bad as e:
                 raise ConfigError(f"{level} setting {key}: {e}") from None
+            if level != "model_defaults":
+                explicit.add(key)
             if key in RANGES and isinstance(merged[key], int | float):
                 lo, hi = RANGES[key]
                 if (lo is not None and merged[key] < lo) or (hi is not None and merged[key] > hi):
@@ -91,7 +95,7 @@ def resolve_settings(
     schema_file = rest.pop("response_format_file", None)
     if schema_file:
         rest["response_format"] = load_response_format(schema_file)
-    return ChatSettings(sampling=sampling, **rest)
+    return ChatSettings(sampling=sampling, explicit=frozenset(explicit), **rest)
 
 
 def logit_bias_from(table: dict[Any, Any], name: str) -> dict[int, float]:

@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from mlx_harmony_tui.backends.base import Backend, TurnHandle, TurnRequest
+from mlx_harmony_tui.backends.base import Backend, TurnHandle, TurnRequest, leaves_defaults_to_server
 from mlx_harmony_tui.chat import events as ev
 from mlx_harmony_tui.chat.attachments import Attachment, read_attachment, with_attachments
 from mlx_harmony_tui.chat.settings import ChatSettings
@@ -107,6 +107,11 @@ class ChatController:
         self.settings = settings
         self._settings_dirty = True
 
+    def _params(self) -> dict[str, Any]:
+        """The generation parameters to record: with a remote backend only those the user set (the server
+        chose the others)."""
+        return settings_params(self.settings, only_set=leaves_defaults_to_server(self.backend))
+
     # ---- turns ----------------------------------------------------------------------------------------
     @property
     def greeting(self) -> str:
@@ -131,7 +136,7 @@ class ChatController:
         if self.ensure_session():
             recorder = self.recorder
             assert recorder is not None
-            recorder.set_params(settings_params(self.settings))
+            recorder.set_params(self._params())
             if greeting:
                 self._guard(recorder.add_assistant_text, greeting)
             self._guard(recorder.add_user, text)
@@ -288,7 +293,7 @@ class ChatController:
         if not self.settings.conversation_date:  # fixed per session, so the cached prefix survives midnight
             self.settings.conversation_date = time.strftime("%Y-%m-%d")
         model = self.backend.model_name if self.backend is not None else self.model_ref
-        session = self._guard(self.store.create, self.title, model, settings_params(self.settings),
+        session = self._guard(self.store.create, self.title, model, self._params(),
                               session_settings(self.settings))
         if session is None:
             return False
@@ -368,7 +373,7 @@ class ChatController:
 
     # ---- helpers --------------------------------------------------------------------------------------
     def _new_recorder(self, session: Session) -> SessionRecorder:
-        return SessionRecorder(self.store, session, params=settings_params(self.settings))
+        return SessionRecorder(self.store, session, params=self._params())
 
     def _save_settings(self) -> None:
         if self.recorder is not None and self._settings_dirty:

@@ -8,7 +8,6 @@ session, since changing them rewrites the prompt's prefix).
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 from typing import Any
 
 from mlx_harmony_tui.chat.settings import ChatSettings
@@ -19,11 +18,10 @@ TURN_PARAMS = ("max_tokens", "context_limit", "reasoning_effort")
 PROMPT_SETTINGS = ("system_prompt", "instructions", "reasoning_effort", "conversation_date", "builtin_tools")
 
 
-def settings_params(s: ChatSettings) -> dict[str, Any]:
-    """What the session records as the generation parameters of a reply."""
-    out: dict[str, Any] = {k: getattr(s.sampling, k) for k in SAMPLING_PARAMS}
-    out.update({k: getattr(s, k) for k in TURN_PARAMS})
-    return out
+def settings_params(s: ChatSettings, only_set: bool = False) -> dict[str, Any]:
+    """What the session records as the generation parameters of a reply. ``only_set``: just the values the
+    user set (a remote backend's: the others are the server's, unknown here, so recording them would lie)."""
+    return {k: s.value(k) for k in (*SAMPLING_PARAMS, *TURN_PARAMS) if not only_set or k in s.explicit}
 
 
 def session_settings(s: ChatSettings) -> dict[str, Any]:
@@ -40,10 +38,9 @@ def settings_from_session(base: ChatSettings, session: Session) -> ChatSettings:
     for m in session.messages:
         if m.params:
             params = dict(m.params)
-    s.sampling = replace(s.sampling, **{k: params[k] for k in SAMPLING_PARAMS if k in params})
-    for k in TURN_PARAMS:
+    for k in (*SAMPLING_PARAMS, *TURN_PARAMS):
         if k in params:
-            setattr(s, k, params[k])
+            s.set_value(k, params[k])  # recorded, so chosen for this session: a remote server is sent them too
     for k in PROMPT_SETTINGS:
         if session.settings.get(k) is not None:
             setattr(s, k, session.settings[k])

@@ -13,6 +13,7 @@ import io
 import sys
 from typing import Any, TextIO
 
+from mlx_harmony_tui.backends.base import leaves_defaults_to_server
 from mlx_harmony_tui.chat.events import (
     Delta,
     Retry,
@@ -22,7 +23,7 @@ from mlx_harmony_tui.chat.events import (
     TurnFailed,
     TurnFinished,
 )
-from mlx_harmony_tui.chat.settings import ChatSettings
+from mlx_harmony_tui.chat.settings import REQUEST_KEYS, ChatSettings
 from mlx_harmony_tui.controller import ChatController
 from mlx_harmony_tui.errors import UserError
 from mlx_harmony_tui.faces.common import (
@@ -60,6 +61,21 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    help="continue a saved session (an id or a unique prefix; see 'sessions list')")
     p.set_defaults(func=run)
 
+
+
+def settings_line(s: ChatSettings, server_defaults: bool) -> str:
+    """What `/set` alone shows: every value, or with a remote server the ones the user set and then the
+    ones the server chooses (its model's defaults, unknown here: showing ours would mislead)."""
+    shown, left = [], []
+    for key in REQUEST_KEYS:
+        value = s.value(key)
+        if server_defaults and key not in s.explicit:
+            left.append(key)
+        elif key == "logit_bias":
+            shown.append(f"logit_bias={','.join(f'{k}:{v:g}' for k, v in value.items()) or 'none'}")
+        else:
+            shown.append(f"{key}={value}")
+    return " ".join(shown) + (f"{'; ' if shown else ''}server defaults: {' '.join(left)}" if left else "")
 
 class LineChat:
     """The chat loop over a ChatController, separated from argument parsing so tests can drive it with any
@@ -158,12 +174,7 @@ class LineChat:
 
     def set(self, rest: str) -> None:
         if not rest:
-            s = self.settings
-            sp = s.sampling
-            self.out.write(f"temperature={sp.temperature} top_p={sp.top_p} top_k={sp.top_k} min_p={sp.min_p} "
-                           f"repetition_penalty={sp.repetition_penalty} repetition_context={sp.repetition_context} "
-                           f"logit_bias={','.join(f'{k}:{v:g}' for k, v in sp.logit_bias.items()) or 'none'} "
-                           f"max_tokens={s.max_tokens} seed={s.seed} reasoning_effort={s.reasoning_effort}\n")
+            self.out.write(settings_line(self.settings, leaves_defaults_to_server(self.backend)) + "\n")
             return
         key, eq, value = rest.partition("=")
         if not eq:

@@ -154,10 +154,7 @@ def apply_overrides(settings: ChatSettings, overrides: dict[str, Any], typed: st
     for key, value in overrides.items():
         key = "system_prompt" if key == "system" else key
         check(key, value, typed)
-        if key in SAMPLING_KEYS or key in ("repetition_context", "logit_bias"):
-            setattr(settings.sampling, key, value)
-        else:
-            setattr(settings, key, value)
+        settings.set_value(key, value)  # the user's: sent to a remote server (None, e.g. seed=none: unset)
     return settings
 
 

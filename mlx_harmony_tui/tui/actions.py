@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING
 
 from textual.widgets import Collapsible
 
+from mlx_harmony_tui.backends.base import leaves_defaults_to_server
 from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.tui.keymap import CHAT_BINDINGS
 from mlx_harmony_tui.tui.screens.help import HelpScreen
@@ -81,7 +82,7 @@ class ScreenActions(_Base):
                 self._update_header()
                 self.notify("Parameters apply from the next turn")
 
-        self.push_screen(ParamsScreen(self.settings), done)
+        self.push_screen(ParamsScreen(self.settings, leaves_defaults_to_server(self.backend)), done)
 
     def action_models(self) -> None:
         from mlx_harmony_tui.catalog.listing import find_models

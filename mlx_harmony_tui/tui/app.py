@@ -21,7 +21,7 @@ from textual.css.query import NoMatches
 from textual.screen import Screen
 
 from mlx_harmony_tui import paths
-from mlx_harmony_tui.backends.base import Backend, TurnHandle
+from mlx_harmony_tui.backends.base import Backend, TurnHandle, leaves_defaults_to_server
 from mlx_harmony_tui.chat import events as ev
 from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.controller import ChatController
@@ -221,14 +221,17 @@ class HarmonyApp(ModelLoading, ScreenActions, BranchActions, QuickActions, App[N
         bits = [self.backend.model_name if self.backend else "no model"]
         if s.builtin_tools:
             bits.append("tools=" + ",".join(s.builtin_tools))
-        bits += [f"effort={s.reasoning_effort}", f"T={sp.temperature:g}", f"top_p={sp.top_p:g}"]
-        if sp.top_k:
-            bits.append(f"top_k={sp.top_k}")
-        if sp.min_p:
-            bits.append(f"min_p={sp.min_p:g}")
-        if sp.repetition_penalty != 1.0:
-            bits.append(f"rep={sp.repetition_penalty:g}")
-        bits.append(f"max={s.max_tokens}")
+        shown = [("reasoning_effort", f"effort={s.reasoning_effort}", True),
+                 ("temperature", f"T={sp.temperature:g}", True), ("top_p", f"top_p={sp.top_p:g}", True),
+                 ("top_k", f"top_k={sp.top_k}", bool(sp.top_k)),
+                 ("min_p", f"min_p={sp.min_p:g}", bool(sp.min_p)),
+                 ("repetition_penalty", f"rep={sp.repetition_penalty:g}", sp.repetition_penalty != 1.0),
+                 ("max_tokens", f"max={s.max_tokens}", True)]
+        # a remote server picks what the user did not set: its values are unknown here, ours would mislead
+        server = leaves_defaults_to_server(self.backend)
+        bits += [text for key, text, on in shown if (key in s.explicit if server else on)]
+        if server and any(key not in s.explicit for key, _, _ in shown):
+            bits.append("rest: server defaults")
         self.sub_title = " · ".join(bits)
 
     @property

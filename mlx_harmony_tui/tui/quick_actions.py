@@ -3,6 +3,7 @@ tools on/off), and exporting the session: each is a palette command, most also a
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Iterable
 from dataclasses import replace
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 from textual.app import SystemCommand
 from textual.screen import Screen
 
+from mlx_harmony_tui.backends.base import leaves_defaults_to_server
 from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.tui.keymap import ACTION_HELP, CHAT_BINDINGS
 from mlx_harmony_tui.tui.screens.dialogs import PromptScreen
@@ -57,8 +59,9 @@ class QuickActions(_Base):
         self.notify(note)
 
     def set_effort(self, effort: str) -> None:
-        self._apply_settings(replace(self.settings, reasoning_effort=effort),
-                             f"Reasoning effort {effort} from the next turn")
+        new = copy.deepcopy(self.settings)
+        new.set_value("reasoning_effort", effort)
+        self._apply_settings(new, f"Reasoning effort {effort} from the next turn")
 
     def action_cycle_effort(self) -> None:
         current = self.settings.reasoning_effort
@@ -75,11 +78,14 @@ class QuickActions(_Base):
             except ValueError:
                 self.notify(f"Temperature: {value!r} is not a number from 0 to 2", severity="error")
                 return
-            sampling = replace(self.settings.sampling, temperature=t)
-            self._apply_settings(replace(self.settings, sampling=sampling), f"Temperature {t:g} from the next turn")
+            new = copy.deepcopy(self.settings)
+            new.set_value("temperature", t)
+            self._apply_settings(new, f"Temperature {t:g} from the next turn")
 
-        current = f"{self.settings.sampling.temperature:g}"
-        self.push_screen(PromptScreen("Temperature (0 = greedy, 1 = the model's own, up to 2)", current), done)
+        unset = leaves_defaults_to_server(self.backend) and "temperature" not in self.settings.explicit
+        current = "" if unset else f"{self.settings.sampling.temperature:g}"
+        title = "Temperature (0 = greedy, up to 2)" + ("; now the server's default" if unset else "")
+        self.push_screen(PromptScreen(title, current), done)
 
     def action_toggle_builtin_tools(self) -> None:
         tools = list(self.settings.builtin_tools)

@@ -1,9 +1,12 @@
-"""The parameters panel: sampling, limits, reasoning effort and prompts, applied to the next turn."""
+"""The parameters panel: sampling, limits, reasoning effort and prompts, applied to the next turn.
+
+With a remote backend a value the user has not set is the server's choice (its model's default), unknown
+here: its field is empty with a "server default" hint, and emptying a field gives it back to the server.
+"""
 
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
 
 from textual.app import ComposeResult
 from textual.binding import Binding
@@ -11,23 +14,24 @@ from textual.containers import Horizontal, Vertical, VerticalScroll
 from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TextArea
 
-from mlx_harmony_tui.chat.settings import ChatSettings
+from mlx_harmony_tui.chat.settings import REQUEST_KEYS, ChatSettings
 
-# (field id, label, type, where: "sampling" or "settings")
+# (setting key, label, type)
 NUMERIC = [
-    ("temperature", "Temperature", float, "sampling"),
-    ("top_p", "Top p", float, "sampling"),
-    ("top_k", "Top k (0 = off)", int, "sampling"),
-    ("min_p", "Min p (0 = off)", float, "sampling"),
-    ("repetition_penalty", "Repetition penalty (1 = off)", float, "sampling"),
-    ("max_tokens", "Max tokens", int, "settings"),
-    ("context_limit", "Context limit (empty = model's)", int, "settings"),
+    ("temperature", "Temperature", float),
+    ("top_p", "Top p", float),
+    ("top_k", "Top k (0 = off)", int),
+    ("min_p", "Min p (0 = off)", float),
+    ("repetition_penalty", "Repetition penalty (1 = off)", float),
+    ("max_tokens", "Max tokens", int),
+    ("context_limit", "Context limit (empty = model's)", int),
 ]
 
 
 class ParamsScreen(ModalScreen[ChatSettings | None]):
     """Dismisses with new settings (Enter in a field, ctrl+s or Apply) or None (Esc or Cancel); an invalid
-    number keeps the panel open and names the field. The first field has the focus, so typing edits it."""
+    number keeps the panel open and names the field. The first field has the focus, so typing edits it.
+    ``server_defaults``: the backend leaves unset values to its server (empty fields say so)."""
 
     CSS_PATH = "params.tcss"
     AUTO_FOCUS = "#p-temperature"
@@ -36,26 +40,34 @@ class ParamsScreen(ModalScreen[ChatSettings | None]):
         Binding("escape", "cancel", "Cancel", id="params.cancel"),
     ]
 
-    def __init__(self, settings: ChatSettings) -> None:
+    def __init__(self, settings: ChatSettings, server_defaults: bool = False) -> None:
         super().__init__()
         self.settings = settings
+        self.server_defaults = server_defaults
+
+    def _servers(self, name: str) -> bool:
+        """Whether this value is left to the server (shown empty)."""
+        return self.server_defaults and name in REQUEST_KEYS and name not in self.settings.explicit
 
     def compose(self) -> ComposeResult:
         s = self.settings
         with Vertical(id="params-box"):
             yield Static("[b]Parameters[/b] for the next turn · enter applies · esc cancels")
             with VerticalScroll(id="params-fields"):
-                for name, label, _typ, where in NUMERIC:
-                    value = getattr(s.sampling if where == "sampling" else s, name)
+                for name, label, _typ in NUMERIC:
+                    value = None if self._servers(name) else s.value(name)
+                    hint = "server default" if self.server_defaults and name in REQUEST_KEYS else ""
                     with Horizontal(classes="row"):
                         yield Label(label)
-                        yield Input("" if value is None else str(value), id=f"p-{name}", compact=True)
+                        yield Input("" if value is None else str(value), placeholder=hint, id=f"p-{name}",
+                                    compact=True)
                 with Horizontal(classes="row"):
                     yield Label("Reasoning effort")
                     yield Select(
                         [(x, x) for x in ("low", "medium", "high")],
-                        value=s.reasoning_effort,
-                        allow_blank=False,
+                        value=Select.NULL if self._servers("reasoning_effort") else s.reasoning_effort,
+                        allow_blank=self.server_defaults,
+                        prompt="server default",
                         id="p-reasoning_effort",
                         compact=True,
                     )
@@ -84,11 +96,14 @@ class ParamsScreen(ModalScreen[ChatSettings | None]):
         self.action_apply()
 
     def read(self) -> ChatSettings:
-        """The panel's values as new settings; ValueError names the bad field."""
+        """The panel's values as new settings; ValueError names the bad field. A changed value (any value,
+        with server defaults) becomes the user's; an empty field of a server's value gives it back."""
         s = copy.deepcopy(self.settings)
-        sampling_changes: dict[str, object] = {}
-        for name, label, typ, where in NUMERIC:
+        for name, label, typ in NUMERIC:
             raw = self.query_one(f"#p-{name}", Input).value.strip()
+            if raw == "" and self.server_defaults and name in REQUEST_KEYS:
+                s.unset(name)
+                continue
             if raw == "" and name == "context_limit":
                 value: object = None
             else:
@@ -98,12 +113,13 @@ class ParamsScreen(ModalScreen[ChatSettings | None]):
                     raise ValueError(f"{label}: {raw!r} is not a valid {typ.__name__}") from None
                 if isinstance(value, int | float) and value < 0:
                     raise ValueError(f"{label}: must not be negative")
-            if where == "sampling":
-                sampling_changes[name] = value
-            else:
-                setattr(s, name, value)
-        s.sampling = replace(s.sampling, **sampling_changes)  # type: ignore[arg-type]
-        s.reasoning_effort = self.query_one("#p-reasoning_effort", Select).value  # type: ignore[assignment]
+            if self.server_defaults or value != s.value(name):
+                s.set_value(name, value)
+        effort = self.query_one("#p-reasoning_effort", Select).value
+        if effort == Select.NULL:
+            s.unset("reasoning_effort")
+        elif self.server_defaults or effort != s.reasoning_effort:
+            s.set_value("reasoning_effort", effort)
         s.builtin_tools = [t for t in ("python", "browser") if self.query_one(f"#p-tool-{t}", Checkbox).value]
         s.instructions = self.query_one("#p-instructions", TextArea).text
         s.system_prompt = self.query_one("#p-system_prompt", TextArea).text

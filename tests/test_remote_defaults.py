@@ -1,0 +1,124 @@
+"""Remote mode sends only the values the user set, so the server's model defaults apply to the rest: the
+request body (our own server, real HTTP), the line chat against `serve` on the demo model (whose
+generation_config.json says temperature 0.5), and the TUI's params panel and header with a remote server."""
+
+from __future__ import annotations
+
+import io
+import json
+import sys
+from pathlib import Path
+
+import pytest
+from textual.widgets import Input, Select
+
+from mlx_harmony_tui import cli
+from mlx_harmony_tui.backends.base import TurnRequest
+from mlx_harmony_tui.backends.remote import RemoteBackend
+from mlx_harmony_tui.chat.events import TurnFinished
+from mlx_harmony_tui.chat.settings import ChatSettings
+from mlx_harmony_tui.chat.trace import TurnTrace
+from mlx_harmony_tui.config.resolve import resolve_settings
+from mlx_harmony_tui.engine.sampling import SamplingParams
+from mlx_harmony_tui.harmony.messages import HMessage
+from mlx_harmony_tui.harmony.render import ResponseFormat
+from mlx_harmony_tui.server.app import create_app
+from mlx_harmony_tui.server.command import build_app, serve_in_thread
+from mlx_harmony_tui.sessions.store import SessionStore
+from tests.test_server_protocol import ScriptedBackend
+
+SENT_KEYS = {"temperature", "top_p", "top_k", "min_p", "repetition_penalty", "repetition_context", "logit_bias",
+             "max_tokens", "seed", "reasoning_effort"}
+# what our server uses when a request leaves a value out (as `serve` would take from its model's defaults)
+SERVER = ChatSettings(sampling=SamplingParams(temperature=0.5, top_p=0.8), max_tokens=77, reasoning_effort="low")
+
+
+def _turn(remote: RemoteBackend, settings: ChatSettings) -> None:
+    events = list(remote.start_turn(TurnRequest([HMessage("user", "hi")], settings)).events(timeout=30))
+    assert isinstance(events[-1], TurnFinished), events[-1]
+
+
+def test_the_request_carries_only_what_the_user_set(tmp_path: Path) -> None:
+    scripted = ScriptedBackend()
+    debug = tmp_path / "client.jsonl"
+    with serve_in_thread(create_app(scripted, SERVER)) as url:
+        remote = RemoteBackend(url)
+        remote.trace = TurnTrace(debug, None, model="scripted")  # --debug-file: the request as sent
+        nothing_set = resolve_settings(cli={}, session={}, profile={}, config={}, model_defaults={})
+        _turn(remote, nothing_set)
+        # 1.0 is also our built-in default temperature: set by the user, it is sent all the same
+        chosen = resolve_settings(cli={"temperature": 1.0, "seed": 5}, session={"max_tokens": 9}, profile={"top_k": 0},
+                                  config={"logit_bias": {"12": -100}, "reasoning_effort": "high"},
+                                  model_defaults={"top_p": 0.3})
+        chosen.response_format = ResponseFormat("person", {"type": "object"})  # --json-schema: was never sent
+        _turn(remote, chosen)
+    sent = [json.loads(line)["request"] for line in debug.read_text().splitlines()]
+    assert not SENT_KEYS & set(sent[0]), sent[0]
+    got = scripted.requests[0].settings  # the server's values fill what the client left out
+    assert (got.sampling.temperature, got.sampling.top_p, got.max_tokens, got.reasoning_effort) == (0.5, 0.8, 77, "low")
+    assert {k: sent[1][k] for k in SENT_KEYS & set(sent[1])} == {
+        "temperature": 1.0, "seed": 5, "max_tokens": 9, "top_k": 0, "logit_bias": {"12": -100.0},
+        "reasoning_effort": "high"}  # top_p was the model's default, not the user's: left to the server
+    got = scripted.requests[1].settings
+    assert (got.sampling.temperature, got.sampling.top_p, got.sampling.top_k, got.seed) == (1.0, 0.8, 0, 5)
+    assert (got.max_tokens, got.reasoning_effort, got.sampling.logit_bias) == (9, "high", {12: -100.0})
+    assert got.response_format == ResponseFormat("person", {"type": "object"})
+
+
+class _Stdin(io.StringIO):
+    def isatty(self) -> bool:
+        return False
+
+
+def test_line_chat_against_serve_leaves_the_demo_models_temperature_to_the_server(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`chat --remote` with nothing set: the server samples at the demo model's 0.5, not our 1.0; `/set`
+    values are sent from the next turn; the session records only what the user set."""
+    served = tmp_path / "served.jsonl"
+    app = build_app(cli.build_parser().parse_args(["serve", "--model", "demo", "--debug-file", str(served)]))
+    with serve_in_thread(app) as url:
+        monkeypatch.setattr(sys, "stdin", _Stdin("hello\n/set\n/set temperature=0.25\nhello\n/set\n"))
+        rc = cli.main(["chat", "--remote", url, "--max-tokens", "200"])
+        out, err = capsys.readouterr()
+    assert rc == 0, err
+    firsts = [r for r in map(json.loads, served.read_text().splitlines()) if r["attempt"] == 0 and not r["tool_round"]]
+    assert [r["sampling"]["temperature"] for r in firsts] == [0.5, 0.25]
+    assert [r["completion_tokens"] <= 200 for r in firsts] == [True, True]  # --max-tokens was sent
+    assert "max_tokens=200; server defaults: temperature top_p top_k min_p" in out
+    assert "temperature=0.25 max_tokens=200; server defaults: top_p" in out
+    (meta,) = SessionStore().list()
+    params = [m.params for m in SessionStore().load(meta.id).messages if m.params]
+    assert params[-1] == {"temperature": 0.25, "max_tokens": 200}  # not our placeholders for the server's values
+
+
+async def test_tui_params_panel_shows_server_defaults_and_gives_values_back() -> None:
+    """With a remote server the panel and header do not claim our 1.0: unset fields are empty ("server
+    default"); a typed value is sent, and emptying its field leaves it to the server again."""
+    from mlx_harmony_tui.tui.app import HarmonyApp
+    from tests.test_tui import type_and_send
+
+    scripted = ScriptedBackend()
+    with serve_in_thread(create_app(scripted, SERVER)) as url:
+        app = HarmonyApp(backend=RemoteBackend(url), show_welcome=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            assert "T=" not in app.sub_title and "rest: server defaults" in app.sub_title
+            await pilot.press("ctrl+g")
+            temperature = app.screen.query_one("#p-temperature", Input)
+            assert (temperature.value, temperature.placeholder) == ("", "server default")
+            assert app.screen.query_one("#p-reasoning_effort", Select).value == Select.NULL
+            temperature.value = "1"
+            await pilot.press("ctrl+s")
+            assert "T=1" in app.sub_title and "effort=" not in app.sub_title
+            await type_and_send(pilot, "hi")
+            await app.wait_idle(20)
+            await pilot.press("ctrl+g")
+            assert app.screen.query_one("#p-temperature", Input).value == "1.0"
+            app.screen.query_one("#p-temperature", Input).value = ""
+            app.screen.query_one("#p-reasoning_effort", Select).value = "high"
+            await pilot.press("ctrl+s")
+            await type_and_send(pilot, "again")
+            await app.wait_idle(20)
+    first, second = (r.settings for r in scripted.requests)
+    assert (first.sampling.temperature, first.reasoning_effort, first.sampling.top_p) == (1.0, "low", 0.8)
+    assert (second.sampling.temperature, second.reasoning_effort, second.sampling.top_p) == (0.5, "high", 0.8)
