@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import sys
 from pathlib import Path
 
@@ -78,18 +79,23 @@ def test_line_chat_against_serve_leaves_the_demo_models_temperature_to_the_serve
     served = tmp_path / "served.jsonl"
     app = build_app(cli.build_parser().parse_args(["serve", "--model", "demo", "--debug-file", str(served)]))
     with serve_in_thread(app) as url:
-        monkeypatch.setattr(sys, "stdin", _Stdin("hello\n/set\n/set temperature=0.25\nhello\n/set\n"))
+        monkeypatch.setattr(sys, "stdin", _Stdin("hello\n/set\n/set temperature=0.25\nhi there\n/set\n"))
         rc = cli.main(["chat", "--remote", url, "--max-tokens", "200"])
         out, err = capsys.readouterr()
-    assert rc == 0, err
-    firsts = [r for r in map(json.loads, served.read_text().splitlines()) if r["attempt"] == 0 and not r["tool_round"]]
-    assert [r["sampling"]["temperature"] for r in firsts] == [0.5, 0.25]
-    assert [r["completion_tokens"] <= 200 for r in firsts] == [True, True]  # --max-tokens was sent
+        assert rc == 0, err
+        (meta,) = SessionStore().list()
+        params = [m.params for m in SessionStore().load(meta.id).messages if m.params]
+        assert params[-1] == {"temperature": 0.25, "max_tokens": 200}  # not our placeholders for the server's
+        monkeypatch.setattr(sys, "stdin", _Stdin("and again\n"))  # resumed: its recorded values are sent again
+        assert cli.main(["chat", "--remote", url, "--session", meta.id]) == 0, capsys.readouterr().err
+    temperatures: dict[str, set[float]] = {}  # by the user message each request answers (a tool call asks again)
+    for r in map(json.loads, served.read_text().splitlines()):
+        asked = re.findall(r"<\|start\|>user<\|message\|>(.*?)<\|end\|>", r["prompt"], re.S)[-1]
+        temperatures.setdefault(asked, set()).add(r["sampling"]["temperature"])  # a retry keeps it (not 0)
+        assert r["completion_tokens"] <= 200  # --max-tokens was sent
+    assert temperatures == {"hello": {0.5}, "hi there": {0.25}, "and again": {0.25}}
     assert "max_tokens=200; server defaults: temperature top_p top_k min_p" in out
     assert "temperature=0.25 max_tokens=200; server defaults: top_p" in out
-    (meta,) = SessionStore().list()
-    params = [m.params for m in SessionStore().load(meta.id).messages if m.params]
-    assert params[-1] == {"temperature": 0.25, "max_tokens": 200}  # not our placeholders for the server's values
 
 
 async def test_tui_params_panel_shows_server_defaults_and_gives_values_back() -> None:
