@@ -20,7 +20,7 @@ from typing import Any
 import mlx.core as mx
 
 from mlx_harmony_tui.engine.bench import build_random, real_config, run_mlx_lm, run_ours, to_mlx_lm
-from mlx_harmony_tui.engine.generator import Engine, GenerationOptions
+from mlx_harmony_tui.engine.generator import Engine, GenerationOptions, default_prefill_step
 from mlx_harmony_tui.engine.memory import weights_nbytes
 from mlx_harmony_tui.engine.sampling import SamplingParams
 from mlx_harmony_tui.model import tiny_config
@@ -84,8 +84,8 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("."))
     ap.add_argument("--lengths", default="4096,16384,32768,65536", help="LEN or LENxREPEATS, comma-separated")
     ap.add_argument("--gen-tokens", type=int, default=64)
-    ap.add_argument("--prefill-step", type=int, default=512, help="our prefill chunk")
-    ap.add_argument("--lm-prefill-step", type=int, default=512, help="mlx-lm's prefill_step_size")
+    ap.add_argument("--prefill-step", type=int, default=0, help="our prefill chunk (0: the engine's default)")
+    ap.add_argument("--lm-prefill-step", type=int, default=2048, help="mlx-lm's prefill_step_size (its default)")
     ap.add_argument("--repeats", type=int, default=1, help="runs of each side per length, alternated")
     ap.add_argument("--lm-first", action="store_true", help="mlx-lm runs first at each length (it pays the "
                     "first use of new shapes: cuDNN plans, JIT)")
@@ -99,6 +99,7 @@ def main() -> int:
         "--kv8-length", type=int, default=16384, help="prompt length of the 8-bit KV run (0: skip)"
     )
     a = ap.parse_args()
+    a.prefill_step = a.prefill_step or default_prefill_step()
     a.out.mkdir(parents=True, exist_ok=True)
     doc: dict[str, Any] = {"device": str(mx.default_device()), "mlx": mx.__version__, "rows": []}
 
@@ -130,9 +131,9 @@ def main() -> int:
     decoder = engine.model.decoder
     rng = random.Random(0)
     warm = [rng.randrange(1000, 100_000) for _ in range(64)]
-    run_ours(engine, warm, 8, 512)
+    run_ours(engine, warm, 8, a.prefill_step)
     if lm is not None:
-        run_mlx_lm(lm, warm, 8, 512)
+        run_mlx_lm(lm, warm, 8, a.lm_prefill_step)
     doc["flash_min_default"] = decoder.flash_min
     doc["flash"] = decoder.flash is not None
     save(f"warm; flash kernel {'on' if decoder.flash is not None else 'OFF'} from {decoder.flash_min} keys")

@@ -76,6 +76,18 @@ def test_kernel_equals_sdpa_with_sinks_and_window(
             np.testing.assert_allclose(
                 np.array(got.astype(mx.float32)), np.array(ref.astype(mx.float32)), rtol=tol, atol=tol
             )
+            # The last positions in a tail buffer (KVCache's), garbage past them and in the main buffer
+            for t in {1, min(n, 37), min(n, 256)}:
+                base = n - t
+                tk, tv = (mx.concatenate([a[:, :, base:n], a[:, :, :300]], axis=2) for a in (keys, values))
+                main_k, main_v = (mx.concatenate([a[:, :, :base], a[:, :, -500:]], axis=2) for a in (keys, values))
+                got = cuda_attention.decode_attention(
+                    q, main_k, main_v, mx.array([n, base], dtype=mx.int32), n,
+                    mx.array([scale], dtype=mx.float32), sinks, window, tail=(tk, tv),
+                )
+                np.testing.assert_allclose(
+                    np.array(got.astype(mx.float32)), np.array(ref.astype(mx.float32)), rtol=tol, atol=tol
+                )
 
 
 @needs_cuda
@@ -100,6 +112,8 @@ def test_decoder_with_the_kernel_matches_sdpa_decoder(tmp_path: Path) -> None:
         decoder.flash_min = 1
         assert (decoder.flash is not None) == flash
         cache = [copy(c) for c in prefilled]
+        for c in cache:
+            c.TAIL = 5  # the full layers' tail (KVCache) fills and folds several times
         tok, toks, logits = mx.array([7]), [], []
         for _ in range(16):
             out = decoder(tok[:, None].astype(mx.int32), cache)[:, -1]
@@ -107,5 +121,6 @@ def test_decoder_with_the_kernel_matches_sdpa_decoder(tmp_path: Path) -> None:
             tok = mx.argmax(out, axis=-1)
             toks.append(tok.item())
         runs.append((toks, mx.concatenate(logits)))
+    assert any(c.tail_n for c in cache)  # the flash run's caches: the kernel read a tail
     assert runs[0][0] == runs[1][0]
     np.testing.assert_allclose(np.array(runs[0][1]), np.array(runs[1][1]), rtol=2e-2, atol=2e-2)

@@ -12,13 +12,13 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
 
-from mlx_harmony_tui.engine.generator import Engine, GenerationOptions
+from mlx_harmony_tui.engine.generator import Engine, GenerationOptions, default_prefill_step
 from mlx_harmony_tui.engine.sampling import SamplingParams
 from mlx_harmony_tui.errors import UserError
 
@@ -248,7 +248,7 @@ class BenchConfig:
     turns: int = 20
     turn_new_tokens: int = 40  # user message tokens added each turn
     turn_gen_tokens: int = 24
-    prefill_step: int = 512
+    prefill_step: int = 0  # 0: the engine's default (default_prefill_step)
     vs_mlx_lm: bool = False
     seed: int = 0
     optimize: bool = True  # False: our eager path (no fused QKV, no compiled decode), for comparison
@@ -278,6 +278,8 @@ def run_bench(model: Any, config: Any, bc: BenchConfig, label: str = "",
               log: Callable[[str], None] = lambda s: None) -> dict[str, Any]:
     """Everything the ``bench`` command prints, as one JSON-able document."""
     rng = random.Random(bc.seed)
+    if bc.prefill_step <= 0:  # the engine's default, and mlx-lm runs with the same step
+        bc = replace(bc, prefill_step=default_prefill_step())
     # mlx-lm first: it shares our arrays, and Engine's optimize() then fuses QKV into new ones.
     lm = to_mlx_lm(model, config) if bc.vs_mlx_lm else None
     # What users run: mlx-lm on a bfloat16 checkpoint, when our float parts are not bfloat16 already.

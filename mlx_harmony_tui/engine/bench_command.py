@@ -29,7 +29,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--gen-tokens", type=int, default=64, help="tokens generated per run (default 64)")
     p.add_argument("--repeats", type=int, default=3, help="runs per prompt length, and of the whole multi-turn scenario; the best is shown")
     p.add_argument("--turns", type=int, default=20, help="turns of the multi-turn scenario (0 = skip)")
-    p.add_argument("--prefill-step", type=int, default=512)
+    p.add_argument("--prefill-step", type=int, default=0, help="prompt tokens per prefill chunk (default: the engine's, 2048 on CUDA, else 512)")
     p.add_argument("--vs-mlx-lm", action="store_true", help="also run mlx-lm's generate_step, in alternation")
     p.add_argument("--json-out", type=Path, metavar="FILE",
                    help="also write every figure as one JSON document to FILE (stdout gets the table)")
@@ -62,7 +62,7 @@ def run(args: argparse.Namespace) -> int:
         model, config = build_random(args.random, seed=args.seed, dtype=args.dtype)
         label = f"random {args.random}"
     bc = BenchConfig(prompt_lengths=args.prompt_lengths, gen_tokens=args.gen_tokens, repeats=max(1, args.repeats),
-                     turns=max(0, args.turns), prefill_step=max(1, args.prefill_step), vs_mlx_lm=args.vs_mlx_lm,
+                     turns=max(0, args.turns), prefill_step=args.prefill_step, vs_mlx_lm=args.vs_mlx_lm,
                      seed=args.seed, optimize=not args.eager, kv_bits=args.kv_bits,
                      kv_mode=args.kv_mode)
     if args.json_out and not args.json_out.parent.is_dir():

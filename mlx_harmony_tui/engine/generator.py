@@ -34,13 +34,22 @@ class ContextTooLongError(UserError):
     """The prompt does not fit the model's context window."""
 
 
+def default_prefill_step() -> int:
+    """Prompt tokens a prefill chunk takes: 2048 on CUDA, where a chunk's MoE and attention run as large
+    matmuls (random gpt-oss-20b on an H200, 16,384-token prompt: 1,434 -> 5,933 tok/s against 512;
+    docs/benchmarks.md), 512 elsewhere (CPU and Metal: bounded attention working memory, measured there)."""
+    from mlx_harmony_tui.model.cuda_moe import cuda_available
+
+    return 2048 if cuda_available() else 512
+
+
 @dataclass
 class GenerationOptions:
     sampling: SamplingParams = field(default_factory=SamplingParams)
     max_tokens: int = 4096
     stop_ids: frozenset[int] = HARMONY_STOP_IDS
     seed: int | None = None
-    prefill_step: int = 512
+    prefill_step: int = field(default_factory=default_prefill_step)
     loop: LoopConfig | None = field(default_factory=LoopConfig)
     constraint: TokenConstraint | None = None  # masks the logits of every step (structured output)
     on_logprob: LogprobCallback | None = None  # called with each token's log-probability before it is yielded
@@ -168,6 +177,9 @@ class Engine:
             rest = prompt[reused:]
             total = len(rest)
             step = max(1, int(opt.prefill_step))
+            if total > step:  # a long prefill allocates each full layer's buffers once, not chunk by chunk
+                for c in pc.caches:
+                    c.reserve = c.offset + total
             # Prefill all but the last token in chunks; eval each chunk's keys/values and drop the rest of
             # its graph (the logits are never computed), so peak memory is bounded by one chunk.
             done = 0

@@ -25,26 +25,67 @@ def _round_up(n: int, step: int) -> int:
 
 
 class KVCache:
-    """Keys/values of shape (B, n_kv_heads, T, head_dim), grown in preallocated steps so appends are cheap."""
+    """Keys/values of shape (B, n_kv_heads, T, head_dim), grown in preallocated steps so appends are cheap.
+
+    Tail (``use_tail``, set by the CUDA decoder for the layers its kernel reads): one-position appends go
+    to a small buffer of ``TAIL`` positions, folded into the main buffers when it is full or before
+    anything reads the cache as one array. A slice update of a buffer that a pipelined decode step still
+    reads is a copy of the whole buffer (gpt-oss-20b at 16,384 positions: 400 MB a token over its full
+    layers; tests/test_kv_tail.py shows it on the CPU): the tail makes that copy 0.5 MB.
+    """
 
     step = 256
     quantized = False
     start = 0  # first position held (full layers hold every position)
+    TAIL = 256
 
     def __init__(self) -> None:
         self.keys: mx.array | None = None
         self.values: mx.array | None = None
         self.offset: int = 0
+        self.use_tail = False
+        self.tail_keys: mx.array | None = None
+        self.tail_values: mx.array | None = None
+        self.tail_n = 0  # the last tail_n positions are in the tail buffers, the rest in keys/values
+        self.reserve = 0  # capacity to allocate at the next growth at least (a long prefill: one allocation)
 
     def update(self, keys: mx.array, values: mx.array) -> None:
-        """Append (B, H, L, D) keys/values at ``offset`` (the buffers ``self.keys``/``self.values`` then hold
-        positions ``0..offset``; a CUDA decode kernel reads them in place)."""
+        """Append (B, H, L, D) keys/values at ``offset``: to the tail (see the class) or to the buffers
+        ``self.keys``/``self.values``, which then hold positions ``0..offset - tail_n`` (a CUDA decode kernel
+        reads both in place)."""
+        if self.use_tail and keys.shape[2] == 1 and keys.shape[0] == 1 and self.keys is not None:
+            if self.tail_n == self.TAIL:
+                self.fold()
+            if self.tail_keys is None or self.tail_values is None or self.tail_keys.dtype != keys.dtype:
+                B, H, _, Dk = keys.shape
+                self.tail_keys = mx.zeros((B, H, self.TAIL, Dk), keys.dtype)
+                self.tail_values = mx.zeros((B, H, self.TAIL, values.shape[3]), values.dtype)
+            t = self.tail_n
+            self.tail_keys[..., t : t + 1, :] = keys
+            self.tail_values[..., t : t + 1, :] = values
+            self.tail_n += 1
+            self.offset += 1
+            return
+        self.fold()
+        self._append(keys, values)
+
+    def fold(self) -> None:
+        """Move the tail's positions into the main buffers."""
+        t = self.tail_n
+        if not t:
+            return
+        assert self.tail_keys is not None and self.tail_values is not None
+        self.offset -= t
+        self.tail_n = 0
+        self._append(self.tail_keys[..., :t, :], self.tail_values[..., :t, :])
+
+    def _append(self, keys: mx.array, values: mx.array) -> None:
         prev = self.offset
         n = keys.shape[2]
         if self.keys is None or prev + n > self.keys.shape[2]:
             B, H, _, Dk = keys.shape
             Dv = values.shape[3]
-            grow = _round_up(prev + n, self.step) - prev  # capacity: a multiple of step
+            grow = max(_round_up(prev + n, self.step), self.reserve) - prev  # capacity: a multiple of step
             new_k = mx.zeros((B, H, grow, Dk), keys.dtype)
             new_v = mx.zeros((B, H, grow, Dv), values.dtype)
             if self.keys is not None and self.values is not None:
@@ -63,7 +104,8 @@ class KVCache:
     ) -> tuple[mx.array, mx.array]:
         """Append (B, H, L, D) keys/values at `offset`; return all cached positions including them, or the
         last ``keep`` of them (a sliding window: one slice, not two, per decoded token)."""
-        self.update(keys, values)
+        self.fold()
+        self._append(keys, values)
         assert self.keys is not None and self.values is not None
         start = max(0, self.offset - keep) if keep is not None else 0
         return self.keys[..., start : self.offset, :], self.values[..., start : self.offset, :]
@@ -75,6 +117,7 @@ class KVCache:
 
     def trim(self, n: int) -> int:
         """Forget the last n positions (only the offset moves); returns how many were dropped."""
+        self.fold()
         n = max(0, min(self.offset, n))
         self.offset -= n
         return n
@@ -85,6 +128,7 @@ class KVCache:
     @property
     def state(self) -> tuple[mx.array, mx.array] | tuple[None, None]:
         """The valid keys and values (views up to offset), e.g. for saving a prompt cache."""
+        self.fold()
         if self.keys is None or self.values is None:
             return None, None
         return self.keys[..., : self.offset, :], self.values[..., : self.offset, :]
@@ -94,6 +138,7 @@ class KVCache:
         keys, values = kv
         self.keys, self.values = keys, values
         self.offset = 0 if keys is None else keys.shape[2]
+        self.tail_n = 0
 
     @classmethod
     def from_state(cls, keys: mx.array, values: mx.array) -> KVCache:
@@ -117,7 +162,8 @@ class KVCache:
         """Bytes held by the buffers (allocated capacity, not only the valid part)."""
         if self.keys is None or self.values is None:
             return 0
-        return self.keys.nbytes + self.values.nbytes
+        tail = self.tail_keys.nbytes + self.tail_values.nbytes if self.tail_keys is not None and self.tail_values is not None else 0
+        return self.keys.nbytes + self.values.nbytes + tail
 
     def empty(self) -> bool:
         return self.offset == 0

@@ -25,8 +25,8 @@ from typing import Any
 
 import mlx.core as mx
 
-# Inputs: q (1, HQ, 1, D), k and v buffers (1, HKV, C, D), n (1) int32: valid positions in the buffer,
-# scale (1) float32. Output part (HQ, S, D + 2) float32: acc, max, sum per split; S = gridDim.x / HKV.
+# Inputs: q (1, HQ, 1, D), k and v buffers (1, HKV, C, D), kt and vt tail buffers (1, HKV, CT, D), n (2) int32:
+# valid positions, and how many of them are in k/v (the rest, from there on, in kt/vt), scale (1) float32. Output part (HQ, S, D + 2) float32: acc, max, sum per split; S = gridDim.x / HKV.
 _PARTIAL = r"""
   constexpr int G = HQ / HKV, NT = 32 * G, P = D + 4;  // padded rows: per-lane float4 reads hit all banks
   constexpr int V = 16 / sizeof(T), CH = 32 * D / V;    // 16-byte chunks in one round of 32 rows
@@ -37,7 +37,7 @@ _PARTIAL = r"""
   const int blk = blockIdx.x;
   const int g = blk / S, s = blk % S;
   const int h = g * G + warp;
-  const int len = n[0];
+  const int len = n[0], base = n[1];
   const int lo = W > 0 ? max(0, len - W) : 0;
   const int chunk = ((len - lo + S - 1) / S + 31) / 32 * 32;
   const int k0 = lo + s * chunk, k1 = min(len, k0 + chunk);
@@ -50,9 +50,11 @@ _PARTIAL = r"""
   #pragma unroll
   for (int a = 0; a < A; ++a) acc[a] = 0.f;
   float m = -INFINITY, l = 0.f;
-  const size_t C = k_shape[2];
+  const size_t C = k_shape[2], CT = kt_shape[2];
   const T* kh = k + (size_t)g * C * D;
   const T* vh = v + (size_t)g * C * D;
+  const T* kth = kt + (size_t)g * CT * D;
+  const T* vth = vt + (size_t)g * CT * D;
   for (int t0 = k0; t0 < k1; t0 += 32) {
     const int cnt = min(32, k1 - t0);
     #pragma unroll
@@ -61,8 +63,10 @@ _PARTIAL = r"""
       if (ch < CH) {
         const int row = ch / (D / V), col = (ch % (D / V)) * V;
         if (row < cnt) {
-          const uint4 rk = *reinterpret_cast<const uint4*>(kh + (size_t)(t0 + row) * D + col);
-          const uint4 rv = *reinterpret_cast<const uint4*>(vh + (size_t)(t0 + row) * D + col);
+          const int p = t0 + row;
+          const size_t o = (size_t)(p < base ? p : p - base) * D + col;
+          const uint4 rk = *reinterpret_cast<const uint4*>((p < base ? kh : kth) + o);
+          const uint4 rv = *reinterpret_cast<const uint4*>((p < base ? vh : vth) + o);
           const T* ek = reinterpret_cast<const T*>(&rk);
           const T* ev = reinterpret_cast<const T*>(&rv);
           #pragma unroll
@@ -139,7 +143,7 @@ _PARTIAL_V2 = r"""
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int S = gridDim.x / HKV;
   const int g = blockIdx.x / S, s = blockIdx.x % S;
-  const int len = n[0];
+  const int len = n[0], base = n[1];
   const int lo = W > 0 ? max(0, len - W) : 0;
   const int per = ((len - lo + S * NW - 1) / (S * NW) + 31) / 32 * 32;
   const int k0 = lo + (s * NW + warp) * per, k1 = min(len, k0 + per);
@@ -154,15 +158,18 @@ _PARTIAL_V2 = r"""
     #pragma unroll
     for (int a = 0; a < A; ++a) acc[h][a] = 0.f;
   }
-  const size_t C = k_shape[2];
+  const size_t C = k_shape[2], CT = kt_shape[2];
   const T* kh = k + (size_t)g * C * D;
   const T* vh = v + (size_t)g * C * D;
+  const T* kth = kt + (size_t)g * CT * D;
+  const T* vth = vt + (size_t)g * CT * D;
   for (int t0 = k0; t0 < k1; t0 += 32) {
     const int cnt = min(32, k1 - t0);
     const int row = t0 + min(lane, cnt - 1);
+    const T* kr = row < base ? kh + (size_t)row * D : kth + (size_t)(row - base) * D;
     uint4 raw[R];
     #pragma unroll
-    for (int r = 0; r < R; ++r) raw[r] = *reinterpret_cast<const uint4*>(kh + (size_t)row * D + r * V);
+    for (int r = 0; r < R; ++r) raw[r] = *reinterpret_cast<const uint4*>(kr + r * V);
     float sco[G];
     #pragma unroll
     for (int h = 0; h < G; ++h) sco[h] = 0.f;
@@ -199,7 +206,9 @@ _PARTIAL_V2 = r"""
     __syncwarp();
     #pragma unroll 4
     for (int j = 0; j < cnt; ++j) {
-      const Pack pk = *reinterpret_cast<const Pack*>(vh + (size_t)(t0 + j) * D + lane * A);
+      const int p = t0 + j;
+      const T* vr = p < base ? vh + (size_t)p * D : vth + (size_t)(p - base) * D;
+      const Pack pk = *reinterpret_cast<const Pack*>(vr + lane * A);
       float vf[A];
       #pragma unroll
       for (int a = 0; a < A; ++a) vf[a] = static_cast<float>(pk.e[a]);
@@ -291,9 +300,9 @@ MIN_KEYS = 2048
 # v1: keys per split at least, splits at most: enough blocks to fill the GPU at long contexts.
 KEYS_PER_SPLIT, MAX_SPLITS = 256, 128
 # v2: warps per block, keys per warp at least, blocks per kv head at most.
-V2_WARPS, V2_KEYS_PER_WARP, V2_MAX_SPLITS = 4, 64, 256
+V2_WARPS, V2_KEYS_PER_WARP, V2_MAX_SPLITS = 4, 128, 256
 # Which partial kernel: "2" where its shapes allow (D % 32 == 0, G <= 16), else "1" (MHT_FLASH_DECODE_KERNEL).
-KERNEL = os.environ.get("MHT_FLASH_DECODE_KERNEL", "1")
+KERNEL = os.environ.get("MHT_FLASH_DECODE_KERNEL", "2")
 
 _kernels: dict[str, Any] = {}
 
@@ -332,7 +341,7 @@ def supports(n_heads: int, n_kv: int, head_dim: int, dtype: mx.Dtype) -> bool:
 
 def _kernel(name: str) -> Any:
     if name not in _kernels:
-        inputs = ["part", "sinks"] if name == "combine" else ["q", "k", "v", "n", "scale"]
+        inputs = ["part", "sinks"] if name == "combine" else ["q", "k", "v", "kt", "vt", "n", "scale"]
         source = {"1": _PARTIAL, "2": _PARTIAL_V2, "combine": _COMBINE}[name]
         kname = "mht_flash_decode_combine" if name == "combine" else f"mht_flash_decode_partial{'_v2' if name == '2' else ''}"
         _kernels[name] = mx.fast.cuda_kernel(
@@ -350,10 +359,16 @@ def decode_attention(
     scale: mx.array,
     sinks: mx.array,
     window: int | None = None,
+    tail: tuple[mx.array, mx.array] | None = None,
 ) -> mx.array:
     """q (1, HQ, 1, D) against the buffers keys/values (1, HKV, C, D), positions 0..n (the last ``window``
-    of them if given) -> (1, HQ, 1, D). ``n``: an int32 array holding the valid length, ``n_valid`` the
-    same as an int (it sets the split count), ``scale`` float32 of one value, ``sinks`` (HQ)."""
+    of them if given) -> (1, HQ, 1, D). ``n``: an int32 array holding the valid length (and, with ``tail``,
+    how many of the positions are in keys/values: the others are the first ones of the tail buffers,
+    see KVCache), ``n_valid`` the valid length as an int (it sets the split count), ``scale`` float32 of
+    one value, ``sinks`` (HQ)."""
+    if tail is None:
+        tail = (keys, values)
+        n = mx.concatenate([n[:1], n[:1]])
     _, hq, _, d = q.shape
     hkv = keys.shape[1]
     g = hq // hkv
@@ -367,7 +382,7 @@ def decode_attention(
         s = splits_for(n_valid, window)
         partial, threads = _kernel("1"), 32 * g
     (part,) = partial(
-        inputs=[q, keys, values, n, scale],
+        inputs=[q, keys, values, tail[0], tail[1], n, scale],
         template=template,
         grid=(hkv * s * threads, 1, 1),
         threadgroup=(threads, 1, 1),

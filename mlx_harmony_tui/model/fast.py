@@ -143,8 +143,8 @@ class CompiledDecoder:
                 attn = self.model.layers[0].self_attn
                 kv = mx.zeros((1, attn.n_kv, 256, attn.head_dim), dtype=self._sinks_dtype())
                 q = mx.zeros((1, attn.n_heads, 1, attn.head_dim), dtype=kv.dtype)
-                n = mx.array([256], dtype=mx.int32)
-                mx.eval(self.flash.decode_attention(q, kv, kv, n, 256, self._scales[0], q[0, :, 0, 0]))
+                n = mx.array([256, 256], dtype=mx.int32)
+                mx.eval(self.flash.decode_attention(q, kv, kv, n, 256, self._scales[0], q[0, :, 0, 0], tail=(kv, kv)))
             except Exception as e:
                 warnings.warn(f"CUDA decode attention unavailable, using MLX's: {e}", RuntimeWarning, stacklevel=2)
                 self.flash = None
@@ -242,11 +242,14 @@ class CompiledDecoder:
         for i, (layer, c) in enumerate(zip(self.model.layers, cache, strict=True)):
             attn = layer.self_attn
             if flash and attn.window is None and not c.quantized and c.offset + 1 >= self.flash_min:
-                c.update(k, v)  # the kernel reads the buffer in place, up to the valid length given as data
+                c.use_tail = True  # (KVCache: no copy of the whole buffer per token)
+                c.update(k, v)  # the kernel reads the buffers in place, up to the valid length given as data
                 if n_arr is None:  # every full layer holds the same positions
-                    n_arr = mx.array([c.offset], dtype=mx.int32)
+                    n_arr = mx.array([c.offset, c.offset - c.tail_n], dtype=mx.int32)
                 assert self.flash is not None and c.keys is not None and c.values is not None
-                out = self.flash.decode_attention(q, c.keys, c.values, n_arr, c.offset, self._scales[i], sinks[i])
+                tail = (c.tail_keys, c.tail_values) if c.tail_n else (c.keys, c.values)
+                out = self.flash.decode_attention(q, c.keys, c.values, n_arr, c.offset, self._scales[i], sinks[i],
+                                                  tail=tail)
             else:
                 keys, values = c.update_and_fetch(k, v, keep=attn.window)
                 if c.quantized:

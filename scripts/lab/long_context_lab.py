@@ -49,6 +49,10 @@ V2_VARIANTS = {  # name -> (warps, keys per warp, max splits)
     "v2_w8_k32": (8, 32, 256),
     "v2_w8_k64": (8, 64, 128),
     "v2_w4_k64_s512": (4, 64, 512),
+    "v2_w4_k256": (4, 256, 256),
+    "v2_w8_k128": (8, 128, 256),
+    "v2_w2_k128": (2, 128, 512),
+    "v2_w2_k64": (2, 64, 512),
 }
 
 _READ = r"""
@@ -176,6 +180,7 @@ def main() -> int:
     ap.add_argument("--out", type=Path, default=Path("."))
     ap.add_argument("--budget-s", type=float, default=520)
     ap.add_argument("--lengths", default="4096,16384,65536")
+    ap.add_argument("--kernels-only", action="store_true", help="sections 1 and 2 only (no model)")
     ap.add_argument("--kind", default="20b", help="tiny: a CPU smoke test of the script")
     ap.add_argument("--prompt", type=int, default=16_384)
     ap.add_argument("--peak-length", type=int, default=32_768)
@@ -203,6 +208,8 @@ def main() -> int:
         save(f"{name}: {out.get(name, out.get(name + '_error'))}")
     choice["kernel"] = best_kernel(out)
     save(f"kernel choice {choice['kernel']}")
+    if a.kernels_only:
+        return 0
 
     model, config = build_random(a.kind, dtype="bfloat16")
     out["weights_bytes"] = weights_nbytes(model)
