@@ -86,6 +86,9 @@ def main() -> int:
     ap.add_argument("--gen-tokens", type=int, default=64)
     ap.add_argument("--prefill-step", type=int, default=0, help="our prefill chunk (0: the engine's default)")
     ap.add_argument("--lm-prefill-step", type=int, default=2048, help="mlx-lm's prefill_step_size (its default)")
+    ap.add_argument("--peak-steps", default="", help="after the rows: a --peak-length prefill of ours per "
+                    "prefill step given (e.g. 1024,2048): peak over what was resident before it")
+    ap.add_argument("--peak-length", type=int, default=32768)
     ap.add_argument("--repeats", type=int, default=1, help="runs of each side per length, alternated")
     ap.add_argument("--lm-first", action="store_true", help="mlx-lm runs first at each length (it pays the "
                     "first use of new shapes: cuDNN plans, JIT)")
@@ -172,6 +175,15 @@ def main() -> int:
             save(f"{plen}: mlx-lm {t} ratio {row['ratio']}")
         doc["rows"].append(row)
         save(f"{plen} done")
+    if a.peak_steps:
+        prompt = [rng.randrange(1000, 100_000) for _ in range(a.peak_length)]
+        doc["peak"] = []
+        for step in [int(x) for x in a.peak_steps.split(",")]:
+            r = run_ours(engine, prompt, 8, step)
+            over = r["peak_bytes"] - r["resident_bytes"]  # this run's KV and working memory
+            doc["peak"].append({"prompt_tokens": a.peak_length, "prefill_step": step, **r, "over_resident": over,
+                                "over_kv_share": (over - r["kv_bytes"]) / (doc["weights_bytes"] + r["kv_bytes"])})
+            save(f"peak {doc['peak'][-1]}")
     if a.kv8_length and quantizable:
         engine8 = Engine(model, config, model_id="random 20b", kv_bits=8)
         prompt = [rng.randrange(1000, 100_000) for _ in range(a.kv8_length)]

@@ -229,6 +229,8 @@ def _figures(prompt_len: int, ttft: float, n: int, decode_span: float) -> dict[s
 def run_ours(engine: Engine, prompt: list[int], gen_tokens: int, prefill_step: int) -> dict[str, float]:
     """One greedy generation from an empty cache with our engine."""
     engine.prompt_cache.reset()
+    mx.clear_cache()
+    resident = mx.get_active_memory()  # weights and whatever else is held before this run (e.g. mlx-lm's)
     mx.reset_peak_memory()
     opts = GenerationOptions(SamplingParams(temperature=0), max_tokens=gen_tokens, stop_ids=frozenset(),
                              prefill_step=prefill_step, loop=None)
@@ -237,7 +239,8 @@ def run_ours(engine: Engine, prompt: list[int], gen_tokens: int, prefill_step: i
     assert engine.last_result is not None
     m = engine.last_result.metrics
     return {"ttft_s": m.ttft_s or 0.0, "prefill_tps": m.prefill_tps or 0.0, "decode_tps": m.decode_tps or 0.0,
-            "generated": m.generated_tokens, "peak_bytes": m.mlx_peak_bytes, "kv_bytes": m.kv_bytes}
+            "generated": m.generated_tokens, "peak_bytes": m.mlx_peak_bytes, "kv_bytes": m.kv_bytes,
+            "resident_bytes": resident}
 
 
 @dataclass

@@ -300,7 +300,7 @@ MIN_KEYS = 2048
 # v1: keys per split at least, splits at most: enough blocks to fill the GPU at long contexts.
 KEYS_PER_SPLIT, MAX_SPLITS = 256, 128
 # v2: warps per block, keys per warp at least, blocks per kv head at most.
-V2_WARPS, V2_KEYS_PER_WARP, V2_MAX_SPLITS = 4, 128, 256
+V2_WARPS, V2_KEYS_PER_WARP, V2_MAX_SPLITS = 4, 256, 256
 # Which partial kernel: "2" where its shapes allow (D % 32 == 0, G <= 16), else "1" (MHT_FLASH_DECODE_KERNEL).
 KERNEL = os.environ.get("MHT_FLASH_DECODE_KERNEL", "2")
 
