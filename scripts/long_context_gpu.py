@@ -178,12 +178,18 @@ def main() -> int:
     if a.peak_steps:
         prompt = [rng.randrange(1000, 100_000) for _ in range(a.peak_length)]
         doc["peak"] = []
-        for step in [int(x) for x in a.peak_steps.split(",")]:
+        from mlx_harmony_tui.model.gpt_oss import Experts
+
+        for item in a.peak_steps.split(","):  # STEP or STEP:EVAL_EVERY (Experts.eval_every)
+            step, _, every = item.partition(":")
+            step, Experts.eval_every = int(step), int(every or 0)
             r = run_ours(engine, prompt, 8, step)
             over = r["peak_bytes"] - r["resident_bytes"]  # this run's KV and working memory
-            doc["peak"].append({"prompt_tokens": a.peak_length, "prefill_step": step, **r, "over_resident": over,
+            doc["peak"].append({"prompt_tokens": a.peak_length, "prefill_step": step,
+                                "eval_every": Experts.eval_every, **r, "over_resident": over,
                                 "over_kv_share": (over - r["kv_bytes"]) / (doc["weights_bytes"] + r["kv_bytes"])})
             save(f"peak {doc['peak'][-1]}")
+        Experts.eval_every = 0
     if a.kv8_length and quantizable:
         engine8 = Engine(model, config, model_id="random 20b", kv_bits=8)
         prompt = [rng.randrange(1000, 100_000) for _ in range(a.kv8_length)]

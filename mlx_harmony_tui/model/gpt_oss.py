@@ -322,6 +322,10 @@ class Experts(nn.Module):
     # multiplied as floats: MLX's quantized matmul is the fast path for few rows, a dense matmul for many
     # (measured on an H200, docs/benchmarks.md; MHT_DENSE_PREFILL_ROWS, 0 = never).
     dense_min_rows: int = int(os.environ.get("MHT_DENSE_PREFILL_ROWS", "0"))
+    # Evaluate the per-expert path's outputs every this many experts (0: one graph per layer). Probe for a
+    # long prefill's peak on CUDA, where a large matmul's temporaries live until its batch of work ends
+    # (MHT_MOE_EVAL_EVERY; docs/benchmarks.md).
+    eval_every: int = int(os.environ.get("MHT_MOE_EVAL_EVERY", "0"))
 
     def __init__(self, config: ModelConfig, gate_up_quant: QuantSpec | None, down_quant: QuantSpec | None) -> None:
         super().__init__()
@@ -387,6 +391,8 @@ class Experts(nn.Module):
                 h = self.gate_up.one(seg, e, dense)
                 outs.append(self.down.one(_swiglu(h, self._alpha, self._limit), e, dense)[:c])
                 start += c
+                if self.eval_every and len(outs) % self.eval_every == 0:
+                    mx.eval(outs[-self.eval_every :])
         return mx.concatenate(outs)[mx.argsort(order)].reshape(N, k, H)
 
 
