@@ -56,6 +56,7 @@ class Attention(nn.Module):
     """Grouped-query attention with biases and one learned sink logit per head."""
 
     bounded_scores = False  # query-blocked prefill attention (see _attend); set by GptOss.optimize
+    cpu_scores_budget = 0  # scores bytes per CPU query block (0: CPU_SCORES_BUDGET); set by GptOss.optimize
 
     def __init__(self, config: ModelConfig, sliding: bool, freqs: mx.array) -> None:
         super().__init__()
@@ -103,7 +104,8 @@ class Attention(nn.Module):
             keep = self.window - 1 + L
             if k.shape[2] > keep:
                 k, v = k[..., -keep:, :], v[..., -keep:, :]
-        out = _attend(q, k, v, self.scale, mask, self.sinks.astype(q.dtype), self.bounded_scores, self.window, quant)
+        out = _attend(q, k, v, self.scale, mask, self.sinks.astype(q.dtype), self.bounded_scores, self.window, quant,
+                      self.cpu_scores_budget)
         return self.o_proj(out.transpose(0, 2, 1, 3).reshape(B, L, -1))
 
 
@@ -111,6 +113,9 @@ class Attention(nn.Module):
 SCORES_BUDGET = 1 << 26
 # Query rows per block where the CPU computes attention in blocks (see _attend).
 QUERY_BLOCK = 64
+# Bytes of float32 scores one query block may hold on the CPU, at least (see _attend): a chunk's attention
+# then peaks at ~6x this above its inputs. GptOss.optimize raises it to 1/128 of the weights.
+CPU_SCORES_BUDGET = 1 << 20
 
 
 def _fused_attention(dtype: mx.Dtype) -> bool:
@@ -160,17 +165,23 @@ def cpu_attention(q: mx.array, k: mx.array, v: mx.array, *, scale: float, mask: 
 
 
 def _attend(q: mx.array, k: Any, v: Any, scale: float, mask: Mask, sinks: mx.array,
-            bounded: bool = False, window: int | None = None, quant: tuple[int, int, str] | None = None) -> mx.array:
+            bounded: bool = False, window: int | None = None, quant: tuple[int, int, str] | None = None,
+            cpu_budget: int = 0) -> mx.array:
     """sdpa, or (when `bounded`, i.e. inference, on a backend that materializes the scores) the same in
     query blocks, each over only the keys its queries can see.
 
     Memory: a 512-token chunk over 4096 keys with 64 heads is 0.5 GB of float32 scores, plus probabilities
-    and mask, per layer: that set the peak memory of a long prefill on CUDA. Blocks of at most
+    and mask, per layer: that set the peak memory of a long prefill on CUDA. There, blocks of at most
     SCORES_BUDGET bytes, each evaluated before the next is built (blocks only queued together stay in memory
     together: scripts/lab/probe_memory.py); the eval also makes this unusable under mx.grad/compile.
+    On the CPU, blocks of at most `cpu_budget` (default CPU_SCORES_BUDGET) bytes of float32 scores, each
+    made to depend on the previous one's output (mx.depends) instead of evaluated: MLX schedules a graph
+    breadth-first, so independent blocks ran step by step side by side and all their scores were alive at
+    once (a 512-token chunk over 32,768 keys of the tiny model: +96 MiB; chained 2-row blocks: +6 MiB, at
+    no cost in speed, where an eval per block halved it: docs/benchmarks.md).
     Work (CPU, where it was measured): the unfused path computes every masked score too, and its exp is
-    most of a prefill there; blocks of QUERY_BLOCK rows stop at the diagonal (causal) and start at the
-    window (sliding layers), about half the scores of a 512-token chunk on full layers and a quarter on
+    most of a prefill there; blocks of at most QUERY_BLOCK rows stop at the diagonal (causal) and start at
+    the window (sliding layers), about half the scores of a 512-token chunk on full layers and a quarter on
     sliding ones.
     `quant` (bits, group size, mode): k and v are (packed, scales[, biases]) of a quantized cache
     (model/kv_quant.py), always attended to unfused, with float32 scores."""
@@ -198,13 +209,14 @@ def _attend(q: mx.array, k: Any, v: Any, scale: float, mask: Mask, sinks: mx.arr
 
         def cut(a: Any, lo: int, hi: int) -> Any:
             return a[:, :, lo:hi]
+    cpu = unfused and _cpu_backend()
     over_budget = unfused and L * per_row > SCORES_BUDGET
     rows = max(16, SCORES_BUDGET // per_row) if over_budget else L
-    if unfused and _cpu_backend():
-        rows = min(rows, QUERY_BLOCK)
+    if cpu:  # float32 scores there
+        rows = max(1, min(rows, QUERY_BLOCK, (cpu_budget or CPU_SCORES_BUDGET) // (B * H * T * 4)))
     if rows >= L:
         return sdpa(q, k, v, mask)
-    outs = []
+    outs: list[mx.array] = []
     for s in range(0, L, rows):
         e = min(L, s + rows)
         if mask is None:
@@ -215,8 +227,11 @@ def _attend(q: mx.array, k: Any, v: Any, scale: float, mask: Mask, sinks: mx.arr
             hi = T - L + e
             lo = max(0, hi - (e - s) - window + 1) if window is not None else 0
             part_mask = mask[..., s:e, lo:hi]
-        part = sdpa(q[:, :, s:e], cut(k, lo, hi), cut(v, lo, hi), part_mask)
-        if over_budget:
+        qs = q[:, :, s:e]
+        if cpu and outs:
+            qs = mx.depends(qs, outs[-1])
+        part = sdpa(qs, cut(k, lo, hi), cut(v, lo, hi), part_mask)
+        if over_budget and not cpu:
             mx.eval(part)
         outs.append(part)
     return mx.concatenate(outs, axis=2)
@@ -488,11 +503,18 @@ class GptOss(nn.Module):
     def optimize(self, compiled_decode: bool = True) -> GptOss:
         """For inference: fuse QKV, bound prefill attention memory, compile the one-token step
         (model/fast.py); returns self."""
+        from mlx.utils import tree_flatten
+
         from mlx_harmony_tui.model.fast import CompiledDecoder, fuse_qkv
 
         fuse_qkv(self)
+        weights = sum(a.nbytes for _, a in tree_flatten(self.parameters()))
         for layer in self.layers:
             layer.self_attn.bounded_scores = True
+            # Attention's transient memory in proportion to the model (~5% of the weights, see _attend):
+            # smaller blocks would cost a big model speed (each re-reads its keys: 64 heads on the CPU at 4,096
+            # keys, 1-row blocks took 14% longer than 64-row ones) for memory it does not need.
+            layer.self_attn.cpu_scores_budget = max(CPU_SCORES_BUDGET, weights // 128)
         self.decoder = CompiledDecoder(self) if compiled_decode else None
         return self
 
