@@ -14,6 +14,7 @@ from mlx.utils import tree_flatten
 from mlx_harmony_tui.engine.generator import Engine, GenerationOptions
 from mlx_harmony_tui.engine.sampling import SamplingParams
 from mlx_harmony_tui.model import gpt_oss, load_model
+from mlx_harmony_tui.model.kv_quant import QuantizedKVCache
 
 pytestmark = pytest.mark.skipif(not gpt_oss._cpu_backend(), reason="the CPU's attention path")
 
@@ -60,3 +61,17 @@ def test_a_long_prefill_peaks_within_weights_kv_and_ten_percent(tiny_model_dir: 
     assert peak <= kv + 0.1 * (weights + kv), (
         f"{peak / 2**20:.1f} MiB above the weights, KV {kv / 2**20:.1f} MiB"
     )
+
+
+
+def test_a_quantized_cache_allocates_what_the_prefill_reserved() -> None:
+    """A quantized full layer honours ``reserve`` (set by the engine before a chunked prefill) as the float
+    one does: one allocation, not a copy of the whole packed cache at every chunk."""
+    c = QuantizedKVCache(8, 64)
+    c.reserve = 1000
+    capacities = []
+    for _ in range(4):
+        c.update(mx.random.normal((1, 2, 300, 64)), mx.random.normal((1, 2, 300, 64)))
+        assert c.qkeys is not None
+        capacities.append(c.qkeys[0].shape[2])
+    assert capacities == [1000, 1000, 1000, 1280]  # past the reservation: 1,200 rounded up to 256 again

@@ -96,7 +96,7 @@ class QuantizedKVCache(KVCache):
         prev, n = self.offset, keys.shape[2]
         qk, qv = self._quantize(keys), self._quantize(values)
         if self.qkeys is None or self.qvalues is None or prev + n > self.qkeys[0].shape[2]:
-            grow = ((prev + n + self.step - 1) // self.step) * self.step - prev
+            grow = max(((prev + n + self.step - 1) // self.step) * self.step, self.reserve) - prev
 
             def extend(old: list[mx.array] | None, new: QuantArrays) -> list[mx.array]:
                 fresh = [mx.zeros((*a.shape[:2], grow, a.shape[3]), a.dtype) for a in new]
