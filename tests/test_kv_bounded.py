@@ -95,7 +95,7 @@ def test_kv_bytes_bounded_in_a_long_conversation(tiny) -> None:
     per_pos = 2 * 2 * 64 * 4  # keys + values, 2 kv heads, head_dim 64, float32
     full = sum(c.nbytes for c in engine.prompt_cache.caches if not isinstance(c, SlidingKVCache))
     sliding = sum(c.nbytes for c in engine.prompt_cache.caches if isinstance(c, SlidingKVCache))
-    assert full == 2 * 1536 * per_pos  # two full layers, 1504 positions rounded up to the 256 step
+    assert full == 2 * 1504 * per_pos  # two full layers, the 1,500 + 4 positions the prefill reserved
     assert sliding <= 2 * 256 * per_pos  # not 1536 positions each
     ckpts = engine.prompt_cache.nbytes - full - sliding
     assert ckpts == 2 * 7 * per_pos  # one checkpoint (the prompt's end): the window's 7 positions per layer

@@ -63,7 +63,6 @@ def test_a_long_prefill_peaks_within_weights_kv_and_ten_percent(tiny_model_dir: 
     )
 
 
-
 def test_a_quantized_cache_allocates_what_the_prefill_reserved() -> None:
     """A quantized full layer honours ``reserve`` (set by the engine before a chunked prefill) as the float
     one does: one allocation, not a copy of the whole packed cache at every chunk."""
@@ -75,3 +74,17 @@ def test_a_quantized_cache_allocates_what_the_prefill_reserved() -> None:
         assert c.qkeys is not None
         capacities.append(c.qkeys[0].shape[2])
     assert capacities == [1000, 1000, 1000, 1280]  # past the reservation: 1,200 rounded up to 256 again
+
+
+def test_a_long_prefill_reserves_room_for_the_first_generated_tokens(tiny_model_dir: Path) -> None:
+    """The reservation covers the first generated tokens too: a prompt that filled its buffers exactly grew
+    them at the first generated token, copying the whole cache beside the new one (the tiny model at 32,768
+    tokens: peak 122.6 -> 125.4 MiB)."""
+    model, config = load_model(tiny_model_dir)
+    engine = Engine(model, config, optimize=False)
+    opts = GenerationOptions(
+        SamplingParams(temperature=0), max_tokens=4, stop_ids=frozenset(), loop=None, prefill_step=256
+    )
+    list(engine.generate([1000 + (37 * i) % 90_000 for i in range(1024)], opts))
+    full = [c for c in engine.prompt_cache.caches if type(c).__name__ == "KVCache"]
+    assert full and all(c.keys.shape[2] == 1024 + 4 for c in full)  # not grown to 1,280 after the prompt
