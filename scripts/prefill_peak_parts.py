@@ -6,7 +6,8 @@ takes a minute on the CPU), then one ``--chunk``-token chunk runs as the engine'
 new state evaluated, logits of the last position only). Printed: the chunk's peak above what was active
 before it, then the same chunk with each part evaluated on its own (attention call, KV append, MoE), the
 largest peak of each part above its inputs. ``--no-reserve`` leaves the full layers' buffers to grow at
-the chunk as they did before ``KVCache.reserve`` (docs/benchmarks.md "CPU: peak memory of a long prefill").
+the chunk as they did before the engine set ``KVCache.reserve`` (docs/benchmarks.md "CPU: peak memory of a
+long prefill").
 
     PYTHONPATH=. python scripts/prefill_peak_parts.py --cached 32256
 """
@@ -37,8 +38,8 @@ def filled_caches(model: Any, cached: int, chunk: int, reserve: bool) -> list[KV
         if isinstance(c, SlidingKVCache):
             c.restore({"keys": keys, "values": values}, cached - n)
         else:
-            if reserve and hasattr(c, "reserve"):  # as the engine does (older code: no reserve)
-                c.reserve(cached + chunk)
+            if reserve:  # as the engine does before a chunked prefill (older code ignores it)
+                c.reserve = cached + chunk
             c.update(keys, values)
     mx.eval([c.state for c in caches])
     return caches
@@ -93,7 +94,8 @@ def main() -> None:
     parts: dict[str, int] = {}
     caches = filled_caches(model, args.cached, args.chunk, reserve)
     gpt_oss._attend = measured(parts, "attention", gpt_oss._attend)
-    KVCache.update = measured(parts, "KV append", KVCache.update)  # type: ignore[method-assign]
+    append = "_append" if hasattr(KVCache, "_append") else "update"  # what update_and_fetch calls
+    setattr(KVCache, append, measured(parts, "KV append", getattr(KVCache, append)))
     gpt_oss.MoE.__call__ = measured(parts, "MoE", gpt_oss.MoE.__call__)  # type: ignore[method-assign]
     run_chunk(model, caches, args.chunk)
     print("  each part on its own: " + ", ".join(f"{k} +{v / MIB:.1f} MiB" for k, v in parts.items()))
