@@ -79,7 +79,7 @@ def test_a_quantized_cache_allocates_what_the_prefill_reserved() -> None:
 def test_a_long_prefill_reserves_room_for_the_first_generated_tokens(tiny_model_dir: Path) -> None:
     """The reservation covers the first generated tokens too: a prompt that filled its buffers exactly grew
     them at the first generated token, copying the whole cache beside the new one (the tiny model at 32,768
-    tokens: peak 122.6 -> 125.4 MiB)."""
+    tokens: peak 122.4 -> 125.4 MiB)."""
     model, config = load_model(tiny_model_dir)
     engine = Engine(model, config, optimize=False)
     opts = GenerationOptions(

@@ -179,7 +179,7 @@ class Engine:
             step = max(1, int(opt.prefill_step))
             if total > step:  # a long prefill allocates each full layer's buffers once, not chunk by chunk
                 # (and for the first generated tokens: growing right after it copied the whole cache beside
-                # the new one, the tiny model's peak at 32,768 tokens 122.6 -> 125.4 MiB)
+                # the new one, the tiny model's peak at 32,768 tokens 122.4 -> 125.4 MiB)
                 for c in pc.caches:
                     c.reserve = c.offset + total + min(max(0, max_tokens), 256)
             # Prefill all but the last token in chunks; eval each chunk's keys/values and drop the rest of
