@@ -25,9 +25,19 @@ from typing import Any
 
 import mlx.core as mx
 
+# Kv head g's rows in the main buffers (kh, vh: positions 0..base) and the tail buffers (kth, vth: from base on).
+_HEAD_BUFFERS = r"""
+  const size_t C = k_shape[2], CT = kt_shape[2];
+  const T* kh = k + (size_t)g * C * D;
+  const T* vh = v + (size_t)g * C * D;
+  const T* kth = kt + (size_t)g * CT * D;
+  const T* vth = vt + (size_t)g * CT * D;
+"""
+
 # Inputs: q (1, HQ, 1, D), k and v buffers (1, HKV, C, D), kt and vt tail buffers (1, HKV, CT, D), n (2) int32:
 # valid positions, and how many of them are in k/v (the rest, from there on, in kt/vt), scale (1) float32. Output part (HQ, S, D + 2) float32: acc, max, sum per split; S = gridDim.x / HKV.
-_PARTIAL = r"""
+_PARTIAL = (
+    r"""
   constexpr int G = HQ / HKV, NT = 32 * G, P = D + 4;  // padded rows: per-lane float4 reads hit all banks
   constexpr int V = 16 / sizeof(T), CH = 32 * D / V;    // 16-byte chunks in one round of 32 rows
   __shared__ __align__(16) float ks[32 * P];
@@ -50,11 +60,9 @@ _PARTIAL = r"""
   #pragma unroll
   for (int a = 0; a < A; ++a) acc[a] = 0.f;
   float m = -INFINITY, l = 0.f;
-  const size_t C = k_shape[2], CT = kt_shape[2];
-  const T* kh = k + (size_t)g * C * D;
-  const T* vh = v + (size_t)g * C * D;
-  const T* kth = kt + (size_t)g * CT * D;
-  const T* vth = vt + (size_t)g * CT * D;
+"""
+    + _HEAD_BUFFERS
+    + r"""
   for (int t0 = k0; t0 < k1; t0 += 32) {
     const int cnt = min(32, k1 - t0);
     #pragma unroll
@@ -121,6 +129,7 @@ _PARTIAL = r"""
   }
   if (lane == 0) { out[D] = m; out[D + 1] = l; }
 """
+)
 
 # The same partials from a layout that keeps more memory requests in flight (v1 above waits on each round's
 # loads, then on two block barriers: 0.5 TB/s of a layer's cache on an H200). Block (kv head g, split s) of NW
@@ -129,7 +138,8 @@ _PARTIAL = r"""
 # keeps G online softmaxes (log2 units), shares the G probabilities of its 32 keys through shared memory and
 # accumulates V with lanes over head dims (rows read coalesced). At the end the block merges its warps.
 # Needs D % 32 == 0; m is written in natural-log units, so the combine kernel serves both versions.
-_PARTIAL_V2 = r"""
+_PARTIAL_V2 = (
+    r"""
   constexpr int G = HQ / HKV;
   constexpr int V = 16 / sizeof(T);
   constexpr int R = D / V;
@@ -158,11 +168,9 @@ _PARTIAL_V2 = r"""
     #pragma unroll
     for (int a = 0; a < A; ++a) acc[h][a] = 0.f;
   }
-  const size_t C = k_shape[2], CT = kt_shape[2];
-  const T* kh = k + (size_t)g * C * D;
-  const T* vh = v + (size_t)g * C * D;
-  const T* kth = kt + (size_t)g * CT * D;
-  const T* vth = vt + (size_t)g * CT * D;
+"""
+    + _HEAD_BUFFERS
+    + r"""
   for (int t0 = k0; t0 < k1; t0 += 32) {
     const int cnt = min(32, k1 - t0);
     const int row = t0 + min(lane, cnt - 1);
@@ -256,6 +264,7 @@ _PARTIAL_V2 = r"""
     }
   }
 """
+)
 
 # Inputs: part from above, sinks (HQ). Output o (1, HQ, 1, D) in T. One warp per query head: the lanes
 # reduce the splits' maxima and sums (any number of splits), then hold the head dims for the weighted sum.
