@@ -26,8 +26,7 @@ from typing import Any
 import mlx.core as mx
 
 # Kv head g's rows in the main buffers (kh, vh: positions 0..base) and the tail buffers (kth, vth: from base on).
-_HEAD_BUFFERS = r"""
-  const size_t C = k_shape[2], CT = kt_shape[2];
+_HEAD_BUFFERS = r"""  const size_t C = k_shape[2], CT = kt_shape[2];
   const T* kh = k + (size_t)g * C * D;
   const T* vh = v + (size_t)g * C * D;
   const T* kth = kt + (size_t)g * CT * D;
@@ -62,8 +61,7 @@ _PARTIAL = (
   float m = -INFINITY, l = 0.f;
 """
     + _HEAD_BUFFERS
-    + r"""
-  for (int t0 = k0; t0 < k1; t0 += 32) {
+    + r"""  for (int t0 = k0; t0 < k1; t0 += 32) {
     const int cnt = min(32, k1 - t0);
     #pragma unroll
     for (int it = 0; it < (CH + NT - 1) / NT; ++it) {
@@ -170,8 +168,7 @@ _PARTIAL_V2 = (
   }
 """
     + _HEAD_BUFFERS
-    + r"""
-  for (int t0 = k0; t0 < k1; t0 += 32) {
+    + r"""  for (int t0 = k0; t0 < k1; t0 += 32) {
     const int cnt = min(32, k1 - t0);
     const int row = t0 + min(lane, cnt - 1);
     const T* kr = row < base ? kh + (size_t)row * D : kth + (size_t)(row - base) * D;
