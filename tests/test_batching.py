@@ -227,6 +227,39 @@ def test_a_long_prompt_joins_a_chunk_at_a_time_between_the_others_steps(
     assert all("token" in log[a + 1 : b] for a, b in itertools.pairwise(chunks))  # a step between every two
 
 
+def test_a_long_prompt_joining_allocates_its_full_layers_once(model_thread: tuple[MlxThread, Engine]) -> None:
+    """A long prompt prefilled chunk by chunk into a batch slot reserves its positions first, as the engine
+    does: each full layer's buffers are allocated once at the prompt's length plus its first generated
+    tokens (growing by a step per chunk copied the whole buffer each time); the replies are as alone."""
+    from mlx_harmony_tui.model.cache import KVCache
+
+    thread, engine = model_thread
+    long_prompt = [(i * 7919) % 50_000 + 100 for i in range(1500)]
+    short, long = (PROMPTS[1], _greedy(200)), (long_prompt, _greedy(4))
+    long[1].prefill_step = 512
+    solo = [thread.call(lambda p=p, o=o: list(engine.generate(p, o))) for p, o in (short, long)]
+    scheduler = BatchScheduler(engine, thread.submit, max_concurrency=2)
+    outs: list[list[int]] = [[], []]
+    started = threading.Event()
+
+    def read(i: int) -> None:
+        for tok in BatchedEngine(scheduler).generate(*(short, long)[i]):
+            outs[i].append(tok)
+            started.set()
+
+    first = threading.Thread(target=read, args=(0,))
+    first.start()
+    assert started.wait(TIMEOUT)  # the short one decodes while the long one joins
+    second = threading.Thread(target=read, args=(1,))
+    second.start()
+    for t in (first, second):
+        t.join(TIMEOUT)
+    assert outs == solo
+    (slot,) = [pc for pc in scheduler._slots if pc is not None and len(pc.tokens) > 1000]
+    full = [c for c in slot.caches if type(c) is KVCache]
+    assert full and [c.keys.shape[2] for c in full] == [1500 + 4] * len(full)  # not 1536: 6 steps of 256
+
+
 def test_rows_holding_as_many_keys_share_one_attention_call() -> None:
     """model/batch.py attend_rows: rows whose caches hold the same number of keys are attended in one call
     (here lengths 5, 9, 5, 9, 12 and a quantized row: four calls, not six), in row order, each row exactly

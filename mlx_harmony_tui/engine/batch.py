@@ -32,6 +32,7 @@ from mlx_harmony_tui.engine.generator import (
     GenerationResult,
     ProgressCallback,
     _logprob,
+    reserve_prefill,
 )
 from mlx_harmony_tui.engine.metrics import MetricsTracker, PrefillProgress
 from mlx_harmony_tui.engine.repetition import LoopDetector
@@ -214,6 +215,7 @@ class BatchScheduler:
             seq.max_tokens = min(seq.max_tokens, eng.context_limit - len(seq.prompt))
         seq.rest = seq.prompt[reused:]
         seq.total, seq.done, seq.prefilling = len(seq.rest), 0, True
+        reserve_prefill(pc.caches, seq.total, max(1, int(opt.prefill_step)), seq.max_tokens)
 
     def _prefill(self) -> None:
         """Prefill the requests that joined, first come first served: all of it while no other request is

@@ -177,11 +177,7 @@ class Engine:
             rest = prompt[reused:]
             total = len(rest)
             step = max(1, int(opt.prefill_step))
-            if total > step:  # a long prefill allocates each full layer's buffers once, not chunk by chunk
-                # (and for the first generated tokens: growing right after it copied the whole cache beside
-                # the new one, the tiny model's peak at 32,768 tokens 122.4 -> 125.4 MiB)
-                for c in pc.caches:
-                    c.reserve = c.offset + total + min(max(0, max_tokens), 256)
+            reserve_prefill(pc.caches, total, step, max_tokens)
             # Prefill all but the last token in chunks; eval each chunk's keys/values and drop the rest of
             # its graph (the logits are never computed), so peak memory is bounded by one chunk.
             done = 0
@@ -319,6 +315,16 @@ class Engine:
         if self._last_only:
             return self.model(inputs, cache=caches, last_only=True)[:, -1, :]
         return self.model(inputs, cache=caches)[:, -1, :]
+
+
+def reserve_prefill(caches: list[Any], total: int, step: int, max_tokens: int) -> None:
+    """Before a chunked prefill of ``total`` new positions: each full layer allocates its buffers once, not
+    chunk by chunk (each growth copies the whole buffer beside the new one), with room for the first
+    generated tokens (growing right after the prefill copied it all too: the tiny model's peak at 32,768
+    tokens 122.4 -> 125.4 MiB). A prompt that fits one chunk grows once anyway."""
+    if total > step:
+        for c in caches:
+            c.reserve = c.offset + total + min(max(0, max_tokens), 256)
 
 
 def _logprob(tok: int, extra: tuple[mx.array, ...]) -> TokenLogprob:
