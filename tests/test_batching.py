@@ -176,6 +176,30 @@ def test_a_stop_token_ends_a_request_and_its_slot_stays_consistent(
     assert again == solo
 
 
+Job = tuple[list[int], GenerationOptions]
+
+
+def _join_while_decoding(scheduler: BatchScheduler, first: Job, second: Job) -> list[list[int]]:
+    """Both requests' tokens; ``second`` is submitted once ``first`` has decoded three tokens."""
+    outs: list[list[int]] = [[], []]
+    started = threading.Event()
+
+    def read(i: int) -> None:
+        for tok in BatchedEngine(scheduler).generate(*(first, second)[i]):
+            outs[i].append(tok)
+            if len(outs[i]) == 3:
+                started.set()
+
+    threads = [threading.Thread(target=read, args=(i,)) for i in range(2)]
+    threads[0].start()
+    assert started.wait(TIMEOUT)
+    threads[1].start()
+    for t in threads:
+        t.join(TIMEOUT)
+    assert not any(t.is_alive() for t in threads)
+    return outs
+
+
 def test_a_long_prompt_joins_a_chunk_at_a_time_between_the_others_steps(
     model_thread: tuple[MlxThread, Engine], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -205,23 +229,7 @@ def test_a_long_prompt_joins_a_chunk_at_a_time_between_the_others_steps(
 
     monkeypatch.setattr(engine, "_logits", logged)
     scheduler = Logged(engine, thread.submit, max_concurrency=2)
-    outs: list[list[int]] = [[], []]
-    started = threading.Event()
-
-    def read(i: int) -> None:
-        for tok in BatchedEngine(scheduler).generate(*(short, long)[i]):
-            outs[i].append(tok)
-            if len(outs[i]) == 3:
-                started.set()
-
-    first = threading.Thread(target=read, args=(0,))
-    first.start()
-    assert started.wait(TIMEOUT)
-    second = threading.Thread(target=read, args=(1,))
-    second.start()
-    for t in (first, second):
-        t.join(TIMEOUT)
-    assert outs == solo
+    assert _join_while_decoding(scheduler, short, long) == solo
     chunks = [i for i, e in enumerate(log) if e == "chunk" and i > log.index("token")]  # the long one's
     assert len(chunks) == 13 and log.index("long token") > chunks[-1]  # 199 tokens in chunks of 16
     assert all("token" in log[a + 1 : b] for a, b in itertools.pairwise(chunks))  # a step between every two
@@ -239,22 +247,7 @@ def test_a_long_prompt_joining_allocates_its_full_layers_once(model_thread: tupl
     long[1].prefill_step = 512
     solo = [thread.call(lambda p=p, o=o: list(engine.generate(p, o))) for p, o in (short, long)]
     scheduler = BatchScheduler(engine, thread.submit, max_concurrency=2)
-    outs: list[list[int]] = [[], []]
-    started = threading.Event()
-
-    def read(i: int) -> None:
-        for tok in BatchedEngine(scheduler).generate(*(short, long)[i]):
-            outs[i].append(tok)
-            started.set()
-
-    first = threading.Thread(target=read, args=(0,))
-    first.start()
-    assert started.wait(TIMEOUT)  # the short one decodes while the long one joins
-    second = threading.Thread(target=read, args=(1,))
-    second.start()
-    for t in (first, second):
-        t.join(TIMEOUT)
-    assert outs == solo
+    assert _join_while_decoding(scheduler, short, long) == solo
     (slot,) = [pc for pc in scheduler._slots if pc is not None and len(pc.tokens) > 1000]
     full = [c for c in slot.caches if type(c) is KVCache]
     assert full and [c.keys.shape[2] for c in full] == [1500 + 4] * len(full)  # not 1536: 6 steps of 256
