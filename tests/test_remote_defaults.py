@@ -8,6 +8,8 @@ import io
 import json
 import re
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -108,14 +110,14 @@ async def test_tui_params_panel_shows_server_defaults_and_gives_values_back() ->
     with serve_in_thread(create_app(scripted, SERVER)) as url:
         app = HarmonyApp(backend=RemoteBackend(url), show_welcome=False)
         async with app.run_test(size=(120, 40)) as pilot:
-            assert "T=" not in app.sub_title and "rest: server defaults" in app.sub_title
+            assert app.sub_title == "scripted · tools=python · server defaults"  # no "T=1"
             await pilot.press("ctrl+g")
             temperature = app.screen.query_one("#p-temperature", Input)
             assert (temperature.value, temperature.placeholder) == ("", "server default")
             assert app.screen.query_one("#p-reasoning_effort", Select).value == Select.NULL
             temperature.value = "1"
             await pilot.press("ctrl+s")
-            assert "T=1" in app.sub_title and "effort=" not in app.sub_title
+            assert app.sub_title == "scripted · tools=python · T=1 · rest: server defaults"
             await type_and_send(pilot, "hi")
             await app.wait_idle(20)
             await pilot.press("ctrl+g")
@@ -128,3 +130,39 @@ async def test_tui_params_panel_shows_server_defaults_and_gives_values_back() ->
     first, second = (r.settings for r in scripted.requests)
     assert (first.sampling.temperature, first.reasoning_effort, first.sampling.top_p) == (1.0, "low", 0.8)
     assert (second.sampling.temperature, second.reasoning_effort, second.sampling.top_p) == (0.5, "high", 0.8)
+
+
+def _header(app: object) -> str:
+    """The header's line as drawn (fitted to the terminal), not the full sub-title."""
+    from textual.widgets import Static
+
+    return str(app.screen_chat.query_one("HeaderTitle", Static).content)  # type: ignore[attr-defined]
+
+
+async def _until(pilot: object, cond: Callable[[], bool], timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline, "timed out"
+        await pilot.pause(0.02)  # type: ignore[attr-defined]
+
+
+async def test_tui_header_fits_80_columns_keeping_the_server_defaults_note() -> None:
+    """At 80 columns the header drops the app's name, then whole values from the end (shown by "…"), but
+    keeps "rest: server defaults"; wider, it shows everything again."""
+    from mlx_harmony_tui.tui.app import HarmonyApp
+
+    settings = ChatSettings()
+    for key, value in (("reasoning_effort", "high"), ("temperature", 0.7), ("top_p", 0.9), ("max_tokens", 300)):
+        settings.set_value(key, value)
+    with serve_in_thread(create_app(ScriptedBackend(), SERVER)) as url:
+        app = HarmonyApp(backend=RemoteBackend(url), settings=settings, show_welcome=False)
+        async with app.run_test(size=(80, 24)) as pilot:
+            await _until(pilot, lambda: _header(app).endswith("rest: server defaults"))
+            line = _header(app)
+            assert line.startswith("scripted · ") and " · … · " in line and len(line) <= 80 - 18, line
+            full = "scripted · tools=python · effort=high · T=0.7 · top_p=0.9 · max=300 · rest: server defaults"
+            assert app.sub_title == full
+            await pilot.resize_terminal(200, 24)
+            await _until(pilot, lambda: _header(app) == f"mlx-harmony-tui — {full}")
+            await pilot.resize_terminal(80, 24)
+            await _until(pilot, lambda: _header(app) == line)

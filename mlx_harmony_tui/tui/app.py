@@ -41,6 +41,7 @@ from mlx_harmony_tui.tui.textual_patch import one_layout_pass_per_change
 from mlx_harmony_tui.tui.themes import load_themes
 from mlx_harmony_tui.tui.turn_view import TurnView
 from mlx_harmony_tui.tui.widgets.chat_input import ChatInput
+from mlx_harmony_tui.tui.widgets.header import REST_SERVER_DEFAULTS, SEP, SERVER_DEFAULTS
 from mlx_harmony_tui.tui.widgets.messages import AssistantMessage, UserMessage
 from mlx_harmony_tui.tui.widgets.metrics_bar import MetricsBar
 from mlx_harmony_tui.tui.widgets.tool_log import ToolLog
@@ -217,7 +218,7 @@ class HarmonyApp(ModelLoading, ScreenActions, BranchActions, QuickActions, App[N
     def _update_header(self) -> None:
         s = self.settings
         sp = s.sampling
-        # most telling first: a narrow terminal cuts the end (tools= came last and was the first to go)
+        # most telling first: a narrow terminal drops the end (tools= came last and was the first to go)
         bits = [self.backend.model_name if self.backend else "no model"]
         if s.builtin_tools:
             bits.append("tools=" + ",".join(s.builtin_tools))
@@ -229,10 +230,11 @@ class HarmonyApp(ModelLoading, ScreenActions, BranchActions, QuickActions, App[N
                  ("max_tokens", f"max={s.max_tokens}", True)]
         # a remote server picks what the user did not set: its values are unknown here, ours would mislead
         server = leaves_defaults_to_server(self.backend)
-        bits += [text for key, text, on in shown if (key in s.explicit if server else on)]
+        mine = [text for key, text, on in shown if (key in s.explicit if server else on)]
+        bits += mine
         if server and any(key not in s.explicit for key, _, _ in shown):
-            bits.append("rest: server defaults")
-        self.sub_title = " · ".join(bits)
+            bits.append(REST_SERVER_DEFAULTS if mine else SERVER_DEFAULTS)  # kept when the line is fitted
+        self.sub_title = SEP.join(bits)
 
     @property
     def screen_chat(self) -> ChatScreen:

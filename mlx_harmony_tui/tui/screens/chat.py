@@ -5,10 +5,11 @@ from __future__ import annotations
 from textual.app import ComposeResult
 from textual.containers import Horizontal, VerticalScroll
 from textual.screen import Screen
-from textual.widgets import Footer, Header, ProgressBar, Static
+from textual.widgets import Footer, ProgressBar, Static
 
 from mlx_harmony_tui.tui.keymap import CHAT_BINDINGS
 from mlx_harmony_tui.tui.widgets.chat_input import ChatInput
+from mlx_harmony_tui.tui.widgets.header import SettingsHeader
 from mlx_harmony_tui.tui.widgets.metrics_bar import MetricsBar
 from mlx_harmony_tui.tui.widgets.tool_log import ToolLog
 
@@ -24,7 +25,7 @@ class ChatScreen(Screen[None]):
         self.welcome = welcome
 
     def compose(self) -> ComposeResult:
-        yield Header()
+        yield SettingsHeader()  # fitted to a narrow terminal
         with Horizontal(id="body"):
             with VerticalScroll(id="conversation"):
                 if self.welcome:
