@@ -146,6 +146,36 @@ async def _until(pilot: object, cond: Callable[[], bool], timeout: float = 20.0)
         await pilot.pause(0.02)  # type: ignore[attr-defined]
 
 
+async def test_tui_effort_cycle_steps_from_the_servers_default_to_low_and_back(tmp_path: Path) -> None:
+    """f9 with the effort left to a remote server goes to low (not to high from our "medium" placeholder),
+    then medium, high, and the server's default again; the header shows each, the request carries it."""
+    from mlx_harmony_tui.tui.app import HarmonyApp
+    from tests.test_tui import type_and_send
+
+    scripted = ScriptedBackend()
+    debug = tmp_path / "client.jsonl"
+    with serve_in_thread(create_app(scripted, SERVER)) as url:
+        remote = RemoteBackend(url)
+        remote.trace = TurnTrace(debug, None, model="scripted")
+        app = HarmonyApp(backend=remote, show_welcome=False)
+        async with app.run_test(size=(120, 40)) as pilot:
+            assert "effort=" not in app.sub_title and app.sub_title.endswith(" · server defaults")
+            shown = []
+            for _ in range(4):
+                await pilot.press("f9")
+                shown.append(next((b for b in app.sub_title.split(" · ") if b.startswith("effort=")), None))
+                if len(shown) == 1:
+                    assert app.sub_title.endswith("rest: server defaults")
+                    await type_and_send(pilot, "one")
+                    await app.wait_idle(20)
+            assert shown == ["effort=low", "effort=medium", "effort=high", None]
+            assert app.sub_title.endswith(" · server defaults")
+            await type_and_send(pilot, "two")
+            await app.wait_idle(20)
+    sent = [json.loads(line)["request"] for line in debug.read_text().splitlines()]
+    assert sent[0].get("reasoning_effort") == "low" and "reasoning_effort" not in sent[1]
+
+
 async def test_tui_header_fits_80_columns_keeping_the_server_defaults_note() -> None:
     """At 80 columns the header drops the app's name, then whole values from the end (shown by "…"), but
     keeps "rest: server defaults"; wider, it shows everything again."""

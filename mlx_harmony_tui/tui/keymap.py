@@ -133,7 +133,7 @@ ACTION_HELP = {
     "chat.attach": "attach a file to the next message",
     "chat.next_branch": "flip the last edited or regenerated message to its next version",
     "chat.select_message": "select a message to copy (c), edit (e), regenerate (r) or flip ([ ])",
-    "chat.cycle_effort": "reasoning effort low -> medium -> high",
+    "chat.cycle_effort": "reasoning effort low -> medium -> high (remote: -> server default)",
     "chat.temperature": "set the sampling temperature",
     "chat.toggle_builtin_tools": "turn the built-in tools (python, browser) off or back on",
     "chat.toggle_tools": "show or hide the tool-call pane",

@@ -47,6 +47,9 @@ class QuickActions(_Base):
         for effort in EFFORTS:
             yield SystemCommand(f"Reasoning effort: {effort}", f"think {effort} from the next turn",
                                 lambda e=effort: self.set_effort(e))  # type: ignore[misc]
+        if leaves_defaults_to_server(self.backend):
+            yield SystemCommand("Reasoning effort: server default", "leave it to the server from the next turn",
+                                lambda: self.set_effort(None))
         yield SystemCommand("Export session as Markdown", "write it to a .md file in the current folder",
                             lambda: self.export_session("md"))
         yield SystemCommand("Export session as JSON", "OpenAI-style messages, to a .json file in the current folder",
@@ -58,14 +61,24 @@ class QuickActions(_Base):
         self._update_header()
         self.notify(note)
 
-    def set_effort(self, effort: str) -> None:
+    def set_effort(self, effort: str | None) -> None:
+        """None: a remote server's default again (not sent)."""
         new = copy.deepcopy(self.settings)
-        new.set_value("reasoning_effort", effort)
-        self._apply_settings(new, f"Reasoning effort {effort} from the next turn")
+        if effort is None:
+            new.unset("reasoning_effort")
+        else:
+            new.set_value("reasoning_effort", effort)
+        self._apply_settings(new, f"Reasoning effort {effort or 'left to the server'} from the next turn")
 
     def action_cycle_effort(self) -> None:
-        current = self.settings.reasoning_effort
-        self.set_effort(EFFORTS[(EFFORTS.index(current) + 1) % 3 if current in EFFORTS else 1])
+        """low -> medium -> high -> low. With a remote server its default (unknown here) is a step too,
+        server default -> low -> medium -> high -> server default: the value held while unset is only a
+        placeholder, so stepping on from it would skip low for no reason the user can see."""
+        server = leaves_defaults_to_server(self.backend)
+        cycle: list[str | None] = [*EFFORTS, None] if server else [*EFFORTS]
+        unset = server and "reasoning_effort" not in self.settings.explicit
+        current = None if unset else self.settings.reasoning_effort
+        self.set_effort(cycle[(cycle.index(current) + 1) % len(cycle)] if current in cycle else "medium")
 
     def action_set_temperature(self) -> None:
         def done(value: str | None) -> None:
