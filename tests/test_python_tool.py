@@ -3,7 +3,9 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
+import tempfile
 import threading
 import time
 from pathlib import Path
@@ -206,3 +208,18 @@ async def test_the_tui_confirmation_says_there_is_no_sandbox() -> None:
         await pilot.press("n")
         await app.wait_idle(10)
     assert answers == [False]
+
+
+@pytest.mark.skipif(sandbox.detect().kind != sandbox.BWRAP, reason="bubblewrap only")
+def test_a_python_installed_under_tmp_stays_visible_in_the_sandbox(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A clone and its venv under /tmp (as CI runners often have): the sandbox's private /tmp must not hide
+    the interpreter (bwrap said 'execvp .../bin/python: No such file or directory')."""
+    with tempfile.TemporaryDirectory(dir="/tmp", prefix="mht-py-") as root:
+        Path(root, "marker").write_text("the install\n")
+        roots = sandbox.python_roots()
+        monkeypatch.setattr(sandbox, "python_roots", lambda: [*roots, root])
+        box = sandbox.Sandbox(sandbox.BWRAP, sandbox._find_bwrap() or "bwrap")
+        code = f"import os; print(open({str(Path(root, 'marker'))!r}).read(), os.getcwd())"
+        argv, inside = box.wrap([sys.executable, "-I", "-c", code], workdir="/", env={}, tmp_bytes=1 << 20)
+        out = subprocess.run(argv, capture_output=True, text=True, timeout=60, check=False)
+        assert out.stdout.split() == ["the", "install", "/tmp"], out.stderr

@@ -20,6 +20,7 @@ from pathlib import Path
 
 import pytest
 
+from mlx_harmony_tui.tools import sandbox
 from mlx_harmony_tui.tools.python import PythonTool, PythonToolConfig
 from mlx_harmony_tui.tools.sandbox import BWRAP, detect
 
@@ -155,10 +156,13 @@ def test_pythons_own_files_are_read_only(tool: PythonTool) -> None:
 
 
 def test_the_working_folder_is_private_and_fresh(tool: PythonTool) -> None:
-    out = run(tool, "import os\nopen('a.txt', 'w').write('hi')\nprint(os.getcwd(), os.listdir('.'))")
-    assert out.strip() == "/tmp ['a.txt']"
+    # A Python installed under /tmp (a clone's venv there) is bound read-only at its own path, so its top
+    # folder shows in the private /tmp; nothing else of the host's /tmp does.
+    own = sorted({Path(r).parts[2] for r in sandbox.python_roots() if Path(r).parts[1:2] == ("tmp",)})
+    out = run(tool, "import os\nopen('a.txt', 'w').write('hi')\nprint(os.getcwd(), sorted(os.listdir('.')))")
+    assert out.strip() == f"/tmp {sorted(['a.txt', *own])}"
     assert not Path("/tmp/a.txt").exists() or Path("/tmp/a.txt").read_text() != "hi"
-    assert run(tool, "import os\nos.listdir('.')") == "[]\n"
+    assert run(tool, "import os\nsorted(os.listdir('.'))") == f"{own}\n"
 
 
 def test_disk_use_is_capped(tool: PythonTool) -> None:

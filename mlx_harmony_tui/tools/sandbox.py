@@ -103,20 +103,11 @@ def _bwrap_argv(program: str, argv: Sequence[str], env: Mapping[str, str], tmp_b
             out += ["--ro-bind", d, d]
     for f in _SYSTEM_FILES:
         out += ["--ro-bind-try", f, f]
+    out += ["--proc", "/proc", "--dev", "/dev", "--size", str(tmp_bytes), "--tmpfs", "/tmp"]
+    # After the private /tmp: a Python installed under /tmp (a venv of a clone there) must stay visible.
     for root in python_roots():
         out += ["--ro-bind", os.path.realpath(root), root]
-    out += [
-        "--proc",
-        "/proc",
-        "--dev",
-        "/dev",
-        "--size",
-        str(tmp_bytes),
-        "--tmpfs",
-        "/tmp",
-        "--chdir",
-        "/tmp",
-    ]
+    out += ["--chdir", "/tmp"]
     for k, v in env.items():
         out += ["--setenv", k, v]
     return [*out, "--", *argv]

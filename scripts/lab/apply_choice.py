@@ -13,6 +13,10 @@ import sys
 from pathlib import Path
 
 if __name__ == "__main__":
+    if len(sys.argv) < 3 or "--" not in sys.argv or sys.argv[1] in ("-h", "--help"):
+        print("usage: apply_choice.py CHOICE_JSON -- [scripts/long_context_gpu.py's arguments]")
+        print(__doc__)
+        sys.exit(0 if sys.argv[1:2] in (["-h"], ["--help"]) else 2)
     here = Path(__file__).resolve().parent
     sys.path.insert(0, str(here))
     choice = json.loads(Path(sys.argv[1]).read_text())
