@@ -5,15 +5,17 @@ At long contexts the full layers' decode attention is most of a token's memory t
 0.4 GB a token for the 20b), and one query per head gives MLX's one-query kernel little to run in parallel.
 Here the keys are split over many blocks:
 
-- ``partial``: block (kv head g, split s), one warp per query head of the group. Each round the block copies
-  32 keys and values into shared memory with 16-byte loads (all query heads of the group read the same
-  rows); each lane scores one key, the warp keeps an online softmax and accumulates V with lanes over the
-  head dims. Out: (max, sum, unnormalized output) per head and split, in float32.
+- ``partial``: block (kv head g, split s); out: (max, sum, unnormalized output) per head and split, in
+  float32. v2 (the default where head_dim % 32 == 0): each warp owns a range of keys and scores every
+  query head of the group from registers (see _PARTIAL_V2); 27-30 against v1's 51-55 us a layer at 16,384
+  keys on an H200. v1 (other shapes, e.g. the tiny test model): one warp per query head, the block staging
+  32 keys and values at a time in shared memory.
 - ``combine``: per query head, merges the splits with the sink logit (one more term of the softmax's
   denominator, no value).
 
-The kernels read the preallocated buffer in place (no slice of the cache: another operation, and a copy
-for a custom kernel's input), up to a valid length given as data. An earlier version of this kernel was
+The kernels read the preallocated buffers in place (no slice of the cache: another operation, and a copy
+for a custom kernel's input), up to a valid length given as data: the main buffers up to ``base`` and
+KVCache's tail buffers after it. An earlier version of this kernel was
 slower than MLX's for the sliding layers' 128 keys (35 against 14 us a layer on an H200), so the decoder
 uses it for full layers at long contexts only (``MIN_KEYS``; docs/benchmarks.md).
 """
