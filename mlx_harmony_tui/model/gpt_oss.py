@@ -284,19 +284,13 @@ class ExpertLinear(nn.Module):
             )
         return y
 
-    def one(self, x: mx.array, e: int, dense: bool = False) -> mx.array:
-        """Rows x (n, in) through expert e alone: a plain (quantized) matmul, no gather. ``dense``: a
-        quantized expert's weights dequantized to x's dtype first, then a float matmul (see
-        Experts.dense_min_rows)."""
+    def one(self, x: mx.array, e: int) -> mx.array:
+        """Rows x (n, in) through expert e alone: a plain (quantized) matmul, no gather."""
         q = self.quant
         if q is None:
             w = self.weight[e]
             return (x.astype(w.dtype) @ w).astype(x.dtype) + self.bias[e]
         biases = self.get("biases")
-        if dense:
-            w = mx.dequantize(self.weight[e], self.scales[e], None if biases is None else biases[e],
-                              group_size=q.group_size, bits=q.bits, mode=q.mode, dtype=x.dtype)
-            return x @ w.T + self.bias[e]
         y = mx.quantized_matmul(
             x, self.weight[e], self.scales[e], None if biases is None else biases[e],
             transpose=True, group_size=q.group_size, bits=q.bits, mode=q.mode,
@@ -333,10 +327,6 @@ class Experts(nn.Module):
     # sync per layer and chunk (the per-expert counts). Off on Metal and CPU, where gather_qmm on sorted rows
     # is the tuned path and this was not measured.
     per_expert_prefill: bool = cuda_available()
-    # From this many rows of one expert (per-expert path), its quantized weights are dequantized and
-    # multiplied as floats: MLX's quantized matmul is the fast path for few rows, a dense matmul for many
-    # (measured on an H200, docs/benchmarks.md; MHT_DENSE_PREFILL_ROWS, 0 = never).
-    dense_min_rows: int = int(os.environ.get("MHT_DENSE_PREFILL_ROWS", "0"))
     # Evaluate the per-expert path's outputs every this many experts (0: one graph per layer). Probe for a
     # long prefill's peak on CUDA, where a large matmul's temporaries live until its batch of work ends
     # (MHT_MOE_EVAL_EVERY; docs/benchmarks.md).
@@ -399,12 +389,11 @@ class Experts(nn.Module):
         for e, c in enumerate(counts):
             if c:
                 seg = xs[start : start + c]
-                dense = 0 < self.dense_min_rows <= c
-                m = c if dense else _row_bucket(c)
+                m = _row_bucket(c)
                 if m > c:  # a bounded set of matmul shapes, so backends that JIT per shape compile few
                     seg = mx.concatenate([seg, mx.zeros((m - c, H), seg.dtype)])
-                h = self.gate_up.one(seg, e, dense)
-                outs.append(self.down.one(_swiglu(h, self._alpha, self._limit), e, dense)[:c])
+                h = self.gate_up.one(seg, e)
+                outs.append(self.down.one(_swiglu(h, self._alpha, self._limit), e)[:c])
                 start += c
                 if self.eval_every and len(outs) % self.eval_every == 0:
                     mx.eval(outs[-self.eval_every :])

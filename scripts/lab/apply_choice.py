@@ -1,5 +1,5 @@
 """Run scripts/long_context_gpu.py with the settings scripts/lab/long_context_lab.py chose (its choice.json):
-the decode attention variant and the dense prefill MoE threshold are set on the modules, the prefill step is
+the decode attention variant is set on the module, the prefill step is
 passed on as ``--prefill-step``.
 
     python scripts/lab/apply_choice.py CHOICE_JSON -- --out $OUT --lengths 16384,65536 ...
@@ -22,10 +22,7 @@ if __name__ == "__main__":
     choice = json.loads(Path(sys.argv[1]).read_text())
     from long_context_lab import use
 
-    from mlx_harmony_tui.model.gpt_oss import Experts
-
     use(choice["kernel"])
-    Experts.dense_min_rows = int(choice["dense_min_rows"])
     rest = sys.argv[sys.argv.index("--") + 1 :]
     print("choice:", choice, flush=True)
     sys.argv = [str(here.parent / "long_context_gpu.py"), "--prefill-step", str(choice["prefill_step"]), *rest]

@@ -11,10 +11,9 @@ Sections, each written to OUT/lab.json when it ends and skipped once the time bu
    buffers, one compiled chain, so neither L2 nor host launches decide): sdpa, v1, v2 variants, and a plain
    read of the same bytes (the bandwidth floor).
 3. ``decode``: the model's decode at 16,384 positions with v1, v2 and sdpa, alternated on one cache.
-4. ``moe``: one MoE layer's prefill call at 512/2048/4096 tokens with quantized vs dequantized (dense)
-   per-expert matmuls (``Experts.dense_min_rows``).
-5. ``prefill``: 16,384-token prefills over prefill steps x MoE paths, each twice (the first pays new shapes).
-6. ``peak``: a 32,768-token prefill with the fastest setting: MLX peak against weights + KV.
+4. ``prefill``: 16,384-token prefills in chunks of 512, 2048 and 4096 tokens, each twice (the first pays new
+   shapes). (Until commit f181c98 also dequantized per-expert prefill matmuls: slower, removed.)
+5. ``peak``: a 32,768-token prefill with the fastest setting: MLX peak against weights + KV.
 
 OUT/choice.json: the settings the product bench should use (read by scripts/lab/apply_choice.py).
 """
@@ -39,7 +38,6 @@ from mlx_harmony_tui.engine.bench import build_random, run_ours  # noqa: E402
 from mlx_harmony_tui.engine.generator import Engine  # noqa: E402
 from mlx_harmony_tui.engine.memory import weights_nbytes  # noqa: E402
 from mlx_harmony_tui.model import cuda_attention as ca  # noqa: E402
-from mlx_harmony_tui.model.gpt_oss import Experts  # noqa: E402
 
 HQ, HKV, D, LAYERS = 64, 8, 64, 12
 V2_VARIANTS = {  # name -> (warps, keys per warp, max splits)
@@ -189,7 +187,7 @@ def main() -> int:
     deadline = start + a.budget_s
     a.out.mkdir(parents=True, exist_ok=True)
     out: dict[str, Any] = {"device": str(mx.default_device()), "mlx": mx.__version__}
-    choice: dict[str, Any] = {"kernel": "v1", "dense_min_rows": 0, "prefill_step": 512}
+    choice: dict[str, Any] = {"kernel": "v1", "prefill_step": 512}
 
     def save(msg: str) -> None:
         (a.out / "lab.json").write_text(json.dumps(out, indent=1) + "\n")
@@ -237,47 +235,20 @@ def main() -> int:
     out["decode"] = dec
     save(f"decode {dec}")
 
-    if left():
-        moe: dict[str, Any] = {}
-        experts = model.layers[0].mlp.experts
-        for n in (512, 2048, 4096):
-            x = mx.random.normal((n, config.hidden_size)).astype(mx.bfloat16)
-            idx = mx.argpartition(-mx.random.uniform(shape=(n, config.num_local_experts)), kth=3, axis=-1)[:, :4].astype(mx.uint32)
-            for rows in (0, 64, 128, 256):
-                Experts.dense_min_rows = rows
-                mx.eval(experts(x, idx))
-                best = float("inf")
-                for _ in range(3):
-                    t0 = time.perf_counter()
-                    mx.eval(experts(x, idx))
-                    best = min(best, time.perf_counter() - t0)
-                moe[f"{n}/{rows}"] = round(best * 1e3, 2)
-            save(f"moe {n}: {moe}")
-        out["moe_ms"] = moe
-        Experts.dense_min_rows = 0
-        by_rows = {r: sum(v for k, v in moe.items() if k.endswith(f"/{r}")) for r in (0, 64, 128, 256)}
-        choice["dense_min_rows"] = min(by_rows, key=by_rows.__getitem__)
-        save(f"moe choice {choice['dense_min_rows']}")
-
     pre: dict[str, list[float]] = {}
-    settings = [(512, 0), (2048, 0), (512, choice["dense_min_rows"]), (2048, choice["dense_min_rows"]),
-                (4096, choice["dense_min_rows"])]
-    for step, rows in dict.fromkeys(settings):
+    for step in (512, 2048, 4096):
         for _ in range(2):
             if not left():
                 break
-            Experts.dense_min_rows = rows
             r = run_ours(engine, prompt, 2, step)
-            pre.setdefault(f"{step}/{rows}", []).append(round(r["prefill_tps"], 1))
-            save(f"prefill {step}/{rows}: {pre}")
+            pre.setdefault(str(step), []).append(round(r["prefill_tps"], 1))
+            save(f"prefill {step}: {pre}")
     out["prefill"] = pre
     if pre:
-        best = max(pre, key=lambda k: pre[k][-1])
-        choice["prefill_step"], choice["dense_min_rows"] = (int(x) for x in best.split("/"))
+        choice["prefill_step"] = int(max(pre, key=lambda k: pre[k][-1]))
     save(f"prefill choice {choice}")
 
     if left():
-        Experts.dense_min_rows = choice["dense_min_rows"]
         p32 = [rng.randrange(1000, 100_000) for _ in range(a.peak_length)]
         r = run_ours(engine, p32, 8, choice["prefill_step"])
         out["peak"] = {**r, "weights_bytes": out["weights_bytes"],
