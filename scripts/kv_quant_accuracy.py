@@ -16,7 +16,9 @@ times as a document):
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -35,7 +37,9 @@ def load(name: str, dtype: str | None) -> tuple[Any, Any, Path]:
     if name == "demo":
         path = demo_model_path()
     elif name == "tiny":  # 64-wide heads: KV quantization groups need a head size divisible by 32
-        path = write_tiny_checkpoint(Path(tempfile.mkdtemp()) / "tiny64", layout="float", head_dim=64)
+        tmp = tempfile.mkdtemp(prefix="mht-kvq-")
+        atexit.register(shutil.rmtree, tmp, True)
+        path = write_tiny_checkpoint(Path(tmp) / "tiny64", layout="float", head_dim=64)
     else:
         path = Path(name)
     model, config = load_model(path, dtype=getattr(mx, dtype) if dtype else None)

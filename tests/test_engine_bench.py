@@ -80,3 +80,17 @@ def test_random_tiny_in_bfloat16_runs_on_this_backend() -> None:
     engine = Engine(model, config)
     out = list(engine.generate(list(range(1000, 1040)), GenerationOptions(max_tokens=5, stop_ids=frozenset())))
     assert len(out) == 5
+
+
+def test_bench_random_tiny_leaves_no_checkpoint_in_the_temp_folder(tmp_path, monkeypatch: pytest.MonkeyPatch,
+                                                                   capsys: pytest.CaptureFixture[str]) -> None:
+    """Each random tiny checkpoint is ~100 MB: bench runs that left theirs in /tmp once filled the disk."""
+    import tempfile
+
+    scratch = tmp_path / "tmp"
+    scratch.mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(scratch))
+    rc = main(["bench", "--random", "tiny", "--prompt-lengths", "16", "--gen-tokens", "2", "--repeats", "1",
+               "--turns", "0"])
+    assert rc == 0 and capsys.readouterr().out.startswith("model:")
+    assert list(scratch.iterdir()) == []

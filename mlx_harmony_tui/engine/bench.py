@@ -9,11 +9,9 @@ from __future__ import annotations
 import platform
 import random
 import statistics
-import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
 from typing import Any
 
 import mlx.core as mx
@@ -68,11 +66,12 @@ def build_random(kind: str, seed: int = 0, dtype: str | None = None) -> tuple[An
     """A model with random weights: "tiny" (via the tiny checkpoint: float32 like it and the demo model unless
     ``dtype`` says otherwise) or "20b"/"120b" with the real shapes and formats (experts MXFP4, everything
     else 8-bit affine, group 64, float parts ``dtype``, default bfloat16 as in the published checkpoints)."""
-    from mlx_harmony_tui.model import load_model, write_tiny_checkpoint
+    from mlx_harmony_tui.model import load_model, temporary_tiny_checkpoint
 
     if kind == "tiny":
-        folder = Path(tempfile.mkdtemp(prefix="mht-bench-")) / "tiny"
-        model, config = load_model(write_tiny_checkpoint(folder, layout="float", seed=seed))
+        with temporary_tiny_checkpoint(seed=seed, prefix="mht-bench-") as folder:
+            model, config = load_model(folder)
+            mx.eval(model.parameters())  # read before the folder goes
         if dtype not in (None, "float32"):
             cast_float_parts(model, dtype)
         return model, config

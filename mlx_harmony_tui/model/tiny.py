@@ -8,6 +8,9 @@ tests cross it with short prompts.
 from __future__ import annotations
 
 import json
+import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -222,3 +225,12 @@ def write_tiny_checkpoint(
     index = {"metadata": {"total_size": total}, "weight_map": weight_map}
     (folder / "model.safetensors.index.json").write_text(json.dumps(index, indent=2))
     return folder
+
+
+@contextmanager
+def temporary_tiny_checkpoint(*, layout: Layout = "float", seed: int = 0, prefix: str = "mht-tiny-",
+                              **config_overrides: Any) -> Iterator[Path]:
+    """A tiny checkpoint in a temporary folder that is removed afterwards: each one is ~100 MB (the real
+    vocabulary), and bench runs that left theirs behind once filled the disk."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield write_tiny_checkpoint(Path(tmp) / "tiny", layout=layout, seed=seed, **config_overrides)

@@ -11,20 +11,19 @@ alternation ("portable": MLX's kernels only).
 from __future__ import annotations
 
 import argparse
-import tempfile
 import time
-from pathlib import Path
 
 import mlx.core as mx
 
-from mlx_harmony_tui.model import cuda_moe, load_model, write_tiny_checkpoint
+from mlx_harmony_tui.model import cuda_moe, load_model, temporary_tiny_checkpoint
 from mlx_harmony_tui.model.fast import CompiledDecoder
 
 
 def build(kind: str, dtype: str = "float32"):
     if kind == "tiny":
-        folder = Path(tempfile.mkdtemp(prefix="mht-moe-")) / "tiny"
-        model, config = load_model(write_tiny_checkpoint(folder, layout="mlx"))
+        with temporary_tiny_checkpoint(layout="mlx", prefix="mht-moe-") as folder:
+            model, config = load_model(folder)
+            mx.eval(model.parameters())
         model.set_dtype(getattr(mx, dtype))  # float parts only; packed weights and scales keep theirs
         return model.optimize(compiled_decode=False), config
     from mlx_harmony_tui.engine import bench

@@ -5,19 +5,19 @@ stream. Prints max |difference| and NaN counts. ``python scripts/lab/check_cuda_
 from __future__ import annotations
 
 import argparse
-import tempfile
-from pathlib import Path
 
 import mlx.core as mx
 
-from mlx_harmony_tui.model import load_model, write_tiny_checkpoint
+from mlx_harmony_tui.model import load_model, temporary_tiny_checkpoint
 from mlx_harmony_tui.model.gpt_oss import Experts
 
 
 def models():
-    tmp = Path(tempfile.mkdtemp())
     for layout in ("float", "mlx"):
-        yield f"tiny-{layout}", load_model(write_tiny_checkpoint(tmp / layout, layout=layout, seed=3))[0]
+        with temporary_tiny_checkpoint(layout=layout, seed=3) as folder:
+            model = load_model(folder)[0]
+            mx.eval(model.parameters())
+        yield f"tiny-{layout}", model
     from mlx_harmony_tui.engine import bench
 
     bench._REAL["20b-2"] = {"num_hidden_layers": 2, "num_local_experts": 32}  # 2 layers of the real shapes
