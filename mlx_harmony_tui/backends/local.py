@@ -72,7 +72,7 @@ class LocalBackend:
         self.app_config = app_config  # config.AppConfig: tool settings and [[tools.functions]]
         self._thread = thread or MlxThread()
         self._worker = self._thread.thread
-        kv = {k: getattr(app_config, k, None) for k in ("kv_bits", "kv_mode")}  # its stream: that thread's
+        kv = {k: getattr(app_config, k, None) for k in ("kv_bits", "kv_mode", "prefill_step")}  # its stream: that thread's
         from mlx_harmony_tui.engine import distributed
 
         group = distributed.group()

@@ -100,6 +100,7 @@ class AppConfig:
     keymap: dict[str, str] = field(default_factory=dict)  # action id -> keys, e.g. "ctrl+s"
     kv_bits: Literal[4, 8] | None = None  # quantize the local model's full-attention KV cache (off: unset)
     kv_mode: Literal["affine", "affine128", "mxfp8"] | None = None  # how kv_bits quantizes (docs/config.md)
+    prefill_step: int | None = None  # prompt tokens per prefill chunk of the local model (unset: 2048 CUDA, 512 else)
     profiles: dict[str, dict[str, Any]] = field(default_factory=dict)  # raw [profiles.NAME] tables
     # filled by load_config:
     source: Path | None = field(default=None, metadata=INTERNAL)

@@ -34,6 +34,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "repetition_context": (0, None),
     "max_tokens": (1, None),
     "context_limit": (1, None),
+    "prefill_step": (16, 65536),
     "timeout_s": (0.001, None),
     "memory_mb": (16, None),
     "max_output_chars": (100, None),

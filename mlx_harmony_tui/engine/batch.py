@@ -215,7 +215,7 @@ class BatchScheduler:
             seq.max_tokens = min(seq.max_tokens, eng.context_limit - len(seq.prompt))
         seq.rest = seq.prompt[reused:]
         seq.total, seq.done, seq.prefilling = len(seq.rest), 0, True
-        reserve_prefill(pc.caches, seq.total, max(1, int(opt.prefill_step)), seq.max_tokens)
+        reserve_prefill(pc.caches, seq.total, eng.step_for(opt), seq.max_tokens)
 
     def _prefill(self) -> None:
         """Prefill the requests that joined, first come first served: all of it while no other request is
@@ -239,7 +239,7 @@ class BatchScheduler:
         eng, opt, pc = self.engine, seq.options, self._slot(seq.slot)
         if seq.stopped:
             return self._finish(seq, "cancelled")
-        rest, total, step = seq.rest, seq.total, max(1, int(opt.prefill_step))
+        rest, total, step = seq.rest, seq.total, eng.step_for(opt)
         if total - seq.done > 1:
             chunk = rest[seq.done : min(seq.done + step, total - 1)]
             eng._logits(chunk, pc.caches)
@@ -349,7 +349,7 @@ class BatchScheduler:
         lp = _logprob(tok, extra) if extra is not None else None
         if not seq.generated:
             tracker.prefill_done()
-            if seq.progress and seq.total > max(1, int(opt.prefill_step)):
+            if seq.progress and seq.total > self.engine.step_for(opt):
                 seq.out.put(("progress", PrefillProgress(seq.total, seq.total)))
         tracker.token()
         seq.generated.append(tok)

@@ -86,7 +86,7 @@ def _options_from_json(text: str) -> GenerationOptions:
     return GenerationOptions(
         max_tokens=int(d["max_tokens"]),
         stop_ids=frozenset(int(t) for t in d["stop_ids"]),
-        prefill_step=int(d["prefill_step"]),
+        prefill_step=int(d["prefill_step"]) if d["prefill_step"] is not None else None,
         loop=LoopConfig(**d["loop"]) if d["loop"] is not None else None,
     )
 
@@ -130,7 +130,7 @@ class DistributedEngine(Engine):
     stops_by_token = True
 
     def __init__(self, model: Any, config: Any, group: Any, **engine_options: Any) -> None:
-        """``engine_options``: Engine's (model_id, optimize, kv_bits, kv_mode, kv_margin); the same on every rank."""
+        """``engine_options``: Engine's (model_id, optimize, kv_bits, kv_mode, kv_margin, prefill_step); the same on every rank."""
         self.group = group
         self.rank = group.rank()
         self._root = mx.array(1 if self.rank == 0 else 0, dtype=mx.int32)

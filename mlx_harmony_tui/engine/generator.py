@@ -49,7 +49,7 @@ class GenerationOptions:
     max_tokens: int = 4096
     stop_ids: frozenset[int] = HARMONY_STOP_IDS
     seed: int | None = None
-    prefill_step: int = field(default_factory=default_prefill_step)
+    prefill_step: int | None = None  # prompt tokens per prefill chunk; None: the engine's (Engine.prefill_step)
     loop: LoopConfig | None = field(default_factory=LoopConfig)
     constraint: TokenConstraint | None = None  # masks the logits of every step (structured output)
     on_logprob: LogprobCallback | None = None  # called with each token's log-probability before it is yielded
@@ -68,11 +68,13 @@ class Engine:
     """Runs one model; one generation at a time (a lock), callable from any thread."""
 
     def __init__(self, model: Any, config: Any, *, model_id: str = "", optimize: bool = True,
-                 kv_bits: int | None = None, kv_margin: int | None = None, kv_mode: str | None = None) -> None:
+                 kv_bits: int | None = None, kv_margin: int | None = None, kv_mode: str | None = None,
+                 prefill_step: int | None = None) -> None:
         """``kv_bits``: quantize the full-attention layers' KV cache to 8 or 4 bits (None: the model's
         dtype; model/kv_quant.py); ``kv_mode``: "affine" (the default) or "mxfp8" (8 bits, smaller scales;
         implies ``kv_bits`` 8). ``kv_margin``: positions sliding layers keep beyond their window (None:
-        model/cache.py's default)."""
+        model/cache.py's default). ``prefill_step``: prompt tokens per prefill chunk when a request does
+        not say (None: default_prefill_step(); the config key ``prefill_step``)."""
         if optimize and getattr(model, "decoder", False) is None and hasattr(model, "optimize"):
             model.optimize()  # fused QKV + compiled one-token step (model/fast.py)
         self.model = model
@@ -82,6 +84,7 @@ class Engine:
         self.context_limit = int(getattr(config, "max_position_embeddings", 0) or 0)
         kv_bits, kv_mode = kv_setting(kv_bits, kv_mode)
         self.kv_bits, self.kv_mode = kv_bits, kv_mode
+        self.prefill_step = max(1, int(prefill_step)) if prefill_step else default_prefill_step()
         kw = {k: v for k, v in (("kv_bits", kv_bits), ("margin", kv_margin), ("kv_mode", kv_mode)) if v is not None}
         make_cache = partial(model.make_cache, **kw) if kw else model.make_cache
         self.make_cache = make_cache  # also for the per-request caches of continuous batching (engine/batch.py)
@@ -132,6 +135,10 @@ class Engine:
             out = self.model(inputs, cache=caches)
         return out[:, -1, :]
 
+    def step_for(self, options: GenerationOptions) -> int:
+        """Prompt tokens per prefill chunk for a request: its own, else the engine's."""
+        return max(1, int(options.prefill_step or self.prefill_step))
+
     def checked_prompt(self, prompt_ids: list[int]) -> list[int]:
         """The prompt as ints; empty or too long for the context is an error before anything runs."""
         prompt = [int(t) for t in prompt_ids]
@@ -176,7 +183,7 @@ class Engine:
         try:
             rest = prompt[reused:]
             total = len(rest)
-            step = max(1, int(opt.prefill_step))
+            step = self.step_for(opt)
             reserve_prefill(pc.caches, total, step, max_tokens)
             # Prefill all but the last token in chunks; eval each chunk's keys/values and drop the rest of
             # its graph (the logits are never computed), so peak memory is bounded by one chunk.

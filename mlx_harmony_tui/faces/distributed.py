@@ -51,6 +51,7 @@ def follow(args: argparse.Namespace) -> int:
         model_id=str(path),
         kv_bits=getattr(app_config, "kv_bits", None),
         kv_mode=getattr(app_config, "kv_mode", None),
+        prefill_step=getattr(app_config, "prefill_step", None),
     )
     try:
         engine.follow()
