@@ -26,7 +26,7 @@ from mlx_harmony_tui.chat.events import (
 )
 from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.server.drive import disconnected, drive
-from mlx_harmony_tui.server.guards import BearerAuth, check_counts, error_response, parse_json
+from mlx_harmony_tui.server.guards import BearerAuth, InternalErrors, check_counts, error_response, parse_json
 from mlx_harmony_tui.server.queue import GenerationQueue
 from mlx_harmony_tui.server.reply import ReplyBuilder
 from mlx_harmony_tui.server.schemas import (
@@ -86,6 +86,7 @@ def create_app(
 
     envelope = error_response
     app.state.turns = turns
+    app.add_middleware(InternalErrors)
     if api_key:
         app.add_middleware(BearerAuth, api_key=api_key)
 
@@ -97,10 +98,6 @@ def create_app(
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code)
         return envelope(APIError(exc.status_code, str(exc.detail), code=code))
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return envelope(APIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error"))
 
     @app.get("/health")
     async def health() -> dict[str, Any]:

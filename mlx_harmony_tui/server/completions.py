@@ -138,7 +138,13 @@ def register_completions(app: FastAPI, backends: Mapping[str, Backend], base: Ch
             text = req.prompt if isinstance(req.prompt, str) else str(req.prompt[0])
             ids = list(backend.encoding.encode(text, allowed_special="all"))
         else:
-            text, ids = backend.encoding.decode(req.prompt), [int(t) for t in req.prompt]
+            ids = [int(t) for t in req.prompt]
+            vocab = int(getattr(backend.engine, "vocab_size", 0) or 0)
+            bad = next((t for t in ids if t < 0 or (vocab and t >= vocab)), None)
+            if bad is not None:  # the model would index its embedding out of bounds (MLX: a segfault)
+                raise APIError(400, f"prompt: token id {bad} is outside the model's vocabulary (0..{vocab - 1})",
+                               param="prompt", code="invalid_value")
+            text = backend.encoding.decode(ids)
         if not ids:
             raise APIError(400, "prompt is empty", param="prompt")
         limit = int(getattr(backend, "context_limit", 0) or 0)

@@ -1,5 +1,5 @@
 """What the server checks before a request may cost it anything: the API key, and the shape and size of the
-JSON (docs/server.md lists the limits and their status codes).
+JSON (docs/server.md lists the limits and their status codes); and what it answers when a handler fails.
 
 Authentication is a pure ASGI middleware, not ``@app.middleware("http")``: Starlette's BaseHTTPMiddleware
 hands the endpoint a replacement ``receive``, so ``request.is_disconnected()`` never saw a client hang up,
@@ -9,11 +9,13 @@ and an abandoned non-streaming request kept the model busy to the end.
 from __future__ import annotations
 
 import json
+import logging
 import secrets
 from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from mlx_harmony_tui.server.request_log import LOGGER_NAME
 from mlx_harmony_tui.server.schemas import APIError
 
 MAX_JSON_DEPTH = 64  # nesting of arrays/objects in a request body
@@ -46,6 +48,36 @@ class BearerAuth:
                 await error_response(err)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
+
+
+class InternalErrors:
+    """A bug in a handler is a 500 in OpenAI's envelope, logged with its traceback, and the keep-alive
+    connection stays open. Starlette's catch-all handler answers and then re-raises, and uvicorn closes the
+    connection of an app that raised, so a client's next request on that connection failed too."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        started = False
+
+        async def send_and_note(message: Any) -> None:
+            nonlocal started
+            started = started or message["type"] == "http.response.start"
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_and_note)
+        except Exception as exc:
+            if started:  # a stream broke off: nothing more can be said on this connection
+                raise
+            logging.getLogger(LOGGER_NAME).error("%s %s failed", scope.get("method"), scope.get("path"),
+                                                 exc_info=exc)
+            err = APIError(500, f"internal error: {type(exc).__name__}: {exc}", "server_error")
+            await error_response(err)(scope, receive, send)
 
 
 def parse_json(body: bytes) -> Any:
