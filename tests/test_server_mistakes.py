@@ -49,6 +49,24 @@ def _serves(client: openai.OpenAI) -> None:
     assert r.choices[0].finish_reason in ("stop", "length")
 
 
+@pytest.mark.parametrize(
+    "tool,param",
+    [
+        ({"type": "function"}, "tools[0].name"),
+        ({"type": "function", "name": "bad name!"}, "tools[0].name"),
+        ({"type": "function", "name": "f", "parameters": "x"}, "tools[0].parameters"),
+    ],
+)
+def test_a_malformed_responses_function_tool_is_a_400_naming_it(
+    url: str, client: openai.OpenAI, tool: dict[str, Any], param: str
+) -> None:
+    err = _error(
+        httpx.post(f"{url}/responses", json={"model": "demo", "input": "hi", "tools": [tool]}, timeout=60)
+    )
+    assert err["param"] == param and "validation error" not in err["message"]
+    _serves(client)
+
+
 @pytest.mark.parametrize("prompt", [[999_999_999], [-1], [201_088]])
 def test_token_ids_outside_the_vocabulary_are_a_400(
     url: str, client: openai.OpenAI, prompt: list[int]
@@ -57,6 +75,61 @@ def test_token_ids_outside_the_vocabulary_are_a_400(
         client.completions.create(model="demo", prompt=prompt, max_tokens=2)
     assert e.value.body["param"] == "prompt" and "token" in e.value.body["message"]
     _serves(client)
+
+
+@pytest.mark.parametrize(
+    "extra",
+    [
+        {"tool_choice": "required"},
+        {"tool_choice": {"type": "function", "function": {"name": "get_weather"}}},
+        {"response_format": {"type": "json_object"}},
+    ],
+)
+def test_an_enforced_tool_schema_that_cannot_be_compiled_is_a_400(client: openai.OpenAI, extra: dict) -> None:
+    """tool_choice required (or named) and response_format compile each offered function's parameters into
+    the reply's grammar: a schema llguidance refuses was a 500 'generation failed' after the request waited."""
+    tools = [
+        {"type": "function", "function": {"name": "lookup", "parameters": WEATHER}},
+        {"type": "function", "function": {"name": "get_weather", "parameters": BAD_PARAMS}},
+    ]
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="demo", messages=USER, tools=tools, max_tokens=16, **extra)
+    assert e.value.body["param"] == "tools[1].function.parameters", e.value.body
+    assert "strin" in e.value.body["message"]
+    _serves(client)
+
+
+def test_an_enforced_responses_tool_schema_that_cannot_be_compiled_is_a_400(url: str) -> None:
+    tools = [{"type": "function", "name": "get_weather", "parameters": BAD_PARAMS}]
+    body = {
+        "model": "demo",
+        "input": "hi",
+        "tools": tools,
+        "tool_choice": "required",
+        "max_output_tokens": 16,
+    }
+    err = _error(httpx.post(f"{url}/responses", json=body, timeout=60))  # was a 200 with status "failed"
+    assert err["param"] == "tools[0].parameters"
+
+
+def test_an_unenforced_tool_schema_is_only_described(client: openai.OpenAI) -> None:
+    """With tool_choice auto the schema is text for the model, not a grammar: accepted as it is."""
+    tools = [{"type": "function", "function": {"name": "get_weather", "parameters": BAD_PARAMS}}]
+    r = client.chat.completions.create(model="demo", messages=USER, tools=tools, max_tokens=8)
+    assert r.choices[0].finish_reason in ("stop", "length", "tool_calls")
+
+
+@pytest.mark.parametrize("choice", ["required", {"type": "function", "function": {"name": "get_weather"}}])
+def test_tool_choice_that_needs_a_call_without_tools_is_a_400(client: openai.OpenAI, choice: Any) -> None:
+    """It promises a call of an offered function; with no function offered it was silently a plain answer."""
+    with pytest.raises(openai.BadRequestError) as e:
+        client.chat.completions.create(model="demo", messages=USER, tool_choice=choice, max_tokens=8)
+    assert e.value.body["param"] == "tool_choice"
+
+
+def test_responses_tool_choice_required_without_tools_is_a_400(url: str) -> None:
+    body = {"model": "demo", "input": "hi", "tool_choice": "required", "max_output_tokens": 8}
+    assert _error(httpx.post(f"{url}/responses", json=body, timeout=60))["param"] == "tool_choice"
 
 
 def _http(method: str, path: str, body: bytes = b"") -> bytes:

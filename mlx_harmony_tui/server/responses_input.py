@@ -22,8 +22,10 @@ from mlx_harmony_tui.server.schemas import (
     PYTHON,
     APIError,
     ToolRoute,
+    check_enforced_tools,
     reject_unknown,
     response_format,
+    validated,
 )
 
 # Sent by common clients (the openai SDK, the Agents SDK, Codex) with values we cannot act on locally.
@@ -93,7 +95,7 @@ def function_tools(req: ResponsesRequest) -> list[FunctionToolDef]:
             raise APIError(400, f"tools[{i}]: tool type {t.get('type')!r} is not supported (function tools only;"
                            " a function named 'python' is GPT-OSS's python tool, run by the client)",
                            param=f"tools[{i}].type", code="unsupported_parameter")
-        out.append(FunctionToolDef.model_validate(t))
+        out.append(validated(FunctionToolDef, t, f"tools[{i}]"))
     return out
 
 
@@ -197,6 +199,8 @@ def to_settings(req: ResponsesRequest, base: ChatSettings, instructions: list[st
             raise APIError(400, f"tool_choice names unknown function {name!r}", param="tool_choice")
     elif choice not in (None, "auto", "none", "required"):
         raise APIError(400, f"tool_choice {choice!r} is not one of none, auto, required", param="tool_choice")
+    elif choice == "required" and not tools:
+        raise APIError(400, "tool_choice asks for a function call, but the request offers no tools", param="tool_choice")
     if tools:  # with "none" too: declared (same prompt, same cache), but the constraint allows no call
         s.tool_choice = "required" if choice == "required" or isinstance(choice, dict) else choice or "auto"
         for t in tools:
@@ -211,4 +215,5 @@ def to_settings(req: ResponsesRequest, base: ChatSettings, instructions: list[st
     fmt = req.text.format if req.text else None
     if fmt is not None:
         s.response_format = response_format(fmt, "text.format")
+    check_enforced_tools(s, {t.get("name"): f"tools[{i}].parameters" for i, t in enumerate(req.tools or [])})
     return s, routes

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
@@ -184,16 +184,34 @@ def check_chat_fields(data: dict[str, Any]) -> None:
 M = TypeVar("M", bound=BaseModel)
 
 
-def validated(model: type[M], data: Any) -> M:
-    """The request as ``model``; a JSON value that is not an object, or the first validation error, is a
-    400 naming the field."""
+def param_path(loc: Sequence[int | str], where: str = "") -> str:
+    """A pydantic error location as OpenAI writes a parameter: ``tools[0].function.name``. The location stops
+    at a union member's tag (``stop.str``, ``tool_choice.literal['none','auto','required']``)."""
+    out = where
+    for part in loc:
+        if isinstance(part, int):
+            out += f"[{part}]"
+        elif part.isidentifier() and part not in _TYPE_TAGS and not part[:1].isupper():
+            out += f".{part}" if out else part
+        else:
+            break
+    return out
+
+
+_TYPE_TAGS = frozenset({"str", "int", "float", "bool", "dict", "list"})
+
+
+def validated(model: type[M], data: Any, where: str = "") -> M:
+    """The request (or its part at ``where``, e.g. ``tools[0]``) as ``model``; a JSON value that is not an
+    object, or the first validation error, is a 400 naming the field."""
     if not isinstance(data, dict):
-        raise APIError(400, "request body must be a JSON object")
+        raise APIError(400, f"{where} must be a JSON object" if where else "request body must be a JSON object",
+                       param=where or None)
     try:
         return model.model_validate(data)
     except ValidationError as e:
         first = e.errors()[0]
-        loc = ".".join(str(p) for p in first["loc"])
+        loc = param_path(first["loc"], where)
         raise APIError(400, f"{loc}: {first['msg']}" if loc else first["msg"], param=loc or None,
                        code="invalid_value") from None
 
@@ -274,6 +292,8 @@ def to_settings(req: ChatCompletionRequest, base: ChatSettings) -> ChatSettings:
     s.builtin_tools = list(base.builtin_tools)  # only what `serve --tools` runs here (none by default)
     s.function_tools = []
     choice = req.tool_choice
+    if not req.tools and (choice == "required" or isinstance(choice, NamedToolChoice)):
+        raise APIError(400, "tool_choice asks for a function call, but the request offers no tools", param="tool_choice")
     if req.tools and choice != "none":
         tools = [
             FunctionTool(
@@ -293,7 +313,24 @@ def to_settings(req: ChatCompletionRequest, base: ChatSettings) -> ChatSettings:
             s.builtin_tools = sorted({*s.builtin_tools, PYTHON})
             tools = [t for t in tools if t.name != PYTHON]
         s.function_tools = tools
+        check_enforced_tools(s, {t.function.name: f"tools[{i}].function.parameters" for i, t in enumerate(req.tools)})
     return s
+
+
+def check_enforced_tools(s: ChatSettings, params: dict[str, str]) -> None:
+    """When the reply is constrained (tool_choice required or a named function, or a response format while
+    calls are allowed), each offered function's ``parameters`` become part of its grammar: a schema
+    llguidance cannot enforce is a 400 naming it (``params``: function name -> field), not a generation that
+    fails after the request waited in line. Unconstrained, the schema is only described to the model."""
+    from mlx_harmony_tui.harmony.constraint import SchemaError, check_schema
+
+    if s.tool_choice != "required" and (s.response_format is None or s.tool_choice == "none"):
+        return
+    for t in s.function_tools:
+        try:
+            check_schema(t.parameters)
+        except SchemaError as e:
+            raise APIError(400, f"{params[t.name]}: {e}", param=params[t.name]) from None
 
 
 @dataclass(frozen=True)
