@@ -90,3 +90,27 @@ async def test_demo_tool_turn_keeps_each_analysis_message_its_own_paragraph() ->
         first, _, second = msg.analysis_text.partition("\n\n")
         assert first.strip() and second.strip(), msg.analysis_text
         assert "444" in second and "444" in msg.final_text
+
+
+async def test_a_long_message_shows_prefill_progress_and_esc_stops_the_prefill() -> None:
+    """A pasted document: the status counts the prefill while it runs (it used to wait for the first token,
+    showing "generating" for the whole prefill), and esc stops it there, before any token."""
+    app = HarmonyApp(model="demo", settings=ChatSettings(max_tokens=50, seed=0))
+    async with app.run_test(size=SIZE) as pilot:
+        await wait_loaded(pilot, app)
+        status = app.screen.query_one("#status")
+        await app.send("the quick brown fox jumps over the lazy dog\n" * 800)  # ~8,000 tokens: 16 chunks
+        seen = ""
+        for _ in range(1200):
+            await pilot.pause(0.05)
+            seen = str(status.render())
+            if seen.startswith("prefill") or not app.generating:
+                break
+        assert seen.startswith("prefill"), f"no prefill progress before the turn ended (status {seen!r})"
+        await pilot.press("escape")
+        await app.wait_idle(60)
+        await pilot.pause()
+        msg = list(app.screen.query(AssistantMessage))[-1]
+        assert not (msg.analysis_text + msg.commentary_text + msg.final_text)
+        assert app.chat.handle is None and str(status.render()) == "ready"
+        assert app.screen.query_one("MetricsBar").last.generated_tokens == 0  # stopped inside the prefill

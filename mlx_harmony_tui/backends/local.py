@@ -219,6 +219,7 @@ class LocalBackend:
             confirm=confirm,
             cancel=handle.cancel_event,
             trace=self.trace,
+            live=handle.put,  # prefill progress while it runs, not after the first token
         )
 
         def work() -> None:

@@ -80,6 +80,9 @@ class TurnContext:
     confirm: ConfirmFn | None = None
     cancel: threading.Event = field(default_factory=threading.Event)
     trace: Any | None = None  # chat.trace.TurnTrace: one debug record per attempt (--debug-file)
+    # Where live figures go at once (a face's queue). A prefill has no token to carry them: without this they
+    # wait for the first token, and a long prompt shows no progress until its prefill is over.
+    live: Callable[[Event], None] | None = None
 
 
 def _attempt_text(stream: HarmonyStream) -> str:
@@ -155,7 +158,10 @@ def run_turn(ctx: TurnContext, messages: list[HMessage], settings: ChatSettings)
     def on_progress(item: Metrics | PrefillProgress) -> None:
         if isinstance(item, Metrics) and item.final:
             return  # the engine's closing snapshot is ``last_result.metrics``, yielded once below
-        pending.append(item)
+        if ctx.live is not None:
+            ctx.live(item)
+        else:
+            pending.append(item)
 
     while True:
         convo = history + new_messages

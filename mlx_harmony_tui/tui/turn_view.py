@@ -114,7 +114,7 @@ class TurnView:
         elif isinstance(e, ev.Metrics):
             bar.show(e)
         elif isinstance(e, ev.PrefillProgress):
-            bar.set_status(f"prefill {e.done}/{e.total}")
+            bar.set_prefill(e.done, e.total)
         elif isinstance(e, ev.ToolCallStarted):
             tools.remove_class("hidden")
             await tools.entry(e.call_id, e.recipient)

@@ -80,6 +80,16 @@ class MetricsBar(Horizontal):
         # fixed-size cells: repaint only, no screen layout (these change several times a second)
         self.query_one("#status", Static).update(text, layout=False)
 
+    def set_prefill(self, done: int, total: int) -> None:
+        """Shows "prefill n/N" where it fits the status cell, else the share done; "generating" once over."""
+        if done >= total:
+            self.set_status("generating")
+            return
+        text = f"prefill {done}/{total}"
+        if len(text) > self._status_width() - 1:
+            text = f"prefill {100 * done // max(total, 1)}%"
+        self.set_status(text)
+
     def on_resize(self) -> None:
         self.set_class(self.size.width < 100, "-narrow")  # size: inside the padding
         self._render_text()
