@@ -279,6 +279,8 @@ class HarmonyApp(ModelLoading, ScreenActions, BranchActions, QuickActions, App[N
 
     async def start_turn(self) -> None:
         view = self.view
+        for note in self.conversation.query(".partial-note"):
+            await note.remove()  # "earlier versions here": this turn fills the place, its number says so
         session = self.chat.session
         position = len(session.messages) if session is not None else None
         others = self.chat.branch_points().get(position) if position is not None else None
