@@ -312,3 +312,42 @@ def test_sessions_list_cli_searches_text_and_shows_turns(tmp_path: Path, capsys)
     assert s.id in out and "TURNS" in out
     assert main(["sessions", "--dir", str(tmp_path), "list", "echidna"]) == 0
     assert "no sessions matching 'echidna'" in capsys.readouterr().out
+
+
+def test_reading_never_creates_the_sessions_folder(tmp_path: Path, capsys) -> None:
+    """`sessions --dir TYPO list/show` and a fresh install's `sessions list` leave no folder behind; the first
+    save creates it."""
+    from mlx_harmony_tui.cli import main
+
+    root = tmp_path / "not" / "yet"
+    store = SessionStore(root)
+    assert store.list() == [] and store.list("word") == []
+    with pytest.raises(SessionNotFoundError):
+        store.resolve("2026")
+    assert main(["sessions", "--dir", str(root), "list"]) == 0
+    assert main(["sessions", "--dir", str(root), "show", "x"]) == 2
+    assert main(["sessions", "--dir", str(root), "migrate"]) == 0
+    capsys.readouterr()
+    assert not (tmp_path / "not").exists()
+    s = store.create(title="first")
+    assert store.path(s.id).is_file() and [x.id for x in store.list()] == [s.id]
+
+
+def test_an_unusable_sessions_folder_is_a_clear_message_not_a_traceback(tmp_path: Path, capsys) -> None:
+    """XDG_DATA_HOME (or --dir) below a file: listing warns, saving is a SessionError (a UserError)."""
+    from mlx_harmony_tui.cli import main
+
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    root = blocker / "sessions"
+    store = SessionStore(root)
+    assert store.list() == [] and "cannot read the sessions folder" in store.problems[0]
+    with pytest.raises(UserError, match="cannot create the sessions folder .* \\(Not a directory\\)"):
+        store.create(title="t")
+    assert main(["sessions", "--dir", str(root), "list"]) == 0
+    assert "cannot read the sessions folder" in capsys.readouterr().err
+    src = tmp_path / "in.json"
+    shutil.copy(FIXTURES / "v4-example.json", src)
+    assert main(["sessions", "--dir", str(root), "import", str(src)]) == 2
+    err = capsys.readouterr().err
+    assert "cannot create the sessions folder" in err and "Traceback" not in err

@@ -137,8 +137,9 @@ class SessionStore:
     """The sessions folder. ``problems`` collects what was quarantined or skipped, for the faces to show."""
 
     def __init__(self, root: Path | None = None) -> None:
+        # Created by the first save: reading (a fresh install's `sessions list`, a mistyped --dir) never
+        # creates folders.
         self.root = Path(root) if root is not None else paths.sessions_dir()
-        self.root.mkdir(parents=True, exist_ok=True)
         self.problems: list[str] = []
         self._locks: dict[str, SessionLock] = {}
         self._checked: set[str] = set()  # ids whose file on disk we know is ours at the current version
@@ -153,6 +154,14 @@ class SessionStore:
 
     def _lock_path(self, session_id: str) -> Path:
         return self.root / f"{session_id}.lock"
+
+    def _ensure_root(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            why = "a file is in the way" if isinstance(e, FileExistsError) else e.strerror or str(e)
+            raise SessionError(f"could not save the session: cannot create the sessions folder {self.root} "
+                               f"({why})") from None
 
     # quarantine --------------------------------------------------------------------------------------
     def quarantine(self, path: Path, reason: str) -> Path:
@@ -226,7 +235,13 @@ class SessionStore:
             except SessionError:
                 return None  # reported in self.problems
 
-        return self._index.list(load, atomic_write, query)
+        try:
+            return self._index.list(load, atomic_write, query)
+        except FileNotFoundError:
+            return []  # nothing saved yet
+        except OSError as e:  # e.g. the data dir lies below a file
+            self.problems.append(f"cannot read the sessions folder {self.root}: {e.strerror or e}")
+            return []
 
     # writing -----------------------------------------------------------------------------------------
     def _check_not_locked_elsewhere(self, session_id: str) -> None:
@@ -261,11 +276,15 @@ class SessionStore:
     def save(self, session: Session, *, touch: bool = True) -> None:
         """Write the session atomically (current schema); ``touch`` sets ``updated_at`` to now."""
         path = self.path(session.id)
+        self._ensure_root()
         self._check_not_locked_elsewhere(session.id)
         self._prepare_overwrite(session.id, path)
         if touch:
             session.updated_at = now_iso()
-        atomic_write(path, encode_session(session))
+        try:
+            atomic_write(path, encode_session(session))
+        except OSError as e:
+            raise SessionError(f"could not save the session: cannot write {path} ({e.strerror or e})") from None
 
     def create(self, title: str = "", model: str = "", params: dict | None = None,
                settings: dict | None = None) -> Session:
@@ -293,6 +312,7 @@ class SessionStore:
     def lock(self, session_id: str) -> SessionLock:
         """Take the session's lock for this store (SessionLockedError if another live process has it)."""
         self.path(session_id)  # validates the id
+        self._ensure_root()
         held = self._locks.get(session_id)
         if held is not None and held.held:
             return held
