@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import stat
 import tomllib
 from pathlib import Path
 
@@ -322,3 +323,28 @@ def test_model_defaults_and_settings_from_config(tmp_path: Path) -> None:
     assert (
         s.max_tokens == 10 and s.seed == 3 and s.reasoning_effort == "low" and s.instructions == "Be brief."
     )
+
+
+def test_set_value_keeps_comments_the_layout_a_symlink_and_the_file_mode(tmp_path: Path) -> None:
+    """Choosing a theme in the app rewrote a hand-written config without its comments, replaced a dotfiles
+    symlink with a file (the dotfiles copy kept the old value) and made it 0600."""
+    real = tmp_path / "dotfiles" / "config.toml"
+    real.parent.mkdir()
+    text = '# my settings\nmodel = "demo"  # the tiny one\n\n[sampling]\n# cooler\ntemperature = 0.3\n'
+    real.write_text(text)
+    real.chmod(0o640)
+    link = tmp_path / "config.toml"
+    link.symlink_to(real)
+    set_value(link, "theme", "nord")
+    set_value(link, "tools.python.timeout_s", 3.5)
+    assert link.is_symlink() and stat.S_IMODE(real.stat().st_mode) == 0o640
+    out = real.read_text()
+    assert out.startswith('# my settings\nmodel = "demo"  # the tiny one\n')
+    assert "[sampling]\n# cooler\ntemperature = 0.3\n" in out
+    data = tomllib.loads(out)
+    assert data["theme"] == "nord" and data["tools"]["python"]["timeout_s"] == 3.5 and data["model"] == "demo"
+    set_value(link, "theme", "dracula")
+    assert tomllib.loads(real.read_text())["theme"] == "dracula" and real.read_text().count("theme") == 1
+    set_value(link, "theme", None)
+    assert "theme" not in real.read_text() and "# cooler" in real.read_text()
+    assert not list(real.parent.glob(".*.tmp")) and not list(tmp_path.glob(".*.tmp"))
