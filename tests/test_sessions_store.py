@@ -351,3 +351,19 @@ def test_an_unusable_sessions_folder_is_a_clear_message_not_a_traceback(tmp_path
     assert main(["sessions", "--dir", str(root), "import", str(src)]) == 2
     err = capsys.readouterr().err
     assert "cannot create the sessions folder" in err and "Traceback" not in err
+
+
+def test_sessions_list_cli_takes_several_words(tmp_path: Path, capsys) -> None:
+    """`sessions list WORDS`: its help says "contain all these words"; a second word was an argparse error."""
+    from mlx_harmony_tui.cli import main
+
+    store = SessionStore(tmp_path)
+    both, one = store.create(title="Rome trip"), store.create(title="Rome alone")
+    both.messages.append(Message(id="u", role="user", content="pasta and gelato"))
+    store.save(both)
+    store.save(one)
+    assert main(["sessions", "--dir", str(tmp_path), "list", "rome", "gelato"]) == 0
+    out = capsys.readouterr().out
+    assert both.id in out and one.id not in out
+    assert main(["sessions", "--dir", str(tmp_path), "list", "--json", "rome", "pizza"]) == 0
+    assert json.loads(capsys.readouterr().out) == []

@@ -30,7 +30,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     sub = p.add_subparsers(dest="action", metavar="ACTION")
 
     a = sub.add_parser("list", help="list sessions, newest first")
-    a.add_argument("query", nargs="?", default=None,
+    a.add_argument("query", nargs="*", metavar="WORD",
                    help="only sessions whose title or messages contain all these words")
     a.add_argument("--json", action="store_true", help="machine-readable output")
     a.set_defaults(func=cmd_list)
@@ -89,7 +89,8 @@ def _write(text: str, output: Path | None) -> None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     store = _store(args)
-    rows = store.list(args.query)
+    query = " ".join(args.query) or None
+    rows = store.list(query)
     _report_problems(store)
     if args.json:
         print(json.dumps([{"id": s.id, "title": s.title, "created_at": s.created_at, "updated_at": s.updated_at,
@@ -98,7 +99,7 @@ def cmd_list(args: argparse.Namespace) -> int:
                           for s in rows], ensure_ascii=False, indent=2))
         return 0
     if not rows:
-        print("no sessions" + (f" matching {args.query!r}" if args.query else ""))
+        print("no sessions" + (f" matching {query!r}" if query else ""))
         return 0
     width = max(len(s.id) for s in rows)
     print(f"{'ID':<{width}}  {'UPDATED':<16}  {'TURNS':>5}  TITLE")  # turns: a message and its reply
