@@ -6,7 +6,10 @@ from __future__ import annotations
 
 import json
 import os
+import pty
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -17,6 +20,7 @@ from mlx_harmony_tui.catalog.listing import find_models
 from mlx_harmony_tui.catalog.resolve import ModelNotFoundError, resolve
 from mlx_harmony_tui.catalog.summary import summarize
 from mlx_harmony_tui.catalog.verify import ModelVerifyError, verify
+from mlx_harmony_tui.demo import demo_model_path
 from mlx_harmony_tui.engine import memory
 from mlx_harmony_tui.model import write_tiny_checkpoint
 
@@ -230,3 +234,37 @@ def test_models_command_without_network(
     assert "is not in the Hugging Face cache" in capsys.readouterr().err and folder.exists()
     assert cli.main(["models", "pull", "not a repo"]) == 2
     assert "is not a Hugging Face repo id" in capsys.readouterr().err
+
+
+def _on_a_terminal(argv: list[str], keys: bytes) -> subprocess.CompletedProcess[str]:
+    """Run the installed command with a pseudo-terminal as stdin, type ``keys`` once it asks."""
+    exe = Path(sys.executable).with_name("mlx-harmony-tui")
+    cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "mlx_harmony_tui"]
+    master, slave = pty.openpty()
+    try:
+        proc = subprocess.Popen([*cmd, *argv], stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True, env=dict(os.environ))
+        os.close(slave)
+        os.write(master, keys)  # read by the prompt whenever it comes: the line discipline keeps it
+        out, err = proc.communicate(timeout=120)
+    finally:
+        os.close(master)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
+def test_models_rm_on_a_terminal_takes_ctrl_d_as_no(tmp_path: Path) -> None:
+    """ctrl+d at `models rm`'s question was an EOFError traceback; it keeps the model, as 'n' does."""
+    src = tmp_path / "demo"
+    src.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copyfile(demo_model_path() / name, src / name)
+    snap = fake_snapshot(src, "acme/demo-oss", "c" * 40)
+    asked = _on_a_terminal(["models", "rm", "acme/demo-oss"], b"\x04")
+    assert asked.returncode == 1 and "Traceback" not in asked.stderr, asked.stderr
+    assert "kept" in asked.stdout and snap.is_dir()
+    gone = _on_a_terminal(["models", "rm", "acme/demo-oss"], b"y\n")
+    assert gone.returncode == 0 and "deleted acme/demo-oss" in gone.stdout, gone.stderr
+    assert not snap.exists()
+    builtin = _on_a_terminal(["models", "rm", "demo"], b"y\n")  # the package's own files are not the user's
+    assert builtin.returncode == 2 and "built into mlx-harmony-tui" in builtin.stderr
+    assert (demo_model_path() / "model.safetensors").is_file()

@@ -16,11 +16,12 @@ PACKAGE = "mlx_harmony_tui"
 ROOT = Path(__file__).resolve().parent.parent / PACKAGE
 
 # Rank of each top-level part of the package; a module may import only parts of the same or lower rank.
-BASE = -1  # errors, paths, the package's __init__ (version) and the demo data package: they import nothing
+BASE = -1  # errors, paths, confirm, the package's __init__ (version) and the demo data package: they import nothing
 RANKS: dict[str, float] = {
     "": BASE,
     "errors": BASE,
     "paths": BASE,
+    "confirm": BASE,
     "demo": BASE,
     "model": 0,
     "engine": 1,

@@ -14,6 +14,7 @@ import signal
 import sys
 from typing import Any
 
+from mlx_harmony_tui.confirm import confirm
 from mlx_harmony_tui.errors import UserError
 
 HEADERS = ["NAME", "SOURCE", "SIZE", "LAYOUT", "QUANTIZATION", "FITS"]
@@ -204,6 +205,8 @@ def cmd_rm(args: argparse.Namespace) -> int:
 
     dirs, *_ = _config(args)
     found = resolve(args.name, dirs)
+    if found.source == "built-in":  # not "remove that folder yourself": it is part of the installed app
+        raise UserError(f"{args.name} is built into mlx-harmony-tui: there is nothing to delete")
     if found.source != "hf-cache":
         raise UserError(
             f"{args.name} is not in the Hugging Face cache ({found.path}, {found.source}); "
@@ -213,13 +216,9 @@ def cmd_rm(args: argparse.Namespace) -> int:
     if not revs:
         raise UserError(f"{args.name}: no cached revision at {found.path}")
     rev = revs[0]
-    if not args.yes:
-        if not sys.stdin.isatty():
-            raise UserError(f"delete {rev.name} ({human_bytes(rev.size_bytes)})? pass --yes to confirm")
-        answer = input(f"delete {rev.name} ({human_bytes(rev.size_bytes)}, {rev.path})? [y/N] ")
-        if answer.strip().lower() not in ("y", "yes"):
-            print("kept")
-            return 1
+    if not args.yes and not confirm(f"delete {rev.name} ({human_bytes(rev.size_bytes)}, {rev.path})"):
+        print("kept")
+        return 1
     freed = hub.remove(rev)
     print(f"deleted {rev.name}: {human_bytes(freed)} freed")
     return 0
