@@ -4,6 +4,7 @@ real LocalBackend, session store and recorder; what a face would do is done here
 from __future__ import annotations
 
 import copy
+import shutil
 
 import pytest
 
@@ -126,7 +127,7 @@ def test_a_session_that_cannot_be_written_is_reported_and_the_chat_goes_on(tiny:
     notes = Notes()
     store = SessionStore()
     chat = ChatController(tiny, settings(), store=store, notify=notes)
-    store.root.parent.mkdir(parents=True, exist_ok=True)
+    shutil.rmtree(store.root)
     store.root.write_text("not a folder")  # every write into it fails
     events = run(chat, "hello")
     assert any(isinstance(e, ev.TurnFinished) for e in events)

@@ -137,9 +137,12 @@ class SessionStore:
     """The sessions folder. ``problems`` collects what was quarantined or skipped, for the faces to show."""
 
     def __init__(self, root: Path | None = None) -> None:
-        # Created by the first save: reading (a fresh install's `sessions list`, a mistyped --dir) never
-        # creates folders.
+        # The app's own folder is made now (best effort: a user may copy files into it before any save);
+        # another (`sessions --dir DIR`, perhaps mistyped) only by the first save, never by reading.
         self.root = Path(root) if root is not None else paths.sessions_dir()
+        if root is None:
+            with contextlib.suppress(OSError):  # unusable: reported by list() and save()
+                self.root.mkdir(parents=True, exist_ok=True)
         self.problems: list[str] = []
         self._locks: dict[str, SessionLock] = {}
         self._checked: set[str] = set()  # ids whose file on disk we know is ours at the current version
