@@ -197,3 +197,16 @@ def test_line_chat_records_set_changes_in_the_session(monkeypatch: pytest.Monkey
     assert not first  # the first reply used the session's own parameters
     assert second and second[0]["temperature"] == 0.5  # the change is on the reply it applied to
     assert session.settings["instructions"] == "Answer briefly."
+
+
+def test_an_answer_cut_at_the_token_limit_says_so(monkeypatch: pytest.MonkeyPatch,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """`generate --max-tokens 5` printed an empty line and nothing else (the cut fell in the reasoning); the
+    line chat said only '(stopped: length)'. Both now name the limit and how to raise it."""
+    rc, out, err = _run(["generate", "--prompt", "hi", "--max-tokens", "5"], "", monkeypatch, capsys)
+    assert rc == 0 and not out.strip()
+    assert "cut at the token limit (max_tokens 5)" in err and "--max-tokens" in err, err
+    rc, out, err = _run(["chat", "--max-tokens", "5"], "hi\n", monkeypatch, capsys)
+    assert rc == 0 and "cut at the token limit (max_tokens 5)" in err and "/set max_tokens=N" in err, err
+    rc, out, err = _run(["generate", "--prompt", "hi", "--max-tokens", "5", "--json"], "", monkeypatch, capsys)
+    assert json.loads(out)["finish_reason"] == "length" and not err  # the document says it already

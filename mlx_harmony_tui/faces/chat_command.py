@@ -31,6 +31,7 @@ from mlx_harmony_tui.faces.common import (
     add_model_flags,
     add_settings_flags,
     apply_overrides,
+    finish_note,
     make_backend,
     parse_value,
     release_mlx_streams,
@@ -248,8 +249,10 @@ class LineChat:
                 elif isinstance(ev, TurnFailed):
                     self.failures += 1
                     self.err.write(f"\nerror: {ev.error}\n")
-                elif isinstance(ev, TurnFinished) and ev.reason not in ("stop", "cancelled"):
-                    self.err.write(f"\n(stopped: {ev.reason})\n")
+                elif isinstance(ev, TurnFinished):
+                    note = finish_note(ev, self.settings, "/set max_tokens=N")
+                    if note:
+                        self.err.write(f"\nnote: the answer was {note}\n")
         except KeyboardInterrupt:
             self.chat.cancel()
             for _ in self.chat.events():  # let the turn end so the record is complete

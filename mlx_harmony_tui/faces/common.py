@@ -314,6 +314,19 @@ def make_backend(args: argparse.Namespace, progress: Any = None) -> tuple[Any, C
     return backend_loader(args, cfg)(model, progress), settings
 
 
+def finish_note(ev: Any, settings: ChatSettings, raise_hint: str) -> str | None:
+    """What a line face says when a turn (its ``TurnFinished``) ended short of a complete answer; None for a
+    normal end or a stop the user asked for. ``raise_hint``: how this face raises max_tokens."""
+    if ev.reason == "length":
+        generated = ev.metrics.generated_tokens
+        if generated and generated < settings.max_tokens:  # the engine stopped at the end of the context
+            return f"cut at the end of the context ({ev.metrics.context_tokens} tokens)"
+        return f"cut at the token limit (max_tokens {settings.max_tokens}); {raise_hint} raises it"
+    if ev.reason == "tool_rounds":
+        return f"stopped after {settings.max_tool_rounds} tool calls in a row without an answer"
+    return None if ev.reason in ("stop", "cancelled") else f"stopped: {ev.reason}"
+
+
 class StreamPrinter:
     """Writes the visible text of streamed ``Delta`` events as it arrives, for the line faces (chat, generate).
 

@@ -27,6 +27,7 @@ from mlx_harmony_tui.faces.common import (
     StreamPrinter,
     add_model_flags,
     add_settings_flags,
+    finish_note,
     make_backend,
     release_mlx_streams,
 )
@@ -70,6 +71,7 @@ def run(args: argparse.Namespace) -> int:
         last_metrics: Metrics | None = None
         printer = None if args.json else StreamPrinter(sys.stdout, args.show_analysis)
         analysis_break = False
+        note: str | None = None  # why the answer is incomplete (the JSON document has finish_reason)
         try:
             for ev in chat.events():
                 if isinstance(ev, Delta) and ev.recipient is None:
@@ -109,6 +111,7 @@ def run(args: argparse.Namespace) -> int:
                         entry["outcome"] = report.outcome
                 if isinstance(ev, TurnFinished):
                     doc["finish_reason"] = ev.reason
+                    note = finish_note(ev, settings, "--max-tokens N")
                     m = ev.metrics if (ev.metrics.prompt_tokens or ev.metrics.generated_tokens) else last_metrics
                     doc["metrics"] = dataclasses.asdict(m) if m else None
                 elif isinstance(ev, TurnFailed):
@@ -129,5 +132,7 @@ def run(args: argparse.Namespace) -> int:
         sys.stdout.write("\n")
         if doc["error"]:
             print(f"mlx-harmony-tui: {doc['error']}", file=sys.stderr)
+        elif note:  # e.g. cut in the reasoning: the answer printed above is empty
+            print(f"mlx-harmony-tui: the answer was {note}", file=sys.stderr)
     sys.stdout.flush()
     return 1 if doc["error"] else 0
