@@ -210,3 +210,18 @@ def test_an_answer_cut_at_the_token_limit_says_so(monkeypatch: pytest.MonkeyPatc
     assert rc == 0 and "cut at the token limit (max_tokens 5)" in err and "/set max_tokens=N" in err, err
     rc, out, err = _run(["generate", "--prompt", "hi", "--max-tokens", "5", "--json"], "", monkeypatch, capsys)
     assert json.loads(out)["finish_reason"] == "length" and not err  # the document says it already
+
+
+def test_line_chat_set_takes_context_limit_as_the_docs_say(monkeypatch: pytest.MonkeyPatch,
+                                                           capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/config.md: `/set` takes the [sampling] names; context_limit was 'unknown setting'. A bad seed said
+    "'-1' is not a valid number" instead of the seed's range."""
+    script = "/set context_limit=270\n/set\nlist 5 colors\n/set context_limit=0\n/set seed=-1\n/quit\n"
+    rc, out, err = _run(["chat", "--temperature", "0"], script, monkeypatch, capsys)
+    assert rc == 0 and "context_limit = 270" in out and "context_limit=270" in out, err
+    assert "context_limit: invalid value 0" in err and "between 0 and 2**64-1" in err, err
+    assert "cut at the end of the context (270 tokens)" in err  # the demo's prompt is ~250 tokens
+    session = SessionStore().load(SessionStore().list()[0].id)
+    assert session.params["context_limit"] == 270
+    rc, out, err = _run(["chat"], "/set context_limit=300\n/set context_limit=none\n/set\n", monkeypatch, capsys)
+    assert rc == 0 and "context_limit=None" in out, err

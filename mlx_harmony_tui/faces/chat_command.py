@@ -40,14 +40,14 @@ from mlx_harmony_tui.faces.common import (
 HELP = r"""commands:
   /help               this help
   /set key=value      change a setting: temperature, top_p, top_k, min_p, repetition_penalty,
-                      repetition_context, logit_bias (id:bias,...), max_tokens, seed,
-                      reasoning_effort, instructions, system
+                      repetition_context, logit_bias (id:bias,...), max_tokens, context_limit,
+                      seed, reasoning_effort, instructions, system (none unsets seed, context_limit)
   /set                show the current settings
   /models             list the models available
   /save [title]       name the session (recorded from the first message) and show where it is
   /attach PATH        add a text file (up to 256 KB) to the next message; /attach lists, /detach drops
   /quit               leave (also end of input)
-  //text             send text that starts with '/'
+  //text              send text that starts with '/'
   text\               a line ending in a backslash continues on the next line"""
 
 
@@ -76,6 +76,8 @@ def settings_line(s: ChatSettings, server_defaults: bool) -> str:
             shown.append(f"logit_bias={','.join(f'{k}:{v:g}' for k, v in value.items()) or 'none'}")
         else:
             shown.append(f"{key}={value}")
+    if not server_defaults:  # a local model's context; a server keeps its own
+        shown.append(f"context_limit={s.context_limit}")
     return " ".join(shown) + (f"{'; ' if shown else ''}server defaults: {' '.join(left)}" if left else "")
 
 class LineChat:

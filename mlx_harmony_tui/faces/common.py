@@ -104,8 +104,8 @@ def cli_overrides(args: argparse.Namespace) -> dict[str, Any]:
     return out
 
 
-SET_KEYS = (*SAMPLING_KEYS, "repetition_context", "logit_bias", "max_tokens", "seed", "reasoning_effort",
-            "instructions", "system")
+SET_KEYS = (*SAMPLING_KEYS, "repetition_context", "logit_bias", "max_tokens", "context_limit", "seed",
+            "reasoning_effort", "instructions", "system")
 
 
 def parse_value(key: str, text: str, typed: str | None = None) -> Any:
@@ -119,16 +119,18 @@ def parse_value(key: str, text: str, typed: str | None = None) -> Any:
             value: Any = finite_float(text)
         elif key in ("top_k", "max_tokens", "repetition_context"):
             value = int(text)
-        elif key == "seed":
-            value = None if text.lower() in ("", "none", "off") else seed_int(text)
+        elif key in ("seed", "context_limit"):  # none: unset (a fresh seed each turn; the model's context)
+            value = None if text.lower() in ("", "none", "off") else seed_int(text) if key == "seed" else int(text)
         elif key == "logit_bias":
             value = parse_logit_bias(text, name)
         elif key in ("reasoning_effort", "instructions", "system_prompt", "system"):
             value = text
         else:
             raise UserError(f"unknown setting {name!r}; known: {', '.join(SET_KEYS)}")
-    except (ValueError, argparse.ArgumentTypeError):
+    except ValueError:
         raise UserError(f"{name}: {text!r} is not a valid number") from None
+    except argparse.ArgumentTypeError as e:  # says what is wrong: not finite, out of the seed's range
+        raise UserError(f"{name}: {e}") from None
     return value
 
 
@@ -168,11 +170,13 @@ def check(key: str, value: Any, name: str | None = None) -> None:
         "repetition_penalty": lambda v: v <= 0,
         "repetition_context": lambda v: v < 0,
         "max_tokens": lambda v: v < 1,
+        "context_limit": lambda v: v is not None and v < 1,
         "reasoning_effort": lambda v: v not in EFFORTS,
     }.get(key)
     if bad is not None and bad(value):
         hint = {"reasoning_effort": " (low, medium or high)", "top_p": " (0 < top_p <= 1)",
-                "min_p": " (0..1)", "temperature": " (0..10)", "max_tokens": " (at least 1)"}.get(key, "")
+                "min_p": " (0..1)", "temperature": " (0..10)", "max_tokens": " (at least 1)",
+                "context_limit": " (at least 1 token; none = the model's)"}.get(key, "")
         raise UserError(f"{flag}: invalid value {value!r}{hint}")
 
 
