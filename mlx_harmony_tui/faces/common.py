@@ -129,8 +129,12 @@ def parse_value(key: str, text: str, typed: str | None = None) -> Any:
             raise UserError(f"unknown setting {name!r}; known: {', '.join(SET_KEYS)}")
     except ValueError:
         raise UserError(f"{name}: {text!r} is not a valid number") from None
-    except argparse.ArgumentTypeError as e:  # says what is wrong: not finite, out of the seed's range
-        raise UserError(f"{name}: {e}") from None
+    except argparse.ArgumentTypeError as e:
+        try:
+            float(text)
+        except ValueError:  # not a number at all
+            raise UserError(f"{name}: {text!r} is not a valid number") from None
+        raise UserError(f"{name}: {e}") from None  # a number, but not finite or out of the seed's range
     return value
 
 
