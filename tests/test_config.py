@@ -226,6 +226,24 @@ def test_unknown_profile_is_a_problem_not_a_crash() -> None:
     assert len(problems) == 1 and "'b' not found" in problems[0].message and "known: a" in problems[0].message
 
 
+def test_a_profile_file_with_broken_toml_is_reported_not_called_missing(capsys: pytest.CaptureFixture[str]) -> None:
+    """`--profile fast` with a typo in profiles/fast.toml said "--profile fast: no such profile (known: fast)"
+    and hid the TOML error; an empty profile file did the same. The file's problem is a warning, as in the
+    config file, and the run goes on with the profile's defaults."""
+    from mlx_harmony_tui import cli
+
+    pfile = write(paths.config_dir() / "profiles" / "fast.toml", 'reasoning_effort = "high"\n[sampling\n')
+    config, problems = load_config(profile="fast")
+    assert config.active_profile == "fast"
+    assert [(p.file, p.line) for p in problems] == [(pfile, 2)] and "invalid TOML" in problems[0].message
+    assert cli.main(["models", "list", "--profile", "fast"]) == 0
+    err = capsys.readouterr().err
+    assert "fast.toml:2: invalid TOML" in err and "no such profile" not in err
+    pfile.write_text("")
+    config, problems = load_config(profile="fast")
+    assert config.active_profile == "fast" and problems == []
+
+
 def test_bad_key_inside_profile_table_has_its_line(tmp_path: Path) -> None:
     f = write(tmp_path / "c.toml", 'theme = "a"\n[profiles.p]\ntheme = 3\n')
     _, problems = load_config(f, profile="p")

@@ -135,20 +135,22 @@ def load_config(
     merged = base
     profile_clean: dict[str, Any] = {}
     name = profile or base.get("profile") or None
+    found = False
     if name:
-        profile_clean, pproblems = _load_profile(name, base, path, text)
+        profile_clean, pproblems, found = _load_profile(name, base, path, text)
         problems += pproblems
         merged = _deep_merge(base, profile_clean)
     config: AppConfig = _build(AppConfig, merged)
     config.source = path
-    config.active_profile = name if name and (profile_clean or name in base.get("profiles", {})) else None
+    config.active_profile = name if found else None  # a profile file that is empty or broken is still the one named
     config.layers = {"config": _flat_settings(base, base), "profile": _flat_settings(profile_clean, merged)}
     return config, problems
 
 
 def _load_profile(
     name: str, base: dict[str, Any], path: Path, text: str
-) -> tuple[dict[str, Any], list[ConfigProblem]]:
+) -> tuple[dict[str, Any], list[ConfigProblem], bool]:
+    """(the profile's valid settings, its problems, whether a table or file of that name exists)."""
     problems: list[ConfigProblem] = []
     out: dict[str, Any] = {}
     found = False
@@ -188,7 +190,7 @@ def _load_profile(
                 f"profile {name!r} not found (known: {', '.join(known) or 'none'}); using no profile",
             )
         )
-    return out, problems
+    return out, problems, found
 
 
 def list_profile_files() -> list[str]:
