@@ -9,6 +9,7 @@ from textual.widgets._footer import FooterKey
 from tui_fakes import ScriptedBackend, simple_reply
 
 from mlx_harmony_tui.tui.app import HarmonyApp
+from mlx_harmony_tui.tui.screens.params import NUMERIC as PARAMS
 
 SMALL, LARGE = (80, 24), (200, 50)
 
@@ -58,3 +59,42 @@ async def test_no_stale_earlier_versions_note_after_regenerate_or_edit() -> None
         await pilot.pause()
         assert "You  ‹ 2/2 ›" in shown(app)
         assert "earlier version" not in shown(app)
+
+
+@pytest.mark.parametrize(("field", "typed", "why"), [
+    ("temperature", "50", "(0..10)"), ("temperature", "nan", "not a valid number"),
+    ("top_p", "0", "0 < top_p <= 1"), ("top_p", "5", "0 < top_p <= 1"), ("min_p", "3", "(0..1)"),
+    ("repetition_penalty", "inf", "not a valid number"), ("max_tokens", "0", "at least 1"),
+    ("context_limit", "0", "at least 1"),
+])
+async def test_params_panel_refuses_what_the_flags_refuse(field, typed, why) -> None:
+    """The panel took temperature 50, top_p 0 or 5, min_p 3, a nan penalty, max tokens 0: values that
+    --temperature, /set and the server refuse (a nan or a zero top_p makes sampling meaningless)."""
+    app = make_app()
+    async with app.run_test(size=SMALL) as pilot:
+        before = app.settings.value(field)
+        await pilot.press("ctrl+g")
+        app.screen.query_one(f"#p-{field}").value = typed
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "ParamsScreen"  # still open, saying why
+        error = str(app.screen.query_one("#params-error").render())
+        label = next(p[1] for p in PARAMS if p[0] == field)
+        assert why in error and error.startswith(label), error
+        assert app.settings.value(field) == before
+
+
+async def test_f10_takes_the_same_temperature_range_as_the_flags_and_the_panel() -> None:
+    app = make_app()
+    async with app.run_test(size=SMALL) as pilot:
+        await pilot.press("f10")
+        app.screen.query_one("Input").value = "3"  # refused by F10 alone ("0 to 2"), taken by --temperature
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.settings.sampling.temperature == 3.0
+        await pilot.press("f10")
+        app.screen.query_one("Input").value = "11"
+        await pilot.press("enter")
+        await pilot.pause()
+        assert app.settings.sampling.temperature == 3.0
+        assert any("(0..10)" in n.message for n in app._notifications)

@@ -14,6 +14,8 @@ from textual.screen import Screen
 
 from mlx_harmony_tui.backends.base import leaves_defaults_to_server
 from mlx_harmony_tui.chat.settings import ChatSettings
+from mlx_harmony_tui.errors import UserError
+from mlx_harmony_tui.faces.common import check, parse_value
 from mlx_harmony_tui.tui.keymap import ACTION_HELP, CHAT_BINDINGS
 from mlx_harmony_tui.tui.screens.dialogs import PromptScreen
 
@@ -84,12 +86,11 @@ class QuickActions(_Base):
         def done(value: str | None) -> None:
             if value is None or not value.strip():
                 return
-            try:
-                t = float(value)
-                if not 0.0 <= t <= 2.0:
-                    raise ValueError
-            except ValueError:
-                self.notify(f"Temperature: {value!r} is not a number from 0 to 2", severity="error")
+            try:  # the range of --temperature and /set (faces/common.py), as in the parameters panel
+                t = parse_value("temperature", value, "Temperature")
+                check("temperature", t, "Temperature")
+            except UserError as e:
+                self.notify(str(e), severity="error")
                 return
             new = copy.deepcopy(self.settings)
             new.set_value("temperature", t)
@@ -97,7 +98,7 @@ class QuickActions(_Base):
 
         unset = leaves_defaults_to_server(self.backend) and "temperature" not in self.settings.explicit
         current = "" if unset else f"{self.settings.sampling.temperature:g}"
-        title = "Temperature (0 = greedy, up to 2)" + ("; now the server's default" if unset else "")
+        title = "Temperature (0 = greedy, up to 10)" + ("; now the server's default" if unset else "")
         self.push_screen(PromptScreen(title, current), done)
 
     def action_toggle_builtin_tools(self) -> None:

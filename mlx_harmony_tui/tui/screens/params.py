@@ -15,16 +15,18 @@ from textual.screen import ModalScreen
 from textual.widgets import Button, Checkbox, Input, Label, Select, Static, TextArea
 
 from mlx_harmony_tui.chat.settings import REQUEST_KEYS, ChatSettings
+from mlx_harmony_tui.errors import UserError
+from mlx_harmony_tui.faces.common import check, parse_value
 
-# (setting key, label, type)
+# (setting key, label); values are read and checked as the flags and /set do (faces/common.py)
 NUMERIC = [
-    ("temperature", "Temperature", float),
-    ("top_p", "Top p", float),
-    ("top_k", "Top k (0 = off)", int),
-    ("min_p", "Min p (0 = off)", float),
-    ("repetition_penalty", "Repetition penalty (1 = off)", float),
-    ("max_tokens", "Max tokens", int),
-    ("context_limit", "Context limit (empty = model's)", int),
+    ("temperature", "Temperature"),
+    ("top_p", "Top p"),
+    ("top_k", "Top k (0 = off)"),
+    ("min_p", "Min p (0 = off)"),
+    ("repetition_penalty", "Repetition penalty (1 = off)"),
+    ("max_tokens", "Max tokens"),
+    ("context_limit", "Context limit (empty = model's)"),
 ]
 
 
@@ -54,7 +56,7 @@ class ParamsScreen(ModalScreen[ChatSettings | None]):
         with Vertical(id="params-box"):
             yield Static("[b]Parameters[/b] for the next turn · enter applies · esc cancels")
             with VerticalScroll(id="params-fields"):
-                for name, label, _typ in NUMERIC:
+                for name, label in NUMERIC:
                     value = None if self._servers(name) else s.value(name)
                     hint = "server default" if self.server_defaults and name in REQUEST_KEYS else ""
                     with Horizontal(classes="row"):
@@ -99,20 +101,26 @@ class ParamsScreen(ModalScreen[ChatSettings | None]):
         """The panel's values as new settings; ValueError names the bad field. A changed value (any value,
         with server defaults) becomes the user's; an empty field of a server's value gives it back."""
         s = copy.deepcopy(self.settings)
-        for name, label, typ in NUMERIC:
+        for name, label in NUMERIC:
             raw = self.query_one(f"#p-{name}", Input).value.strip()
             if raw == "" and self.server_defaults and name in REQUEST_KEYS:
                 s.unset(name)
                 continue
             if raw == "" and name == "context_limit":
                 value: object = None
-            else:
+            elif name == "context_limit":
                 try:
-                    value = typ(raw)
+                    value = int(raw)
                 except ValueError:
-                    raise ValueError(f"{label}: {raw!r} is not a valid {typ.__name__}") from None
-                if isinstance(value, int | float) and value < 0:
-                    raise ValueError(f"{label}: must not be negative")
+                    raise ValueError(f"{label}: {raw!r} is not a whole number") from None
+                if value < 1:
+                    raise ValueError(f"{label}: at least 1, or empty for the model's")
+            else:
+                try:  # the ranges of the command-line flags and chat's /set (faces/common.py)
+                    value = parse_value(name, raw, label)
+                    check(name, value, label)
+                except UserError as e:
+                    raise ValueError(str(e)) from None
             if self.server_defaults or value != s.value(name):
                 s.set_value(name, value)
         effort = self.query_one("#p-reasoning_effort", Select).value
