@@ -8,6 +8,7 @@ import pytest
 from textual.widgets._footer import FooterKey
 from tui_fakes import ScriptedBackend, simple_reply
 
+from mlx_harmony_tui import paths
 from mlx_harmony_tui.tui.app import HarmonyApp
 from mlx_harmony_tui.tui.screens.params import NUMERIC as PARAMS
 
@@ -98,3 +99,26 @@ async def test_f10_takes_the_same_temperature_range_as_the_flags_and_the_panel()
         await pilot.pause()
         assert app.settings.sampling.temperature == 3.0
         assert any("(0..10)" in n.message for n in app._notifications)
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE])
+async def test_session_browser_says_which_files_it_could_not_list(size) -> None:
+    """A damaged session file (a hand edit, a full disk) was left out of ctrl+s without a word: the user saw
+    a session missing. `sessions list` warns; the browser now says so too, and lists the good ones."""
+    app = make_app()
+    async with app.run_test(size=size) as pilot:
+        await send(pilot, "a good one")
+        root = paths.sessions_dir()
+        (root / "20261203-120000-bad001.json").write_text('{"schema": 4, "id": "x", "messages": [')
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        problems = app.screen.query_one("#session-problems")
+        text = str(problems.render())
+        assert problems.display and "20261203-120000-bad001.json" in text and "sessions repair" in text
+        assert "damaged" in text
+        assert text.count("bad001") == 1  # once, however often the list is read
+        await pilot.press(*"good")
+        await pilot.pause()
+        assert str(app.screen.query_one("#session-problems").render()).count("bad001") == 1
+        assert len(app.screen.ids) == 1 and (root / "20261203-120000-bad001.json").exists()  # left as it was
+        assert problems.region.bottom <= app.screen.query_one(".hint").region.y  # visible, above the hint

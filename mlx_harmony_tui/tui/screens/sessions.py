@@ -51,6 +51,7 @@ class SessionBrowserScreen(ModalScreen[BrowserResult]):
             yield Input(placeholder="search titles and messages…", id="session-search")
             yield DataTable(cursor_type="row", zebra_stripes=True, id="session-table")
             yield Static("", id="session-empty", classes="hidden", markup=False)
+            yield Static("", id="session-problems", classes="hidden", markup=False)
             yield Static("enter open · f2 rename · ctrl+d delete · ctrl+n new · esc close", classes="hint")
 
     def on_mount(self) -> None:
@@ -61,7 +62,9 @@ class SessionBrowserScreen(ModalScreen[BrowserResult]):
 
     def refresh_list(self, query: str | None = None) -> None:
         keep = self.selected_id()
+        seen = len(self.store.problems)
         self._rows = self.store.list(query or None)
+        self._show_problems(self.store.problems[seen:])
         self.ids = [s.id for s in self._rows]
         empty = self.query_one("#session-empty", Static)
         if not self._rows:
@@ -69,6 +72,15 @@ class SessionBrowserScreen(ModalScreen[BrowserResult]):
                          "No saved sessions yet: a session is saved from its first message.")
         empty.set_class(bool(self._rows), "hidden")
         self._fill(keep)
+
+    def _show_problems(self, problems: list[str]) -> None:
+        """Files this listing could not read (damaged, from a newer version): said here, or a session would
+        be missing from the list without a word."""
+        names = list(dict.fromkeys(p.split(": ")[0].split(" is not ")[0] for p in problems))  # "<file>: why"
+        box = self.query_one("#session-problems", Static)
+        box.update(f"Not listed, could not be read: {', '.join(names)} (why: mlx-harmony-tui sessions list; "
+                   "sessions repair moves damaged files aside)" if names else "")
+        box.set_class(not names, "hidden")
 
     def _column_widths(self, width: int) -> tuple[int, ...]:
         """(title, updated, created, model, turns): fixed columns first, the title takes the rest; the
