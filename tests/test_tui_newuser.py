@@ -9,6 +9,7 @@ from textual.widgets._footer import FooterKey
 from tui_fakes import ScriptedBackend, simple_reply
 
 from mlx_harmony_tui import paths
+from mlx_harmony_tui.chat import events as ev
 from mlx_harmony_tui.tui.app import HarmonyApp
 from mlx_harmony_tui.tui.screens.params import NUMERIC as PARAMS
 
@@ -122,3 +123,45 @@ async def test_session_browser_says_which_files_it_could_not_list(size) -> None:
         assert str(app.screen.query_one("#session-problems").render()).count("bad001") == 1
         assert len(app.screen.ids) == 1 and (root / "20261203-120000-bad001.json").exists()  # left as it was
         assert problems.region.bottom <= app.screen.query_one(".hint").region.y  # visible, above the hint
+
+
+def layout(msg) -> list[str]:
+    """What an assistant message shows, top to bottom: its parts by channel and its notices by text."""
+    out = []
+    for w in msg.children:
+        if w.has_class("analysis"):
+            out.append("thinking")
+        elif w.has_class("notice") or w.has_class("error"):
+            out.append(str(w.render()))
+        elif w.has_class("final") or w.has_class("commentary"):
+            out.append("final" if w.has_class("final") else "commentary")
+    return out
+
+
+async def test_a_reopened_reply_shows_its_tool_call_where_it_was_live() -> None:
+    """Live, "⚙ calling python" sits between the thinking and the answer; a reopened session put it under the
+    answer, as if the tool had run after it."""
+    def script(request, handle) -> None:
+        handle.put(ev.TurnStarted("t"))
+        handle.put(ev.Delta("analysis", "Compute it."))
+        handle.put(ev.MessageDone("analysis", "Compute it."))
+        handle.put(ev.ToolCallStarted("c1", "python"))
+        handle.put(ev.ToolCall("c1", "python", "print(37*12)"))
+        handle.put(ev.ToolResult("c1", "python", "444\n", None, 0.1))
+        handle.put(ev.Delta("analysis", "It printed 444."))
+        handle.put(ev.Delta("final", "37 x 12 = 444"))
+        handle.put(ev.TurnFinished("length", ev.Metrics(final=True)))
+
+    app = HarmonyApp(backend=ScriptedBackend(script), show_welcome=False)
+    async with app.run_test(size=LARGE) as pilot:
+        await send(pilot, "What is 37*12?")
+        live = layout(app.conversation.query_one("AssistantMessage"))
+        sid = app.session_id
+    assert live == ["thinking", "⚙ calling python", "final", "max tokens reached"]
+    app = HarmonyApp(backend=ScriptedBackend(script), show_welcome=False, session_id=sid)
+    async with app.run_test(size=LARGE) as pilot:
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if app.session_id == sid and list(app.conversation.query("AssistantMessage")):
+                break
+        assert layout(app.conversation.query_one("AssistantMessage")) == live

@@ -22,15 +22,17 @@ async def clear_tool_log(tools: ToolLog) -> None:
     tools.entries.clear()
 
 
-def _reply_notices(reply: list[Message]) -> list[tuple[str, bool]]:
-    """The lines the live reply showed: each tool call, each retry, how it ended if not normally."""
-    notes: list[tuple[str, bool]] = []
+def _reply_notices(reply: list[Message]) -> tuple[list[tuple[str, bool]], list[tuple[str, bool]]]:
+    """The lines the live reply showed: each tool call and retry (above the answer, as they came before
+    it), then how it ended if not normally (below it)."""
+    steps: list[tuple[str, bool]] = []
     for m in reply:
         if m.role == "assistant" and m.recipient:
-            notes.append((f"⚙ calling {m.recipient}", False))
+            steps.append((f"⚙ calling {m.recipient}", False))
         for r in m.retries:
             detail = r.get("detail") or ""
-            notes.append((f"↻ retried ({r.get('reason', '?')}{': ' + detail if detail else ''})", False))
+            steps.append((f"↻ retried ({r.get('reason', '?')}{': ' + detail if detail else ''})", False))
+    notes: list[tuple[str, bool]] = []
     finish = next((m.metrics.get("finish_reason") for m in reversed(reply) if m.metrics and
                    m.metrics.get("finish_reason")), None)
     if finish and finish != "stop":
@@ -39,7 +41,7 @@ def _reply_notices(reply: list[Message]) -> list[tuple[str, bool]]:
         notes.append(("(partial reply)", False))
     if any(m.extra.get("failed") for m in reply):
         notes.append(("this reply failed and is not shown to the model", True))
-    return notes
+    return steps, notes
 
 
 async def show_session(conv: VerticalScroll, tools: ToolLog, session: Session) -> None:
@@ -55,8 +57,9 @@ async def show_session(conv: VerticalScroll, tools: ToolLog, session: Session) -
         nonlocal reply
         parts = [(m.channel or "final", m.content) for m in reply if m.role == "assistant" and not m.recipient]
         if reply:
+            steps, notes = _reply_notices(reply)
             widgets.append(AssistantMessage(done=parts, position=start, branch=points.get(start),
-                                            notices=_reply_notices(reply)))
+                                            steps=steps, notices=notes))
         reply = []
 
     for k, m in enumerate(session.messages):

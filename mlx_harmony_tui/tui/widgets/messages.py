@@ -160,15 +160,17 @@ class AssistantMessage(ChatMessage):
     """
 
     def __init__(self, done: list[tuple[str, str]] | None = None, position: int | None = None,
-                 branch: Branch = None, notices: list[tuple[str, bool]] | None = None) -> None:
-        """``done``: (channel, text) of an already finished message (a resumed session) and ``notices``
-        (text, is an error) shown under it as they were live."""
+                 branch: Branch = None, notices: list[tuple[str, bool]] | None = None,
+                 steps: list[tuple[str, bool]] | None = None) -> None:
+        """``done``: (channel, text) of an already finished message (a resumed session), ``steps`` (text, is
+        an error: tool calls, retries) shown before its answer and ``notices`` after it, as they were live."""
         super().__init__(position, branch)
         self._parts: dict[str, _Part] = {}
         self.analysis_box: Collapsible | None = None
         self.user_toggled = False
         self._done = done
         self._notices = notices or []
+        self._steps = steps or []
 
     def copy_text(self) -> str:
         return self.final_text or self.commentary_text or self.analysis_text
@@ -178,17 +180,28 @@ class AssistantMessage(ChatMessage):
         merged: dict[str, str] = {}
         for channel, text in self._done or []:
             merged[channel] = merged.get(channel, "") + ("\n\n" if channel in merged else "") + text
+        # as it was live: thinking and preambles, then the tool calls, then the answer, then how it ended
+        final = merged.pop("final", None)
         for channel, text in merged.items():
-            w = frozen_markdown(text, channel)
-            part = _Part(w, streaming=False)
-            part.text = text
-            self._parts[channel] = part
-            if channel == "analysis":
-                self.analysis_box = Collapsible(w, title="Thinking", collapsed=True, classes="analysis")
-                yield self.analysis_box
-            else:
-                yield w
-        for text, error in self._notices:
+            yield self._frozen_part(channel, text)
+        yield from self._notes(self._steps)
+        if final is not None:
+            yield self._frozen_part("final", final)
+        yield from self._notes(self._notices)
+
+    def _frozen_part(self, channel: str, text: str) -> Widget:
+        w = frozen_markdown(text, channel)
+        part = _Part(w, streaming=False)
+        part.text = text
+        self._parts[channel] = part
+        if channel == "analysis":
+            self.analysis_box = Collapsible(w, title="Thinking", collapsed=True, classes="analysis")
+            return self.analysis_box
+        return w
+
+    @staticmethod
+    def _notes(notes: list[tuple[str, bool]]) -> ComposeResult:
+        for text, error in notes:
             yield Static(text, classes="error" if error else "notice", markup=False)
 
     @property
