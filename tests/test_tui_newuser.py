@@ -64,9 +64,9 @@ async def test_no_stale_earlier_versions_note_after_regenerate_or_edit() -> None
 
 
 @pytest.mark.parametrize(("field", "typed", "why"), [
-    ("temperature", "50", "(0..10)"), ("temperature", "nan", "not a valid number"),
+    ("temperature", "50", "(0..10)"), ("temperature", "nan", "not a finite number"),
     ("top_p", "0", "0 < top_p <= 1"), ("top_p", "5", "0 < top_p <= 1"), ("min_p", "3", "(0..1)"),
-    ("repetition_penalty", "inf", "not a valid number"), ("max_tokens", "0", "at least 1"),
+    ("repetition_penalty", "inf", "not a finite number"), ("max_tokens", "0", "at least 1"),
     ("context_limit", "0", "at least 1"),
 ])
 async def test_params_panel_refuses_what_the_flags_refuse(field, typed, why) -> None:
