@@ -165,3 +165,37 @@ async def test_a_reopened_reply_shows_its_tool_call_where_it_was_live() -> None:
             if app.session_id == sid and list(app.conversation.query("AssistantMessage")):
                 break
         assert layout(app.conversation.query_one("AssistantMessage")) == live
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE])
+async def test_attached_files_stay_in_sight_until_sent_and_can_be_removed(size, tmp_path) -> None:
+    """ctrl+f said "Attached" in a toast that was gone seconds later; nothing showed that the next message
+    would carry the file, and there was no way to take it back."""
+    doc, other = tmp_path / "notes.txt", tmp_path / "todo.txt"
+    doc.write_text("milk\neggs\n")
+    other.write_text("call mum\n")
+    app = make_app()
+    async with app.run_test(size=size) as pilot:
+        box = app.screen.query_one("ChatInput")
+        for path in (doc, other):
+            await pilot.press("ctrl+f")
+            app.screen.query_one("Input").value = str(path)
+            await pilot.press("enter")
+            await pilot.pause()
+        assert "notes.txt, todo.txt" in str(box.border_title)
+        assert "Remove attached files" in palette(app)
+        await app.run_action("detach")
+        await pilot.pause()
+        assert not box.border_title and app.chat.attachments == []
+        await pilot.press("ctrl+f")
+        app.screen.query_one("Input").value = str(doc)
+        await pilot.press("enter")
+        await pilot.pause()
+        await send(pilot, "what is on my list?")
+        assert not box.border_title and "Remove attached files" not in palette(app)  # it went with this message
+        sent = app.backend.requests[-1].messages[-1].text
+        assert "milk" in sent and "call mum" not in sent
+
+
+def palette(app: HarmonyApp) -> list[str]:
+    return [c.title for c in app.get_system_commands(app.screen)]

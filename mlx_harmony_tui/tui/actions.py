@@ -66,10 +66,28 @@ class ScreenActions(_Base):
             except UserError as e:
                 self.notify(str(e), severity="error")
                 return
-            names = ", ".join(x.name for x in self.chat.attachments)
-            self.notify(f"Attached {a.describe()}: it goes with your next message ({names})")
+            self.show_attachments()
+            self.notify(f"Attached {a.describe()}: it goes with your next message")
 
         self.push_screen(PromptScreen("Attach a text file (path):"), done)
+
+    def show_attachments(self) -> None:
+        """The files waiting for the next message, on the message box's border (a toast alone was gone
+        before the message was sent, and the files then went with it unannounced)."""
+        from mlx_harmony_tui.tui.widgets.chat_input import ChatInput
+
+        names = ", ".join(a.name for a in self.chat.attachments)
+        box = self.screen_chat.query_one(ChatInput)
+        box.border_title = f"attached: {names}" if names else None
+        box.border_subtitle = "ctrl+p: remove attached files" if names else None
+
+    def action_detach(self) -> None:
+        if not self.chat.attachments:
+            self.notify("No files attached")
+            return
+        self.chat.attachments = []
+        self.show_attachments()
+        self.notify("Attached files removed: your next message goes without them")
 
     def action_help(self) -> None:
         rows = [(self._keymap.get(b.id or "", b.key), b.description, b.id or "") for b in CHAT_BINDINGS]

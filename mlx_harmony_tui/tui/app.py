@@ -268,6 +268,7 @@ class HarmonyApp(ModelLoading, ScreenActions, BranchActions, QuickActions, App[N
             await w.remove()
         greeting = self.chat.greeting  # the config's greeting opens a new conversation
         self.chat.add_user(text)
+        self.show_attachments()  # they went with this message
         if greeting:
             await self.conversation.mount(AssistantMessage(done=[("final", greeting)]))
         session = self.chat.session

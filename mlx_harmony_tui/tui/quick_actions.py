@@ -52,6 +52,9 @@ class QuickActions(_Base):
         if leaves_defaults_to_server(self.backend):
             yield SystemCommand("Reasoning effort: server default", "leave it to the server from the next turn",
                                 lambda: self.set_effort(None))
+        if self.chat.attachments:
+            yield SystemCommand("Remove attached files", "the next message goes without "
+                                + ", ".join(a.name for a in self.chat.attachments), self.action_detach)
         yield SystemCommand("Export session as Markdown", "write it to a .md file in the current folder",
                             lambda: self.export_session("md"))
         yield SystemCommand("Export session as JSON", "OpenAI-style messages, to a .json file in the current folder",
