@@ -199,3 +199,25 @@ async def test_attached_files_stay_in_sight_until_sent_and_can_be_removed(size, 
 
 def palette(app: HarmonyApp) -> list[str]:
     return [c.title for c in app.get_system_commands(app.screen)]
+
+
+async def test_a_theme_that_cannot_be_saved_says_so(tmp_path) -> None:
+    """With a config file that is not valid TOML (which the app never overwrites), choosing a theme in the
+    palette applied it and said nothing; after a restart it was gone."""
+    import argparse
+
+    from mlx_harmony_tui.tui.command import build_app, register
+
+    parser = argparse.ArgumentParser()
+    register(parser.add_subparsers())
+    cfg_file = tmp_path / "config.toml"
+    cfg_file.write_text("[sampling\ntemperature = 0.3\n")
+    app = build_app(parser.parse_args(["tui", "--config", str(cfg_file), "--model", "demo"]))
+    async with app.run_test(size=SMALL) as pilot:
+        await pilot.pause()
+        app.theme = "harmony-dusk"
+        await pilot.pause()
+        said = [n.message for n in app._notifications if "harmony-dusk" in n.message]
+        assert said and "not saved" in said[0] and "not valid TOML" in said[0]
+        assert app.theme == "harmony-dusk"
+    assert cfg_file.read_text() == "[sampling\ntemperature = 0.3\n"  # the user's file, untouched

@@ -205,7 +205,10 @@ class HarmonyApp(ModelLoading, ScreenActions, BranchActions, QuickActions, App[N
         """Persist only real changes (the start-up theme arrives here too)."""
         if self._on_theme_change is not None and theme.name != self._saved_theme:
             self._saved_theme = theme.name
-            self._on_theme_change(theme.name)
+            try:
+                self._on_theme_change(theme.name)
+            except UserError as e:  # e.g. a config file that is not valid TOML is never overwritten
+                self.notify(str(e), severity="warning", timeout=10)
 
     def _backend_ready(self) -> None:
         assert self.backend is not None

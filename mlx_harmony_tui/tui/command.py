@@ -7,6 +7,7 @@ import argparse
 from pathlib import Path
 from typing import Any
 
+from mlx_harmony_tui.errors import UserError
 from mlx_harmony_tui.faces.common import (
     add_model_flags,
     add_settings_flags,
@@ -37,10 +38,13 @@ def build_app(args: argparse.Namespace) -> Any:
     settings, model = resolve_settings_from_args(args, config, strict=False)
 
     def save_theme(name: str) -> None:
+        """UserError when it cannot be saved (the theme still applies for this run)."""
         try:
             cfg.set_value(config_path, "theme", name)
-        except (OSError, cfg.ConfigError):
-            pass  # the theme still applies for this run
+        except cfg.ConfigError as e:
+            raise UserError(f"Theme {name} is used until you quit, not saved: {e}") from None
+        except OSError as e:
+            raise UserError(f"Theme {name} is used until you quit, not saved: {e.strerror}") from None
 
     return HarmonyApp(
         model=remote_url(args, config) or model,
