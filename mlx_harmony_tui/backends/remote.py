@@ -18,6 +18,7 @@ from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 from mlx_harmony_tui.backends.base import TurnHandle, TurnRequest
+from mlx_harmony_tui.backends.hang_up import HangUp
 from mlx_harmony_tui.chat.events import (
     Delta,
     MessageDone,
@@ -206,8 +207,10 @@ class RemoteBackend:
         def confirm(req: Any) -> bool:
             return handle.wait_confirmation(req.call_id)
 
+        hang_up = HangUp(handle.cancel_event)
         try:
-            with httpx.Client(timeout=httpx.Timeout(self.timeout, connect=30.0)) as client:
+            with httpx.Client(timeout=httpx.Timeout(self.timeout, connect=30.0),
+                              event_hooks={"request": [hang_up.trace]}) as client:
                 while True:
                     body = request_body(TurnRequest(messages, request.settings), model, tools)
                     state = _StreamState(handle, builtin_python=tools.python is not None)
@@ -237,10 +240,14 @@ class RemoteBackend:
                             return
                         messages.append(reply)
         except httpx.HTTPError as e:
-            handle.put(TurnFailed(f"cannot reach {self.url}: {type(e).__name__}: {e}"))
+            if handle.cancel_event.is_set():  # hung up while the server had not answered yet
+                handle.put(TurnFinished("cancelled", Metrics(final=True)))
+            else:
+                handle.put(TurnFailed(f"cannot reach {self.url}: {type(e).__name__}: {e}"))
         except Exception as e:  # noqa: BLE001 - a worker must always close its handle
             handle.put(TurnFailed(f"{type(e).__name__}: {e}"))
         finally:
+            hang_up.done.set()
             handle.close()
 
     def _trace_round(self, turn_id: str, rounds: int, body: dict[str, Any], state: _StreamState, t0: float,
@@ -262,23 +269,31 @@ class RemoteBackend:
             if response.status_code != 200:
                 handle.put(TurnFailed(_error_message(response)))
                 return False
-            for line in response.iter_lines():
-                if handle.cancel_event.is_set():
-                    handle.put(TurnFinished("cancelled", state.finish_reply(t0)))
+            try:
+                for line in response.iter_lines():
+                    if handle.cancel_event.is_set():
+                        break
+                    if line.startswith(":") and line[1:].strip():  # our server reports its retries this way
+                        state.comments.append(line[1:].strip())
+                    if not line.startswith("data:"):
+                        continue
+                    data = line[5:].strip()
+                    if data == "[DONE]":
+                        break
+                    try:
+                        doc = json.loads(data)
+                    except ValueError:
+                        continue
+                    if state.feed(doc, t0):
+                        return False
+            except _httpx().HTTPError as e:
+                if not handle.cancel_event.is_set():  # the server went away (or the network did)
+                    handle.put(TurnFailed(f"the connection to {self.url} broke off mid-answer: "
+                                          f"{type(e).__name__}: {e}"))
                     return False
-                if line.startswith(":") and line[1:].strip():  # our server reports its retries this way
-                    state.comments.append(line[1:].strip())
-                if not line.startswith("data:"):
-                    continue
-                data = line[5:].strip()
-                if data == "[DONE]":
-                    break
-                try:
-                    doc = json.loads(data)
-                except ValueError:
-                    continue
-                if state.feed(doc, t0):
-                    return False
+            if handle.cancel_event.is_set():
+                handle.put(TurnFinished("cancelled", state.finish_reply(t0)))
+                return False
         return True
 
 
