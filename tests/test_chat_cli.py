@@ -225,3 +225,19 @@ def test_line_chat_set_takes_context_limit_as_the_docs_say(monkeypatch: pytest.M
     assert session.params["context_limit"] == 270
     rc, out, err = _run(["chat"], "/set context_limit=300\n/set context_limit=none\n/set\n", monkeypatch, capsys)
     assert rc == 0 and "context_limit=None" in out, err
+
+
+def test_flags_win_over_the_resumed_session(monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/config.md: command line > session. `chat --session ID --temperature 0.9` kept the session's 0.1."""
+    rc, _, err = _run(["chat"], "/set temperature=0.1\n/set max_tokens=77\nhi\n", monkeypatch, capsys)
+    assert rc == 0, err
+    sid = SessionStore().list()[0].id
+    rc, out, err = _run(["chat", "--session", sid, "--temperature", "0.9", "--tools", "none"], "/set\nhello\n",
+                        monkeypatch, capsys)
+    assert rc == 0, err
+    assert "temperature=0.9 " in out and "max_tokens=77 " in out  # the flag wins; the rest is the session's
+    session = SessionStore().load(sid)
+    assert [m.params["temperature"] for m in session.messages if m.params][-1] == 0.9
+    assert session.settings["builtin_tools"] == []
+    rc, out, err = _run(["chat", "--session", sid], "/set\n", monkeypatch, capsys)
+    assert rc == 0 and "temperature=0.9 " in out, err  # what the last reply used

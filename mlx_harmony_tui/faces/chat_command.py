@@ -31,6 +31,7 @@ from mlx_harmony_tui.faces.common import (
     add_model_flags,
     add_settings_flags,
     apply_overrides,
+    cli_overrides,
     finish_note,
     make_backend,
     parse_value,
@@ -93,6 +94,9 @@ class LineChat:
         self.chat = ChatController(backend, settings, keep_prompt_cache=bool(resume), notify=self._notice)
         if resume:
             session = self.chat.open_session(resume)  # UserError (not found, damaged, open elsewhere): exit 2
+            flags = cli_overrides(args)
+            if flags:  # command line > session (docs/config.md); recorded with the next reply
+                self.chat.set_settings(apply_overrides(copy.deepcopy(self.chat.settings), flags))
             stderr.write(f"continuing session {session.id} '{session.title}' ({len(session.messages)} messages)\n")
         self.failures = 0
         self.interactive = stdin.isatty()
