@@ -5,8 +5,12 @@ from __future__ import annotations
 import io
 import json
 import os
+import pty
+import select
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -241,3 +245,68 @@ def test_flags_win_over_the_resumed_session(monkeypatch: pytest.MonkeyPatch, cap
     assert session.settings["builtin_tools"] == []
     rc, out, err = _run(["chat", "--session", sid], "/set\n", monkeypatch, capsys)
     assert rc == 0 and "temperature=0.9 " in out, err  # what the last reply used
+
+
+class _Terminal:
+    """`mlx-harmony-tui chat` with a pseudo-terminal as stdin (so it is interactive), stdout and stderr read
+    as they come."""
+
+    def __init__(self, *args: str) -> None:
+        self.master, slave = pty.openpty()
+        self.proc = subprocess.Popen([*_console_script(), "chat", *args], stdin=slave, stdout=subprocess.PIPE,
+                                     stderr=subprocess.PIPE, env=dict(os.environ))
+        os.close(slave)
+        self.out = self.err = ""
+
+    def type(self, text: str) -> None:
+        os.write(self.master, text.encode())
+
+    def wait_for(self, what: str, stream: str = "out", timeout: float = 120) -> None:
+        """Read until ``what`` appears after what was read before (the text seen so far stays readable)."""
+        start = len(getattr(self, stream))
+        deadline = time.monotonic() + timeout
+        open_ = [self.proc.stdout, self.proc.stderr]
+        while what not in getattr(self, stream)[start:]:
+            left = deadline - time.monotonic()
+            assert left > 0 and open_, f"{what!r} not seen; out={self.out!r} err={self.err!r}"
+            for f in select.select(open_, [], [], left)[0]:
+                data = os.read(f.fileno(), 65536).decode(errors="replace")
+                if not data:  # the process closed it (it ended)
+                    open_.remove(f)
+                name = "out" if f is self.proc.stdout else "err"
+                setattr(self, name, getattr(self, name) + data)
+
+    def close(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=60)
+        self.proc.stdout.close()
+        self.proc.stderr.close()
+        os.close(self.master)
+
+
+def test_ctrl_c_at_the_prompt_drops_the_line_and_a_second_one_leaves() -> None:
+    """ctrl+c at the prompt ended the chat at once (exit 130, the shell's prompt glued to '^C'), also when it
+    was meant for an answer that had just ended. Now it drops what was typed; a second ctrl+c in a row leaves."""
+    term = _Terminal("--temperature", "0")
+    try:
+        term.wait_for("> ")
+        term.type("hi\n")
+        term.wait_for("> ")
+        term.type("half a message\\\n")
+        term.wait_for(". ")
+        term.proc.send_signal(signal.SIGINT)
+        term.wait_for("(input dropped; ctrl+c again, ctrl+d or /quit leaves)", "err")
+        term.wait_for("> ")
+        term.type("hello\n")
+        term.wait_for("> ")
+        term.proc.send_signal(signal.SIGINT)
+        term.wait_for("(input dropped", "err")
+        term.wait_for("> ")
+        term.proc.send_signal(signal.SIGINT)
+        assert term.proc.wait(timeout=60) == 0
+        assert "Traceback" not in term.err
+    finally:
+        term.close()
+    (row,) = SessionStore().list()
+    assert [m.content for m in SessionStore().load(row.id).messages if m.role == "user"] == ["hi", "hello"]

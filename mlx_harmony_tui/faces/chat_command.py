@@ -49,7 +49,9 @@ HELP = r"""commands:
   /attach PATH        add a text file (up to 256 KB) to the next message; /attach lists, /detach drops
   /quit               leave (also end of input)
   //text              send text that starts with '/'
-  text\               a line ending in a backslash continues on the next line"""
+  text\               a line ending in a backslash continues on the next line
+  ctrl+c              stop the answer (kept as far as it got), or drop the line being typed;
+                      twice in a row at the prompt leaves"""
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -114,9 +116,22 @@ class LineChat:
             self.err.write(f"chat with {self.backend.model_name} (/help for commands)\n")
         if self.chat.greeting:
             self.out.write(self.chat.greeting + "\n")
+        interrupted = False  # ctrl+c at the prompt just before
         try:
             while True:
-                text = self._read_message()
+                try:
+                    text = self._read_message()
+                except KeyboardInterrupt:
+                    if not self.interactive:
+                        raise  # a script's SIGINT: exit 130
+                    if interrupted:
+                        self.err.write("\n")
+                        break  # a second ctrl+c in a row leaves
+                    # Dropping the line, not leaving: a ctrl+c meant for an answer that just ended lands here.
+                    self.err.write("\n(input dropped; ctrl+c again, ctrl+d or /quit leaves)\n")
+                    interrupted = True
+                    continue
+                interrupted = False
                 if text is None:
                     break
                 if not text.strip():
