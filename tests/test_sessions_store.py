@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import shutil
@@ -367,3 +368,22 @@ def test_sessions_list_cli_takes_several_words(tmp_path: Path, capsys) -> None:
     assert both.id in out and one.id not in out
     assert main(["sessions", "--dir", str(tmp_path), "list", "--json", "rome", "pizza"]) == 0
     assert json.loads(capsys.readouterr().out) == []
+
+
+def test_sessions_delete_and_rename_from_the_command_line(tmp_path: Path, capsys, monkeypatch) -> None:
+    """The browser deletes and renames; the command line could only list them (a user had to find the file)."""
+    from mlx_harmony_tui.cli import main
+
+    store = SessionStore(tmp_path)
+    keep, drop = store.create(title="keep me"), store.create(title="drop me")
+    d = ["sessions", "--dir", str(tmp_path)]
+    monkeypatch.setattr("sys.stdin", io.StringIO(""))  # not a terminal: no silent deletes
+    assert main([*d, "delete", drop.id]) == 2
+    assert "pass --yes" in capsys.readouterr().err and store.path(drop.id).exists()
+    assert main([*d, "delete", drop.id, "--yes"]) == 0
+    assert f"deleted {drop.id} 'drop me'" in capsys.readouterr().out
+    assert not store.path(drop.id).exists() and store.path(keep.id).exists()
+    assert main([*d, "delete", "nonexistent", "--yes"]) == 2
+    assert "no session 'nonexistent'" in capsys.readouterr().err
+    assert main([*d, "rename", keep.id[:12], "Kept", "forever"]) == 0
+    assert store.load(keep.id).title == "Kept forever" and "Kept forever" in capsys.readouterr().out

@@ -1,7 +1,7 @@
-"""``mlx-harmony-tui sessions list|show|export|import|migrate|repair|convert-dialogue``.
+"""``mlx-harmony-tui sessions list|show|export|delete|rename|import|migrate|repair|convert-dialogue``.
 
 list/show/export only read: a damaged file is reported and skipped, never moved. migrate and repair are the
-commands that rewrite or move files (sessions/maintenance.py)."""
+commands that rewrite or move files (sessions/maintenance.py); delete asks first (confirm.py)."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import json
 import sys
 from pathlib import Path
 
+from mlx_harmony_tui.confirm import confirm
 from mlx_harmony_tui.sessions import maintenance
 from mlx_harmony_tui.sessions.dialogue import (
     DialogueError,
@@ -24,7 +25,7 @@ from mlx_harmony_tui.sessions.store import SessionStore
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
-    p = subparsers.add_parser("sessions", help="list, show, export, import and migrate saved chats")
+    p = subparsers.add_parser("sessions", help="list, show, export, delete, rename, import and migrate saved chats")
     p.add_argument("--dir", type=Path, default=None, help="sessions folder (default: the app's data dir)")
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
     sub = p.add_subparsers(dest="action", metavar="ACTION")
@@ -44,6 +45,16 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     a.add_argument("--format", choices=("md", "json"), default="md")
     a.add_argument("-o", "--output", type=Path, default=None, help="file to write (default: stdout)")
     a.set_defaults(func=cmd_export)
+
+    a = sub.add_parser("delete", help="delete sessions (asks first; --yes to skip)")
+    a.add_argument("ids", nargs="+", metavar="ID", help="session id (a unique prefix is enough)")
+    a.add_argument("--yes", "-y", action="store_true", help="do not ask")
+    a.set_defaults(func=cmd_delete)
+
+    a = sub.add_parser("rename", help="give a session a new title")
+    a.add_argument("id", help="session id (a unique prefix is enough)")
+    a.add_argument("title", nargs="+", help="the new title (the words are joined)")
+    a.set_defaults(func=cmd_rename)
 
     a = sub.add_parser("import", help="import mlx-harmony chat files (or session files)")
     a.add_argument("files", nargs="+", type=Path)
@@ -118,6 +129,32 @@ def cmd_export(args: argparse.Namespace) -> int:
     store = _store(args)
     session = store.load(store.resolve(args.id))
     _write(to_markdown(session) if args.format == "md" else to_json(session), args.output)
+    return 0
+
+
+def cmd_delete(args: argparse.Namespace) -> int:
+    store = _store(args)
+    ids = list(dict.fromkeys(store.resolve(i) for i in args.ids))  # every name is checked before anything goes
+    titles = {}
+    for sid in ids:
+        try:
+            titles[sid] = store.load(sid).title
+        except SessionError:  # a damaged file can be deleted too: it is the user's to remove
+            titles[sid] = "(unreadable)"
+    what = ", ".join(f"{sid} '{titles[sid]}'" for sid in ids)
+    if not args.yes and not confirm(f"delete {what}"):
+        print("kept")
+        return 1
+    for sid in ids:
+        store.delete(sid)
+        print(f"deleted {sid} '{titles[sid]}'")
+    return 0
+
+
+def cmd_rename(args: argparse.Namespace) -> int:
+    store = _store(args)
+    session = store.rename(store.resolve(args.id), " ".join(args.title))
+    print(f"renamed {session.id} to '{session.title}'")
     return 0
 
 
