@@ -261,9 +261,9 @@ class _Terminal:
     def type(self, text: str) -> None:
         os.write(self.master, text.encode())
 
-    def wait_for(self, what: str, stream: str = "out", timeout: float = 120) -> None:
-        """Read until ``what`` appears after what was read before (the text seen so far stays readable)."""
-        start = len(getattr(self, stream))
+    def wait_for(self, what: str, stream: str = "out", since: int | None = None, timeout: float = 120) -> None:
+        """Read until ``what`` appears in ``stream`` after offset ``since`` (default: what was read so far)."""
+        start = len(getattr(self, stream)) if since is None else since
         deadline = time.monotonic() + timeout
         open_ = [self.proc.stdout, self.proc.stderr]
         while what not in getattr(self, stream)[start:]:
@@ -295,14 +295,16 @@ def test_ctrl_c_at_the_prompt_drops_the_line_and_a_second_one_leaves() -> None:
         term.wait_for("> ")
         term.type("half a message\\\n")
         term.wait_for(". ")
+        mark = len(term.out)
         term.proc.send_signal(signal.SIGINT)
         term.wait_for("(input dropped; ctrl+c again, ctrl+d or /quit leaves)", "err")
-        term.wait_for("> ")
+        term.wait_for("> ", since=mark)
         term.type("hello\n")
         term.wait_for("> ")
+        mark = len(term.out)
         term.proc.send_signal(signal.SIGINT)
         term.wait_for("(input dropped", "err")
-        term.wait_for("> ")
+        term.wait_for("> ", since=mark)
         term.proc.send_signal(signal.SIGINT)
         assert term.proc.wait(timeout=60) == 0
         assert "Traceback" not in term.err
