@@ -366,3 +366,11 @@ def test_set_value_keeps_comments_the_layout_a_symlink_and_the_file_mode(tmp_pat
     set_value(link, "theme", None)
     assert "theme" not in real.read_text() and "# cooler" in real.read_text()
     assert not list(real.parent.glob(".*.tmp")) and not list(tmp_path.glob(".*.tmp"))
+
+
+def test_an_unknown_search_backend_is_reported_when_the_config_is_read(tmp_path: Path) -> None:
+    """docs/config.md: search_backend is "none" or "searxng"; "google" passed silently until the model searched."""
+    f = write(tmp_path / "c.toml", '[tools.browser]\nenabled = true\nsearch_backend = "google"\n')
+    config, problems = load_config(f)
+    assert [(p.line, p.key) for p in problems] == [(3, "tools.browser.search_backend")]
+    assert "one of 'none', 'searxng'" in problems[0].message and config.tools.browser.search_backend == "none"

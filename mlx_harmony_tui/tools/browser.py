@@ -16,7 +16,7 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass, field
 from html.parser import HTMLParser
-from typing import Any
+from typing import Any, Literal
 
 from mlx_harmony_tui import __version__
 
@@ -30,7 +30,7 @@ class BrowserToolConfig:
     """``[tools.browser]`` in the config file."""
 
     enabled: bool = False
-    search_backend: str = "none"  # "none" | "searxng"
+    search_backend: Literal["none", "searxng"] = "none"  # a Literal, so the config reports a typo when read
     search_url: str = ""  # base URL of a SearXNG instance (JSON API enabled)
     timeout_s: float = 15.0
     max_bytes: int = 2_000_000
