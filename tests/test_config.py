@@ -374,3 +374,11 @@ def test_an_unknown_search_backend_is_reported_when_the_config_is_read(tmp_path:
     config, problems = load_config(f)
     assert [(p.line, p.key) for p in problems] == [(3, "tools.browser.search_backend")]
     assert "one of 'none', 'searxng'" in problems[0].message and config.tools.browser.search_backend == "none"
+
+
+def test_a_string_where_a_list_goes_says_a_list_of_strings(tmp_path: Path) -> None:
+    f = write(tmp_path / "c.toml", 'models_dirs = "~/models"\n')
+    _, problems = load_config(f)
+    assert [str(p).split(": ", 1)[1] for p in problems] == [
+        "models_dirs: expected a list of strings; using the default"  # was "a list of a string"
+    ]

@@ -50,8 +50,10 @@ def _type_name(tp: Any) -> str:
         return " or ".join(_type_name(a) for a in typing.get_args(tp) if a is not type(None))
     if origin is Literal:
         return "one of " + ", ".join(repr(a) for a in typing.get_args(tp))
-    if origin is list:
-        return f"a list of {_type_name(typing.get_args(tp)[0])}"
+    if origin is list:  # "a list of strings", "a list of tables"
+        item = typing.get_args(tp)[0]
+        plural = {str: "strings", int: "integers", float: "numbers", bool: "booleans"}.get(item)
+        return f"a list of {plural or _type_name(item).removeprefix('a ').removeprefix('an ') + 's'}"
     if origin is dict:
         return "a table"
     if dataclasses.is_dataclass(tp):
