@@ -182,3 +182,25 @@ def test_an_internal_error_is_a_500_envelope_and_the_connection_stays_open(
         sock.sendall(_http("GET", "/v1/models"))  # the same connection
         status, payload = _read_response(sock, buf)
         assert status == 200 and json.loads(payload)["data"][0]["id"] == "demo"
+
+
+@pytest.mark.parametrize(
+    "path,body,param",
+    [
+        ("chat/completions", {"messages": USER, "stream": "yes"}, "stream"),
+        ("chat/completions", {"messages": USER, "max_tokens": "10"}, "max_tokens"),
+        ("chat/completions", {"messages": USER, "logprobs": 1}, "logprobs"),
+        ("responses", {"input": "hi", "stream": "true"}, "stream"),
+        ("completions", {"prompt": "hi", "echo": "yes"}, "echo"),
+    ],
+)
+def test_a_value_of_the_wrong_type_is_a_400_not_a_guess(url: str, path: str, body: dict, param: str) -> None:
+    """docs/server.md: a known field with the wrong type is a 400. pydantic's lax mode read "yes" as true
+    (a streamed answer to a client that did not parse one) and "10" as 10."""
+    err = _error(httpx.post(f"{url}/{path}", json={"model": "demo", **body}, timeout=60))
+    assert err["param"] == param and err["code"] == "invalid_value"
+
+
+def test_numbers_still_convert_where_openai_accepts_them(client: openai.OpenAI) -> None:
+    r = client.chat.completions.create(model="demo", messages=USER, temperature=1, top_p=1, max_tokens=8)
+    assert r.choices[0].finish_reason in ("stop", "length")

@@ -45,7 +45,7 @@ IGNORED = frozenset({"user", "metadata", "store", "service_tier", "stream_option
 
 
 class CompletionRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)  # as chat's (server/schemas.py)
 
     model: str = ""
     prompt: str | list[str] | list[int]

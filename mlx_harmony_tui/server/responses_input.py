@@ -37,7 +37,7 @@ IGNORED = frozenset({
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)  # as chat's (server/schemas.py)
 
 
 class FunctionToolDef(_Model):

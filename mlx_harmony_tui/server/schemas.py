@@ -59,7 +59,8 @@ def error_body(message: str, type_: str, param: str | None = None, code: str | N
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="allow", allow_inf_nan=False)  # json.loads accepts NaN and Infinity
+    # json.loads accepts NaN and Infinity; strict: "yes" is not a bool nor "10" an int (a 400, not a guess)
+    model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
 
 
 class ContentPart(_Model):
