@@ -387,3 +387,19 @@ def test_sessions_delete_and_rename_from_the_command_line(tmp_path: Path, capsys
     assert "no session 'nonexistent'" in capsys.readouterr().err
     assert main([*d, "rename", keep.id[:12], "Kept", "forever"]) == 0
     assert store.load(keep.id).title == "Kept forever" and "Kept forever" in capsys.readouterr().out
+
+
+def test_folder_and_config_options_also_work_after_the_action(tmp_path: Path, capsys) -> None:
+    """`sessions list --dir D` and `mcp list --config F` (the order `models list --config F` takes) were
+    'unrecognized arguments': those options were only read before the action."""
+    from mlx_harmony_tui.cli import main
+
+    s = SessionStore(tmp_path).create(title="found me")
+    assert main(["sessions", "list", "--dir", str(tmp_path)]) == 0
+    assert s.id in capsys.readouterr().out
+    assert main(["sessions", "--dir", str(tmp_path), "show", s.id]) == 0  # the documented order still works
+    assert "found me" in capsys.readouterr().out
+    cfg = tmp_path / "c.toml"
+    cfg.write_text("")
+    assert main(["mcp", "list", "--config", str(cfg)]) == 0
+    assert f"no MCP servers configured (add [[mcp.servers]] to {cfg}" in capsys.readouterr().out

@@ -19,7 +19,10 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--profile", default=None, help="config profile")
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
     sub = p.add_subparsers(dest="action", metavar="ACTION")
-    a = sub.add_parser("list", help="start every configured server, list its tools, stop it")
+    after = argparse.ArgumentParser(add_help=False)  # also after the action, as `models list --config F`
+    after.add_argument("--config", type=Path, default=argparse.SUPPRESS, help="config file")
+    after.add_argument("--profile", default=argparse.SUPPRESS, help="config profile")
+    a = sub.add_parser("list", help="start every configured server, list its tools, stop it", parents=[after])
     a.add_argument("--timeout", type=float, default=60.0, help="seconds to wait for the servers to start")
     a.add_argument("--json", action="store_true", help="machine-readable output")
     a.set_defaults(func=cmd_list)

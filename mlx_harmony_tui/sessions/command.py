@@ -9,6 +9,7 @@ import argparse
 import json
 import sys
 from pathlib import Path
+from typing import Any
 
 from mlx_harmony_tui.confirm import confirm
 from mlx_harmony_tui.sessions import maintenance
@@ -28,48 +29,54 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p = subparsers.add_parser("sessions", help="list, show, export, delete, rename, import and migrate saved chats")
     p.add_argument("--dir", type=Path, default=None, help="sessions folder (default: the app's data dir)")
     p.set_defaults(func=lambda args: (p.print_help(), 0)[1])
+    # --dir also after the action (`sessions list --dir D`); SUPPRESS keeps one given before it
+    after = argparse.ArgumentParser(add_help=False)
+    after.add_argument("--dir", type=Path, default=argparse.SUPPRESS, help="sessions folder")
     sub = p.add_subparsers(dest="action", metavar="ACTION")
 
-    a = sub.add_parser("list", help="list sessions, newest first")
+    def action(name: str, **kw: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[after], **kw)
+
+    a = action("list", help="list sessions, newest first")
     a.add_argument("query", nargs="*", metavar="WORD",
                    help="only sessions whose title or messages contain all these words")
     a.add_argument("--json", action="store_true", help="machine-readable output")
     a.set_defaults(func=cmd_list)
 
-    a = sub.add_parser("show", help="print a session")
+    a = action("show", help="print a session")
     a.add_argument("id", help="session id (a unique prefix is enough)")
     a.set_defaults(func=cmd_show)
 
-    a = sub.add_parser("export", help="export a session as Markdown or OpenAI-style JSON")
+    a = action("export", help="export a session as Markdown or OpenAI-style JSON")
     a.add_argument("id")
     a.add_argument("--format", choices=("md", "json"), default="md")
     a.add_argument("-o", "--output", type=Path, default=None, help="file to write (default: stdout)")
     a.set_defaults(func=cmd_export)
 
-    a = sub.add_parser("delete", help="delete sessions (asks first; --yes to skip)")
+    a = action("delete", help="delete sessions (asks first; --yes to skip)")
     a.add_argument("ids", nargs="+", metavar="ID", help="session id (a unique prefix is enough)")
     a.add_argument("--yes", "-y", action="store_true", help="do not ask")
     a.set_defaults(func=cmd_delete)
 
-    a = sub.add_parser("rename", help="give a session a new title")
+    a = action("rename", help="give a session a new title")
     a.add_argument("id", help="session id (a unique prefix is enough)")
     a.add_argument("title", nargs="+", help="the new title (the words are joined)")
     a.set_defaults(func=cmd_rename)
 
-    a = sub.add_parser("import", help="import mlx-harmony chat files (or session files)")
+    a = action("import", help="import mlx-harmony chat files (or session files)")
     a.add_argument("files", nargs="+", type=Path)
     a.set_defaults(func=cmd_import)
 
-    a = sub.add_parser("migrate", help="rewrite old-schema session files in the current schema "
+    a = action("migrate", help="rewrite old-schema session files in the current schema "
                                        "(damaged files are moved aside)")
     a.add_argument("--dry-run", action="store_true", help="only say what would change")
     a.set_defaults(func=cmd_migrate)
 
-    a = sub.add_parser("repair", help="move damaged session files aside (<file>.corrupt-<time>)")
+    a = action("repair", help="move damaged session files aside (<file>.corrupt-<time>)")
     a.add_argument("--dry-run", action="store_true", help="only say what would be moved")
     a.set_defaults(func=cmd_repair)
 
-    a = sub.add_parser("convert-dialogue", help="turn 'user:/assistant:' text into a session or examples")
+    a = action("convert-dialogue", help="turn 'user:/assistant:' text into a session or examples")
     a.add_argument("file", type=Path)
     a.add_argument("--examples", action="store_true", help="write example dialogue for the prompt config")
     a.add_argument("--format", choices=("json", "toml"), default="json", help="examples format")
