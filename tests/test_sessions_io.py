@@ -72,6 +72,14 @@ def test_import_rejects_unknown_files_clearly(tmp_path: Path) -> None:
     assert s.messages[0].extra == {"content": ["a"]}
 
 
+def test_import_of_a_newer_session_file_names_the_file(tmp_path: Path) -> None:
+    """With several files given, "schema_version 9 is newer than this app supports" did not say which one."""
+    newer = tmp_path / "from-the-future.json"
+    newer.write_text(json.dumps({"schema_version": 99, "id": "x", "messages": []}))
+    with pytest.raises(ImportFormatError, match="^from-the-future.json: schema_version 99 is newer"):
+        import_file(newer)
+
+
 def test_parse_dialogue_multiline_and_case() -> None:
     text = (FIXTURES / "dialogue.txt").read_text()
     turns = parse_dialogue(text)

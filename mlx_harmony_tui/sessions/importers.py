@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mlx_harmony_tui.sessions import jsontext
-from mlx_harmony_tui.sessions.migrations import migrate
+from mlx_harmony_tui.sessions.migrations import SessionVersionError, migrate
 from mlx_harmony_tui.sessions.schema import (
     ROLES,
     Message,
@@ -187,6 +187,8 @@ def import_data(data: Any, name: str = "chat") -> ImportResult:
             result.sessions.append(session_from_dict(current))
         except SchemaError as e:
             raise ImportFormatError(f"{name}: not a valid session file: {e}") from None
+        except SessionVersionError as e:  # several files may be named: say which
+            raise ImportFormatError(f"{name}: {e}") from None
         if version != current["schema_version"]:
             result.report.append(f"{name}: migrated from schema v{version}")
     elif "messages" in data:  # seed v1 flat form
