@@ -263,6 +263,8 @@ def test_lock_of_a_killed_process_is_stale_not_blocking(tmp_path: Path) -> None:
         store.lock(s.id)
     with pytest.raises(SessionLockedError, match=str(child.pid)):
         store.save(s)
+    with pytest.raises(SessionLockedError, match=f"open in process {child.pid}; not deleting it"):
+        store.delete(s.id)  # said "not saving over it"
     child.kill()
     child.wait(timeout=30)
     assert (tmp_path / f"{s.id}.lock").exists()  # left behind by the killed process ...

@@ -247,12 +247,12 @@ class SessionStore:
             return []
 
     # writing -----------------------------------------------------------------------------------------
-    def _check_not_locked_elsewhere(self, session_id: str) -> None:
+    def _check_not_locked_elsewhere(self, session_id: str, doing: str = "saving over it") -> None:
         if session_id in self._locks:
             return
         pid = lock_owner(self._lock_path(session_id))
         if pid is not None:
-            raise SessionLockedError(f"session {session_id} is open in process {pid}; not saving over it")
+            raise SessionLockedError(f"session {session_id} is open in process {pid}; not {doing}")
 
     def _prepare_overwrite(self, session_id: str, path: Path) -> None:
         """Before the first save over an existing file: back up an old version once, move a bad file aside."""
@@ -298,7 +298,7 @@ class SessionStore:
 
     def delete(self, session_id: str) -> None:
         path = self.path(session_id)
-        self._check_not_locked_elsewhere(session_id)
+        self._check_not_locked_elsewhere(session_id, "deleting it")
         if not path.exists():
             raise SessionNotFoundError(f"no session {session_id!r} in {self.root}")
         path.unlink()
