@@ -221,3 +221,61 @@ async def test_a_theme_that_cannot_be_saved_says_so(tmp_path) -> None:
         assert said and "not saved" in said[0] and "not valid TOML" in said[0]
         assert app.theme == "harmony-dusk"
     assert cfg_file.read_text() == "[sampling\ntemperature = 0.3\n"  # the user's file, untouched
+
+
+MARKUP = "close [/b] tags [keymap]"  # text a user or a model writes, which Textual would read as markup
+
+
+def toasts(app: HarmonyApp) -> str:
+    """The notifications' text as their toasts draw it (textual/widgets/_toast.py)."""
+    from textual.content import Content
+
+    return "\n".join(str(Content.from_markup(n.message) if n.markup else Content(n.message))
+                     for n in app._notifications)
+
+
+async def test_brackets_in_titles_paths_and_tool_names_show_as_written() -> None:
+    """A session titled "How do I close [/b] tags?" crashed the app on ctrl+s (MarkupError in the session
+    table); a model path with "[/x]" crashed it while loading; "[keymap] ..." warnings lost "[keymap]"."""
+    from mlx_harmony_tui.errors import UserError
+
+    def script(request, handle) -> None:
+        handle.put(ev.ToolCallStarted("c1", f"functions.{MARKUP}"))
+        handle.put(ev.ToolResult("c1", f"functions.{MARKUP}", "ok", None, 0.1))
+        handle.put(ev.Delta("final", "ok"))
+        handle.put(ev.TurnFinished("stop", ev.Metrics(final=True)))
+
+    app = HarmonyApp(backend=ScriptedBackend(script), show_welcome=False,
+                     keymap={"chat.nope": "f6"})
+    async with app.run_test(size=LARGE) as pilot:
+        await pilot.pause()
+        assert "[keymap] 'chat.nope'" in toasts(app)
+        await send(pilot, f"How do I {MARKUP}?")
+        assert MARKUP in str(app.screen.query_one("ToolEntry").title)
+        await pilot.press("ctrl+n", "ctrl+s")
+        await pilot.pause()
+        table = app.screen.query_one("DataTable")
+        assert MARKUP in str(table.get_row_at(0)[0])
+        await pilot.press("down", "ctrl+d")
+        await pilot.pause()
+        assert MARKUP in str(app.screen.query_one("#confirm-title").render())
+        await pilot.press("n", "f2")
+        await pilot.pause()
+        assert app.screen.query_one("Input").value == f"How do I {MARKUP}?"
+
+    path = f"/nowhere/{MARKUP}"
+
+    def loader(model, progress):
+        progress(0.1, f"loading {model}")
+        raise UserError(f"model not found: {model}")
+
+    app = HarmonyApp(model=path, loader=loader)
+    async with app.run_test(size=LARGE) as pilot:
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if not app.loading:
+                break
+        assert f"model not found: {path}" in toasts(app)
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "ModelPickerScreen"

@@ -82,10 +82,12 @@ class HarmonyApp(ModelLoading, ScreenActions, BranchActions, QuickActions, App[N
     def notify(self, message: str, *, title: str = "", severity: str = "information",
                timeout: float | None = None, markup: bool = True) -> None:
         """Errors without their own timeout stay ERROR_TIMEOUT seconds, not Textual's 5 (a background
-        download that fails while the user types was gone before it was read)."""
+        download that fails while the user types was gone before it was read). Never markup (``markup`` is
+        ignored; screens pass True): messages carry paths, titles and config text, where "[keymap]" vanished
+        and "[/b]" raised a MarkupError."""
         if timeout is None and severity == "error":
             timeout = self.ERROR_TIMEOUT
-        super().notify(message, title=title, severity=severity, timeout=timeout, markup=markup)  # type: ignore[arg-type]
+        super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)  # type: ignore[arg-type]
 
     def __init__(
         self,

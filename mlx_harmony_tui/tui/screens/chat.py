@@ -32,7 +32,7 @@ class ChatScreen(Screen[None]):
                     yield Static(self.welcome, id="welcome", markup=False)
             yield ToolLog(id="tool-log", classes="hidden")
         with Horizontal(id="load-bar", classes="hidden"):
-            yield Static("", id="load-text")
+            yield Static("", id="load-text", markup=False)  # "loading <path>"
             yield ProgressBar(total=1.0, show_eta=False, id="load-progress")
         yield MetricsBar(id="metrics-bar")
         yield ChatInput(id="input")

@@ -30,7 +30,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self._title, id="confirm-title")
+            yield Label(self._title, id="confirm-title", markup=False)  # a session title, a tool name
             if self._detail:
                 yield Static(self._detail, classes="detail", markup=False)
             with Horizontal():
@@ -59,7 +59,7 @@ class PromptScreen(ModalScreen[str | None]):
 
     def compose(self) -> ComposeResult:
         with Vertical():
-            yield Label(self._title)
+            yield Label(self._title, markup=False)
             yield Input(self._value, id="prompt-input")
 
     def on_input_submitted(self, event: Input.Submitted) -> None:

@@ -11,6 +11,7 @@ from textual import events
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
+from textual.markup import escape
 from textual.screen import ModalScreen
 from textual.widgets import Input, OptionList, Static
 from textual.widgets.option_list import Option
@@ -78,7 +79,7 @@ class ModelPickerScreen(ModalScreen[str | None]):
         # the dialog is 90% of the screen (at most 130) minus its border, padding and the list's gutter
         widths = fit_columns(self.entries, min(130, int(self.app.size.width * 0.9)) - 6)
         with Vertical():
-            yield Static(f"[b]Choose a model[/b]  (current: {self.current or 'none'})")
+            yield Static(f"[b]Choose a model[/b]  (current: {escape(self.current or 'none')})")
             options = [
                 Option(
                     Text(("● " if self.current == "demo" else "  ") + "demo  (built-in tiny model)"),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from rich.text import Text
 from textual.app import ComposeResult
 from textual.binding import Binding
 from textual.containers import Vertical
@@ -109,7 +110,7 @@ class SessionBrowserScreen(ModalScreen[BrowserResult]):
             if created_w:
                 cells.append(_when(s.created_at))
             cells += [_fit(s.model, model_w), str(s.exchanges)]
-            table.add_row(*cells, key=s.id)
+            table.add_row(*(Text(c) for c in cells), key=s.id)  # Text: a title's "[/b]" is not markup
         if keep in self.ids:
             table.move_cursor(row=self.ids.index(keep))
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from textual.containers import VerticalScroll
+from textual.content import Content
 from textual.widgets import Collapsible, Static
 
 
@@ -20,7 +21,13 @@ class ToolEntry(Collapsible):
         self.args = ""
         self._args_view = Static("", classes="args", markup=False)
         self._result_view = Static("running…", classes="result", markup=False)
-        super().__init__(self._args_view, self._result_view, title=f"⚙ {recipient}", collapsed=True)
+        super().__init__(self._args_view, self._result_view, title="", collapsed=True)
+        self.set_reactive(Collapsible.title, f"⚙ {recipient}")
+        self._watch_title(self.title)
+
+    def _watch_title(self, title: str) -> None:
+        """Shown as written: the tool's name comes from the model ("[/b]" in it raised a MarkupError)."""
+        self._title.label = Content(title)
 
     def add_args(self, delta: str) -> None:
         self.args += delta
