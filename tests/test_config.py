@@ -382,3 +382,29 @@ def test_a_string_where_a_list_goes_says_a_list_of_strings(tmp_path: Path) -> No
     assert [str(p).split(": ", 1)[1] for p in problems] == [
         "models_dirs: expected a list of strings; using the default"  # was "a list of a string"
     ]
+
+
+def test_relative_paths_in_a_config_file_are_relative_to_that_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`response_format_file = "person.json"` beside config.toml was read from the current folder, so every
+    command run elsewhere failed ('JSON schema person.json: cannot read it'); models_dirs the same. A path on
+    the command line (--json-schema, --config) stays relative to the current folder."""
+    from mlx_harmony_tui import cli
+    from mlx_harmony_tui.config import settings_from_config
+
+    schema = {"type": "object", "properties": {"a": {"type": "integer"}}, "required": ["a"]}
+    write(paths.config_dir() / "person.json", json.dumps(schema))
+    write(paths.config_dir() / "profiles" / "p.toml", 'response_format_file = "../person.json"\n')
+    (paths.config_dir() / "models").mkdir()
+    write(paths.config_file(), 'response_format_file = "person.json"\nmodels_dirs = ["models", "~/m"]\n')
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    config, problems = load_config()
+    assert problems == [] and config.response_format_file == str(paths.config_dir() / "person.json")
+    assert config.models_dirs == [str(paths.config_dir() / "models"), "~/m"]
+    assert settings_from_config(config).response_format.schema == schema
+    config, _ = load_config(profile="p")
+    assert Path(config.response_format_file).resolve() == (paths.config_dir() / "person.json").resolve()
+    assert cli.main(["models", "list"]) == 0 and not capsys.readouterr().err

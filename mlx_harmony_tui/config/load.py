@@ -116,6 +116,19 @@ def _flat_settings(clean: dict[str, Any], merged: dict[str, Any]) -> dict[str, A
     return out
 
 
+def _anchor(clean: dict[str, Any], folder: Path) -> dict[str, Any]:
+    """Relative paths a config file names are relative to that file's folder, not to where the app runs."""
+
+    def fix(p: str) -> str:
+        return p if not p or Path(p).expanduser().is_absolute() else str(folder / p)
+
+    if isinstance(clean.get("response_format_file"), str):
+        clean["response_format_file"] = fix(clean["response_format_file"])
+    if isinstance(clean.get("models_dirs"), list):
+        clean["models_dirs"] = [fix(d) for d in clean["models_dirs"]]
+    return clean
+
+
 def load_config(
     path: Path | None = None, profile: str | None = None
 ) -> tuple[AppConfig, list[ConfigProblem]]:
@@ -130,7 +143,7 @@ def load_config(
     elif explicit:
         raise ConfigError(f"config file {path} does not exist")
     v = Validator(path, text)
-    base = v.clean(AppConfig, raw)
+    base = _anchor(v.clean(AppConfig, raw), path.parent)
     problems += v.problems
     merged = base
     profile_clean: dict[str, Any] = {}
@@ -165,7 +178,8 @@ def _load_profile(
             )
         else:
             v = Validator(path, text, ("profiles", name))
-            out = v.clean(AppConfig, {k: t for k, t in table.items() if k not in ("profiles", "profile")})
+            out = _anchor(v.clean(AppConfig, {k: t for k, t in table.items() if k not in ("profiles", "profile")}),
+                          path.parent)
             for k in sorted(("profiles", "profile") & table.keys()):
                 v.problem((k,), "not allowed inside a profile; ignored")
             problems += v.problems
@@ -175,7 +189,9 @@ def _load_profile(
         praw, ptext = _read_toml(pfile, problems)
         v = Validator(pfile, ptext)
         out = _deep_merge(
-            out, v.clean(AppConfig, {k: t for k, t in praw.items() if k not in ("profiles", "profile")})
+            out,
+            _anchor(v.clean(AppConfig, {k: t for k, t in praw.items() if k not in ("profiles", "profile")}),
+                    pfile.parent),
         )
         for k in sorted(("profiles", "profile") & praw.keys()):
             v.problem((k,), "not allowed inside a profile; ignored")
