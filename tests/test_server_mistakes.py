@@ -204,3 +204,23 @@ def test_a_value_of_the_wrong_type_is_a_400_not_a_guess(url: str, path: str, bod
 def test_numbers_still_convert_where_openai_accepts_them(client: openai.OpenAI) -> None:
     r = client.chat.completions.create(model="demo", messages=USER, temperature=1, top_p=1, max_tokens=8)
     assert r.choices[0].finish_reason in ("stop", "length")
+
+
+@pytest.mark.parametrize(
+    "path,body,param",
+    [
+        ("chat/completions", {"messages": [{"role": "user", "text": "hi"}]}, "messages[0]"),
+        (
+            "chat/completions",
+            {"messages": [{"role": "user", "content": [{"type": "text"}]}]},
+            "messages[0]",
+        ),
+        ("chat/completions", {"messages": [*USER, {"role": "assistant"}, *USER]}, "messages[1]"),
+        ("responses", {"input": [{"role": "user", "text": "hi"}]}, "input[0].content"),
+    ],
+)
+def test_a_message_without_its_text_is_a_400(url: str, path: str, body: dict, param: str) -> None:
+    """A misspelt key ('text' for 'content') was ignored as an extra field, and the model answered an empty
+    message as if the client had sent one."""
+    err = _error(httpx.post(f"{url}/{path}", json={"model": "demo", **body}, timeout=60))
+    assert err["param"] == param and "content" in err["message"], err

@@ -128,6 +128,9 @@ def to_messages(items: list[dict[str, Any]], builtin_python: bool, calls: dict[s
         kind = item.get("type", "message")
         if kind == "message":
             role = item.get("role")
+            if item.get("content") is None:  # e.g. a misspelt "text": the model would answer an empty message
+                raise APIError(400, f"{where}.content is required (a string or a list of text parts)",
+                               param=f"{where}.content")
             text = _text(item.get("content"), where)
             if role in ("system", "developer"):
                 instructions.append(text)

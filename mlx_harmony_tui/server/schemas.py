@@ -13,7 +13,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 # PYTHON: a client function of this name is offered as Harmony's built-in python tool
 from mlx_harmony_tui.chat.openai_messages import PYTHON, OpenAIMessagesError, from_openai
@@ -63,6 +63,9 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="allow", allow_inf_nan=False, strict=True)
 
 
+TEXT_PARTS = ("text", "input_text", "output_text")
+
+
 class ContentPart(_Model):
     type: str
     text: str | None = None
@@ -94,6 +97,18 @@ class ChatMessage(_Model):
     reasoning_content: str | None = None
     reasoning: str | None = None
 
+    @model_validator(mode="after")
+    def _has_text(self) -> ChatMessage:
+        """A message without content is a 400: a misspelt key ("text") would otherwise be an ignored extra
+        field, and the model would answer an empty message. An assistant message may carry only calls."""
+        if self.content is None and not (self.role == "assistant" and (self.tool_calls or self.reasoning_content
+                                                                        or self.reasoning)):
+            raise ValueError(f"a {self.role} message needs content")
+        for i, part in enumerate(self.content if isinstance(self.content, list) else []):
+            if part.type in TEXT_PARTS and part.text is None:
+                raise ValueError(f"content[{i}]: a {part.type} part needs text")
+        return self
+
     def text(self) -> str:
         if self.content is None:
             return ""
@@ -101,7 +116,7 @@ class ChatMessage(_Model):
             return self.content
         parts = []
         for p in self.content:
-            if p.type not in ("text", "input_text", "output_text"):
+            if p.type not in TEXT_PARTS:
                 raise APIError(400, f"content part type {p.type!r} is not supported (text only)", param="messages")
             parts.append(p.text or "")
         return "".join(parts)
