@@ -4,6 +4,8 @@ session files skipped without a word."""
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from textual.widgets._footer import FooterKey
 from tui_fakes import ScriptedBackend, simple_reply
@@ -279,3 +281,58 @@ async def test_brackets_in_titles_paths_and_tool_names_show_as_written() -> None
         await pilot.press("ctrl+o")
         await pilot.pause()
         assert app.screen.__class__.__name__ == "ModelPickerScreen"
+
+
+class ClosesAfterItsTurn(ScriptedBackend):
+    """Like LocalBackend: close() finishes the running turn first (here it gives up after 5 s)."""
+
+    def __init__(self, script, name: str) -> None:
+        super().__init__(script, name)
+        self.turn_done = threading.Event()
+        self.closed_during_turn = False
+
+    def close(self) -> None:
+        if not self.turn_done.is_set():
+            self.closed_during_turn = True
+            self.turn_done.wait(5)
+        super().close()
+
+
+async def test_a_model_loaded_while_a_reply_streams_takes_over_after_it() -> None:
+    """A model picked with ctrl+o finished loading while a reply streamed: closing the old model waited for
+    that reply on the UI thread, and the app froze (40 s for a long prompt on the demo) until it ended."""
+    release = threading.Event()
+
+    def script(request, handle) -> None:
+        handle.put(ev.TurnStarted("t"))
+        handle.put(ev.Delta("final", "part one, "))
+        release.wait(20)
+        handle.put(ev.Delta("final", "part two"))
+        handle.put(ev.TurnFinished("stop", ev.Metrics(final=True)))
+        old.turn_done.set()
+
+    old = ClosesAfterItsTurn(script, "old-model")
+    new = ScriptedBackend(simple_reply("", "from the new one"), name="new-model")
+    app = HarmonyApp(backend=old, loader=lambda model, progress: new, show_welcome=False)
+    async with app.run_test(size=SMALL) as pilot:
+        app.screen.query_one("ChatInput").focus()
+        await pilot.press(*"hi", "enter")
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if "part one" in app.conversation.query_one("AssistantMessage").final_text:
+                break
+        app.start_loading("new-model")
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if not app.loading:
+                break
+        assert not old.closed_during_turn
+        assert app.backend is old and app.generating  # the reply goes on with the model that started it
+        assert any("takes over when this reply ends" in n.message for n in app._notifications)
+        release.set()
+        await app.wait_idle(10)
+        await pilot.pause()
+        assert app.backend is new and old.closed and "new-model" in app.sub_title
+        assert "part one, part two" in app.conversation.query_one("AssistantMessage").final_text
+        await send(pilot, "again")
+        assert list(app.conversation.query("AssistantMessage"))[-1].final_text == "from the new one"

@@ -118,6 +118,7 @@ class HarmonyApp(ModelLoading, ScreenActions, BranchActions, QuickActions, App[N
         self._theme_name = theme
         self._fallback_theme = fallback_theme
         self.load_error: str | None = None  # why the model could not be loaded (shown when sending)
+        self.next_backend: Backend | None = None  # loaded while a reply streamed: used once it ends
         self._quitting = False
         self._show_welcome = show_welcome
         self._on_theme_change = on_theme_change
@@ -321,6 +322,9 @@ class HarmonyApp(ModelLoading, ScreenActions, BranchActions, QuickActions, App[N
                     await msg.finish()
                 self.chat.end_turn()
                 self.screen_chat.query_one(MetricsBar).set_status("ready")
+                if self.next_backend is not None:
+                    backend, self.next_backend = self.next_backend, None
+                    self.switch_backend(backend)
         except NoMatches:
             pass  # the chat screen's widgets are gone: the app is shutting down
 
@@ -372,6 +376,8 @@ class HarmonyApp(ModelLoading, ScreenActions, BranchActions, QuickActions, App[N
         """However the app ends, the session's lock is released, its prompt cache saved, the model freed."""
         self._quitting = True
         self.chat.close()
+        if self.next_backend is not None:
+            self.next_backend.close()
         if self.latency_probe is not None:
             self.latency_probe.save()
         sys.setswitchinterval(getattr(self, "_saved_switch_interval", sys.getswitchinterval()))

@@ -63,7 +63,8 @@ class ModelLoading(_Base):
         screen.query_one("#load-bar").remove_class("hidden")
         screen.query_one("#load-text", Static).update(f"{msg} ")
         screen.query_one("#load-progress", ProgressBar).update(progress=max(0.0, min(1.0, frac)))
-        screen.query_one(MetricsBar).set_status("loading")
+        if not self.generating:  # a reply streaming meanwhile keeps its own status
+            screen.query_one(MetricsBar).set_status("loading")
 
     def _load_failed(self, message: str) -> None:
         self.loading = False
@@ -77,6 +78,19 @@ class ModelLoading(_Base):
 
     def _load_done(self, backend: Backend) -> None:
         self.loading = False
+        self.screen_chat.query_one("#load-bar").add_class("hidden")
+        if self.generating:
+            # Closing the previous model waits for its running turn: on the UI thread that froze the app
+            # until the reply ended. The new model takes over when it does (HarmonyApp.pump).
+            if self.next_backend is not None:  # picked twice during one reply: the newest wins
+                self.next_backend.close()
+            self.next_backend = backend
+            self.screen_chat.query_one(MetricsBar).set_status("generating")
+            self.notify(f"Model ready: {backend.model_name}; it takes over when this reply ends")
+            return
+        self.switch_backend(backend)
+
+    def switch_backend(self, backend: Backend) -> None:
         if self.chat.use_backend(backend):
             gc.unfreeze()  # the previous model's objects may be in the frozen generation: let them go
             gc.collect()
@@ -84,7 +98,6 @@ class ModelLoading(_Base):
         # UI, several per streamed reply. What exists once the model is loaded lives for the session;
         # frozen, those pauses measured 7-15 ms (headless, tiny model).
         gc.freeze()
-        self.screen_chat.query_one("#load-bar").add_class("hidden")
         self.screen_chat.query_one(MetricsBar).set_status("ready")
         self._backend_ready()
         self.notify(f"Model ready: {backend.model_name}")
