@@ -312,3 +312,17 @@ def test_ctrl_c_at_the_prompt_drops_the_line_and_a_second_one_leaves() -> None:
         term.close()
     (row,) = SessionStore().list()
     assert [m.content for m in SessionStore().load(row.id).messages if m.role == "user"] == ["hi", "hello"]
+
+
+def test_a_piped_prompt_is_the_same_prompt_as_prompt_flag(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """`echo Q | generate` sent "Q\\n" to the model (the shell's newline), so it got another prompt than
+    `generate --prompt Q`; the line chat strips it too."""
+    prompts = []
+    for argv, stdin in ((["--prompt", "What is 37*12?"], ""), ([], "What is 37*12?\r\n\n")):
+        trace = tmp_path / f"t{len(prompts)}.jsonl"
+        rc, _, err = _run(["generate", "--max-tokens", "4", "--debug-file", str(trace), *argv], stdin, monkeypatch,
+                          capsys)
+        assert rc == 0, err
+        prompts.append(json.loads(trace.read_text().splitlines()[0])["prompt"])
+    assert prompts[0] == prompts[1] and "What is 37*12?<|end|>" in prompts[0]

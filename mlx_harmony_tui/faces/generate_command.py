@@ -53,7 +53,7 @@ def read_prompt(args: argparse.Namespace) -> str:
     elif sys.stdin.isatty():
         raise UserError("give --prompt TEXT, or pipe the prompt on stdin")
     else:
-        prompt = sys.stdin.read()
+        prompt = sys.stdin.read().rstrip("\r\n")  # the newline echo or a file ends with is not part of it
     if not prompt.strip():
         raise UserError("the prompt is empty")
     return prompt
