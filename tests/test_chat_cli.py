@@ -326,3 +326,19 @@ def test_a_piped_prompt_is_the_same_prompt_as_prompt_flag(tmp_path: Path, monkey
         assert rc == 0, err
         prompts.append(json.loads(trace.read_text().splitlines()[0])["prompt"])
     assert prompts[0] == prompts[1] and "What is 37*12?<|end|>" in prompts[0]
+
+
+def test_ctrl_c_in_generate_ends_the_line_it_cut() -> None:
+    """ctrl+c while `generate` streamed left the shell's prompt glued to the answer ('...^CEXIT')."""
+    proc = subprocess.Popen([*_console_script(), "generate", "--prompt", "hello", "--temperature", "3", "--max-tokens",
+                             "4000", "--seed", "1"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            env=dict(os.environ))
+    try:
+        assert proc.stdout is not None and proc.stdout.read1(1)  # the answer is streaming
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130 and out.endswith(b"\n") and b"Traceback" not in err, (out[-200:], err)

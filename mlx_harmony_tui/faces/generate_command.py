@@ -121,6 +121,9 @@ def run(args: argparse.Namespace) -> int:
             chat.cancel()
             for _ in chat.events():
                 pass
+            if printer is not None:  # end the line it cut, so the shell's prompt starts on its own
+                sys.stdout.write("\n")
+                sys.stdout.flush()
             raise
     finally:
         chat.close()
