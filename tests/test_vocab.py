@@ -1,3 +1,4 @@
+import os
 from pathlib import Path
 
 import pytest
@@ -45,3 +46,14 @@ def test_missing_everywhere_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setattr(vocab, "derive_from_quicktok", lambda: (_ for _ in ()).throw(vocab.VocabularyError("no quicktok")))
     with pytest.raises(vocab.VocabularyError, match="pip install quicktok-v1"):
         vocab.ensure_vocabulary()
+
+
+def test_a_cache_folder_that_cannot_be_written_is_a_clear_error(monkeypatch, tmp_path):
+    """XDG_CACHE_HOME below a file made every model load a NotADirectoryError traceback."""
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocker))
+    monkeypatch.delenv("TIKTOKEN_ENCODINGS_BASE", raising=False)
+    with pytest.raises(vocab.VocabularyError, match=f"cannot write the o200k vocabulary to {blocker}/mlx-harmony-tui/vocab/o200k_base.tiktoken"):
+        vocab.ensure_vocabulary()
+    assert "TIKTOKEN_ENCODINGS_BASE" not in os.environ

@@ -140,7 +140,16 @@ def ensure_vocabulary(model_path: str | Path | None = None) -> Path:
                 except VocabularyError as e:
                     errors.append(str(e))
             if data is not None:
-                _write_atomic(target, data)
+                try:
+                    _write_atomic(target, data)
+                except OSError as e:  # e.g. the cache dir lies below a file: say so, no traceback
+                    if env:
+                        os.environ.pop("TIKTOKEN_ENCODINGS_BASE")
+                    raise VocabularyError(
+                        f"cannot write the o200k vocabulary to {target} ({e.strerror or e}): the cache folder "
+                        "must be writable (XDG_CACHE_HOME moves it; or set TIKTOKEN_ENCODINGS_BASE to a folder "
+                        f"holding {FILENAME})"
+                    ) from None
         if _valid_file(target):
             os.environ["TIKTOKEN_ENCODINGS_BASE"] = str(cache)
             return cache
