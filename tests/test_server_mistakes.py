@@ -15,6 +15,7 @@ import pytest
 
 from mlx_harmony_tui.backends.local import LocalBackend
 from mlx_harmony_tui.chat.settings import ChatSettings
+from mlx_harmony_tui.harmony.render import RenderError
 from mlx_harmony_tui.server import app as server_app
 from mlx_harmony_tui.server.app import create_app
 from mlx_harmony_tui.server.command import serve_in_thread
@@ -224,3 +225,52 @@ def test_a_message_without_its_text_is_a_400(url: str, path: str, body: dict, pa
     message as if the client had sent one."""
     err = _error(httpx.post(f"{url}/{path}", json={"model": "demo", **body}, timeout=60))
     assert err["param"] == param and "content" in err["message"], err
+
+
+@pytest.mark.parametrize(
+    "path,body,param",
+    [
+        (
+            "chat/completions",
+            {"messages": USER, "tools": [{"type": "function", "function": {"name": "1lookup"}}]},
+            "tools[0].function.name",
+        ),
+        ("responses", {"input": "hi", "tools": [{"type": "function", "name": "-x"}]}, "tools[0].name"),
+        (
+            "chat/completions",
+            {
+                "messages": USER,
+                "response_format": {
+                    "type": "json_schema",
+                    "json_schema": {"name": "my schema", "schema": {"type": "object"}},
+                },
+            },
+            "response_format.json_schema.name",
+        ),
+        (
+            "responses",
+            {
+                "input": "hi",
+                "text": {"format": {"type": "json_schema", "name": "2nd", "schema": {"type": "object"}}},
+            },
+            "text.format.name",
+        ),
+    ],
+)
+def test_a_name_harmony_cannot_render_is_a_400(url: str, path: str, body: dict, param: str) -> None:
+    """Function and schema names become Harmony identifiers (functions.NAME, a TypeScript type): one that
+    starts with a digit or '-', or holds a space, was a 500 'internal error: RenderError'."""
+    err = _error(httpx.post(f"{url}/{path}", json={"model": "demo", **body}, timeout=60))
+    assert err["param"] == param, err
+
+
+def test_anything_else_harmony_cannot_render_is_a_400(url: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The net under the checks above: a RenderError (a UserError: the request asked for it) while the
+    context is fitted is the client's 400 with the renderer's sentence, not an internal error."""
+
+    def refuse(self: LocalBackend, request: Any) -> int:
+        raise RenderError("cannot render a 'wizard' message inside the conversation")
+
+    monkeypatch.setattr(LocalBackend, "count_tokens", refuse)
+    err = _error(httpx.post(f"{url}/chat/completions", json={"model": "demo", "messages": USER}, timeout=60))
+    assert "wizard" in err["message"] and err["code"] == "invalid_value"

@@ -25,7 +25,8 @@ from mlx_harmony_tui.harmony.placeholders import expand_placeholders
 DEFAULT_IDENTITY: str = oh.SystemContent.model_fields["model_identity"].default
 BUILTIN_TOOLS = ("python", "browser")
 _EFFORT = {"low": oh.ReasoningEffort.LOW, "medium": oh.ReasoningEffort.MEDIUM, "high": oh.ReasoningEffort.HIGH}
-_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
+# a function or response-format name: a Harmony recipient (functions.NAME) and a TypeScript identifier
+NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_\-]{0,63}$")
 
 
 class RenderError(UserError):
@@ -101,7 +102,7 @@ def _developer_message(options: RenderOptions, extra_dev: list[str]) -> oh.Messa
     instructions = expand_placeholders(instructions, options.placeholders, options.now)
     tools: list[oh.ToolDescription] = []
     for ft in options.function_tools:
-        if not _NAME_RE.match(ft.name or ""):
+        if not NAME_RE.match(ft.name or ""):
             raise RenderError(f"function tool name {ft.name!r} is invalid (letters, digits, _ and -; max 64)")
         if not isinstance(ft.parameters, dict):
             raise RenderError(f"function tool {ft.name!r}: parameters must be a JSON-schema object")
@@ -117,7 +118,7 @@ def _developer_message(options: RenderOptions, extra_dev: list[str]) -> oh.Messa
 
 
 def _response_format_text(rf: ResponseFormat, after_other_sections: bool) -> str:
-    if not _NAME_RE.match(rf.name or ""):
+    if not NAME_RE.match(rf.name or ""):
         raise RenderError(f"response format name {rf.name!r} is invalid (letters, digits, _ and -; max 64)")
     try:
         schema = json.dumps(rf.schema, ensure_ascii=False, separators=(",", ":"))

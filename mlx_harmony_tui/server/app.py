@@ -25,6 +25,7 @@ from mlx_harmony_tui.chat.events import (
     Retry,
 )
 from mlx_harmony_tui.chat.settings import ChatSettings
+from mlx_harmony_tui.harmony.render import RenderError
 from mlx_harmony_tui.server.drive import disconnected, drive
 from mlx_harmony_tui.server.guards import BearerAuth, InternalErrors, check_counts, error_response, parse_json
 from mlx_harmony_tui.server.queue import GenerationQueue
@@ -93,6 +94,11 @@ def create_app(
     @app.exception_handler(APIError)
     async def _api_error(_: Request, exc: APIError) -> JSONResponse:
         return envelope(exc)
+
+    @app.exception_handler(RenderError)
+    async def _render_error(_: Request, exc: RenderError) -> JSONResponse:
+        # what the request asked for cannot be rendered as a Harmony prompt (found while fitting the context)
+        return envelope(APIError(400, str(exc), code="invalid_value"))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(_: Request, exc: StarletteHTTPException) -> JSONResponse:

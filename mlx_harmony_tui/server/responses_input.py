@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from mlx_harmony_tui.chat.openai_messages import unwrap_code
 from mlx_harmony_tui.chat.settings import ChatSettings, FunctionTool
 from mlx_harmony_tui.harmony.messages import HMessage
+from mlx_harmony_tui.harmony.render import NAME_RE
 from mlx_harmony_tui.server.schemas import (
     PYTHON,
     APIError,
@@ -42,7 +43,7 @@ class _Model(BaseModel):
 
 class FunctionToolDef(_Model):
     type: Literal["function"]
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    name: str = Field(pattern=NAME_RE.pattern)
     description: str | None = None
     parameters: dict[str, Any] | None = None
     strict: bool | None = None

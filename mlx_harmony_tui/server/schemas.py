@@ -19,7 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from mlx_harmony_tui.chat.openai_messages import PYTHON, OpenAIMessagesError, from_openai
 from mlx_harmony_tui.chat.settings import ChatSettings, FunctionTool
 from mlx_harmony_tui.harmony.messages import HMessage
-from mlx_harmony_tui.harmony.render import ResponseFormat
+from mlx_harmony_tui.harmony.render import NAME_RE, ResponseFormat
 
 MAX_STOP_STRINGS = 4
 # Sent by common clients with values a local model cannot act on: accepted and ignored.
@@ -123,7 +123,7 @@ class ChatMessage(_Model):
 
 
 class FunctionDef(_Model):
-    name: str = Field(min_length=1, max_length=64, pattern=r"^[A-Za-z0-9_\-]+$")
+    name: str = Field(pattern=NAME_RE.pattern)
     description: str = ""
     parameters: dict[str, Any] | None = None
 
@@ -273,6 +273,9 @@ def response_format(fmt: Any, param: str) -> ResponseFormat | None:
     if not isinstance(spec, dict) or not isinstance(spec.get("schema"), dict):
         raise APIError(400, f"{where}.schema must be a JSON-schema object", param=f"{where}.schema")
     name = str(spec.get("name") or "response")
+    if not NAME_RE.match(name):
+        raise APIError(400, f"{where}.name {name!r}: letters, digits, _ and - (not first), at most 64",
+                       param=f"{where}.name", code="invalid_value")
     try:
         check_schema(spec["schema"])
     except SchemaError as e:
