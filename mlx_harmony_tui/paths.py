@@ -27,3 +27,8 @@ def sessions_dir() -> Path:
 
 def config_file() -> Path:
     return config_dir() / "config.toml"
+
+
+def prompt_cache_file(session_id: str) -> Path:
+    """A session's saved prompt cache (written when it closes, read when it opens, removed with it)."""
+    return cache_dir() / "prompt-cache" / f"{session_id}.safetensors"

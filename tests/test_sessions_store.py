@@ -405,3 +405,20 @@ def test_folder_and_config_options_also_work_after_the_action(tmp_path: Path, ca
     cfg.write_text("")
     assert main(["mcp", "list", "--config", str(cfg)]) == 0
     assert f"no MCP servers configured (add [[mcp.servers]] to {cfg}" in capsys.readouterr().out
+
+
+def test_deleting_a_session_removes_its_prompt_cache_file(tmp_path: Path, capsys) -> None:
+    """The saved prompt cache (<cache>/prompt-cache/<id>.safetensors, up to GBs for a long chat) stayed behind
+    when its session was deleted, in the browser or from the command line, with nothing left to use it."""
+    from mlx_harmony_tui.cli import main
+
+    store = SessionStore(tmp_path)
+    s, other = store.create(title="long chat"), store.create(title="other")
+    for sid in (s.id, other.id):
+        paths.prompt_cache_file(sid).parent.mkdir(parents=True, exist_ok=True)
+        paths.prompt_cache_file(sid).write_bytes(b"x" * 100)
+    assert main(["sessions", "--dir", str(tmp_path), "delete", s.id, "--yes"]) == 0
+    capsys.readouterr()
+    assert not paths.prompt_cache_file(s.id).exists() and paths.prompt_cache_file(other.id).exists()
+    store.delete(other.id)  # what the browser calls
+    assert not paths.prompt_cache_file(other.id).exists()

@@ -14,7 +14,7 @@ CACHE_ERRORS = (UserError, OSError, ValueError)
 
 
 def cache_path(session_id: str) -> Path:
-    return paths.cache_dir() / "prompt-cache" / f"{session_id}.safetensors"
+    return paths.prompt_cache_file(session_id)
 
 
 def restore(backend: Any, session_id: str) -> bool | None:

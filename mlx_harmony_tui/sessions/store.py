@@ -304,6 +304,8 @@ class SessionStore:
         path.unlink()
         _fsync_dir(self.root)
         self._checked.discard(session_id)
+        with contextlib.suppress(OSError):  # its saved prompt cache has no other use (and may be GBs)
+            paths.prompt_cache_file(session_id).unlink()
 
     def rename(self, session_id: str, title: str) -> Session:
         session = self.load(session_id)
