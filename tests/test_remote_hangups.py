@@ -4,8 +4,11 @@ reported as such."""
 
 from __future__ import annotations
 
+import http.server
+import json
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -98,3 +101,42 @@ def _up(base: str) -> bool:
         return httpx.get(f"{base}/health", timeout=2).status_code == 200
     except httpx.HTTPError:
         return False
+
+
+class _CutStream(http.server.BaseHTTPRequestHandler):
+    """An HTTP server whose answer ends cleanly but early, as a proxy's read timeout ends one: a couple of
+    chunks, then the end of the body without a finish_reason or [DONE] (or a JSON body, not a stream)."""
+
+    def do_POST(self) -> None:  # noqa: N802 - http.server's name
+        self.rfile.read(int(self.headers["Content-Length"]))
+        if self.server.json_body:  # type: ignore[attr-defined]
+            body, kind = b'{"choices": [{"message": {"content": "hi"}}]}', "application/json"
+        else:
+            chunks = [{"choices": [{"index": 0, "delta": {"content": t}}]} for t in ("Hello", " wor")]
+            body, kind = b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks), "text/event-stream"
+        self.send_response(200)
+        self.send_header("Content-Type", kind)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+@pytest.mark.parametrize("json_body", [False, True])
+def test_a_stream_that_ends_before_the_answer_does_is_a_failure(json_body: bool) -> None:
+    """It ended the turn as a complete answer ('Hello wor', finish 'stop'): the cut was invisible."""
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _CutStream)
+    server.json_body = json_body  # type: ignore[attr-defined]
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        remote = RemoteBackend(f"http://127.0.0.1:{server.server_port}", model="m")
+        events = list(remote.start_turn(TurnRequest([HMessage("user", "hi")], ChatSettings())).events(timeout=30))
+    finally:
+        server.shutdown()
+        server.server_close()
+    failed = events[-1]
+    assert isinstance(failed, TurnFailed), events[-2:]
+    assert "mid-answer" in failed.error and ("application/json" in failed.error) == json_body, failed.error
+    remote.close()

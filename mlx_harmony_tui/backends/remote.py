@@ -269,6 +269,7 @@ class RemoteBackend:
             if response.status_code != 200:
                 handle.put(TurnFailed(_error_message(response)))
                 return False
+            done = False
             try:
                 for line in response.iter_lines():
                     if handle.cancel_event.is_set():
@@ -279,6 +280,7 @@ class RemoteBackend:
                         continue
                     data = line[5:].strip()
                     if data == "[DONE]":
+                        done = True
                         break
                     try:
                         doc = json.loads(data)
@@ -293,6 +295,11 @@ class RemoteBackend:
                     return False
             if handle.cancel_event.is_set():
                 handle.put(TurnFinished("cancelled", state.finish_reply(t0)))
+                return False
+            if not done and state.finish_reason is None:  # e.g. a proxy's timeout: a clean end, a cut answer
+                kind = response.headers.get("content-type", "no content type")
+                handle.put(TurnFailed(f"the connection to {self.url} broke off mid-answer: the stream ({kind}) "
+                                      "ended without a finish_reason or [DONE]"))
                 return False
         return True
 
