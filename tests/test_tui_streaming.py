@@ -63,7 +63,8 @@ async def test_long_reply_is_followed_unless_the_user_scrolls_up() -> None:
 async def test_latency_probe_records_keys_typed_while_streaming(tmp_path, monkeypatch) -> None:
     log = tmp_path / "latency.json"
     monkeypatch.setenv(ENV, str(log))
-    app = HarmonyApp(backend=ScriptedBackend(simple_reply("", LONG, delay=0.01, chunk=10)),
+    # ~30 s of reply at the least (stopped below): on a loaded machine the six keys may take seconds
+    app = HarmonyApp(backend=ScriptedBackend(simple_reply("", LONG * 10, delay=0.01, chunk=10)),
                      show_welcome=False)
     async with app.run_test(size=SIZE) as pilot:
         await send(pilot, "long please")
@@ -77,7 +78,9 @@ async def test_latency_probe_records_keys_typed_while_streaming(tmp_path, monkey
         await app.wait_idle(10)
     doc = json.loads(log.read_text())
     assert len(doc["frames"]) == len(doc["queued"]) == 6
-    assert all(0 <= q <= f < 1.0 for q, f in zip(doc["queued"], doc["frames"], strict=True))
+    # durations in seconds, the frame after the key's queueing; the bound only catches garbage (a loaded
+    # machine once took over a second for a frame: timings are benchmarks, scripts/ui_latency.py)
+    assert all(0 <= q <= f < 30.0 for q, f in zip(doc["queued"], doc["frames"], strict=True))
 
 
 def test_freeze_point_keeps_code_fences_whole() -> None:
