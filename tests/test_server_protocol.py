@@ -208,11 +208,15 @@ def test_non_streaming_tool_call(server: tuple[str, ScriptedBackend]) -> None:
     assert tc[0].function.name == "get_weather" and json.loads(tc[0].function.arguments) == {"city": "Rome"}
 
 
-def test_tool_choice_none_sends_no_tools(server: tuple[str, ScriptedBackend]) -> None:
+def test_tool_choice_none_describes_the_tools_and_allows_no_call(server: tuple[str, ScriptedBackend]) -> None:
+    """As on the Responses API: the same prompt (and cache) as the tool loop's other requests; the turn's
+    constraint (settings.tool_choice "none") allows no call."""
     url, backend = server
     client(url).chat.completions.create(model="scripted", messages=[{"role": "user", "content": "?"}],
                                         tools=TOOLS, tool_choice="none")
-    assert backend.requests[0].settings.function_tools == []
+    settings = backend.requests[0].settings
+    assert [t.name for t in settings.function_tools] == [t["function"]["name"] for t in TOOLS]
+    assert settings.tool_choice == "none"
 
 
 def test_stop_string_cuts_and_cancels(server: tuple[str, ScriptedBackend]) -> None:

@@ -313,7 +313,7 @@ def to_settings(req: ChatCompletionRequest, base: ChatSettings) -> ChatSettings:
     choice = req.tool_choice
     if not req.tools and (choice == "required" or isinstance(choice, NamedToolChoice)):
         raise APIError(400, "tool_choice asks for a function call, but the request offers no tools", param="tool_choice")
-    if req.tools and choice != "none":
+    if req.tools:  # with "none" too: described (the same prompt prefix and cache), the constraint allows no call
         tools = [
             FunctionTool(
                 name=t.function.name,
@@ -326,7 +326,8 @@ def to_settings(req: ChatCompletionRequest, base: ChatSettings) -> ChatSettings:
             tools = [t for t in tools if t.name == choice.function.name]
             if not tools:
                 raise APIError(400, f"tool_choice names unknown function {choice.function.name!r}", param="tool_choice")
-        s.tool_choice = "required" if choice == "required" or isinstance(choice, NamedToolChoice) else "auto"
+        s.tool_choice = ("required" if choice == "required" or isinstance(choice, NamedToolChoice)
+                         else "none" if choice == "none" else "auto")
         if any(t.name == PYTHON for t in tools):
             # GPT-OSS is trained to call `python` as a built-in tool with plain code, not as functions.python.
             s.builtin_tools = sorted({*s.builtin_tools, PYTHON})
