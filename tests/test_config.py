@@ -408,3 +408,14 @@ def test_relative_paths_in_a_config_file_are_relative_to_that_file(
     config, _ = load_config(profile="p")
     assert Path(config.response_format_file).resolve() == (paths.config_dir() / "person.json").resolve()
     assert cli.main(["models", "list"]) == 0 and not capsys.readouterr().err
+
+
+def test_an_unknown_profile_error_keeps_the_config_files_problems(capsys: pytest.CaptureFixture[str]) -> None:
+    """A TOML error in the [profiles.fast] table made `--profile fast` say only "no such profile (known: none)":
+    the reason (the file's own error) was dropped with the exit."""
+    from mlx_harmony_tui import cli
+
+    write(paths.config_file(), '[profiles.fast]\nreasoning_effort = "low\n')
+    assert cli.main(["models", "list", "--profile", "fast"]) == 2
+    err = capsys.readouterr().err
+    assert "--profile fast: no such profile" in err and "config.toml:2: invalid TOML" in err, err

@@ -199,7 +199,11 @@ def load_app_config_quietly(args: argparse.Namespace) -> tuple[Any, list[str]]:
     path = getattr(args, "config", None)
     profile = getattr(args, "profile", None)
     cfg, problems = config_mod.load_config(Path(path).expanduser() if path else None, profile)
-    check_profile(cfg, profile)
+    try:
+        check_profile(cfg, profile)
+    except UserError as e:  # the file's own problems may say why (a TOML error in the profile's table)
+        why = [f"config: {p}" for p in problems or [] if p.key != "profile"]  # not "using no profile": we stop
+        raise UserError("\n".join([str(e), *why])) from None
     return cfg, [str(p) for p in problems or []]
 
 
