@@ -342,3 +342,17 @@ def test_ctrl_c_in_generate_ends_the_line_it_cut() -> None:
             proc.kill()
             proc.wait()
     assert proc.returncode == 130 and out.endswith(b"\n") and b"Traceback" not in err, (out[-200:], err)
+
+
+def test_a_session_is_titled_by_the_words_typed_not_the_attached_file(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    """The title of a session whose first message had a file attached ran on into the file: "what is in
+    the file? Attached file `note.txt`: ``` hello fil"."""
+    note = tmp_path / "note.txt"
+    note.write_text("hello file\n")
+    rc, _, err = _run(["chat", "--max-tokens", "4"], f"/attach {note}\nwhat is in the file?\n", monkeypatch, capsys)
+    assert rc == 0, err
+    (row,) = SessionStore().list()
+    assert row.title == "what is in the file?"
+    user = [m for m in SessionStore().load(row.id).messages if m.role == "user"][0]
+    assert "hello file" in user.content  # the file still goes with the message

@@ -127,13 +127,15 @@ class ChatController:
         attached since the last message (``attach``) follow the text."""
         greeting = self.greeting
         text = expand_placeholders(text, self.settings.placeholders)
+        # a new session's title: the words typed (else the files' names), not the attached text
+        title = " ".join(text.split())[:60] or ", ".join(a.name for a in self.attachments)[:60]
         if self.attachments:  # files attached since the last message go with this one (not expanded)
             text = with_attachments(text, self.attachments)
             self.attachments = []
         if greeting:
             self.history.append(HMessage(role="assistant", text=greeting, channel="final"))
         self.history.append(HMessage(role="user", text=text))
-        if self.ensure_session():
+        if self.ensure_session(title):
             recorder = self.recorder
             assert recorder is not None
             recorder.set_params(self._params())
@@ -284,8 +286,9 @@ class ChatController:
         self.history = to_hmessages(recorder.session)
 
     # ---- sessions -------------------------------------------------------------------------------------
-    def ensure_session(self) -> bool:
-        """Create the session (with the first message, so opening a face leaves no empty files)."""
+    def ensure_session(self, title: str = "") -> bool:
+        """Create the session (with the first message, so opening a face leaves no empty files); ``title``
+        when the user named none (/save)."""
         if self.recorder is not None:
             return True
         if not self.record:
@@ -293,7 +296,7 @@ class ChatController:
         if not self.settings.conversation_date:  # fixed per session, so the cached prefix survives midnight
             self.settings.conversation_date = time.strftime("%Y-%m-%d")
         model = self.backend.model_name if self.backend is not None else self.model_ref
-        session = self._guard(self.store.create, self.title, model, self._params(),
+        session = self._guard(self.store.create, self.title or title, model, self._params(),
                               session_settings(self.settings))
         if session is None:
             return False
