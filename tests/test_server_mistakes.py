@@ -279,7 +279,7 @@ def test_anything_else_harmony_cannot_render_is_a_400(url: str, monkeypatch: pyt
 def test_tool_choice_none_keeps_the_tools_described_and_the_cache(client: openai.OpenAI) -> None:
     """As on the Responses API: "none" forbids a call (the constraint) but the tools stay in the prompt. It
     dropped them, so a tool loop's last request (tool_choice none for the answer) rendered another prefix:
-    43 of 314 prompt tokens cached instead of the whole conversation, and a python call in the history
+    43 of 236 prompt tokens cached instead of the whole conversation, and a python call in the history
     without the python tool declared."""
     python = {
         "type": "function",
@@ -295,26 +295,23 @@ def test_tool_choice_none_keeps_the_tools_described_and_the_cache(client: openai
     }
     weather = {"type": "function", "function": {"name": "get_weather", "parameters": WEATHER}}
     msgs: list[dict[str, Any]] = [{"role": "user", "content": "What is 37*12?"}]
-    r = client.chat.completions.create(
-        model="demo",
-        messages=msgs,
-        tools=[python, weather],
-        temperature=0,
-        tool_choice="required",
-        max_tokens=200,
-    )
+
+    def ask(choice: str) -> Any:
+        return client.chat.completions.create(
+            model="demo",
+            messages=msgs,
+            tools=[python, weather],
+            temperature=0,
+            tool_choice=choice,
+            max_tokens=200,
+        )
+
+    r = ask("required")
     call = r.choices[0].message.tool_calls[0]
     msgs += [
         r.choices[0].message.model_dump(exclude_none=True),
         {"role": "tool", "tool_call_id": call.id, "content": "444"},
     ]
-    r2 = client.chat.completions.create(
-        model="demo",
-        messages=msgs,
-        tools=[python, weather],
-        temperature=0,
-        tool_choice="none",
-        max_tokens=200,
-    )
+    r2 = ask("none")
     assert not r2.choices[0].message.tool_calls and r2.choices[0].finish_reason in ("stop", "length")
     assert r2.usage.prompt_tokens_details.cached_tokens >= r.usage.prompt_tokens, r2.usage
