@@ -268,3 +268,25 @@ def test_models_rm_on_a_terminal_takes_ctrl_d_as_no(tmp_path: Path) -> None:
     builtin = _on_a_terminal(["models", "rm", "demo"], b"y\n")  # the package's own files are not the user's
     assert builtin.returncode == 2 and "built into mlx-harmony-tui" in builtin.stderr
     assert (demo_model_path() / "model.safetensors").is_file()
+
+
+def test_a_cached_repo_with_a_missing_blob_is_listed_broken_and_can_be_removed(tmp_path: Path, capsys) -> None:
+    """docs/models.md: `models list` shows a damaged model as broken. A snapshot whose blob was gone (a
+    dangling symlink) vanished from the list instead (huggingface_hub's scan drops such a repo), and
+    `models rm` could not delete it."""
+    from mlx_harmony_tui import cli
+
+    src = tmp_path / "demo"
+    src.mkdir()
+    for name in ("config.json", "generation_config.json", "model.safetensors"):
+        shutil.copyfile(demo_model_path() / name, src / name)
+    snap = fake_snapshot(src, "acme/demo-oss", "d" * 40)
+    (snap / "model.safetensors").resolve().unlink()
+    (entry,) = find_models()
+    assert entry.name == "acme/demo-oss" and "model.safetensors" in (entry.problem or "")
+    assert cli.main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "acme/demo-oss" in out and "broken" in out
+    assert cli.main(["models", "rm", "acme/demo-oss", "--yes"]) == 0
+    assert "deleted acme/demo-oss" in capsys.readouterr().out
+    assert not hub.repo_folder("acme/demo-oss").exists() and find_models() == []

@@ -122,23 +122,44 @@ def cached_revisions() -> list[CachedRevision]:
     except (OSError, ValueError):
         return []
     out: list[CachedRevision] = []
-    for repo in sorted(info.repos, key=lambda r: r.repo_id):
-        if repo.repo_type != "model":
-            continue
-        revs = sorted(repo.revisions, key=lambda r: r.last_modified, reverse=True)
-        has_main = any("main" in r.refs for r in revs)
-        for i, rev in enumerate(revs):
+    scanned = {Path(repo.repo_path).name for repo in info.repos}
+    repos = [(repo.repo_id, [(r.commit_hash, r.refs, Path(r.snapshot_path), int(r.size_on_disk),
+                              float(r.last_modified)) for r in repo.revisions])
+             for repo in info.repos if repo.repo_type == "model"]
+    # A repo with a blob missing (a dangling snapshot symlink) is dropped by the scan: list it from its
+    # folders, so it shows as broken and `models rm` can delete it.
+    repos += [(f.name.removeprefix("models--").replace("--", "/"), _damaged_revisions(f))
+              for f in root.glob("models--*") if f.name not in scanned and (f / "snapshots").is_dir()]
+    for repo_id, found in sorted(repos, key=lambda r: r[0]):
+        revs = sorted(found, key=lambda r: r[4], reverse=True)
+        has_main = any("main" in r[1] for r in revs)
+        for i, (commit, refs, path, size, mtime) in enumerate(revs):
             out.append(
                 CachedRevision(
-                    repo_id=repo.repo_id,
-                    commit=rev.commit_hash,
-                    refs=tuple(sorted(rev.refs, key=lambda r: (r != "main", r))),
-                    path=Path(rev.snapshot_path),
-                    size_bytes=int(rev.size_on_disk),
-                    last_modified=float(rev.last_modified),
-                    default="main" in rev.refs if has_main else i == 0,
+                    repo_id=repo_id,
+                    commit=commit,
+                    refs=tuple(sorted(refs, key=lambda r: (r != "main", r))),
+                    path=path,
+                    size_bytes=size,
+                    last_modified=mtime,
+                    default="main" in refs if has_main else i == 0,
                 )
             )
+    return out
+
+
+def _damaged_revisions(folder: Path) -> list[tuple[str, set[str], Path, int, float]]:
+    """(commit, refs, snapshot, size of the files still there, mtime) of each snapshot of a repo folder."""
+    refs: dict[str, set[str]] = {}
+    for ref in (folder / "refs").rglob("*"):
+        if ref.is_file():
+            refs.setdefault(ref.read_text(encoding="utf-8", errors="replace").strip(), set()).add(
+                ref.relative_to(folder / "refs").as_posix()
+            )
+    out = []
+    for snap in sorted(p for p in (folder / "snapshots").iterdir() if p.is_dir()):
+        size = sum(f.stat().st_size for f in snap.rglob("*") if f.is_file())  # is_file: a dangling link is not
+        out.append((snap.name, refs.get(snap.name, set()), snap, size, snap.stat().st_mtime))
     return out
 
 
@@ -344,10 +365,30 @@ def remove(revision: CachedRevision) -> int:
     from huggingface_hub import scan_cache_dir
 
     info = scan_cache_dir(cache_dir())
-    strategy = info.delete_revisions(revision.commit)
-    freed = int(strategy.expected_freed_size)
-    strategy.execute()
     folder = repo_folder(revision.repo_id)
+    if any(Path(r.repo_path) == folder for r in info.repos):
+        strategy = info.delete_revisions(revision.commit)
+        freed = int(strategy.expected_freed_size)
+        strategy.execute()
+    else:  # damaged, so not in the scan (_damaged_revisions): delete the snapshot and the blobs only it used
+        freed = _remove_damaged(folder, revision)
     if folder.is_dir() and not any((folder / "snapshots").glob("*")):
         shutil.rmtree(folder, ignore_errors=True)  # nothing left but refs/locks: forget the repo entirely
+    return freed
+
+
+def _remove_damaged(folder: Path, revision: CachedRevision) -> int:
+    def blobs(snap: Path) -> set[Path]:
+        return {Path(os.path.realpath(f)) for f in snap.rglob("*") if f.is_symlink()}
+
+    others = set().union(*(blobs(s) for s in (folder / "snapshots").iterdir() if s != revision.path))
+    freed = 0
+    for blob in blobs(revision.path) - others:
+        if blob.is_file() and blob.parent == folder / "blobs":
+            freed += blob.stat().st_size
+            blob.unlink()
+    shutil.rmtree(revision.path)
+    for ref in (folder / "refs").rglob("*"):
+        if ref.is_file() and ref.read_text(encoding="utf-8", errors="replace").strip() == revision.commit:
+            ref.unlink()
     return freed
