@@ -88,7 +88,7 @@ async def test_first_run_shows_paths_and_how_to_use_a_real_model() -> None:
         text = str(app.screen.query_one("#welcome").render())
         assert str(paths.sessions_dir()) in text and str(paths.config_file()) in text
         assert "models pull openai/gpt-oss-20b" in text and "--model openai/gpt-oss-20b" in text and "model = " in text
-        assert "Model: demo (tiny and built in" in text and "What is 37*12?" in text  # what to try first
+        assert "Model: demo, tiny and built in" in text and "What is 37*12?" in text  # what to try first
 
 
 async def test_remote_mode_unreachable_server_is_a_clear_error() -> None:

@@ -336,3 +336,17 @@ async def test_a_model_loaded_while_a_reply_streams_takes_over_after_it() -> Non
         assert "part one, part two" in app.conversation.query_one("AssistantMessage").final_text
         await send(pilot, "again")
         assert list(app.conversation.query("AssistantMessage"))[-1].final_text == "from the new one"
+
+
+async def test_the_first_run_panel_reads_in_whole_lines_at_80_columns() -> None:
+    """The first thing a new user reads wrapped mid-sentence at 80 columns ("...models pull" / "openai/
+    gpt-oss-20b, then start with" / "--model ..."): its lines were written for a wider terminal."""
+    from mlx_harmony_tui.tui.app import welcome_text
+
+    app = HarmonyApp(backend=ScriptedBackend(simple_reply("", "ok")), model="demo")
+    async with app.run_test(size=SMALL) as pilot:
+        await pilot.pause()
+        room = app.screen.query_one("#welcome").content_size.width
+    lines = [line for line in welcome_text("demo").splitlines() if not line.startswith(("Sessions:", "Config:"))]
+    assert max(len(line) for line in lines) <= room, (room, lines)
+    assert "models pull openai/gpt-oss-20b" in welcome_text("demo") and "F1" in welcome_text("demo")

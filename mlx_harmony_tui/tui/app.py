@@ -59,17 +59,21 @@ def default_loader(model: str, progress: Callable[[float, str], None]) -> Backen
     return LocalBackend.load(model, progress=progress)
 
 
-DEMO_NOTE = " (tiny and built in: greetings, this app, short lists, arithmetic; try  What is 37*12? )"
+DEMO_NOTE = "tiny and built in: knows greetings, this app, short lists\nand arithmetic (try: What is 37*12?)"
 
 
 def welcome_text(model: str, config_file: Path | None = None) -> str:
+    """First-run hints, a line each within the 72 columns the panel has at 80 (longer ones wrapped raggedly)."""
+    about = f"Model: {model}" + (f", {DEMO_NOTE}" if model == "demo" else "")
     return (
-        f"Model: {model}{DEMO_NOTE if model == 'demo' else ''}\n"
+        f"{about}\n"
         f"Sessions: {paths.sessions_dir()}\n"
         f"Config:   {config_file or paths.config_file()}\n"
-        "To chat with gpt-oss-20b: mlx-harmony-tui models pull openai/gpt-oss-20b, then start with\n"
-        "--model openai/gpt-oss-20b (or a folder), or set  model = \"...\"  in the config, or press ctrl+o.\n"
-        "Enter sends, shift+enter / ctrl+j adds a line, esc stops, F1 lists every key."
+        "For gpt-oss-20b: mlx-harmony-tui models pull openai/gpt-oss-20b, then\n"
+        "start with --model openai/gpt-oss-20b (or a folder), set  model = \"...\"\n"
+        "in the config, or press ctrl+o.\n"
+        "Enter sends, ctrl+j adds a line (or shift+enter), esc stops the reply,\n"
+        "F1 lists every key, ctrl+p every command, ctrl+q quits."
     )
 
 
