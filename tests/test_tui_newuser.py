@@ -350,3 +350,39 @@ async def test_the_first_run_panel_reads_in_whole_lines_at_80_columns() -> None:
     lines = [line for line in welcome_text("demo").splitlines() if not line.startswith(("Sessions:", "Config:"))]
     assert max(len(line) for line in lines) <= room, (room, lines)
     assert "models pull openai/gpt-oss-20b" in welcome_text("demo") and "F1" in welcome_text("demo")
+
+
+async def test_with_a_server_ctrl_o_reconnects_instead_of_listing_local_models() -> None:
+    """--remote URL with the server down: the app said "Pick a model with ctrl+o, or start with --model
+    PATH", and ctrl+o listed local models, though whatever was picked connected to the same server."""
+    from mlx_harmony_tui.errors import UserError
+
+    url = "http://127.0.0.1:9/v1"
+    calls: list[str] = []
+
+    def loader(model, progress):
+        calls.append(model)
+        if len(calls) == 1:
+            raise UserError(f"cannot reach {url}: Connection refused")
+        return ScriptedBackend(simple_reply("", "ok"), name="served-model")
+
+    app = HarmonyApp(model=url, remote=url, loader=loader)
+    async with app.run_test(size=SMALL) as pilot:
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if not app.loading:
+                break
+        assert "Is the server at http://127.0.0.1:9/v1 running? ctrl+o connects again" in str(
+            app.screen.query_one("#welcome").render())
+        await pilot.press("ctrl+o")
+        for _ in range(100):
+            await pilot.pause(0.05)
+            if app.backend is not None:
+                break
+        assert app.screen.__class__.__name__ == "ChatScreen" and calls == [url, url]
+        assert app.backend.model_name == "served-model"
+        assert "could not be loaded" not in str(app.screen.query_one("#welcome").render())  # connected now
+        await pilot.press("ctrl+o")
+        await pilot.pause()
+        assert app.screen.__class__.__name__ == "ChatScreen"
+        assert any("chooses the model (served-model)" in n.message for n in app._notifications)

@@ -108,6 +108,14 @@ class ScreenActions(_Base):
         if self.loading:
             self.notify("A model is already loading")
             return
+        if self.remote:  # the loader connects to the server whatever is picked: a local list would mislead
+            if self.backend is not None:
+                self.notify(f"The server at {self.remote} chooses the model ({self.backend.model_name}); "
+                            "start without --remote to run a local one")
+            else:
+                self.notify(f"Connecting to {self.remote} again")
+                self.start_loading(self.remote)
+            return
 
         def done(choice: str | None) -> None:
             if choice:

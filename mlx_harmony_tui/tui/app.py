@@ -32,7 +32,7 @@ from mlx_harmony_tui.tui.actions import ScreenActions
 from mlx_harmony_tui.tui.branch_actions import BranchActions
 from mlx_harmony_tui.tui.keymap import validate_keymap
 from mlx_harmony_tui.tui.latency import LatencyProbe
-from mlx_harmony_tui.tui.loading import PICK_MODEL, ModelLoading
+from mlx_harmony_tui.tui.loading import ModelLoading
 from mlx_harmony_tui.tui.quick_actions import QuickActions
 from mlx_harmony_tui.tui.screens.chat import ChatScreen
 from mlx_harmony_tui.tui.screens.dialogs import ConfirmScreen
@@ -109,8 +109,10 @@ class HarmonyApp(ModelLoading, ScreenActions, BranchActions, QuickActions, App[N
         on_theme_change: Callable[[str], None] | None = None,
         startup_notes: Iterable[str] = (),
         config_file: Path | None = None,
+        remote: str | None = None,
     ) -> None:
-        """``config_file``: the file given with --config, shown instead of the default location."""
+        """``config_file``: the file given with --config, shown instead of the default location; ``remote``:
+        the server's URL when the loader connects to one (the model is the server's: ctrl+o reconnects)."""
         super().__init__()
         self.chat = ChatController(backend, settings, model_ref=model, notify=self._notify_from_chat)
         self.view = TurnView(self)
@@ -130,6 +132,7 @@ class HarmonyApp(ModelLoading, ScreenActions, BranchActions, QuickActions, App[N
         self.theme_problems: list[str] = []
         self.startup_notes = [*startup_notes, *keymap_problems]  # config problems, shown once the screen is up
         self.config_file = config_file or paths.config_file()
+        self.remote = remote
         self.latency_probe = LatencyProbe.from_env()  # key-to-frame timing for scripts/ui_latency.py
 
     # ---- the controller's state, as the app's (tests and scripts read these) --------------------------
@@ -272,7 +275,7 @@ class HarmonyApp(ModelLoading, ScreenActions, BranchActions, QuickActions, App[N
                 self.notify("The model is still loading; your message stays in the box", severity="warning")
             else:
                 reason = f"The model could not be loaded: {self.load_error}\n" if self.load_error else ""
-                self.notify(f"{reason}{PICK_MODEL}", title="No model", severity="error", timeout=10)
+                self.notify(f"{reason}{self.pick_hint()}", title="No model", severity="error", timeout=10)
             return False
         for w in self.conversation.query("#welcome"):
             await w.remove()

@@ -46,8 +46,10 @@ def build_app(args: argparse.Namespace) -> Any:
         except OSError as e:
             raise UserError(f"Theme {name} is used until you quit, not saved: {e.strerror}") from None
 
+    url = remote_url(args, config)
     return HarmonyApp(
-        model=remote_url(args, config) or model,
+        model=url or model,
+        remote=url,
         loader=backend_loader(args, config),
         settings=settings,
         session_id=getattr(args, "session", None),

@@ -27,6 +27,13 @@ PICK_MODEL = "Pick a model with ctrl+o, or start with --model PATH (a folder wit
 
 
 class ModelLoading(_Base):
+    def pick_hint(self) -> str:
+        """What to do without a model: pick one, or with a server, check it and reconnect."""
+        if self.remote:
+            return (f"Is the server at {self.remote} running? ctrl+o connects again; without --remote (and the "
+                    "config's [remote] endpoint) a local model runs here.")
+        return PICK_MODEL
+
     def start_loading(self, model: str) -> None:
         self.loading = True  # at once: a message sent before the thread starts is told to wait, not to pick
         self.load_error = None
@@ -71,7 +78,7 @@ class ModelLoading(_Base):
         if self.backend is None:
             self.load_error = message
             for w in self.conversation.query("#welcome").results(Static):  # the welcome panel says so too
-                w.update(f"The model could not be loaded: {message}\n{PICK_MODEL}\n\n" + str(w.content))
+                w.update(f"The model could not be loaded: {message}\n{self.pick_hint()}\n\n{self.screen_chat.welcome}")
         self.screen_chat.query_one("#load-bar").add_class("hidden")
         self.notify(message, title="Model not loaded", severity="error", timeout=10)
         self.screen_chat.query_one(MetricsBar).set_status("ready" if self.backend else "no model")
@@ -91,6 +98,8 @@ class ModelLoading(_Base):
         self.switch_backend(backend)
 
     def switch_backend(self, backend: Backend) -> None:
+        for w in self.conversation.query("#welcome").results(Static):  # no longer "could not be loaded"
+            w.update(self.screen_chat.welcome)
         if self.chat.use_backend(backend):
             gc.unfreeze()  # the previous model's objects may be in the frozen generation: let them go
             gc.collect()
