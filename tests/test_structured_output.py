@@ -213,3 +213,20 @@ def test_generate_json_schema_and_the_config_key(tmp_path: Path, isolated_dirs: 
         rc = cli.main(["generate", "--model", "tiny", "--prompt", "x", "--json-schema", str(path)])
         err = capsys.readouterr().err
         assert rc == 2 and words in err and "Traceback" not in err, err
+
+
+def test_a_structured_answer_steered_to_its_end_is_cut_at_the_token_limit_not_the_context(
+    tmp_path: Path, isolated_dirs: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Near max_tokens the JSON is closed early (finish 'length' with fewer tokens than max_tokens), which
+    `generate` (and `chat`, and the same over --remote) read as 'cut at the end of the context (458 tokens)'
+    with 131072 tokens of context."""
+    from mlx_harmony_tui import cli
+
+    schema = tmp_path / "g.json"
+    schema.write_text(json.dumps({"type": "object", "properties": {"greeting": {"type": "string"}},
+                                  "required": ["greeting"], "additionalProperties": False}))
+    rc = cli.main(["generate", "--prompt", "hello", "--json-schema", str(schema), "--max-tokens", "200",
+                   "--temperature", "0", "--seed", "0"])
+    err = capsys.readouterr().err
+    assert rc == 0 and "end of the context" not in err and "cut at the token limit (max_tokens 200)" in err, err

@@ -330,9 +330,14 @@ def finish_note(ev: Any, settings: ChatSettings, raise_hint: str) -> str | None:
     """What a line face says when a turn (its ``TurnFinished``) ended short of a complete answer; None for a
     normal end or a stop the user asked for. ``raise_hint``: how this face raises max_tokens."""
     if ev.reason == "length":
-        generated = ev.metrics.generated_tokens
-        if generated and generated < settings.max_tokens:  # the engine stopped at the end of the context
-            return f"cut at the end of the context ({ev.metrics.context_tokens} tokens)"
+        m = ev.metrics
+        limits = [x for x in (settings.context_limit, m.context_limit) if x]
+        # with the context known, whether it is full: a structured answer steered to its end near max_tokens
+        # stops short of max_tokens too (it said 'the end of the context (458 tokens)' of 131072)
+        full = m.context_tokens >= min(limits) - 1 if limits else bool(m.generated_tokens) and (
+            m.generated_tokens < settings.max_tokens)
+        if full:
+            return f"cut at the end of the context ({m.context_tokens} tokens)"
         return f"cut at the token limit (max_tokens {settings.max_tokens}); {raise_hint} raises it"
     if ev.reason == "tool_rounds":
         return f"stopped after {settings.max_tool_rounds} tool calls in a row without an answer"
