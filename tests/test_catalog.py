@@ -268,6 +268,10 @@ def test_models_rm_on_a_terminal_takes_ctrl_d_as_no(tmp_path: Path) -> None:
     builtin = _on_a_terminal(["models", "rm", "demo"], b"y\n")  # the package's own files are not the user's
     assert builtin.returncode == 2 and "built into mlx-harmony-tui" in builtin.stderr
     assert (demo_model_path() / "model.safetensors").is_file()
+    from mlx_harmony_tui import cli, paths
+
+    assert cli.main(["models", "rm", "tiny", "--yes"]) == 2  # and nothing is generated just to be refused
+    assert not (paths.cache_dir() / "models").exists()
 
 
 def test_a_cached_repo_with_a_missing_blob_is_listed_broken_and_can_be_removed(tmp_path: Path, capsys) -> None:

@@ -201,12 +201,12 @@ def cmd_info(args: argparse.Namespace) -> int:
 def cmd_rm(args: argparse.Namespace) -> int:
     from mlx_harmony_tui.catalog import hub
     from mlx_harmony_tui.catalog.listing import human_bytes
-    from mlx_harmony_tui.catalog.resolve import resolve
+    from mlx_harmony_tui.catalog.resolve import BUILTIN, resolve
 
     dirs, *_ = _config(args)
-    found = resolve(args.name, dirs)
-    if found.source == "built-in":  # not "remove that folder yourself": it is part of the installed app
+    if args.name.strip() in BUILTIN:  # before resolve(), which would generate 'tiny' just to refuse it
         raise UserError(f"{args.name} is built into mlx-harmony-tui: there is nothing to delete")
+    found = resolve(args.name, dirs)
     if found.source != "hf-cache":
         raise UserError(
             f"{args.name} is not in the Hugging Face cache ({found.path}, {found.source}); "
