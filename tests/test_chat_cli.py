@@ -50,6 +50,7 @@ def test_generate_json_document(monkeypatch: pytest.MonkeyPatch, capsys: pytest.
 @pytest.mark.parametrize("argv, message", [
     (["generate", "--prompt", "x", "--top-p", "3"], "--top-p"),
     (["generate", "--prompt", "x", "--max-tokens", "0"], "--max-tokens"),
+    (["generate", "--prompt", "x", "--repetition-context", "99999999999"], "--repetition-context"),  # MemoryError
     (["generate", "--prompt", "x", "--model", "/no/such/model"], "model not found"),
     (["generate", "--prompt", "   "], "empty"),
     (["generate", "--prompt", "x", "--remote", "not-a-url"], "http://host:port"),

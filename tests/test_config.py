@@ -419,3 +419,12 @@ def test_an_unknown_profile_error_keeps_the_config_files_problems(capsys: pytest
     assert cli.main(["models", "list", "--profile", "fast"]) == 2
     err = capsys.readouterr().err
     assert "--profile fast: no such profile" in err and "config.toml:2: invalid TOML" in err, err
+
+
+def test_a_repetition_context_beyond_any_context_is_refused(tmp_path: Path) -> None:
+    """repetition_context = 99999999999 passed and then failed every generation with a MemoryError (the
+    penalty keeps a window of that many token ids)."""
+    f = write(tmp_path / "c.toml", "[sampling]\nrepetition_context = 99999999999\n")
+    config, problems = load_config(f)
+    assert [(p.line, p.key) for p in problems] == [(2, "sampling.repetition_context")]
+    assert config.sampling.repetition_context is None

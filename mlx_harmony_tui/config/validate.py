@@ -31,7 +31,7 @@ RANGES: dict[str, tuple[float | None, float | None]] = {
     "top_k": (0, None),
     "repetition_penalty": (0.0, None),
     "seed": (0, 2**64 - 1),  # the sampler's seed is an unsigned 64-bit integer
-    "repetition_context": (0, None),
+    "repetition_context": (0, 131072),  # the penalty keeps a window this long: no context is longer
     "max_tokens": (1, None),
     "context_limit": (1, None),
     "prefill_step": (16, 65536),

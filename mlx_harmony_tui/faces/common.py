@@ -172,7 +172,7 @@ def check(key: str, value: Any, name: str | None = None) -> None:
         "top_k": lambda v: v < 0,
         "min_p": lambda v: not 0 <= v <= 1,
         "repetition_penalty": lambda v: v <= 0,
-        "repetition_context": lambda v: v < 0,
+        "repetition_context": lambda v: not 0 <= v <= 131072,  # a window of token ids (a huge one: MemoryError)
         "max_tokens": lambda v: v < 1,
         "context_limit": lambda v: v is not None and v < 1,
         "reasoning_effort": lambda v: v not in EFFORTS,
@@ -180,7 +180,8 @@ def check(key: str, value: Any, name: str | None = None) -> None:
     if bad is not None and bad(value):
         hint = {"reasoning_effort": " (low, medium or high)", "top_p": " (0 < top_p <= 1)",
                 "min_p": " (0..1)", "temperature": " (0..10)", "max_tokens": " (at least 1)",
-                "context_limit": " (at least 1 token; none = the model's)"}.get(key, "")
+                "context_limit": " (at least 1 token; none = the model's)",
+                "repetition_context": " (0..131072 tokens)"}.get(key, "")
         raise UserError(f"{flag}: invalid value {value!r}{hint}")
 
 
