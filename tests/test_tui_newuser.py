@@ -265,6 +265,11 @@ async def test_brackets_in_titles_paths_and_tool_names_show_as_written() -> None
         await pilot.pause()
         assert app.screen.query_one("Input").value == f"How do I {MARKUP}?"
 
+        await pilot.press("escape", "escape")
+        await app.run_action("help_quit")  # ctrl+c where it does not copy: Textual's own hint, plain too
+        await pilot.pause()
+        assert "Press ctrl+q to quit the app" in toasts(app)
+
     path = f"/nowhere/{MARKUP}"
 
     def loader(model, progress):

@@ -93,6 +93,12 @@ class HarmonyApp(ModelLoading, ScreenActions, BranchActions, QuickActions, App[N
             timeout = self.ERROR_TIMEOUT
         super().notify(message, title=title, severity=severity, timeout=timeout, markup=False)  # type: ignore[arg-type]
 
+    def action_help_quit(self) -> None:
+        """ctrl+c (Textual's hint) without markup, as every notification here: the key name, plainly."""
+        keys = [key for key, b in self.active_bindings.items() if b.binding.action in ("quit", "app.quit")]
+        if keys:
+            self.notify(f"Press {keys[0]} to quit the app", title="Do you want to quit?")
+
     def __init__(
         self,
         *,
