@@ -242,8 +242,14 @@ def _on_a_terminal(argv: list[str], keys: bytes) -> subprocess.CompletedProcess[
     cmd = [str(exe)] if exe.is_file() else [sys.executable, "-m", "mlx_harmony_tui"]
     master, slave = pty.openpty()
     try:
-        proc = subprocess.Popen([*cmd, *argv], stdin=slave, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                text=True, env=dict(os.environ))
+        proc = subprocess.Popen(
+            [*cmd, *argv],
+            stdin=slave,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=dict(os.environ),
+        )
         os.close(slave)
         os.write(master, keys)  # read by the prompt whenever it comes: the line discipline keeps it
         out, err = proc.communicate(timeout=120)
@@ -274,7 +280,9 @@ def test_models_rm_on_a_terminal_takes_ctrl_d_as_no(tmp_path: Path) -> None:
     assert not (paths.cache_dir() / "models").exists()
 
 
-def test_a_cached_repo_with_a_missing_blob_is_listed_broken_and_can_be_removed(tmp_path: Path, capsys) -> None:
+def test_a_cached_repo_with_a_missing_blob_is_listed_broken_and_can_be_removed(
+    tmp_path: Path, capsys
+) -> None:
     """docs/models.md: `models list` shows a damaged model as broken. A snapshot whose blob was gone (a
     dangling symlink) vanished from the list instead (huggingface_hub's scan drops such a repo), and
     `models rm` could not delete it."""

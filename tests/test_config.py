@@ -226,7 +226,9 @@ def test_unknown_profile_is_a_problem_not_a_crash() -> None:
     assert len(problems) == 1 and "'b' not found" in problems[0].message and "known: a" in problems[0].message
 
 
-def test_a_profile_file_with_broken_toml_is_reported_not_called_missing(capsys: pytest.CaptureFixture[str]) -> None:
+def test_a_profile_file_with_broken_toml_is_reported_not_called_missing(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
     """`--profile fast` with a typo in profiles/fast.toml said "--profile fast: no such profile (known: fast)"
     and hid the TOML error; an empty profile file did the same. The file's problem is a warning, as in the
     config file, and the run goes on with the profile's defaults."""

@@ -114,12 +114,15 @@ def test_flags_refuse_the_same_values(
     assert e.value.code == 2 and message in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("key, text, message", [
-    ("seed", "-1", "seed: '-1': a seed is between 0 and 2\\*\\*64-1"),
-    ("temperature", "nan", "temperature: 'nan' is not a finite number"),
-    ("repetition_penalty", "inf", "repetition_penalty: 'inf' is not a finite number"),
-    ("top_k", "many", "top_k: 'many' is not a valid number"),
-])
+@pytest.mark.parametrize(
+    "key, text, message",
+    [
+        ("seed", "-1", "seed: '-1': a seed is between 0 and 2\\*\\*64-1"),
+        ("temperature", "nan", "temperature: 'nan' is not a finite number"),
+        ("repetition_penalty", "inf", "repetition_penalty: 'inf' is not a finite number"),
+        ("top_k", "many", "top_k: 'many' is not a valid number"),
+    ],
+)
 def test_set_refuses_the_same_values(key: str, text: str, message: str) -> None:
     with pytest.raises(UserError, match=message):
         parse_value(key, text)

@@ -123,13 +123,24 @@ def cached_revisions() -> list[CachedRevision]:
         return []
     out: list[CachedRevision] = []
     scanned = {Path(repo.repo_path).name for repo in info.repos}
-    repos = [(repo.repo_id, [(r.commit_hash, r.refs, Path(r.snapshot_path), int(r.size_on_disk),
-                              float(r.last_modified)) for r in repo.revisions])
-             for repo in info.repos if repo.repo_type == "model"]
+    repos = [
+        (
+            repo.repo_id,
+            [
+                (r.commit_hash, r.refs, Path(r.snapshot_path), int(r.size_on_disk), float(r.last_modified))
+                for r in repo.revisions
+            ],
+        )
+        for repo in info.repos
+        if repo.repo_type == "model"
+    ]
     # A repo with a blob missing (a dangling snapshot symlink) is dropped by the scan: list it from its
     # folders, so it shows as broken and `models rm` can delete it.
-    repos += [(f.name.removeprefix("models--").replace("--", "/"), _damaged_revisions(f))
-              for f in root.glob("models--*") if f.name not in scanned and (f / "snapshots").is_dir()]
+    repos += [
+        (f.name.removeprefix("models--").replace("--", "/"), _damaged_revisions(f))
+        for f in root.glob("models--*")
+        if f.name not in scanned and (f / "snapshots").is_dir()
+    ]
     for repo_id, found in sorted(repos, key=lambda r: r[0]):
         revs = sorted(found, key=lambda r: r[4], reverse=True)
         has_main = any("main" in r[1] for r in revs)
@@ -158,7 +169,7 @@ def _damaged_revisions(folder: Path) -> list[tuple[str, set[str], Path, int, flo
             )
     out = []
     for snap in sorted(p for p in (folder / "snapshots").iterdir() if p.is_dir()):
-        size = sum(f.stat().st_size for f in snap.rglob("*") if f.is_file())  # is_file: a dangling link is not
+        size = sum(f.stat().st_size for f in snap.rglob("*") if f.is_file())  # a dangling link is no file
         out.append((snap.name, refs.get(snap.name, set()), snap, size, snap.stat().st_mtime))
     return out
 
