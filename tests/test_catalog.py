@@ -302,3 +302,15 @@ def test_a_cached_repo_with_a_missing_blob_is_listed_broken_and_can_be_removed(
     assert cli.main(["models", "rm", "acme/demo-oss", "--yes"]) == 0
     assert "deleted acme/demo-oss" in capsys.readouterr().out
     assert not hub.repo_folder("acme/demo-oss").exists() and find_models() == []
+
+
+def test_models_list_names_a_models_dirs_folder_that_is_not_there(tmp_path: Path, capsys) -> None:
+    """A mistyped models_dirs entry was skipped without a word: the list just lacked the user's models."""
+    from mlx_harmony_tui import cli
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(f'models_dirs = ["{tmp_path / "modles"}", "{tmp_path}"]\n')
+    assert cli.main(["models", "list", "--config", str(cfg)]) == 0
+    out = capsys.readouterr().out
+    assert f"! models_dirs: {tmp_path / 'modles'} is not a folder" in out
+    assert f"models_dirs: {tmp_path} " not in out

@@ -12,6 +12,7 @@ import json
 import os
 import signal
 import sys
+from pathlib import Path
 from typing import Any
 
 from mlx_harmony_tui.confirm import confirm
@@ -89,6 +90,9 @@ def cmd_list(args: argparse.Namespace) -> int:
     for e in entries:
         if e.problem:
             print(f"! {e.name}: {e.problem}")
+    for d in dirs:  # a mistyped (or unmounted) folder would otherwise just leave its models out
+        if not Path(d).expanduser().is_dir():
+            print(f"! models_dirs: {d} is not a folder")
     if not entries:
         where = f"models_dirs ({', '.join(dirs)})" if dirs else "models_dirs (none configured)"
         print(
