@@ -193,9 +193,11 @@ def test_an_internal_error_is_a_500_envelope_and_the_connection_stays_open(
         ("chat/completions", {"messages": USER, "logprobs": 1}, "logprobs"),
         ("responses", {"input": "hi", "stream": "true"}, "stream"),
         ("completions", {"prompt": "hi", "echo": "yes"}, "echo"),
+        ("completions", {"prompt": "hi", "seed": -1}, "seed"),  # these two were 500s from the sampler
+        ("completions", {"prompt": "hi", "seed": 2**70}, "seed"),
     ],
 )
-def test_a_value_of_the_wrong_type_is_a_400_not_a_guess(url: str, path: str, body: dict, param: str) -> None:
+def test_a_value_of_the_wrong_type_or_range_is_a_400(url: str, path: str, body: dict, param: str) -> None:
     """docs/server.md: a known field with the wrong type is a 400. pydantic's lax mode read "yes" as true
     (a streamed answer to a client that did not parse one) and "10" as 10."""
     err = _error(httpx.post(f"{url}/{path}", json={"model": "demo", **body}, timeout=60))

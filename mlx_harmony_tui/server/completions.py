@@ -52,7 +52,7 @@ class CompletionRequest(BaseModel):
     max_tokens: int = Field(default=16, ge=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
     top_p: float | None = Field(default=None, gt=0.0, le=1.0)
-    seed: int | None = None
+    seed: int | None = Field(default=None, ge=0, lt=2**64)  # as chat's: the sampler's seed is an unsigned 64-bit int
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: dict[str, Any] | None = None
