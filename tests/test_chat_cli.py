@@ -357,3 +357,21 @@ def test_a_session_is_titled_by_the_words_typed_not_the_attached_file(
     assert row.title == "what is in the file?"
     user = [m for m in SessionStore().load(row.id).messages if m.role == "user"][0]
     assert "hello file" in user.content  # the file still goes with the message
+
+
+def test_the_loading_line_goes_away_when_the_model_is_ready(monkeypatch: pytest.MonkeyPatch) -> None:
+    """On a terminal the load left '[100%] loaded output head' and '[100%] ready' above the chat's first line
+    (every report at 100% ended a line). The progress now stays on one line and is wiped when done."""
+    from mlx_harmony_tui.faces import chat_command
+
+    class Tty(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    err = Tty()
+    monkeypatch.setattr(sys, "stderr", err)
+    for fraction, message in ((0.0, "loading demo"), (0.5, "layer 2/4"), (1.0, "loaded output head"), (1.0, "ready")):
+        chat_command._progress(fraction, message)
+    chat_command._progress_done()  # run() calls it once the backend is there (or failed)
+    screen = err.getvalue()
+    assert "\n" not in screen and screen.rsplit("\r", 1)[-1] == ""  # what is left on the line: nothing

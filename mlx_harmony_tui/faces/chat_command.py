@@ -306,7 +306,10 @@ class LineChat:
 def run(args: argparse.Namespace) -> int:
     if isinstance(sys.stdin, io.TextIOWrapper):  # invalid UTF-8 in a pipe: U+FFFD, never a crash at save
         sys.stdin.reconfigure(errors="replace")
-    backend, settings = make_backend(args, progress=_progress)
+    try:
+        backend, settings = make_backend(args, progress=_progress)
+    finally:
+        _progress_done()
     _report_mcp(backend)
     try:
         line_chat = LineChat(backend, settings, args, sys.stdin, sys.stdout, sys.stderr)
@@ -339,8 +342,14 @@ def _report_mcp(backend: Any) -> None:
 
 
 def _progress(fraction: float, message: str) -> None:
+    """The model's loading, on one line of a terminal (the cursor stays at its start)."""
     if sys.stderr.isatty():
-        sys.stderr.write(f"\r[{fraction:4.0%}] {message[:70]:70}")
-        if fraction >= 1:
-            sys.stderr.write("\n")
+        sys.stderr.write(f"\r[{fraction:4.0%}] {message[:70]:70}\r")
+        sys.stderr.flush()
+
+
+def _progress_done() -> None:
+    """Wipe the loading line: the chat's first line (or an error) takes its place."""
+    if sys.stderr.isatty():
+        sys.stderr.write(f"\r{'':77}\r")
         sys.stderr.flush()
