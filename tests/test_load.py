@@ -12,6 +12,7 @@ import pytest
 
 from mlx_harmony_tui.errors import UserError
 from mlx_harmony_tui.model import ModelLoadError, load_model, write_tiny_checkpoint
+from mlx_harmony_tui.model.load import weight_problems
 
 # A small vocabulary keeps these tests fast (the real one is 100 MB per checkpoint); parity tests use the real one.
 SMALL = {"vocab_size": 4096}
@@ -146,7 +147,19 @@ def test_no_weights(float_dir: Path) -> None:
 def test_missing_shard(tmp_path: Path) -> None:
     folder = write_tiny_checkpoint(tmp_path / "m", layout="mlx", shards=2, **SMALL)
     (folder / "model-00002-of-00002.safetensors").unlink()
-    _error(folder, "model-00002-of-00002.safetensors", "missing weight shard")
+    _error(folder, "model-00002-of-00002.safetensors", "missing weight file", "listed in model.safetensors.index.json")
+
+
+def test_dangling_weight_link_is_not_blamed_on_an_index(float_dir: Path) -> None:
+    """A single-file model whose model.safetensors is a link to a deleted blob (a Hugging Face cache snapshot):
+    the error named an index file the model does not have."""
+    weights = float_dir / "model.safetensors"
+    weights.unlink()
+    weights.symlink_to(float_dir / "blob-that-was-deleted")
+    message = _error(float_dir, "model.safetensors", "a link to a file that is not there")
+    assert "index" not in message
+    ((_, problem),) = weight_problems(float_dir)
+    assert "a link to a file that is not there" in problem and "index" not in problem
 
 
 @pytest.mark.parametrize("keep", [4, 1000, -5000])

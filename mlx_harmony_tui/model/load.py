@@ -93,13 +93,19 @@ def _listed_weight_files(folder: Path) -> list[Path]:
     return files
 
 
+def _why_missing(folder: Path) -> str:
+    """Where a missing weight file was named: the shard index, else a link found by name whose target is
+    gone (a Hugging Face cache snapshot whose blob was deleted or never finished)."""
+    if (folder / "model.safetensors.index.json").exists():
+        return "listed in model.safetensors.index.json"
+    return "a link to a file that is not there"
+
+
 def _weight_files(folder: Path) -> list[Path]:
     files = _listed_weight_files(folder)
     missing = [f.name for f in files if not f.exists()]
     if missing:
-        raise ModelLoadError(
-            f"{folder}: missing weight shard(s) listed in model.safetensors.index.json: {', '.join(missing)}"
-        )
+        raise ModelLoadError(f"{folder}: missing weight file(s) ({_why_missing(folder)}): {', '.join(missing)}")
     return files
 
 
@@ -112,7 +118,7 @@ def weight_problems(folder: str | Path) -> list[tuple[Path, str]]:
     out: list[tuple[Path, str]] = []
     for file in _listed_weight_files(Path(folder)):
         if not file.exists():
-            out.append((file, f"{file}: missing (listed in model.safetensors.index.json)"))
+            out.append((file, f"{file}: missing ({_why_missing(Path(folder))})"))
             continue
         try:
             _read_header(file)
