@@ -391,3 +391,22 @@ async def test_with_a_server_ctrl_o_reconnects_instead_of_listing_local_models()
         await pilot.pause()
         assert app.screen.__class__.__name__ == "ChatScreen"
         assert any("chooses the model (served-model)" in n.message for n in app._notifications)
+
+
+@pytest.mark.parametrize("size", [(50, 20), SMALL])
+async def test_dialogs_fit_a_narrow_terminal(size) -> None:
+    """In a 50-column pane (a tmux split), the tool confirmation was 70 wide: its Deny button was off screen
+    (and the rename prompt, 60 wide, lost its edge)."""
+    from mlx_harmony_tui.tui.screens.dialogs import ConfirmScreen, PromptScreen
+
+    app = make_app()
+    async with app.run_test(size=size) as pilot:
+        for screen in (ConfirmScreen("Run tool python?", "print(37*12)"), PromptScreen("New title", "x")):
+            app.push_screen(screen)
+            await pilot.pause()
+            box = screen.query_one("Vertical")
+            assert box.region.right <= size[0] and box.region.x >= 0, box.region
+            for button in screen.query("Button"):
+                assert button.region.right <= size[0] and button.region.width > 0
+            screen.dismiss(None)
+            await pilot.pause()

@@ -14,7 +14,7 @@ class ConfirmScreen(ModalScreen[bool]):
 
     DEFAULT_CSS = """
     ConfirmScreen { align: center middle; }
-    ConfirmScreen > Vertical { width: 70; height: auto; max-height: 80%; border: thick $warning; background: $surface; padding: 1 2; }
+    ConfirmScreen > Vertical { width: 70; max-width: 100%; height: auto; max-height: 80%; border: thick $warning; background: $surface; padding: 1 2; }
     ConfirmScreen Static.detail { max-height: 16; overflow-y: auto; background: $panel; padding: 0 1; margin: 1 0; }
     ConfirmScreen Horizontal { height: auto; align-horizontal: right; }
     ConfirmScreen Button { margin-left: 2; }
@@ -49,7 +49,7 @@ class PromptScreen(ModalScreen[str | None]):
 
     DEFAULT_CSS = """
     PromptScreen { align: center middle; }
-    PromptScreen > Vertical { width: 60; height: auto; border: thick $primary; background: $surface; padding: 1 2; }
+    PromptScreen > Vertical { width: 60; max-width: 100%; height: auto; border: thick $primary; background: $surface; padding: 1 2; }
     """
     BINDINGS = [Binding("escape", "cancel", "Cancel", id="prompt.cancel")]
 
