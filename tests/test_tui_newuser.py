@@ -410,3 +410,20 @@ async def test_dialogs_fit_a_narrow_terminal(size) -> None:
                 assert button.region.right <= size[0] and button.region.width > 0
             screen.dismiss(None)
             await pilot.pause()
+
+
+async def test_a_conversation_that_fits_again_after_a_resize_starts_at_the_top() -> None:
+    """Streamed in a small terminal, the conversation overflowed and followed the end (anchored); made larger
+    so it fit, it was drawn from the middle of the screen down, blank lines above the first message."""
+    app = HarmonyApp(backend=ScriptedBackend(simple_reply("Think it over.", "A line.\n\n" * 12, delay=0.02)),
+                     show_welcome=False)
+    async with app.run_test(size=(50, 16)) as pilot:
+        await send(pilot, "hi")
+        conv = app.conversation
+        assert conv.max_scroll_y > 0 and conv.is_anchored  # it overflowed and followed
+        await pilot.resize_terminal(120, 50)
+        for _ in range(20):
+            await pilot.pause(0.05)
+        first = app.conversation.query_one("UserMessage")
+        assert conv.max_scroll_y == 0
+        assert first.region.y - conv.region.y <= 1, (first.region, conv.region, conv.scroll_y)

@@ -38,5 +38,17 @@ class ChatScreen(Screen[None]):
         yield ChatInput(id="input")
         yield Footer(compact=True)  # one cell between keys: at 80 columns quit to stop fit
 
+    def on_resize(self) -> None:
+        self.call_after_refresh(self._unanchor_if_it_fits)
+
+    def _unanchor_if_it_fits(self) -> None:
+        """A conversation that followed the end (anchored) and fits again after the terminal grew: Textual
+        8.2.8 gives short anchored content a negative offset (textual#6652), blank lines above the first
+        message. Not anchored, it starts at the top; the next overflowing reply anchors it again."""
+        conv = self.query_one("#conversation", VerticalScroll)
+        if conv.is_anchored and conv.max_scroll_y <= 0:
+            conv.anchor(False)
+            conv.scroll_home(animate=False)
+
     def action_toggle_tools(self) -> None:
         self.query_one(ToolLog).toggle_class("hidden")
