@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import copy
 import shutil
+import stat
 
 import pytest
 
@@ -99,6 +100,9 @@ def test_the_prompt_cache_is_saved_on_close_and_restored_on_open(tiny_model_dir)
     sid = chat.session_id
     chat.close()
     assert cache_path(sid).is_file() and chat.backend is None
+    # A conversation is private on a shared machine: the cache holds its tokens, so only the user reads it.
+    assert stat.S_IMODE(cache_path(sid).stat().st_mode) == 0o600
+    assert stat.S_IMODE(cache_path(sid).parent.stat().st_mode) == 0o700
 
     again = ChatController(LocalBackend.load(tiny_model_dir), settings(), notify=notes)
     session = again.open_session(sid[:6])  # a unique prefix is enough

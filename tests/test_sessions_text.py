@@ -189,3 +189,21 @@ def test_saving_keeps_the_files_mode(mode: int) -> None:
     finally:
         store.path(s.id).chmod(0o644)
     assert SessionStore().load(s.id).title == "still private"
+
+
+def test_sessions_and_their_index_are_private_to_the_user(tmp_path: Path) -> None:
+    """Other users of a shared machine cannot read a conversation: files 0600 and folders 0700 whatever the
+    umask, for the app's own folder and for a `--dir` folder the first save creates."""
+    old = os.umask(0o022)
+    try:
+        for store in (SessionStore(), SessionStore(tmp_path / "new" / "sessions")):
+            s = store.create(title="secret")
+            s.messages.append(Message(id="u", role="user", content="my diagnosis"))
+            store.save(s)
+            store.list(query="diagnosis")  # writes the listing and search indexes next to the sessions
+            assert stat.S_IMODE(store.root.stat().st_mode) == 0o700
+            written = [p for p in store.root.iterdir() if p.is_file()]
+            assert len(written) >= 3  # the session and both indexes
+            assert {p.name: stat.S_IMODE(p.stat().st_mode) for p in written} == {p.name: 0o600 for p in written}
+    finally:
+        os.umask(old)

@@ -4,6 +4,7 @@ so resuming a long conversation skips its prefill. Only backends that have one (
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
 
@@ -28,12 +29,17 @@ def restore(backend: Any, session_id: str) -> bool | None:
 
 
 def save(backend: Any, session_id: str) -> bool:
-    """Write the backend's cache for the session; False when the backend keeps none."""
+    """Write the backend's cache for the session; False when the backend keeps none. The cache holds the
+    conversation's tokens, so it is as private as the session: the app's own folder is made (or tightened
+    to) 0700 before the backend writes into it, and the file is 0600."""
     save_cache = getattr(backend, "save_cache", None)
     if save_cache is None:
         return False
     path = cache_path(session_id)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path.parent.mkdir(0o700, parents=True, exist_ok=True)
+    os.chmod(path.parent, 0o700)  # a folder made by an older version was 0755
     save_cache(path)
+    if path.exists():
+        os.chmod(path, 0o600)
     return True
 

@@ -95,6 +95,8 @@ def _report_problems(store: SessionStore) -> None:
 
 
 def _write(text: str, output: Path | None) -> None:
+    """An export the user asked for at a path they named gets the umask's usual mode (like `cp` or a shell
+    redirect): they chose where it goes and may mean to share it. The app's own files are 0600 (store.py)."""
     if output is None:
         sys.stdout.write(text)
         return

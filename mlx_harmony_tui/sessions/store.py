@@ -49,6 +49,10 @@ class CorruptSessionError(SessionError):
     """The file could not be parsed or failed validation (left in place, or moved aside by a repair)."""
 
 
+PRIVATE_FILE = 0o600  # sessions, their indexes and backups: readable by their user only
+PRIVATE_DIR = 0o700  # a sessions folder the app creates (an existing one keeps its mode)
+
+
 def _fsync_dir(folder: Path) -> None:
     fd = os.open(folder, os.O_RDONLY)
     try:
@@ -77,7 +81,8 @@ def read_regular(path: Path) -> bytes:
 def atomic_write(path: Path, data: bytes) -> None:
     """Temp file in the same folder, fsync, rename over the target, fsync the folder: the file is always
     either the old or the new complete version, even after a crash or power loss. A symlinked file is
-    written at its target (the link stays), and an existing file keeps its permission bits."""
+    written at its target (the link stays), and an existing file keeps its permission bits (a user's
+    chmod is theirs); a new file is 0600, as conversations are private on a shared machine."""
     if path.is_symlink():
         path = Path(os.path.realpath(path))
     try:
@@ -85,7 +90,7 @@ def atomic_write(path: Path, data: bytes) -> None:
     except OSError:
         mode = None
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, PRIVATE_FILE)
     try:
         try:
             if mode is not None:
@@ -142,7 +147,7 @@ class SessionStore:
         self.root = Path(root) if root is not None else paths.sessions_dir()
         if root is None:
             with contextlib.suppress(OSError):  # unusable: reported by list() and save()
-                self.root.mkdir(parents=True, exist_ok=True)
+                self.root.mkdir(PRIVATE_DIR, parents=True, exist_ok=True)
         self.problems: list[str] = []
         self._locks: dict[str, SessionLock] = {}
         self._checked: set[str] = set()  # ids whose file on disk we know is ours at the current version
@@ -160,7 +165,7 @@ class SessionStore:
 
     def _ensure_root(self) -> None:
         try:
-            self.root.mkdir(parents=True, exist_ok=True)
+            self.root.mkdir(PRIVATE_DIR, parents=True, exist_ok=True)
         except OSError as e:
             why = "a file is in the way" if isinstance(e, FileExistsError) else e.strerror or str(e)
             raise SessionError(f"could not save the session: cannot create the sessions folder {self.root} "
