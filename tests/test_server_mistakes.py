@@ -195,6 +195,9 @@ def test_an_internal_error_is_a_500_envelope_and_the_connection_stays_open(
         ("completions", {"prompt": "hi", "echo": "yes"}, "echo"),
         ("completions", {"prompt": "hi", "seed": -1}, "seed"),  # these two were 500s from the sampler
         ("completions", {"prompt": "hi", "seed": 2**70}, "seed"),
+        # config, flags and /set cap it at 131072 (a window of token ids: a huge one ran out of memory)
+        ("chat/completions", {"messages": USER, "repetition_context": 10**12}, "repetition_context"),
+        ("chat/completions", {"messages": USER, "repetition_context": 131073}, "repetition_context"),
     ],
 )
 def test_a_value_of_the_wrong_type_or_range_is_a_400(url: str, path: str, body: dict, param: str) -> None:

@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 # PYTHON: a client function of this name is offered as Harmony's built-in python tool
 from mlx_harmony_tui.chat.openai_messages import PYTHON, OpenAIMessagesError, from_openai
 from mlx_harmony_tui.chat.settings import ChatSettings, FunctionTool
+from mlx_harmony_tui.config.validate import RANGES
 from mlx_harmony_tui.harmony.messages import HMessage
 from mlx_harmony_tui.harmony.render import NAME_RE, ResponseFormat
 
@@ -156,7 +157,8 @@ class ChatCompletionRequest(_Model):
     top_k: int | None = Field(default=None, ge=0)
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repetition_penalty: float | None = Field(default=None, gt=0.0)
-    repetition_context: int | None = Field(default=None, ge=0)  # extension: tokens the penalty looks back over
+    # extension: tokens the penalty looks back over, capped as in config/flags/`/set` (config/validate.py)
+    repetition_context: int | None = Field(default=None, ge=0, le=RANGES["repetition_context"][1])
     logit_bias: dict[str, float] | None = None  # OpenAI's: token id (as a string) -> bias, -100..100
     max_tokens: int | None = Field(default=None, ge=1)
     max_completion_tokens: int | None = Field(default=None, ge=1)
