@@ -335,7 +335,7 @@ class HarmonyApp(ModelLoading, ScreenActions, BranchActions, QuickActions, App[N
                     await msg.finish()
                 self.chat.end_turn()
                 self.screen_chat.query_one(MetricsBar).set_status("ready")
-                if self.next_backend is not None:
+                if self.next_backend is not None and not self._quitting:  # quitting: on_unmount closes it
                     backend, self.next_backend = self.next_backend, None
                     self.switch_backend(backend)
         except NoMatches:
