@@ -78,6 +78,20 @@ def test_token_ids_outside_the_vocabulary_are_a_400(
     _serves(client)
 
 
+@pytest.mark.parametrize("route", ["chat/completions", "completions"])
+@pytest.mark.parametrize("key", ["201088", "999999999999", "²", "1.5", "-3"])
+def test_logit_bias_on_a_token_outside_the_vocabulary_is_a_400(url: str, route: str, key: str) -> None:
+    """OpenAI rejects an invalid token id in logit_bias; we dropped one silently (the client believed it had
+    banned a token), and a Unicode digit such as '²' was a 500."""
+    body = {"messages": USER} if route == "chat/completions" else {"prompt": "hi"}
+    err = _error(httpx.post(f"{url}/{route}", json={"model": "demo", **body, "logit_bias": {key: -100},
+                                                    "max_tokens": 2}, timeout=60))
+    assert err["param"] == "logit_bias" and key in err["message"] and err["code"] == "invalid_value"
+    r = httpx.post(f"{url}/{route}", json={"model": "demo", **body, "logit_bias": {"201087": -100, "0": 1},
+                                            "max_tokens": 2}, timeout=60)
+    assert r.status_code == 200, r.text  # the last id of the vocabulary is fine
+
+
 @pytest.mark.parametrize(
     "extra",
     [

@@ -42,6 +42,7 @@ from mlx_harmony_tui.server.schemas import (
     to_settings,
     tool_routes,
     validated,
+    vocab_size,
 )
 from mlx_harmony_tui.server.turns import (
     SSEResponse,
@@ -142,7 +143,7 @@ def create_app(
         req = validated(ChatCompletionRequest, data)
         check_counts(len(req.messages), len(req.tools or []))
         name, backend = pick(backends, req.model)
-        settings = to_settings(req, base)
+        settings = to_settings(req, base, vocab_size(backend))
         turn_request = TurnRequest(messages=to_hmessages(req), settings=settings)
         routes = tool_routes(req, settings)
         stops = req.stop_strings()

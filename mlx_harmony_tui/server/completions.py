@@ -38,6 +38,7 @@ from mlx_harmony_tui.server.schemas import (
     pick,
     reject_unknown,
     validated,
+    vocab_size,
 )
 
 STOP_IDS = frozenset({200002, 200012, 199999})  # <|return|>, <|call|>, <|endoftext|>
@@ -139,7 +140,7 @@ def register_completions(app: FastAPI, backends: Mapping[str, Backend], base: Ch
             ids = list(backend.encoding.encode(text, allowed_special="all"))
         else:
             ids = [int(t) for t in req.prompt]
-            vocab = int(getattr(backend.engine, "vocab_size", 0) or 0)
+            vocab = vocab_size(backend)
             bad = next((t for t in ids if t < 0 or (vocab and t >= vocab)), None)
             if bad is not None:  # the model would index its embedding out of bounds (MLX: a segfault)
                 raise APIError(400, f"prompt: token id {bad} is outside the model's vocabulary (0..{vocab - 1})",
@@ -157,7 +158,7 @@ def register_completions(app: FastAPI, backends: Mapping[str, Backend], base: Ch
         if req.top_p is not None:
             sampling.top_p = req.top_p
         if req.logit_bias:
-            sampling.logit_bias = logit_bias(req.logit_bias)
+            sampling.logit_bias = logit_bias(req.logit_bias, vocab_size(backend))
         stops = [req.stop] if isinstance(req.stop, str) else [s for s in req.stop or [] if s]
         if len(stops) > MAX_STOP_STRINGS:
             raise APIError(400, f"at most {MAX_STOP_STRINGS} stop strings are allowed", param="stop")

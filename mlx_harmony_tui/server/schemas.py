@@ -244,12 +244,22 @@ def pick(backends: Mapping[str, T], name: str) -> tuple[str, T]:
     return name, backend
 
 
-def logit_bias(bias: dict[str, float]) -> dict[int, float]:
-    """OpenAI's ``logit_bias`` (token id as a string -> -100..100) as the sampler takes it."""
+def vocab_size(backend: object) -> int:
+    """The model's vocabulary size (0: unknown, e.g. a distributed engine; then only negatives are refused)."""
+    return int(getattr(getattr(backend, "engine", None), "vocab_size", 0) or 0)
+
+
+def logit_bias(bias: dict[str, float], vocab: int = 0) -> dict[int, float]:
+    """OpenAI's ``logit_bias`` (token id as a string -> -100..100) as the sampler takes it. A key that is not
+    a token id of the model is a 400, as OpenAI's: the sampler would drop it, and the client would believe
+    it had banned (or favoured) a token."""
     out: dict[int, float] = {}
     for key, value in bias.items():
-        if not key.isdigit() or not -100 <= value <= 100:
+        if not (key.isascii() and key.isdigit()) or not -100 <= value <= 100:
             raise APIError(400, f"logit_bias: {key!r}: {value}: keys are token ids, biases -100..100",
+                           param="logit_bias", code="invalid_value")
+        if vocab and int(key) >= vocab:
+            raise APIError(400, f"logit_bias: token id {key!r} is outside the model's vocabulary (0..{vocab - 1})",
                            param="logit_bias", code="invalid_value")
         out[int(key)] = value
     return out
@@ -285,15 +295,16 @@ def response_format(fmt: Any, param: str) -> ResponseFormat | None:
     return ResponseFormat(name, spec["schema"], str(spec.get("description") or ""))
 
 
-def to_settings(req: ChatCompletionRequest, base: ChatSettings) -> ChatSettings:
-    """The server's configured settings with this request's overrides applied (the base is never mutated)."""
+def to_settings(req: ChatCompletionRequest, base: ChatSettings, vocab: int = 0) -> ChatSettings:
+    """The server's configured settings with this request's overrides applied (the base is never mutated);
+    ``vocab``: the model's vocabulary size, which logit_bias keys must fall in."""
     s = copy.deepcopy(base)
     sp = s.sampling
     for key in ("temperature", "top_p", "top_k", "min_p", "repetition_penalty", "repetition_context"):
         if getattr(req, key) is not None:
             setattr(sp, key, getattr(req, key))
     if req.logit_bias:
-        sp.logit_bias = {**sp.logit_bias, **logit_bias(req.logit_bias)}
+        sp.logit_bias = {**sp.logit_bias, **logit_bias(req.logit_bias, vocab)}
     limit = req.max_completion_tokens or req.max_tokens
     if limit is not None:
         s.max_tokens = limit
