@@ -427,3 +427,17 @@ async def test_a_conversation_that_fits_again_after_a_resize_starts_at_the_top()
         first = app.conversation.query_one("UserMessage")
         assert conv.max_scroll_y == 0
         assert first.region.y - conv.region.y <= 1, (first.region, conv.region, conv.scroll_y)
+
+
+@pytest.mark.parametrize("size", [SMALL, LARGE])
+async def test_session_browser_model_column_keeps_its_heading(size) -> None:
+    """With only the demo's sessions the model column was 4 wide and its heading read "Mode"."""
+    app = make_app()
+    async with app.run_test(size=size) as pilot:
+        await send(pilot, "hi")
+        app.chat.session.model = "demo"  # type: ignore[union-attr]
+        app.chat.store.save(app.chat.session)  # type: ignore[arg-type]
+        await pilot.press("ctrl+s")
+        await pilot.pause()
+        column = app.screen.query_one("DataTable").columns["model"]
+        assert column.width >= len("Model") and str(column.label) == "Model"

@@ -87,7 +87,7 @@ class SessionBrowserScreen(ModalScreen[BrowserResult]):
         """(title, updated, created, model, turns): fixed columns first, the title takes the rest; the
         created date only where there is room. DataTable pads each cell by one on both sides."""
         usable = max(width - 2, 40)  # the scrollbar
-        model = min(18, max((len(s.model) for s in self._rows), default=5), max(8, usable // 6))
+        model = min(18, max([len(s.model) for s in self._rows] + [len("Model")]), max(8, usable // 6))
         fixed = [16, 16 if usable >= 110 else 0, model, 5]
         pads = 2 * (1 + sum(1 for f in fixed if f))
         return (max(12, usable - sum(fixed) - pads), *fixed)
