@@ -99,6 +99,22 @@ def test_line_chat_over_remote(monkeypatch: pytest.MonkeyPatch, capsys: pytest.C
     assert [m.text for m in scripted.requests[1].messages if m.role == "user"] == ["one", "two"]
 
 
+@pytest.mark.parametrize("argv", [["chat"], ["generate", "--prompt", "hello"]])
+def test_a_remote_model_the_server_does_not_serve_is_said_at_startup(
+    argv: list[str], monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """`--remote URL --model nope` was accepted and failed only at the first message (a session recorded
+    with it): it is now the startup error, naming what the server serves, before anything is sent."""
+    from tests.test_server_protocol import ScriptedBackend
+
+    scripted = ScriptedBackend()
+    with serve_in_thread(create_app(scripted)) as url:
+        rc, out, err = _run([*argv, "--remote", url, "--model", "nope"], "hello\n", monkeypatch, capsys)
+    assert rc == 2 and "model 'nope' does not exist; this server serves: scripted" in err, (rc, err)
+    assert "Traceback" not in err and "HTTP 404" not in err  # said by the startup check, not by a turn
+    assert scripted.requests == [] and SessionStore().list() == []
+
+
 def test_generate_subprocess_exit_code_and_stdin(tmp_path: Path) -> None:
     env = dict(os.environ)
     proc = subprocess.run([sys.executable, "-m", "mlx_harmony_tui", "generate", "--model", "tiny", "--max-tokens", "4"],

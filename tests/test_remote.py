@@ -80,6 +80,51 @@ def test_server_errors_become_turn_failed() -> None:
     assert isinstance(events[-1], TurnFailed) and "cannot reach" in events[-1].error
 
 
+def test_connect_checks_the_named_model_with_one_request() -> None:
+    """The faces call connect() at startup: one GET /models says a wrong --model (or key) at once."""
+    with serve_in_thread(create_app(ScriptedBackend(), api_key="k")) as url:
+        with pytest.raises(UserError, match="model 'nope' does not exist; this server serves: scripted"):
+            RemoteBackend(url, api_key="k", model="nope").connect()
+        with pytest.raises(UserError, match="API key"):
+            RemoteBackend(url, api_key="wrong", model="scripted").connect()
+        assert RemoteBackend(url, api_key="k", model="scripted").connect() == "scripted"
+        assert RemoteBackend(url, api_key="k").connect() == "scripted"  # none named: the first listed
+
+
+def test_a_server_without_models_endpoint_is_trusted_with_the_named_model() -> None:
+    """Some OpenAI-compatible servers have no /v1/models (404) or answer it in another shape: a named model
+    is then used as given (the first message says if it is wrong), and the check made one request."""
+    import http.server
+    import threading
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802 - the stdlib's name
+            seen.append(self.path)
+            body = b"not found" if self.path.endswith("/models") and len(seen) == 1 else b"<html>hi</html>"
+            self.send_response(404 if len(seen) == 1 else 200)
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        url = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        assert RemoteBackend(url, model="mine").connect() == "mine"  # 404
+        assert RemoteBackend(url, model="mine").connect() == "mine"  # 200, not JSON
+        assert seen == ["/v1/models", "/v1/models"]
+        with pytest.raises(UserError, match="OpenAI-compatible"):
+            RemoteBackend(url).connect()  # nothing named: the list is needed
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
 def test_cancel_stops_the_remote_turn() -> None:
     scripted = ScriptedBackend()
     scripted.scripts.append([("slow", "t")])

@@ -150,28 +150,43 @@ class RemoteBackend:
             h["Authorization"] = f"Bearer {self.api_key}"
         return h
 
-    def list_models(self) -> list[str]:
-        """The model ids the server offers (UserError when it cannot be reached or refuses)."""
+    def list_models(self, *, missing_ok: bool = False) -> list[str] | None:
+        """The model ids the server offers (UserError when it cannot be reached or refuses). ``missing_ok``:
+        None, not an error, from a server that has no usable /models (404/405/501 or not OpenAI's shape)."""
         httpx = _httpx()
         try:
             r = httpx.get(f"{self.url}/models", headers=self._headers(), timeout=30.0)
         except httpx.HTTPError as e:
             raise RemoteError(f"cannot reach {self.url}: {e}") from None
+        if missing_ok and r.status_code in (404, 405, 501):
+            return None
         if r.status_code != 200:
             raise RemoteError(f"{self.url}/models: {_error_message(r)}")
         try:
             return [str(m["id"]) for m in r.json().get("data", [])]
         except (ValueError, KeyError, TypeError, AttributeError):
+            if missing_ok:
+                return None
             raise RemoteError(f"{self.url}/models did not answer like an OpenAI-compatible server") from None
 
-    @property
-    def model_name(self) -> str:
+    def connect(self) -> str:
+        """One GET /models at startup, so a wrong URL, key or ``--model`` is said at once rather than at the
+        first message: the model used (the first one listed when none was named). A named model the list
+        lacks is the error the server would give at the first message; a server without /models is trusted
+        with the name. An Ollama-style tag (``llama3`` for ``llama3:latest``) counts as listed."""
+        models = self.list_models(missing_ok=self._model is not None)
         if self._model is None:
-            models = self.list_models()
             if not models:
                 raise RemoteError(f"{self.url} offers no models")
             self._model = models[0]
+        elif models is not None and not any(m == self._model or m.startswith(self._model + ":") for m in models):
+            serves = ", ".join(models) if models else "no models"
+            raise RemoteError(f"{self.url}: model {self._model!r} does not exist; this server serves: {serves}")
         return self._model
+
+    @property
+    def model_name(self) -> str:
+        return self.connect() if self._model is None else self._model
 
     @property
     def context_limit(self) -> int:

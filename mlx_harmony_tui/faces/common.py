@@ -301,7 +301,7 @@ def backend_loader(args: argparse.Namespace, cfg: Any) -> BackendLoader:
             if progress:
                 progress(0.2, f"connecting to {url}")
             backend = RemoteBackend(url, api_key=key, model=remote_model, app_config=cfg)  # declares its tools
-            _ = backend.model_name  # fails here, clearly, if the server cannot be reached
+            backend.connect()  # fails here, clearly, if the server cannot be reached or lacks --model
             attach_trace(backend, args)
             return backend
 
