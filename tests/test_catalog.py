@@ -236,6 +236,22 @@ def test_models_command_without_network(
     assert "is not a Hugging Face repo id" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("text", ["openai/gpt-oss-20b@", "openai/gpt-oss-20b@ ", " openai/gpt-oss-20b@"])
+def test_an_empty_revision_after_the_at_sign_is_refused(text: str, capsys: pytest.CaptureFixture[str]) -> None:
+    """`models pull openai/gpt-oss-20b@` pulled main as if no '@' had been typed (a revision left out
+    by mistake, e.g. an unset shell variable): it is a clear error, before anything is fetched."""
+    from mlx_harmony_tui import cli
+    from mlx_harmony_tui.catalog import hub
+
+    assert hub.parse_repo(text) is None and hub.parse_repo("openai/gpt-oss-20b@main") == ("openai/gpt-oss-20b", "main")
+    assert cli.main(["models", "pull", text]) == 2
+    err = capsys.readouterr().err
+    assert "empty revision after '@'" in err and "pulling" not in err and "Traceback" not in err
+    assert not hub.cache_dir().exists() or not any(hub.cache_dir().iterdir())
+    assert cli.main(["generate", "--model", text, "--prompt", "x"]) == 2  # --model says the same
+    assert "empty revision after '@'" in capsys.readouterr().err
+
+
 def _on_a_terminal(argv: list[str], keys: bytes) -> subprocess.CompletedProcess[str]:
     """Run the installed command with a pseudo-terminal as stdin, type ``keys`` once it asks."""
     exe = Path(sys.executable).with_name("mlx-harmony-tui")

@@ -52,12 +52,26 @@ class NotCachedError(UserError):
     """The repo (or that revision of it) is not in the cache."""
 
 
+def _repo_ok(repo: str) -> bool:
+    return bool(_REPO.match(repo)) and not repo.startswith((".", "~")) and ".." not in repo
+
+
 def parse_repo(text: str) -> tuple[str, str | None] | None:
-    """``owner/name[@revision]`` -> (repo id, revision or None); anything else -> None."""
-    repo, _, rev = text.strip().partition("@")
-    if not _REPO.match(repo) or repo.startswith((".", "~")) or ".." in repo:
+    """``owner/name[@revision]`` -> (repo id, revision or None); anything else -> None, including an empty
+    revision after '@' (a revision left out by mistake must not quietly mean main)."""
+    repo, at, rev = text.strip().partition("@")
+    if not _repo_ok(repo) or (at and not rev):
         return None
     return repo, (rev or None)
+
+
+def not_a_repo(text: str) -> str:
+    """Why ``text`` is not what parse_repo takes, for the error message."""
+    repo, at, rev = text.strip().partition("@")
+    if _repo_ok(repo) and at and not rev:
+        return (f"{text.strip()!r} has an empty revision after '@': name a branch, tag or commit "
+                f"({repo}@main) or leave the '@' out")
+    return f"{text!r} is not a Hugging Face repo id (OWNER/NAME or OWNER/NAME@REVISION)"
 
 
 def cache_dir() -> Path:

@@ -113,7 +113,7 @@ def cmd_pull(args: argparse.Namespace) -> int:
 
     parsed = hub.parse_repo(args.repo)
     if not parsed:
-        raise UserError(f"{args.repo!r} is not a Hugging Face repo id (OWNER/NAME or OWNER/NAME@REVISION)")
+        raise UserError(hub.not_a_repo(args.repo))
     repo, revision = parsed
     _, context, kv_bits, kv_mode = _config(args)
     if not hub.offline():  # (offline, pull says so in one line)
