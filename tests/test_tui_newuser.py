@@ -441,3 +441,19 @@ async def test_session_browser_model_column_keeps_its_heading(size) -> None:
         await pilot.pause()
         column = app.screen.query_one("DataTable").columns["model"]
         assert column.width >= len("Model") and str(column.label) == "Model"
+
+
+async def test_hiding_the_tool_pane_does_not_leave_blank_lines_above_the_conversation() -> None:
+    """The same negative offset when ctrl+l hid the tool pane and the wider conversation fit again."""
+    text = ("word " * 30 + "\n\n") * 2
+    app = HarmonyApp(backend=ScriptedBackend(simple_reply("Think.", text, delay=0.02)), show_welcome=False)
+    async with app.run_test(size=(70, 22)) as pilot:
+        await pilot.press("ctrl+l")
+        await send(pilot, "hi")
+        conv = app.conversation
+        assert conv.max_scroll_y > 0 and conv.is_anchored
+        await pilot.press("ctrl+l")
+        for _ in range(20):
+            await pilot.pause(0.05)
+        assert conv.max_scroll_y == 0  # it fits now, 2 columns wider per line
+        assert app.conversation.query_one("UserMessage").region.y - conv.region.y <= 1 and conv.scroll_y == 0
