@@ -330,3 +330,27 @@ def test_models_list_names_a_models_dirs_folder_that_is_not_there(tmp_path: Path
     out = capsys.readouterr().out
     assert f"! models_dirs: {tmp_path / 'modles'} is not a folder" in out
     assert f"models_dirs: {tmp_path} " not in out
+
+
+def test_models_info_tiny_describes_it_without_writing_it(capsys: pytest.CaptureFixture[str]) -> None:
+    """`models info tiny` wrote the ~100 MB tiny checkpoint into the cache just to describe it: a read-only
+    command must not. It is described from its config and weights in memory, with the same numbers as the
+    generated checkpoint's (the file adds only its header), and `--model tiny` still generates it."""
+    from mlx_harmony_tui import cli, paths
+
+    target = paths.cache_dir() / "models" / "tiny"
+    assert cli.main(["models", "info", "tiny", "--json"]) == 0
+    described = json.loads(capsys.readouterr().out)
+    assert not target.exists() and not list(target.parent.glob("tiny*")), "a read-only command wrote the model"
+    assert cli.main(["models", "info", "tiny"]) == 0
+    out = capsys.readouterr().out
+    assert "generated on first use" in out and "layers        4 (2 full attention" in out and not target.exists()
+
+    assert resolve("tiny", []).path == target and (target / "config.json").is_file()  # running it generates it
+    assert cli.main(["models", "info", "tiny", "--json"]) == 0
+    real = json.loads(capsys.readouterr().out)
+    for key in ("weight_bytes", "memory_need_bytes"):  # the file's header is not counted in memory
+        assert abs(real.pop(key) - described.pop(key)) < 64 * 1024, key
+    real.pop("memory_bytes"), described.pop("memory_bytes")  # the machine's free memory, which moves
+    assert real.pop("source") == "built-in" and described.pop("source") != "built-in"
+    assert real == described

@@ -50,6 +50,11 @@ class ResolvedModel:
         return "download or copy the model's files again"
 
 
+def tiny_path() -> Path:
+    """Where the built-in ``tiny`` model is generated the first time a command runs it."""
+    return paths.cache_dir() / "models" / "tiny"
+
+
 def _builtin(name: str) -> Path:
     """``demo``: the model shipped in the package (a tiny random one until it exists); ``tiny``: generated once."""
     if name == "demo":
@@ -63,7 +68,7 @@ def _builtin(name: str) -> Path:
             pass
     from mlx_harmony_tui.model.tiny import write_tiny_checkpoint
 
-    target = paths.cache_dir() / "models" / "tiny"
+    target = tiny_path()
     if not (target / "config.json").is_file():
         tmp = target.with_name(f"tiny.tmp{os.getpid()}-{threading.get_ident()}")
         write_tiny_checkpoint(tmp, layout="float", seed=0)

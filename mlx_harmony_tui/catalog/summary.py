@@ -95,13 +95,34 @@ def summarize(folder: str | Path) -> ModelSummary:
     if problems:
         raise ModelLoadError(problems[0][1])
     files = weight_files(folder)
-    params, size, compute = 0, 0, "BF16"
-    for file in files:
-        size += file.stat().st_size
-        for key, info in read_header(file).items():
-            params += _parameters(key, info, cfg)
-            if key == "model.norm.weight":
-                compute = str(info.get("dtype", compute))
+    headers = {key: info for file in files for key, info in read_header(file).items()}
+    return _summary(cfg, headers, sum(file.stat().st_size for file in files))
+
+
+def tiny_summary() -> ModelSummary:
+    """The built-in ``tiny`` model described from its config and weights in memory, so `models info tiny`
+    need not write its ~100 MB checkpoint (only the file's small header is not counted in weight_bytes)."""
+    import numpy as np
+
+    from mlx_harmony_tui.model.tiny import tiny_config, tiny_float_weights
+
+    config = tiny_config()
+    weights = tiny_float_weights(config, seed=0)
+    dtypes = {np.dtype(np.float32): "F32", np.dtype(np.float16): "F16"}
+    headers = {k: {"dtype": dtypes.get(a.dtype, "BF16"), "shape": list(a.shape)} for k, a in weights.items()}
+    size = sum(a.nbytes for a in weights.values())
+    return _summary(ModelConfig.from_dict(config, source="tiny"), headers, size)
+
+
+def _summary(cfg: ModelConfig, headers: dict[str, Any], size: int) -> ModelSummary:
+    """From the config, the safetensors headers' tensor entries and the files' size in bytes."""
+    params, compute = 0, "BF16"
+    for key, info in headers.items():
+        if not isinstance(info, dict) or key == "__metadata__":
+            continue
+        params += _parameters(key, info, cfg)
+        if key == "model.norm.weight":
+            compute = str(info.get("dtype", compute))
     layout, quant = _layout_and_quant(cfg, compute)
     per_token = 2 * cfg.num_key_value_heads * cfg.head_dim * _BYTES.get(compute, 2)
     return ModelSummary(

@@ -169,14 +169,20 @@ def info_dict(
 def cmd_info(args: argparse.Namespace) -> int:
     from mlx_harmony_tui.catalog.fit import memory_need
     from mlx_harmony_tui.catalog.listing import human_bytes, human_count
-    from mlx_harmony_tui.catalog.resolve import resolve
+    from mlx_harmony_tui.catalog.resolve import ResolvedModel, resolve, tiny_path
+    from mlx_harmony_tui.catalog.summary import tiny_summary
     from mlx_harmony_tui.catalog.verify import verify
     from mlx_harmony_tui.engine.cache import kv_label, kv_setting
     from mlx_harmony_tui.model.cache import DEFAULT_MARGIN
 
     dirs, context, kv_bits, kv_mode = _config(args)
-    found = resolve(args.name, dirs)
-    summary = verify(found.path, found.name, found.fix)
+    if args.name.strip() == "tiny" and not (tiny_path() / "config.json").is_file():
+        # read-only: described in memory rather than generated (~100 MB) by resolve() just to be read
+        found = ResolvedModel(tiny_path(), "tiny", "built-in, generated on first use")
+        summary = tiny_summary()
+    else:
+        found = resolve(args.name, dirs)
+        summary = verify(found.path, found.name, found.fix)
     d = info_dict(found.name, found, summary, context, kv_bits, kv_mode)
     if args.json:
         print(json.dumps(d))
