@@ -59,3 +59,30 @@ def test_the_remote_key_falls_back_the_same_way_in_every_face(tmp_path: Path, mo
         backend.close()
         assert cli.main(["generate", "--config", str(cfg), "--remote", url, "--prompt", "x"]) == 0
     assert "Hi" in capsys.readouterr().out
+
+
+async def test_tui_flags_win_over_the_resumed_session(monkeypatch: pytest.MonkeyPatch,
+                                                      capsys: pytest.CaptureFixture[str]) -> None:
+    """docs/config.md: command line > session. `mlx-harmony-tui --session ID --temperature 0.9` kept the
+    session's 0.1 (the line chat was fixed first; the TUI resumed the same way)."""
+    import io
+    import sys
+
+    from mlx_harmony_tui.sessions.store import SessionStore
+
+    class Piped(io.StringIO):
+        def isatty(self) -> bool:
+            return False
+
+    monkeypatch.setattr(sys, "stdin", Piped("/set temperature=0.1\n/set max_tokens=77\nhi\n"))
+    assert cli.main(["chat", "--max-tokens", "8"]) == 0, capsys.readouterr().err
+    sid = SessionStore().list()[0].id
+    app = build_app(cli.build_parser().parse_args(["tui", "--session", sid, "--temperature", "0.9", "--tools", "none"]))
+    async with app.run_test(size=(100, 30)) as pilot:
+        for _ in range(600):  # the session opens after the first frame; wait for it (a loaded machine is slow)
+            if app.chat.session is not None and app.chat.session.id == sid and app.settings.sampling.temperature == 0.9:
+                break
+            await pilot.pause(0.05)
+        assert app.chat.session is not None and app.chat.session.id == sid
+        assert app.settings.sampling.temperature == 0.9 and app.settings.max_tokens == 77  # the rest: the session's
+        assert app.settings.builtin_tools == []

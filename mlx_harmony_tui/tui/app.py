@@ -116,9 +116,12 @@ class HarmonyApp(ModelLoading, ScreenActions, BranchActions, QuickActions, App[N
         startup_notes: Iterable[str] = (),
         config_file: Path | None = None,
         remote: str | None = None,
+        resumed_settings: Callable[[ChatSettings], ChatSettings] | None = None,
     ) -> None:
         """``config_file``: the file given with --config, shown instead of the default location; ``remote``:
-        the server's URL when the loader connects to one (the model is the server's: ctrl+o reconnects)."""
+        the server's URL when the loader connects to one (the model is the server's: ctrl+o reconnects);
+        ``resumed_settings``: applied to the settings of the session resumed with ``session_id`` (the command
+        line's flags, which win over what the session recorded: docs/config.md)."""
         super().__init__()
         self.chat = ChatController(backend, settings, model_ref=model, notify=self._notify_from_chat)
         self.view = TurnView(self)
@@ -126,6 +129,7 @@ class HarmonyApp(ModelLoading, ScreenActions, BranchActions, QuickActions, App[N
         self.loading = False
         self.models_dirs = list(models_dirs)
         self._resume_id = session_id
+        self._resumed_settings = resumed_settings
         self._keymap, keymap_problems = validate_keymap(keymap)
         self._theme_name = theme
         self._fallback_theme = fallback_theme
@@ -211,7 +215,7 @@ class HarmonyApp(ModelLoading, ScreenActions, BranchActions, QuickActions, App[N
         for p in self.chat.store.problems:
             self.notify(p, severity="warning")
         if self._resume_id:
-            self.call_later(self.open_session, self._resume_id)
+            self.call_later(self._resume, self._resume_id)
         if self.backend is None:
             self.start_loading(self.model_ref)
         else:
@@ -370,6 +374,12 @@ class HarmonyApp(ModelLoading, ScreenActions, BranchActions, QuickActions, App[N
         await self.conversation.remove_children()
         await clear_tool_log(self.screen_chat.query_one(ToolLog))
         self.chat.new_session()
+
+    async def _resume(self, id_or_prefix: str) -> None:
+        """--session at startup: open it, then let the command line's settings win over the session's."""
+        if await self.open_session(id_or_prefix) and self._resumed_settings is not None:
+            self.chat.set_settings(self._resumed_settings(self.chat.settings))
+            self._update_header()
 
     async def open_session(self, id_or_prefix: str) -> bool:
         """Show a saved session and continue it; False (with the reason shown) when it cannot be opened."""
