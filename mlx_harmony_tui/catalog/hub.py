@@ -65,13 +65,18 @@ def parse_repo(text: str) -> tuple[str, str | None] | None:
     return repo, (rev or None)
 
 
-def not_a_repo(text: str) -> str:
-    """Why ``text`` is not what parse_repo takes, for the error message."""
+def empty_revision(text: str) -> str | None:
+    """The error for OWNER/NAME@ (a repo id with nothing after the '@'), else None."""
     repo, at, rev = text.strip().partition("@")
     if _repo_ok(repo) and at and not rev:
         return (f"{text.strip()!r} has an empty revision after '@': name a branch, tag or commit "
                 f"({repo}@main) or leave the '@' out")
-    return f"{text!r} is not a Hugging Face repo id (OWNER/NAME or OWNER/NAME@REVISION)"
+    return None
+
+
+def not_a_repo(text: str) -> str:
+    """Why ``text`` is not what parse_repo takes, for the error message."""
+    return empty_revision(text) or f"{text!r} is not a Hugging Face repo id (OWNER/NAME or OWNER/NAME@REVISION)"
 
 
 def cache_dir() -> Path:
@@ -413,7 +418,6 @@ def _remove_damaged(folder: Path, revision: CachedRevision) -> int:
             freed += blob.stat().st_size
             blob.unlink()
     shutil.rmtree(revision.path)
-    for ref in (folder / "refs").rglob("*"):
-        if ref.is_file() and ref.read_text(encoding="utf-8", errors="replace").strip() == revision.commit:
-            ref.unlink()
+    for name in revision.refs:  # the refs pointing at it, read when it was listed
+        (folder / "refs" / name).unlink(missing_ok=True)
     return freed

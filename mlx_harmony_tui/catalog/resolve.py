@@ -147,8 +147,9 @@ def resolve(text: str | Path | None, models_dirs: Iterable[str | Path] = ()) -> 
             raise ModelNotFoundError(str(e)) from None
         if found:
             return found
-    if text.strip().endswith("@") and "empty revision" in hub.not_a_repo(text):
-        raise ModelNotFoundError(hub.not_a_repo(text))
+    empty = hub.empty_revision(text)
+    if empty:
+        raise ModelNotFoundError(empty)
     tried.append(f"Hugging Face cache {hub.cache_dir()} (no such repo)")
     raise ModelNotFoundError(
         f"model {text!r} not found; tried: {'; '.join(tried)}. A Hugging Face repo is named OWNER/NAME and "

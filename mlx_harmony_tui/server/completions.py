@@ -135,12 +135,12 @@ def register_completions(app: FastAPI, backends: Mapping[str, Backend], base: Ch
         name, backend = pick(backends, req.model)
         if not hasattr(backend, "submit") or not hasattr(backend, "engine"):
             raise APIError(400, "this model does not take raw prompts (use /v1/chat/completions)", param="model")
+        vocab = vocab_size(backend)
         if isinstance(req.prompt, str) or (req.prompt and isinstance(req.prompt[0], str)):
             text = req.prompt if isinstance(req.prompt, str) else str(req.prompt[0])
             ids = list(backend.encoding.encode(text, allowed_special="all"))
         else:
             ids = [int(t) for t in req.prompt]
-            vocab = vocab_size(backend)
             bad = next((t for t in ids if t < 0 or (vocab and t >= vocab)), None)
             if bad is not None:  # the model would index its embedding out of bounds (MLX: a segfault)
                 raise APIError(400, f"prompt: token id {bad} is outside the model's vocabulary (0..{vocab - 1})",
@@ -158,7 +158,7 @@ def register_completions(app: FastAPI, backends: Mapping[str, Backend], base: Ch
         if req.top_p is not None:
             sampling.top_p = req.top_p
         if req.logit_bias:
-            sampling.logit_bias = logit_bias(req.logit_bias, vocab_size(backend))
+            sampling.logit_bias = logit_bias(req.logit_bias, vocab)
         stops = [req.stop] if isinstance(req.stop, str) else [s for s in req.stop or [] if s]
         if len(stops) > MAX_STOP_STRINGS:
             raise APIError(400, f"at most {MAX_STOP_STRINGS} stop strings are allowed", param="stop")
