@@ -106,21 +106,11 @@ class ParamsScreen(ModalScreen[ChatSettings | None]):
             if raw == "" and self.server_defaults and name in REQUEST_KEYS:
                 s.unset(name)
                 continue
-            if raw == "" and name == "context_limit":
-                value: object = None
-            elif name == "context_limit":
-                try:
-                    value = int(raw)
-                except ValueError:
-                    raise ValueError(f"{label}: {raw!r} is not a whole number") from None
-                if value < 1:
-                    raise ValueError(f"{label}: at least 1, or empty for the model's")
-            else:
-                try:  # the ranges of the command-line flags and chat's /set (faces/common.py)
-                    value = parse_value(name, raw, label)
-                    check(name, value, label)
-                except UserError as e:
-                    raise ValueError(str(e)) from None
+            try:  # the parsing and ranges of the command-line flags and chat's /set (faces/common.py)
+                value = parse_value(name, raw, label)
+                check(name, value, label)
+            except UserError as e:
+                raise ValueError(str(e)) from None
             if self.server_defaults or value != s.value(name):
                 s.set_value(name, value)
         effort = self.query_one("#p-reasoning_effort", Select).value
