@@ -31,11 +31,11 @@ from mlx_harmony_tui.faces.common import (
     add_model_flags,
     add_settings_flags,
     apply_overrides,
-    cli_overrides,
     finish_note,
     make_backend,
     parse_value,
     release_mlx_streams,
+    resume_overrides,
 )
 
 HELP = r"""commands:
@@ -96,9 +96,9 @@ class LineChat:
         self.chat = ChatController(backend, settings, keep_prompt_cache=bool(resume), notify=self._notice)
         if resume:
             session = self.chat.open_session(resume)  # UserError (not found, damaged, open elsewhere): exit 2
-            flags = cli_overrides(args)
-            if flags:  # command line > session (docs/config.md); recorded with the next reply
-                self.chat.set_settings(apply_overrides(copy.deepcopy(self.chat.settings), flags))
+            overrides = resume_overrides(args)
+            if overrides is not None:
+                self.chat.set_settings(overrides(self.chat.settings))
             stderr.write(f"continuing session {session.id} '{session.title}' ({len(session.messages)} messages)\n")
         self.failures = 0
         self.interactive = stdin.isatty()

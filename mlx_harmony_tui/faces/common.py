@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import copy
 import math
 import os
 import sys
@@ -19,6 +20,7 @@ from typing import Any, TextIO
 from mlx_harmony_tui import paths
 from mlx_harmony_tui.chat.events import Delta
 from mlx_harmony_tui.chat.settings import ChatSettings
+from mlx_harmony_tui.config.validate import RANGES
 from mlx_harmony_tui.errors import UserError
 
 SAMPLING_KEYS = ("temperature", "top_p", "top_k", "min_p", "repetition_penalty")
@@ -164,15 +166,25 @@ def apply_overrides(settings: ChatSettings, overrides: dict[str, Any], typed: st
     return settings
 
 
+def resume_overrides(args: argparse.Namespace) -> Callable[[ChatSettings], ChatSettings] | None:
+    """What a resumed session's recorded settings become with the command line's flags, which win over them
+    (docs/config.md: command line > session); None without flags. The change is recorded with the next reply."""
+    flags = cli_overrides(args)
+    if not flags:
+        return None
+    return lambda recorded: apply_overrides(copy.deepcopy(recorded), flags)
+
+
 def check(key: str, value: Any, name: str | None = None) -> None:
     flag = name or "--" + key.replace("_", "-")
+    most_context = RANGES["repetition_context"][1]  # the config's bound, which the server reads too
     bad = {
         "temperature": lambda v: not 0 <= v <= 10,
         "top_p": lambda v: not 0 < v <= 1,
         "top_k": lambda v: v < 0,
         "min_p": lambda v: not 0 <= v <= 1,
         "repetition_penalty": lambda v: v <= 0,
-        "repetition_context": lambda v: not 0 <= v <= 131072,  # a window of token ids (a huge one: MemoryError)
+        "repetition_context": lambda v: not 0 <= v <= most_context,  # a window of token ids (huge: MemoryError)
         "max_tokens": lambda v: v < 1,
         "context_limit": lambda v: v is not None and v < 1,
         "reasoning_effort": lambda v: v not in EFFORTS,
@@ -181,7 +193,7 @@ def check(key: str, value: Any, name: str | None = None) -> None:
         hint = {"reasoning_effort": " (low, medium or high)", "top_p": " (0 < top_p <= 1)",
                 "min_p": " (0..1)", "temperature": " (0..10)", "max_tokens": " (at least 1)",
                 "context_limit": " (at least 1 token; none = the model's)",
-                "repetition_context": " (0..131072 tokens)"}.get(key, "")
+                "repetition_context": f" (0..{most_context:g} tokens)"}.get(key, "")
         raise UserError(f"{flag}: invalid value {value!r}{hint}")
 
 

@@ -4,21 +4,18 @@
 from __future__ import annotations
 
 import argparse
-import copy
 from pathlib import Path
 from typing import Any
 
-from mlx_harmony_tui.chat.settings import ChatSettings
 from mlx_harmony_tui.errors import UserError
 from mlx_harmony_tui.faces.common import (
     add_model_flags,
     add_settings_flags,
-    apply_overrides,
     backend_loader,
-    cli_overrides,
     load_app_config_quietly,
     remote_url,
     resolve_settings_from_args,
+    resume_overrides,
 )
 
 
@@ -51,12 +48,6 @@ def build_app(args: argparse.Namespace) -> Any:
             raise UserError(f"Theme {name} is used until you quit, not saved: {e.strerror}") from None
 
     url = remote_url(args, config)
-    flags = cli_overrides(args)
-
-    def resumed_settings(recorded: ChatSettings) -> ChatSettings:
-        """command line > session (docs/config.md); recorded with the next reply"""
-        return apply_overrides(copy.deepcopy(recorded), flags)
-
     return HarmonyApp(
         model=url or model,
         remote=url,
@@ -70,7 +61,7 @@ def build_app(args: argparse.Namespace) -> Any:
         on_theme_change=save_theme,
         startup_notes=problems,
         config_file=config_path,
-        resumed_settings=resumed_settings if flags else None,
+        resumed_settings=resume_overrides(args),
     )
 
 
