@@ -66,12 +66,10 @@ def build_random(kind: str, seed: int = 0, dtype: str | None = None) -> tuple[An
     """A model with random weights: "tiny" (via the tiny checkpoint: float32 like it and the demo model unless
     ``dtype`` says otherwise) or "20b"/"120b" with the real shapes and formats (experts MXFP4, everything
     else 8-bit affine, group 64, float parts ``dtype``, default bfloat16 as in the published checkpoints)."""
-    from mlx_harmony_tui.model import load_model, temporary_tiny_checkpoint
+    from mlx_harmony_tui.model import load_tiny_model
 
     if kind == "tiny":
-        with temporary_tiny_checkpoint(seed=seed, prefix="mht-bench-") as folder:
-            model, config = load_model(folder)
-            mx.eval(model.parameters())  # read before the folder goes
+        model, config = load_tiny_model(seed=seed, prefix="mht-bench-")
         if dtype not in (None, "float32"):
             cast_float_parts(model, dtype)
         return model, config

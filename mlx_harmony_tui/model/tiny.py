@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import tempfile
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -227,10 +225,15 @@ def write_tiny_checkpoint(
     return folder
 
 
-@contextmanager
-def temporary_tiny_checkpoint(*, layout: Layout = "float", seed: int = 0, prefix: str = "mht-tiny-",
-                              **config_overrides: Any) -> Iterator[Path]:
-    """A tiny checkpoint in a temporary folder that is removed afterwards: each one is ~100 MB (the real
-    vocabulary), and bench runs that left theirs behind once filled the disk."""
+def load_tiny_model(*, layout: Layout = "float", seed: int = 0, prefix: str = "mht-tiny-",
+                    **config_overrides: Any) -> tuple[Any, Any]:
+    """(model, config) of a tiny checkpoint written to a temporary folder, read through the real loader and
+    evaluated, then the folder removed: each one is ~100 MB (the real vocabulary), and bench runs that left
+    theirs behind once filled the disk."""
+    from mlx_harmony_tui.model.load import load_model
+
     with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
-        yield write_tiny_checkpoint(Path(tmp) / "tiny", layout=layout, seed=seed, **config_overrides)
+        model, config = load_model(write_tiny_checkpoint(Path(tmp) / "tiny", layout=layout, seed=seed,
+                                                         **config_overrides))
+        mx.eval(model.parameters())  # read every weight before the files go
+    return model, config

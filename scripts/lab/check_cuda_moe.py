@@ -15,15 +15,13 @@ import time
 
 import mlx.core as mx
 
-from mlx_harmony_tui.model import cuda_moe, load_model, temporary_tiny_checkpoint
+from mlx_harmony_tui.model import cuda_moe, load_tiny_model
 from mlx_harmony_tui.model.fast import CompiledDecoder
 
 
 def build(kind: str, dtype: str = "float32"):
     if kind == "tiny":
-        with temporary_tiny_checkpoint(layout="mlx", prefix="mht-moe-") as folder:
-            model, config = load_model(folder)
-            mx.eval(model.parameters())
+        model, config = load_tiny_model(layout="mlx", prefix="mht-moe-")
         model.set_dtype(getattr(mx, dtype))  # float parts only; packed weights and scales keep theirs
         return model.optimize(compiled_decode=False), config
     from mlx_harmony_tui.engine import bench

@@ -8,16 +8,13 @@ import argparse
 
 import mlx.core as mx
 
-from mlx_harmony_tui.model import load_model, temporary_tiny_checkpoint
+from mlx_harmony_tui.model import load_tiny_model
 from mlx_harmony_tui.model.gpt_oss import Experts
 
 
 def models():
     for layout in ("float", "mlx"):
-        with temporary_tiny_checkpoint(layout=layout, seed=3) as folder:
-            model = load_model(folder)[0]
-            mx.eval(model.parameters())
-        yield f"tiny-{layout}", model
+        yield f"tiny-{layout}", load_tiny_model(layout=layout, seed=3)[0]
     from mlx_harmony_tui.engine import bench
 
     bench._REAL["20b-2"] = {"num_hidden_layers": 2, "num_local_experts": 32}  # 2 layers of the real shapes
