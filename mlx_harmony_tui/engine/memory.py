@@ -19,9 +19,9 @@ class ModelTooLargeError(UserError):
 
 def weights_nbytes(model: Any) -> int:
     """Total bytes of the model's parameters (quantized arrays count at their packed size)."""
-    from mlx.utils import tree_flatten
+    from mlx_harmony_tui.model.gpt_oss import parameter_bytes
 
-    return sum(int(a.nbytes) for _, a in tree_flatten(model.parameters()))
+    return parameter_bytes(model)
 
 
 @dataclass(frozen=True)

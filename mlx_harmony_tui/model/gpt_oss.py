@@ -24,6 +24,13 @@ from mlx_harmony_tui.model.cuda_moe import cuda_available
 Mask = mx.array | str | None
 
 
+def parameter_bytes(module: nn.Module) -> int:
+    """Bytes of a module's parameters (quantized arrays at their packed size)."""
+    from mlx.utils import tree_flatten
+
+    return sum(int(a.nbytes) for _, a in tree_flatten(module.parameters()))
+
+
 def rope_frequencies(config: ModelConfig) -> mx.array:
     """Per-pair wavelengths for mx.fast.rope (1 / inv_freq), YaRN-blended as in HF gpt-oss."""
     dim = config.head_dim
@@ -492,12 +499,10 @@ class GptOss(nn.Module):
     def optimize(self, compiled_decode: bool = True) -> GptOss:
         """For inference: fuse QKV, bound prefill attention memory, compile the one-token step
         (model/fast.py); returns self."""
-        from mlx.utils import tree_flatten
-
         from mlx_harmony_tui.model.fast import CompiledDecoder, fuse_qkv
 
         fuse_qkv(self)
-        weights = sum(a.nbytes for _, a in tree_flatten(self.parameters()))
+        weights = parameter_bytes(self)
         for layer in self.layers:
             layer.self_attn.bounded_scores = True
             # Attention's transient memory in proportion to the model (~5% of the weights, see _attend):
@@ -561,4 +566,4 @@ class GptOss(nn.Module):
         return self.lm_head(x)
 
 
-__all__ = ["FULL", "SLIDING", "GptOss", "rope_frequencies"]
+__all__ = ["FULL", "SLIDING", "GptOss", "parameter_bytes", "rope_frequencies"]

@@ -15,9 +15,8 @@ from typing import Any, Literal
 
 import mlx.core as mx
 import mlx.nn as nn
-from mlx.utils import tree_flatten
 
-from mlx_harmony_tui.model.gpt_oss import MoE, route
+from mlx_harmony_tui.model.gpt_oss import MoE, parameter_bytes, route
 
 VocabMode = Literal["auto", "split", "replicate"]
 
@@ -139,10 +138,10 @@ def _split(n: int, size: int, rank: int, what: str) -> tuple[int, int]:
 
 def _vocab_bytes(model: Any) -> tuple[int, int]:
     """(bytes of the embedding + LM head, bytes of the whole model)."""
-    total = sum(v.nbytes for _, v in tree_flatten(model.parameters()))
-    vocab = sum(v.nbytes for _, v in tree_flatten(model.model.embed_tokens.parameters()))
+    total = parameter_bytes(model)
+    vocab = parameter_bytes(model.model.embed_tokens)
     if "lm_head" in model:
-        vocab += sum(v.nbytes for _, v in tree_flatten(model.lm_head.parameters()))
+        vocab += parameter_bytes(model.lm_head)
     return vocab, total
 
 
